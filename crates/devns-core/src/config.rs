@@ -1,0 +1,132 @@
+//! `/etc/devns/config.toml`: the policy an operator can change.
+
+use crate::spec::is_safe_dev_name;
+use serde::Deserialize;
+use std::fmt;
+
+/// DESIGN.md's default global set: the devices every view holds.
+pub const DEFAULT_GLOBAL: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Devices that must never be global, and why.
+const NEVER_GLOBAL: &[(&str, &str)] = &[(
+    "loop-control",
+    "without devns mediating its ioctls it lets any container remove other namespaces' loop devices",
+)];
+
+/// Largest config file devns reads; a bigger one is an error, not a hang.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Device names (`DEVNAME`) that appear in every view.
+    #[serde(default = "default_global")]
+    pub global: Vec<String>,
+}
+
+fn default_global() -> Vec<String> {
+    DEFAULT_GLOBAL.iter().map(|s| (*s).to_owned()).collect()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { global: default_global() }
+    }
+}
+
+/// A bad config file: which file, where, and what is wrong.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub path: String,
+    /// 1-based line and column, when the problem has a place.
+    pub line: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some((l, c)) => write!(f, "bad config file {}: line {l}, column {c}: {}", self.path, self.message),
+            None => write!(f, "bad config file {}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Parses and checks `text`, read from `path` (used in errors only).
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let err = |line, message: String| ConfigError { path: path.to_owned(), line, message };
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(err(None, format!("larger than {MAX_CONFIG_BYTES} bytes")));
+        }
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let place = e.span().map(|s| line_col(text, s.start));
+            err(place, e.message().trim().to_owned())
+        })?;
+        // Point semantic errors at the line of the offending value.
+        let place_of = |needle: &str| text.find(&format!("\"{needle}\"")).map(|o| line_col(text, o));
+        for name in &cfg.global {
+            if !is_safe_dev_name(name) {
+                return Err(err(place_of(name), format!("global: {name:?} is not a device name (DEVNAME below /dev, such as \"null\" or \"net/tun\")")));
+            }
+            if let Some((_, why)) = NEVER_GLOBAL.iter().find(|(n, _)| n == name) {
+                return Err(err(place_of(name), format!("global: {name:?} cannot be global: {why}")));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::parse("", "c.toml"), Ok(Config::default()));
+        assert_eq!(Config::default().global, ["null", "zero", "full", "random", "urandom", "tty"]);
+    }
+
+    #[test]
+    fn global_set_can_be_changed() {
+        let c = Config::parse("global = [\"null\", \"net/tun\"]\n", "c.toml").unwrap();
+        assert_eq!(c.global, ["null", "net/tun"]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_problem() {
+        let e = Config::parse("# policy\nglobal = [\"null\",\n  3]\n", "/etc/devns/config.toml").unwrap_err();
+        assert_eq!(e.line.map(|l| l.0), Some(3), "{e}");
+        assert!(e.to_string().starts_with("bad config file /etc/devns/config.toml: line 3, column "), "{e}");
+
+        let e = Config::parse("\nglobl = []\n", "c.toml").unwrap_err();
+        assert_eq!(e.line.map(|l| l.0), Some(2));
+        assert!(e.message.contains("unknown field `globl`"), "{e}");
+
+        let e = Config::parse("global = [\n \"null\",\n \"../etc/passwd\"]", "c.toml").unwrap_err();
+        assert_eq!(e.line, Some((3, 2)), "{e}");
+        assert!(e.message.contains("not a device name"), "{e}");
+
+        let e = Config::parse("global = [\"loop-control\"]", "c.toml").unwrap_err();
+        assert!(e.to_string().contains("cannot be global"), "{e}");
+
+        let e = Config::parse("global = ", "c.toml").unwrap_err();
+        assert_eq!(e.line.map(|l| l.0), Some(1), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,200}") {
+            let _ = Config::parse(&s, "fuzz.toml");
+        }
+    }
+}

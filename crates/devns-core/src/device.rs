@@ -1,0 +1,152 @@
+//! A device as devns sees it: `(kind, major, minor)` plus what sysfs says of it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Character or block device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    #[serde(rename = "c")]
+    Char,
+    #[serde(rename = "b")]
+    Block,
+}
+
+impl Kind {
+    pub fn letter(self) -> char {
+        match self {
+            Kind::Char => 'c',
+            Kind::Block => 'b',
+        }
+    }
+}
+
+/// The kernel's identity of a device. Printed and parsed as `c:1:3` / `b:7:0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DevId {
+    pub kind: Kind,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DevId {
+    pub const fn new(kind: Kind, major: u32, minor: u32) -> Self {
+        DevId { kind, major, minor }
+    }
+}
+
+impl fmt::Display for DevId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.kind.letter(), self.major, self.minor)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid device id {0:?}: expected c:MAJOR:MINOR or b:MAJOR:MINOR")]
+pub struct DevIdParseError(pub String);
+
+impl FromStr for DevId {
+    type Err = DevIdParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || DevIdParseError(s.to_owned());
+        let mut it = s.splitn(3, ':');
+        let kind = match it.next() {
+            Some("c") => Kind::Char,
+            Some("b") => Kind::Block,
+            _ => return Err(err()),
+        };
+        let major = parse_num(it.next()).ok_or_else(err)?;
+        let minor = parse_num(it.next()).ok_or_else(err)?;
+        Ok(DevId { kind, major, minor })
+    }
+}
+
+/// Parses a decimal device number without sign, spaces or leading `+`.
+pub(crate) fn parse_num(s: Option<&str>) -> Option<u32> {
+    let s = s?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+// DevId is a map key in the state file, so it serialises as its string form.
+impl Serialize for DevId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DevId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `DEVTYPE` of a block device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevType {
+    Disk,
+    Partition,
+}
+
+/// Everything devns knows about one host device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: DevId,
+    /// `DEVNAME`: the node's path below `/dev`, e.g. `loop0`, `net/tun`.
+    pub name: String,
+    /// sysfs subsystem (`mem`, `block`, `tty`, …); empty when unknown.
+    pub subsystem: String,
+    pub devtype: Option<DevType>,
+    /// For a partition: its whole disk.
+    pub parent: Option<DevId>,
+    /// Permission bits of the node (`DEVMODE`, or the host node's mode).
+    pub mode: u32,
+    /// Owner and group of the host's node, as host ids.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Device {
+    pub fn is_partition(&self) -> bool {
+        self.devtype == Some(DevType::Partition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn devid_round_trip() {
+        let id = DevId::new(Kind::Block, 7, 3);
+        assert_eq!(id.to_string(), "b:7:3");
+        assert_eq!("b:7:3".parse::<DevId>(), Ok(id));
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"b:7:3\"");
+    }
+
+    #[test]
+    fn devid_rejects_garbage() {
+        for s in ["", "x:1:2", "c:1", "c:1:", "c:-1:2", "c:1:2:3", "c: 1:2", "c:+1:2", "c:99999999999:1"] {
+            assert!(s.parse::<DevId>().is_err(), "{s}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn devid_parse_never_panics(s in ".{0,40}") {
+            let _ = s.parse::<DevId>();
+        }
+
+        #[test]
+        fn devid_display_parses_back(b in any::<bool>(), ma in any::<u32>(), mi in any::<u32>()) {
+            let id = DevId::new(if b { Kind::Char } else { Kind::Block }, ma, mi);
+            prop_assert_eq!(id.to_string().parse::<DevId>(), Ok(id));
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The devns model and every decision that can be made without the kernel.
+//!
+//! Everything here is plain data in, plain data out: which devices a
+//! namespace's view must hold, who owns a device, what a config file means,
+//! how host ids look from inside a namespace. The `devns` binary observes the
+//! kernel, asks these functions what should be, and applies the answer.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod device;
+pub mod idmap;
+pub mod registry;
+pub mod spec;
+pub mod state;
+pub mod subid;
+pub mod uevent;
+pub mod view;
+
+pub use device::{DevId, DevType, Device, Kind};
+pub use registry::{NsId, Owner, Registry};

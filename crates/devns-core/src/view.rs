@@ -1,0 +1,156 @@
+//! What a namespace's view must contain: the plan the shell applies to the
+//! view's tmpfs.
+
+use crate::device::{DevId, Device};
+use crate::idmap::IdMap;
+use crate::spec::is_safe_dev_name;
+use std::collections::BTreeSet;
+
+/// The symlinks every view has, as devtmpfs-based `/dev`s do.
+pub const SYMLINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// The mountpoint for the namespace's own devpts instance.
+pub const PTS_DIR: &str = "pts";
+
+/// One thing in a view. Paths are relative to the view's root and safe (see
+/// [`is_safe_dev_name`]); uids and gids are host ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Dir { path: String, mode: u32, uid: u32, gid: u32 },
+    Node { path: String, dev: DevId, mode: u32, uid: u32, gid: u32 },
+    Symlink { path: String, target: String, uid: u32, gid: u32 },
+}
+
+impl Entry {
+    pub fn path(&self) -> &str {
+        match self {
+            Entry::Dir { path, .. } | Entry::Node { path, .. } | Entry::Symlink { path, .. } => path,
+        }
+    }
+}
+
+/// The view's root directory and its entries, parents before children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewPlan {
+    pub root_uid: u32,
+    pub root_gid: u32,
+    pub entries: Vec<Entry>,
+}
+
+/// The host's overflow id (`/proc/sys/kernel/overflow{u,g}id`), what unmapped
+/// ids show as; the shell passes the live values, this is the kernel's default.
+pub const DEFAULT_OVERFLOW_ID: u32 = 65_534;
+pub const DEFAULT_OVERFLOW: (u32, u32) = (DEFAULT_OVERFLOW_ID, DEFAULT_OVERFLOW_ID);
+
+/// The plan for a view that holds `devices`, for a namespace with these maps.
+/// Device owners are carried into the namespace (see [`IdMap::carry`]);
+/// directories, symlinks and the root belong to the namespace's root.
+pub fn plan(devices: &[&Device], uids: &IdMap, gids: &IdMap, overflow: (u32, u32)) -> ViewPlan {
+    let (overflow_uid, overflow_gid) = overflow;
+    let root_uid = uids.carry(0, overflow_uid);
+    let root_gid = gids.carry(0, overflow_gid);
+    let mut entries = Vec::with_capacity(devices.len() + SYMLINKS.len() + 1);
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    entries.push(Entry::Dir { path: PTS_DIR.into(), mode: 0o755, uid: root_uid, gid: root_gid });
+    taken.insert(PTS_DIR.into());
+    for (path, target) in SYMLINKS {
+        entries.push(Entry::Symlink { path: (*path).into(), target: (*target).into(), uid: root_uid, gid: root_gid });
+        taken.insert((*path).into());
+    }
+    for d in devices {
+        // A name that would escape, or collide with a fixed entry or with a
+        // directory another device needs, is left out rather than guessed at.
+        if !is_safe_dev_name(&d.name) || taken.contains(&d.name) {
+            continue;
+        }
+        let comps: Vec<&str> = d.name.split('/').collect();
+        let dirs: Vec<String> = (1..comps.len()).map(|i| comps[..i].join("/")).collect();
+        if dirs.iter().any(|p| taken.contains(p) && !is_dir(&entries, p)) {
+            continue;
+        }
+        for p in dirs {
+            if taken.insert(p.clone()) {
+                entries.push(Entry::Dir { path: p, mode: 0o755, uid: root_uid, gid: root_gid });
+            }
+        }
+        taken.insert(d.name.clone());
+        entries.push(Entry::Node {
+            path: d.name.clone(),
+            dev: d.id,
+            mode: d.mode & 0o7777,
+            uid: uids.carry(d.uid, overflow_uid),
+            gid: gids.carry(d.gid, overflow_gid),
+        });
+    }
+    ViewPlan { root_uid, root_gid, entries }
+}
+
+fn is_dir(entries: &[Entry], path: &str) -> bool {
+    entries.iter().any(|e| matches!(e, Entry::Dir { path: p, .. } if p == path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Kind;
+    use crate::registry::tests::{dev, sample};
+    use crate::registry::NsId;
+
+    fn top_names(p: &ViewPlan) -> Vec<&str> {
+        let mut v: Vec<&str> = p.entries.iter().map(Entry::path).filter(|p| !p.contains('/')).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn default_view_is_globals_symlinks_and_pts() {
+        let r = sample();
+        let m = IdMap::single(100_000, 65_536);
+        let p = plan(&r.view_devices(NsId(1)), &m, &m, DEFAULT_OVERFLOW);
+        assert_eq!(top_names(&p), ["fd", "null", "ptmx", "pts", "stderr", "stdin", "stdout", "zero"]);
+        assert_eq!((p.root_uid, p.root_gid), (100_000, 100_000));
+    }
+
+    #[test]
+    fn owners_are_carried_into_the_namespace() {
+        let tty = crate::Device { uid: 0, gid: 5, mode: 0o20666, ..dev(Kind::Char, 5, 0, "tty") };
+        let odd = crate::Device { uid: 70_000, gid: 70_000, ..dev(Kind::Char, 1, 3, "null") };
+        let m = IdMap::single(100_000, 65_536);
+        let p = plan(&[&tty, &odd], &m, &m, DEFAULT_OVERFLOW);
+        let node = |n: &str| p.entries.iter().find(|e| e.path() == n).cloned().unwrap();
+        assert_eq!(
+            node("tty"),
+            Entry::Node { path: "tty".into(), dev: tty.id, mode: 0o666, uid: 100_000, gid: 100_005 }
+        );
+        assert!(matches!(node("null"), Entry::Node { uid: 65_534, gid: 65_534, .. }));
+    }
+
+    #[test]
+    fn nested_names_get_parent_dirs_first_and_collisions_are_dropped() {
+        let devs = [
+            dev(Kind::Char, 10, 200, "net/tun"),
+            dev(Kind::Char, 13, 64, "input/event0"),
+            dev(Kind::Char, 13, 65, "input/event1"),
+            dev(Kind::Char, 99, 0, "fd"),
+            dev(Kind::Char, 99, 1, "stdin/x"),
+            dev(Kind::Char, 99, 2, "net"),
+        ];
+        let refs: Vec<&crate::Device> = devs.iter().collect();
+        let m = IdMap::single(1000, 65_536);
+        let p = plan(&refs, &m, &m, DEFAULT_OVERFLOW);
+        let paths: Vec<&str> = p.entries.iter().map(Entry::path).collect();
+        let pos = |n: &str| paths.iter().position(|p| *p == n).unwrap();
+        assert!(pos("net") < pos("net/tun"));
+        assert!(pos("input") < pos("input/event0"));
+        assert_eq!(paths.iter().filter(|p| **p == "input").count(), 1);
+        assert_eq!(paths.iter().filter(|p| **p == "fd").count(), 1);
+        assert!(!paths.contains(&"stdin/x"));
+        assert!(matches!(p.entries[pos("net")], Entry::Dir { .. }));
+    }
+}

@@ -1,0 +1,62 @@
+//! `devns ls`: the host's devices, who owns them, which are global.
+
+use super::Global;
+use crate::{config, discover, host, store::Store};
+use anyhow::Result;
+use devns_core::Registry;
+use serde::Serialize;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Stable JSON output: an array of {name, kind, major, minor, owner, global}.
+    #[arg(long)]
+    pub json: bool,
+    /// Only devices that a namespace owns.
+    #[arg(long)]
+    pub owned: bool,
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    name: &'a str,
+    kind: char,
+    major: u32,
+    minor: u32,
+    owner: String,
+    global: bool,
+}
+
+pub fn run(global: &Global, args: Args) -> Result<i32> {
+    let cfg = config::load(&global.config)?;
+    let mut registry = Registry::new(discover::host_devices()?, &cfg.global);
+    let store = Store::open(&global.state_dir)?;
+    // Reading prunes namespaces whose devns process has gone, as every
+    // writer does, so what is shown is what holds.
+    store.update::<_, anyhow::Error>(|state| {
+        state.prune(host::keeper_alive);
+        state.apply(&mut registry);
+        Ok(())
+    })?;
+    let rows: Vec<Row<'_>> = registry
+        .devices()
+        .map(|d| Row {
+            name: &d.name,
+            kind: d.id.kind.letter(),
+            major: d.id.major,
+            minor: d.id.minor,
+            owner: registry.owner(d.id).to_string(),
+            global: registry.is_global(d.id),
+        })
+        .filter(|r| !args.owned || r.owner != "host")
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<24} {:<4} {:<12} {:<24} GLOBAL", "NAME", "KIND", "MAJ:MIN", "OWNER");
+        for r in rows {
+            let num = format!("{}:{}", r.major, r.minor);
+            println!("{:<24} {:<4} {:<12} {:<24} {}", r.name, r.kind, num, r.owner, if r.global { "yes" } else { "" });
+        }
+    }
+    Ok(0)
+}

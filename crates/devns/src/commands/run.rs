@@ -1,0 +1,226 @@
+//! `devns run`: a command in new user, mount, pid, uts and ipc namespaces,
+//! with its own `/dev` view, a fresh `/proc` and a private `/tmp`.
+//!
+//! This process stays on the host as the namespace's keeper: it holds the
+//! claim on the devices in the state file, forwards signals, and returns the
+//! command's exit status. Everything it made is undone on every path out:
+//! the claim by `ClaimGuard`, the child by `ChildGuard`, the mounts with the
+//! child's mount namespace.
+
+use super::Global;
+use crate::container::{self, ChildPlan, FORWARDED_SIGNALS};
+use crate::store::Store;
+use crate::{config, discover, host, view};
+use anyhow::{Context, Result, anyhow, bail};
+use devns_core::idmap::IdMap;
+use devns_core::registry::{NsId, Registry};
+use devns_core::spec::DevSpec;
+use devns_core::state::{Claim, Keeper};
+use devns_core::subid::{self, BLOCK};
+use devns_core::{DevId, Kind};
+use devns_sys::process::{self as sysproc, Forked};
+use devns_sys::signal::SignalFd;
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::FileType;
+use rustix::mount::MountAttrFlags;
+use rustix::process::Signal;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A device the namespace owns while the command runs: a /dev path,
+    /// MAJ:MIN, c:MAJ:MIN, b:MAJ:MIN, or a name such as loop3. Repeatable.
+    /// A whole disk brings its partitions.
+    #[arg(long = "dev", value_name = "DEVICE")]
+    pub devs: Vec<String>,
+    /// A name for the namespace (also its hostname); unique among running ones.
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<String>,
+    /// Use DIR as the root filesystem instead of the host's.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !s.starts_with(['-', '.']);
+    if ok { Ok(s.to_owned()) } else { Err("a name is 1-64 of [A-Za-z0-9_.-], not starting with - or .".into()) }
+}
+
+/// Turns what the user typed into a host device.
+fn resolve(registry: &Registry, text: &str) -> Result<DevId> {
+    let spec = DevSpec::parse(text)?;
+    let spec = match spec {
+        DevSpec::Path(p) => {
+            let st = rustix::fs::stat(&p).with_context(|| format!("unknown device {p:?}"))?;
+            let kind = match FileType::from_raw_mode(st.st_mode) {
+                FileType::CharacterDevice => Kind::Char,
+                FileType::BlockDevice => Kind::Block,
+                _ => bail!("unknown device {p:?}: not a device node"),
+            };
+            DevSpec::Id(DevId::new(kind, rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)))
+        }
+        s => s,
+    };
+    Ok(registry.resolve(&spec)?)
+}
+
+/// Removes this run's record from the state file, however the run ends.
+struct ClaimGuard<'a> {
+    store: &'a Store,
+    keeper: Keeper,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.update::<_, anyhow::Error>(|s| Ok(s.remove(self.keeper))) {
+            tracing::error!(error = %e, "could not release this run's devices in the state file");
+        }
+    }
+}
+
+/// Kills and reaps the child unless it was reaped already.
+struct ChildGuard {
+    pidfd: Option<OwnedFd>,
+}
+
+impl ChildGuard {
+    fn wait(&mut self) -> std::io::Result<i32> {
+        let pidfd = self.pidfd.take().expect("waited once");
+        Ok(sysproc::wait_pidfd(&pidfd)?)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(pidfd) = self.pidfd.take() {
+            let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
+            let _ = sysproc::wait_pidfd(&pidfd);
+        }
+    }
+}
+
+fn subid_ranges(file: &str) -> Vec<subid::Range> {
+    std::fs::read_to_string(file).map(|t| subid::root_ranges(&t)).unwrap_or_default()
+}
+
+fn userns_unavailable(e: rustix::io::Errno) -> anyhow::Error {
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    let hint = if max.trim() == "0" { " (user.max_user_namespaces is 0)" } else { "" };
+    anyhow!("user namespaces are unavailable: cannot create one: {e}{hint}")
+}
+
+pub fn run(global: &Global, args: Args) -> Result<i32> {
+    host::require_host_root("devns run")?;
+    let cfg = config::load(&global.config)?;
+    let mut registry = Registry::new(discover::host_devices()?, &cfg.global);
+    let devs = args.devs.iter().map(|d| resolve(&registry, d)).collect::<Result<Vec<_>>>()?;
+    let rootfs = args.rootfs.as_deref().map(container::prepare_rootfs).transpose()?;
+
+    let store = Store::open(&global.state_dir)?;
+    let keeper = host::current_keeper()?;
+    let (uid_ranges, gid_ranges) = (subid_ranges("/etc/subuid"), subid_ranges("/etc/subgid"));
+    let (uid_base, gid_base) = store.update::<_, anyhow::Error>(|state| {
+        state.prune(host::keeper_alive);
+        state.apply(&mut registry);
+        let claim = Claim { name: args.name.as_deref(), keeper, devices: &devs };
+        let r = state.claim(claim, &registry, &uid_ranges, &gid_ranges)?;
+        Ok((r.uid_base, r.gid_base))
+    })?;
+    let _claim = ClaimGuard { store: &store, keeper };
+
+    // Blocked before the fork, so no signal is lost or kills devns before
+    // the child exists; the child inherits the mask and reads its own.
+    let signals = SignalFd::new(FORWARDED_SIGNALS).context("cannot set up signal forwarding")?;
+    let (mine, theirs) = container::channel()?;
+    let flags = sysproc::CLONE_NEWUSER
+        | sysproc::CLONE_NEWNS
+        | sysproc::CLONE_NEWPID
+        | sysproc::CLONE_NEWUTS
+        | sysproc::CLONE_NEWIPC;
+    // SAFETY: devns is single-threaded here (no thread was spawned), so the
+    // child may run ordinary Rust until it execs or exits.
+    match unsafe { sysproc::fork_into(flags) }.map_err(userns_unavailable)? {
+        Forked::Child => {
+            drop(mine);
+            let plan = ChildPlan {
+                sock: theirs,
+                rootfs: rootfs.as_ref(),
+                hostname: args.name.as_deref(),
+                cmd: &args.cmd,
+            };
+            // Never return into the parent's frames: their guards are the
+            // parent's to run.
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| container::child_main(plan)));
+            std::process::exit(code.unwrap_or(125));
+        }
+        Forked::Parent { pid, pidfd } => {
+            drop(theirs);
+            let mut child = ChildGuard { pidfd: Some(pidfd) };
+            let uids = IdMap::single(uid_base, BLOCK);
+            let gids = IdMap::single(gid_base, BLOCK);
+            let ns = container::map_ids(pid, &uids, &gids)?;
+            let (view, tmp) = build_mounts(&store, keeper, ns, &mut registry, &uids, &gids)?;
+            container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
+            drop(mine);
+            tracing::info!(ns = %ns, pid = pid.as_raw_nonzero().get(), "started");
+            supervise(&mut child, &signals)
+        }
+    }
+}
+
+/// Records the namespace's id and builds its view and `/tmp`.
+fn build_mounts(
+    store: &Store,
+    keeper: Keeper,
+    ns: NsId,
+    registry: &mut Registry,
+    uids: &IdMap,
+    gids: &IdMap,
+) -> Result<(OwnedFd, OwnedFd)> {
+    store.update::<_, anyhow::Error>(|state| {
+        let rec = state.find_mut(keeper).context("this run's record vanished from the state file")?;
+        rec.id = Some(ns);
+        for d in rec.devices.clone() {
+            registry.assign(d, ns)?;
+        }
+        Ok(())
+    })?;
+    let overflow = host::overflow_ids();
+    let plan = devns_core::view::plan(&registry.view_devices(ns), uids, gids, overflow);
+    let view = view::create(&plan).context("cannot create the view")?;
+    let (u, g) = (plan.root_uid.to_string(), plan.root_gid.to_string());
+    let tmp = view::tmpfs(&[("mode", "1777"), ("uid", &u), ("gid", &g)], MountAttrFlags::MOUNT_ATTR_NOSUID)
+        .context("cannot create /tmp")?;
+    Ok((view, tmp))
+}
+
+/// Forwards signals to the child until it ends; its status is ours.
+fn supervise(child: &mut ChildGuard, signals: &SignalFd) -> Result<i32> {
+    let pidfd = child.pidfd.as_ref().expect("not yet waited").as_fd();
+    loop {
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN), PollFd::new(signals, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        while let Some(si) = signals.read().context("reading signals")? {
+            // A terminal's signals reach the command directly (same process
+            // group); relaying them too would deliver them twice.
+            if !si.from_kernel()
+                && let Some(sig) = Signal::from_named_raw(si.signo)
+            {
+                let _ = rustix::process::pidfd_send_signal(pidfd, sig);
+            }
+        }
+        if fds[0].revents().contains(PollFlags::IN) {
+            return child.wait().context("waiting for the container");
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Both sides of starting a container: the keeper's (mapping ids, handing
+//! over the mounts) and the child's (mounting them inside its namespaces and
+//! running the command under a minimal init).
+//!
+//! The child is pid 1 of its pid namespace. It stays there as init: it
+//! forwards signals to the command, reaps orphans, and exits with the
+//! command's status, which ends every other process of the namespace.
+
+use anyhow::{Context, Result, anyhow, bail};
+use devns_core::idmap::IdMap;
+use devns_core::registry::NsId;
+use devns_sys::signal::SignalFd;
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MountPropagationFlags, MoveMountFlags, UnmountFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags, SocketFlags, SocketType,
+};
+use rustix::process::{Pid, Signal, WaitOptions};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+/// Signals `devns run` relays to the command.
+pub const FORWARDED_SIGNALS: &[i32] =
+    &[libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
+
+const GO: &[u8] = b"go";
+const OK: &[u8] = b"ok";
+const ERR: &[u8] = b"err:";
+/// Largest message on the keeper/child channel.
+const MAX_MSG: usize = 4096;
+
+/// A root filesystem given with `--rootfs`, checked on the host side.
+pub struct RootFs {
+    pub path: PathBuf,
+}
+
+/// Checks `path` and makes sure it has the directories devns mounts on.
+/// They are resolved inside the rootfs, so a symlink there cannot point
+/// devns at a host directory.
+pub fn prepare_rootfs(path: &Path) -> Result<RootFs> {
+    let path = std::fs::canonicalize(path).with_context(|| format!("bad --rootfs {}", path.display()))?;
+    let dir = rustix::fs::open(&path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .with_context(|| format!("bad --rootfs {}: not a directory", path.display()))?;
+    for sub in ["dev", "proc", "tmp"] {
+        match open_in(&dir, sub) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::NOENT) => rustix::fs::mkdirat(&dir, sub, Mode::from_raw_mode(0o755))
+                .with_context(|| format!("cannot create {sub} in --rootfs {}", path.display()))?,
+            Err(e) => bail!("bad --rootfs {}: {sub}: {e}", path.display()),
+        }
+    }
+    Ok(RootFs { path })
+}
+
+/// Opens directory `path` below `root`, resolving it as if `root` were `/`.
+fn open_in(root: impl AsFd, path: &str) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        root,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// The keeper/child channel: a close-on-exec seqpacket pair.
+pub fn channel() -> Result<(OwnedFd, OwnedFd)> {
+    rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+        .context("cannot create the channel to the container")
+}
+
+/// Writes the child's id maps and returns its user namespace's id. The pid
+/// is the unreaped child's, so it cannot name another process.
+pub fn map_ids(pid: Pid, uids: &IdMap, gids: &IdMap) -> Result<NsId> {
+    let pid = pid.as_raw_nonzero().get();
+    for (file, map) in [("uid_map", uids), ("gid_map", gids)] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, map.to_string()).with_context(|| format!("cannot write {path}"))?;
+    }
+    let nsfd = rustix::fs::open(format!("/proc/{pid}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .context("cannot open the container's user namespace")?;
+    Ok(NsId(devns_sys::ns::ns_id(&nsfd).context("NS_GET_ID")?))
+}
+
+/// Hands the mounts to the child and waits until it has set itself up.
+pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+        bail!("too many fds for the container channel");
+    }
+    rustix::net::sendmsg(sock, &[IoSlice::new(GO)], &mut cmsg, SendFlags::empty())
+        .context("cannot hand the mounts to the container")?;
+    let mut buf = [0u8; MAX_MSG];
+    let n = rustix::io::retry_on_intr(|| rustix::io::read(sock, &mut buf)).context("reading the container's status")?;
+    match &buf[..n] {
+        OK => Ok(()),
+        m if m.starts_with(ERR) => Err(anyhow!("{}", String::from_utf8_lossy(&m[ERR.len()..]))),
+        _ => bail!("the container ended during setup"),
+    }
+}
+
+/// What the child needs; everything else it leaves alone.
+pub struct ChildPlan<'a> {
+    pub sock: OwnedFd,
+    pub rootfs: Option<&'a RootFs>,
+    pub hostname: Option<&'a str>,
+    pub cmd: &'a [String],
+}
+
+/// The child's whole life; returns its exit status.
+pub fn child_main(plan: ChildPlan<'_>) -> i32 {
+    match setup(&plan) {
+        Ok(()) => {
+            if rustix::net::send(&plan.sock, OK, SendFlags::empty()).is_err() {
+                return 125;
+            }
+            drop(plan.sock);
+            init(plan.cmd)
+        }
+        Err(e) => {
+            let mut msg = ERR.to_vec();
+            msg.extend_from_slice(format!("{e:#}").as_bytes());
+            msg.truncate(MAX_MSG);
+            let _ = rustix::net::send(&plan.sock, &msg, SendFlags::empty());
+            125
+        }
+    }
+}
+
+/// Receives the view and the `/tmp` mount from the keeper.
+fn receive_mounts(sock: &OwnedFd) -> Result<(OwnedFd, OwnedFd)> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let mut buf = [0u8; 16];
+    let msg = rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut buf)], &mut cmsg, RecvFlags::CMSG_CLOEXEC)
+        .context("waiting for the keeper")?;
+    let mut fds: Vec<OwnedFd> = cmsg
+        .drain()
+        .filter_map(|m| match m {
+            RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if &buf[..msg.bytes] != GO || fds.len() != 2 {
+        bail!("the keeper went away");
+    }
+    let tmp = fds.pop().expect("two fds");
+    let view = fds.pop().expect("two fds");
+    Ok((view, tmp))
+}
+
+/// Moves the detached mount `mnt` onto directory `at` below `root`.
+fn attach(mnt: impl AsFd, root: impl AsFd, at: &str) -> Result<()> {
+    let target = open_in(root, at).with_context(|| format!("cannot open /{at}"))?;
+    rustix::mount::move_mount(
+        mnt,
+        "",
+        &target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .with_context(|| format!("cannot mount on /{at}"))
+}
+
+/// A new filesystem instance made in the child's namespaces (`proc` needs
+/// its pid namespace, `devpts` gets its own instance owned by its root).
+fn new_fs(fstype: &str, flags: &[&str], opts: &[(&str, &str)], attrs: MountAttrFlags) -> Result<OwnedFd> {
+    let ctx = || format!("cannot create a {fstype} instance");
+    let fs = rustix::mount::fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).with_context(ctx)?;
+    for f in flags {
+        rustix::mount::fsconfig_set_flag(&fs, *f).with_context(ctx)?;
+    }
+    for (k, v) in opts {
+        rustix::mount::fsconfig_set_string(&fs, *k, *v).with_context(ctx)?;
+    }
+    rustix::mount::fsconfig_create(&fs).with_context(ctx)?;
+    rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).with_context(ctx)
+}
+
+fn setup(plan: &ChildPlan<'_>) -> Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).context("PR_SET_PDEATHSIG")?;
+    // The keeper has written our id maps before it sends the mounts.
+    let (view, tmp) = receive_mounts(&plan.sock)?;
+    let root_ids = || -> rustix::io::Result<()> {
+        let zero_g = rustix::fs::Gid::ROOT;
+        let zero_u = rustix::fs::Uid::ROOT;
+        rustix::thread::set_thread_res_gid(zero_g, zero_g, zero_g)?;
+        rustix::thread::set_thread_groups(&[])?;
+        rustix::thread::set_thread_res_uid(zero_u, zero_u, zero_u)
+    };
+    root_ids().context("cannot become root of the new user namespace")?;
+    rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
+        .context("cannot make the mount namespace private")?;
+    let root = match plan.rootfs {
+        Some(r) => {
+            rustix::mount::mount_bind_recursive(&r.path, &r.path).context("cannot bind the rootfs")?;
+            rustix::fs::open(&r.path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        }
+        None => rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
+    }
+    .context("cannot open the root")?;
+    attach(&view, &root, "dev")?;
+    let pts = new_fs(
+        "devpts",
+        &["newinstance"],
+        &[("ptmxmode", "0666"), ("mode", "0620"), ("gid", "5")],
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
+    attach(&pts, &root, "dev/pts")?;
+    let proc_fs = new_fs(
+        "proc",
+        &[],
+        &[],
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
+    attach(&proc_fs, &root, "proc")?;
+    attach(&tmp, &root, "tmp")?;
+    if plan.rootfs.is_some() {
+        rustix::process::fchdir(&root).context("cannot enter the rootfs")?;
+        rustix::process::pivot_root(".", ".").context("pivot_root")?;
+        rustix::mount::unmount(".", UnmountFlags::DETACH).context("cannot detach the old root")?;
+        rustix::process::chdir("/").context("chdir /")?;
+    }
+    if let Some(h) = plan.hostname {
+        rustix::system::sethostname(h.as_bytes()).context("sethostname")?;
+    }
+    Ok(())
+}
+
+/// pid 1: runs the command, relays signals to it, reaps every child, and
+/// returns the command's status (128 + signal when a signal ended it).
+fn init(cmd: &[String]) -> i32 {
+    let mut signals: Vec<i32> = FORWARDED_SIGNALS.to_vec();
+    signals.push(libc::SIGCHLD);
+    let sigfd = match SignalFd::new(&signals) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("devns: init: cannot watch signals: {e}");
+            return 125;
+        }
+    };
+    // std resets the signal mask and dispositions in the child it spawns.
+    let child = match std::process::Command::new(&cmd[0]).args(&cmd[1..]).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("devns: cannot execute {:?}: {e}", cmd[0]);
+            return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+        }
+    };
+    let Some(cmd_pid) = Pid::from_raw(child.id() as i32) else { return 125 };
+    loop {
+        let mut fds = [PollFd::new(&sigfd, PollFlags::IN)];
+        let _ = poll(&mut fds, None);
+        loop {
+            let si = match sigfd.read() {
+                Ok(Some(si)) => si,
+                Ok(None) => break,
+                Err(_) => return 125,
+            };
+            if si.signo == libc::SIGCHLD {
+                while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {
+                    if pid == cmd_pid {
+                        return match (status.exit_status(), status.terminating_signal()) {
+                            (Some(code), _) => code,
+                            (None, Some(sig)) => 128 + sig,
+                            _ => 128,
+                        };
+                    }
+                }
+            } else if !si.from_kernel()
+                && let Some(sig) = Signal::from_named_raw(si.signo)
+            {
+                let _ = rustix::process::kill_process(cmd_pid, sig);
+            }
+        }
+    }
+}

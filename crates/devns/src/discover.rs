@@ -1,0 +1,89 @@
+//! The host's devices, read from sysfs (`/sys/dev/{char,block}`) and the
+//! host's own `/dev` nodes (for their live mode and owner).
+
+use devns_core::device::{DevId, Device, Kind};
+use devns_core::uevent::{self, MAX_UEVENT_BYTES};
+use rustix::fs::{FileType, Mode};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("cannot list {path}: {source}")]
+    List { path: PathBuf, source: std::io::Error },
+}
+
+/// Reads at most `limit` bytes of a small sysfs file; `None` if unreadable.
+fn read_small(path: &Path, limit: usize) -> Option<String> {
+    let mut buf = Vec::with_capacity(256);
+    fs::File::open(path).ok()?.take(limit as u64 + 1).read_to_end(&mut buf).ok()?;
+    (buf.len() <= limit).then(|| String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The device id in a sysfs `dev` file (`MAJ:MIN\n`).
+fn read_dev_file(path: &Path, kind: Kind) -> Option<DevId> {
+    let text = read_small(path, 32)?;
+    format!("{}:{}", kind.letter(), text.trim()).parse().ok()
+}
+
+/// One device from its sysfs directory. Devices without a node, and records
+/// that make no sense, are skipped (with a debug line): the host's sysfs is
+/// trusted, but devns must not fall over on a driver's oddity.
+pub fn read_device(sys_dir: &Path, kind: Kind, dev_root: &Path) -> Option<Device> {
+    let text = read_small(&sys_dir.join("uevent"), MAX_UEVENT_BYTES)?;
+    let subsystem = fs::read_link(sys_dir.join("subsystem"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    // A partition's directory sits inside its disk's.
+    let parent = read_dev_file(&sys_dir.join("../dev"), kind);
+    let mut dev = match uevent::device_from_sysfs(kind, &text, &subsystem, parent) {
+        Ok(d) => d?,
+        Err(e) => {
+            tracing::debug!(dir = %sys_dir.display(), error = %e, "skipping device");
+            return None;
+        }
+    };
+    apply_host_node(&mut dev, dev_root);
+    Some(dev)
+}
+
+/// Takes mode and owner from the host's node when it is this very device:
+/// udev rules may have changed them since the kernel's `DEVMODE`.
+fn apply_host_node(dev: &mut Device, dev_root: &Path) {
+    let Ok(st) = rustix::fs::lstat(dev_root.join(&dev.name)) else { return };
+    let want = match dev.id.kind {
+        Kind::Char => FileType::CharacterDevice,
+        Kind::Block => FileType::BlockDevice,
+    };
+    let rdev = st.st_rdev;
+    if FileType::from_raw_mode(st.st_mode) == want
+        && rustix::fs::major(rdev) == dev.id.major
+        && rustix::fs::minor(rdev) == dev.id.minor
+    {
+        dev.mode = Mode::from_raw_mode(st.st_mode).bits() & 0o7777;
+        dev.uid = st.st_uid;
+        dev.gid = st.st_gid;
+    }
+}
+
+/// Every device of the host that has a node.
+pub fn host_devices() -> Result<Vec<Device>, DiscoverError> {
+    devices_under(Path::new("/sys/dev"), Path::new("/dev"))
+}
+
+pub fn devices_under(sys_dev: &Path, dev_root: &Path) -> Result<Vec<Device>, DiscoverError> {
+    let mut out = Vec::new();
+    for (sub, kind) in [("char", Kind::Char), ("block", Kind::Block)] {
+        let dir = sys_dev.join(sub);
+        let entries = fs::read_dir(&dir).map_err(|source| DiscoverError::List { path: dir.clone(), source })?;
+        for e in entries.flatten() {
+            // Each entry is a MAJ:MIN symlink to the device's directory.
+            if let Some(d) = read_device(&e.path(), kind, dev_root) {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}

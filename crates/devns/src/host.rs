@@ -1,0 +1,47 @@
+//! Small facts about the host and this process.
+
+use anyhow::{Context, Result, bail};
+use devns_core::state::Keeper;
+use std::fs;
+
+/// devns acts as the host's root: uid 0 in the initial user namespace.
+pub fn require_host_root(what: &str) -> Result<()> {
+    let uid = rustix::process::geteuid().as_raw();
+    if uid != 0 {
+        bail!("{what} must run as root on the host; you are uid {uid}");
+    }
+    let map = fs::read_to_string("/proc/self/uid_map").context("cannot read /proc/self/uid_map")?;
+    let initial = map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+    if !initial {
+        bail!("{what} must run as root on the host; this is root of a user namespace, not of the host");
+    }
+    Ok(())
+}
+
+/// Field 22 of `/proc/PID/stat`: the process's start time in clock ticks.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parens: skip past its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn current_keeper() -> Result<Keeper> {
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    let start_time = start_time(pid).context("cannot read this process's start time from /proc")?;
+    Ok(Keeper { pid, start_time })
+}
+
+/// Whether the devns process `k` still runs (same pid, same start time).
+pub fn keeper_alive(k: &Keeper) -> bool {
+    start_time(k.pid) == Some(k.start_time)
+}
+
+/// The host's overflow uid and gid: what unmapped ids show as.
+pub fn overflow_ids() -> (u32, u32) {
+    let read = |f: &str| fs::read_to_string(f).ok().and_then(|s| s.trim().parse().ok());
+    (
+        read("/proc/sys/kernel/overflowuid").unwrap_or(devns_core::view::DEFAULT_OVERFLOW_ID),
+        read("/proc/sys/kernel/overflowgid").unwrap_or(devns_core::view::DEFAULT_OVERFLOW_ID),
+    )
+}

@@ -1,0 +1,13 @@
+//! devns: per-user-namespace `/dev` views for unprivileged containers.
+//!
+//! The imperative shell around `devns-core`: it reads the host (sysfs, `/proc`,
+//! the state file), asks the core what should be, and makes it so with the
+//! kernel's mount API.
+
+pub mod commands;
+pub mod config;
+pub mod container;
+pub mod discover;
+pub mod host;
+pub mod store;
+pub mod view;

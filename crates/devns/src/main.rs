@@ -1,0 +1,33 @@
+use clap::Parser;
+use devns::commands::{Cli, Command, ls, run};
+use std::process::ExitCode;
+
+/// Exit status for errors of devns itself, as container runtimes use it.
+const EXIT_DEVNS_ERROR: u8 = 125;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DEVNS_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let json = cli.global.json_errors;
+    let result = match cli.command {
+        Command::Run(a) => run::run(&cli.global, a),
+        Command::Ls(a) => ls::run(&cli.global, a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            if json {
+                eprintln!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+            } else {
+                eprintln!("devns: {e:#}");
+            }
+            ExitCode::from(EXIT_DEVNS_ERROR)
+        }
+    }
+}
