@@ -41,8 +41,6 @@ impl fmt::Display for Owner {
 pub enum ResolveError {
     #[error("unknown device {0:?}: no such device on this host")]
     Unknown(String),
-    #[error("device {spec:?} is ambiguous: both {a} and {b} exist; write c:MAJ:MIN or b:MAJ:MIN")]
-    Ambiguous { spec: String, a: DevId, b: DevId },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -161,10 +159,12 @@ impl Registry {
             DevSpec::Number { major, minor } => {
                 let c = DevId::new(Kind::Char, *major, *minor);
                 let b = DevId::new(Kind::Block, *major, *minor);
-                match (self.devices.contains_key(&c), self.devices.contains_key(&b)) {
-                    (true, true) => Err(ResolveError::Ambiguous { spec: spec.to_string(), a: c, b }),
-                    (true, false) => Ok(c),
-                    (false, true) => Ok(b),
+                // `MAJ:MIN` is how lsblk and losetup print block devices, and
+                // majors are shared (7 is loop and vcs): the block device wins,
+                // `c:MAJ:MIN` names the other.
+                match (self.devices.contains_key(&b), self.devices.contains_key(&c)) {
+                    (true, _) => Ok(b),
+                    (false, true) => Ok(c),
                     (false, false) => Err(unknown()),
                 }
             }
@@ -273,7 +273,8 @@ pub(crate) mod tests {
         assert_eq!(r.resolve(&DevSpec::parse("net/tun").unwrap()), Ok(DevId::new(Kind::Char, 10, 200)));
         assert_eq!(r.resolve(&DevSpec::parse("7:1").unwrap()), Ok(DevId::new(Kind::Block, 7, 1)));
         assert_eq!(r.resolve(&DevSpec::parse("c:1:3").unwrap()), Ok(DevId::new(Kind::Char, 1, 3)));
-        assert!(matches!(r.resolve(&DevSpec::parse("1:3").unwrap()), Err(ResolveError::Ambiguous { .. })));
+        assert_eq!(r.resolve(&DevSpec::parse("1:3").unwrap()), Ok(DevId::new(Kind::Block, 1, 3)));
+        assert_eq!(r.resolve(&DevSpec::parse("1:5").unwrap()), Ok(DevId::new(Kind::Char, 1, 5)));
         assert_eq!(
             r.resolve(&DevSpec::parse("nosuch").unwrap()).unwrap_err().to_string(),
             "unknown device \"nosuch\": no such device on this host"

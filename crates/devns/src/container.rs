@@ -184,7 +184,6 @@ fn new_fs(fstype: &str, flags: &[&str], opts: &[(&str, &str)], attrs: MountAttrF
 }
 
 fn setup(plan: &ChildPlan<'_>) -> Result<()> {
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).context("PR_SET_PDEATHSIG")?;
     // The keeper has written our id maps before it sends the mounts.
     let (view, tmp) = receive_mounts(&plan.sock)?;
     let root_ids = || -> rustix::io::Result<()> {
@@ -195,6 +194,12 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
         rustix::thread::set_thread_res_uid(zero_u, zero_u, zero_u)
     };
     root_ids().context("cannot become root of the new user namespace")?;
+    // Only now: a change of credentials clears the parent-death signal. Had
+    // the keeper died before this, the final status message finds it gone.
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).context("PR_SET_PDEATHSIG")?;
+    // The credential change also made init non-dumpable, which would hide
+    // /proc/1 from the container's own root; init holds nothing of the host.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable).context("PR_SET_DUMPABLE")?;
     rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
         .context("cannot make the mount namespace private")?;
     let root = match plan.rootfs {

@@ -30,8 +30,9 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A device the namespace owns while the command runs: a /dev path,
-    /// MAJ:MIN, c:MAJ:MIN, b:MAJ:MIN, or a name such as loop3. Repeatable.
-    /// A whole disk brings its partitions.
+    /// MAJ:MIN (the block device when a char device has the same numbers),
+    /// c:MAJ:MIN, b:MAJ:MIN, or a name such as loop3. Repeatable. A whole
+    /// disk brings its partitions.
     #[arg(long = "dev", value_name = "DEVICE")]
     pub devs: Vec<String>,
     /// A name for the namespace (also its hostname); unique among running ones.

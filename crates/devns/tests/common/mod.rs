@@ -1,0 +1,273 @@
+//! Shared helpers for the privileged integration tests: each test makes its
+//! own state dir, loop devices and containers, and every guard here undoes
+//! what it made on drop, also when the test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+/// The opt-out for running these tests as non-root (never set by CI).
+pub const SKIP_VAR: &str = "DEVNS_TEST_SKIP_PRIVILEGED";
+
+/// Privileged tests never skip silently: as non-root they fail, unless the
+/// opt-out variable is set, and then they say that they skipped.
+pub fn privileged() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os(SKIP_VAR).is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED: this test needs root ({SKIP_VAR}=1 is set)");
+        return false;
+    }
+    panic!("this test needs root: run as root, or set {SKIP_VAR}=1 to skip privileged tests");
+}
+
+/// A test's own devns world: state dir and config path.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { dir: tempfile::Builder::new().prefix("devns-test").tempdir().expect("tempdir") }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn devns(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_devns"));
+        c.env("DEVNS_STATE_DIR", self.state_dir()).env("DEVNS_CONFIG", self.config()).env_remove("DEVNS_LOG");
+        c
+    }
+
+    /// `devns run ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.devns().arg("run").args(args).stdin(Stdio::null()).output().expect("spawn devns")
+    }
+
+    /// Devices some namespace owns, per `devns ls --owned --json`.
+    pub fn owned(&self) -> Vec<serde_json::Value> {
+        let out = self.devns().args(["ls", "--owned", "--json"]).output().expect("devns ls");
+        assert!(out.status.success(), "devns ls: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    /// Namespaces recorded in the state file.
+    pub fn recorded_namespaces(&self) -> usize {
+        match std::fs::read(self.state_dir().join("state.json")) {
+            Ok(b) => {
+                let v: serde_json::Value = serde_json::from_slice(&b).expect("state json");
+                v["namespaces"].as_array().map_or(0, Vec::len)
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// A container that keeps running: stdin and stdout piped.
+    pub fn spawn(&self, args: &[&str]) -> Container {
+        let mut child = self
+            .devns()
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn devns");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Container { child, stdin, lines }
+    }
+}
+
+/// A running `devns run`; killed (by its own pid) and reaped on drop.
+pub struct Container {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Container {
+    /// The next line of output; panics after a generous timeout, so a broken
+    /// container fails the test instead of hanging it.
+    pub fn line(&mut self) -> String {
+        match self.lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.child.kill();
+                let mut err = String::new();
+                if let Some(mut s) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut s, &mut err);
+                }
+                panic!("no output from the container ({e}); stderr: {err}");
+            }
+        }
+    }
+
+    /// Lines until (not including) `end`.
+    pub fn lines_until(&mut self, end: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let l = self.line();
+            if l == end {
+                return out;
+            }
+            out.push(l);
+        }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        let w = self.stdin.as_mut().expect("stdin open");
+        w.write_all(text.as_bytes()).and_then(|()| w.flush()).expect("write to container");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn wait(mut self) -> (i32, String) {
+        drop(self.stdin.take());
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true")).wait_with_output();
+        let out = out.expect("wait");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/dev` names from `ls -A` output.
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+pub fn default_view() -> Vec<String> {
+    sorted(
+        ["full", "null", "random", "tty", "urandom", "zero", "fd", "stdin", "stdout", "stderr", "ptmx", "pts"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+    )
+}
+
+/// The host's mount table, to compare before and after.
+pub fn host_mounts() -> Vec<String> {
+    let t = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut v: Vec<String> = t.lines().map(|l| l.split(' ').skip(3).collect::<Vec<_>>().join(" ")).collect();
+    v.sort();
+    v
+}
+
+/// Pids of processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+/// A unique marker for a test's processes.
+pub fn marker(tag: &str) -> String {
+    format!("devns-test-{tag}-{}", std::process::id())
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A loop device attached by host root with `losetup`, detached (and, if
+/// this test's attach created it, removed) on drop.
+pub struct Loop {
+    pub name: String,
+    created: bool,
+    _dir: tempfile::TempDir,
+}
+
+fn loop_exists(n: &str) -> bool {
+    Path::new("/sys/block").join(n).exists()
+}
+
+impl Loop {
+    /// A 8 MiB image, with one partition when `partitioned`.
+    pub fn new(partitioned: bool) -> Loop {
+        let dir = tempfile::Builder::new().prefix("devns-test-img").tempdir().expect("tempdir");
+        let img = dir.path().join("disk.img");
+        std::fs::File::create(&img).and_then(|f| f.set_len(8 << 20)).expect("image");
+        if partitioned {
+            let mut c = Command::new("sfdisk");
+            c.args(["-q", img.to_str().unwrap()]).stdin(Stdio::piped()).stdout(Stdio::null());
+            let mut child = c.spawn().expect("sfdisk");
+            child.stdin.take().unwrap().write_all(b"label: dos\n,4MiB,L\n").unwrap();
+            assert!(child.wait().unwrap().success(), "sfdisk failed");
+        }
+        let before: Vec<String> = (0..4096).map(|i| format!("loop{i}")).filter(|n| loop_exists(n)).collect();
+        let mut args = vec!["-f", "--show"];
+        if partitioned {
+            args.push("-P");
+        }
+        let path = sh(Command::new("losetup").args(&args).arg(&img));
+        let name = path.trim_start_matches("/dev/").to_owned();
+        let created = !before.contains(&name);
+        let l = Loop { name, created, _dir: dir };
+        let part = Path::new("/sys/block").join(&l.name).join(l.partition());
+        if partitioned && !part.exists() {
+            // A kernel without partition table parsers (this VM's has none:
+            // CONFIG_MSDOS_PARTITION and CONFIG_EFI_PARTITION are off) still
+            // takes partitions from userspace: partx parses, BLKPG adds.
+            sh(Command::new("partx").args(["-a", &format!("/dev/{}", l.name)]));
+        }
+        assert!(!partitioned || part.exists(), "no partition {}", l.partition());
+        l
+    }
+
+    pub fn partition(&self) -> String {
+        format!("{}p1", self.name)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &format!("/dev/{}", self.name)]).status();
+        if self.created
+            && let Some(n) = self.name.strip_prefix("loop").and_then(|n| n.parse::<u64>().ok())
+            && let Ok(ctl) = std::fs::File::open("/dev/loop-control")
+        {
+            const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
+            // SAFETY: LOOP_CTL_REMOVE takes the device number by value; `ctl`
+            // is an open loop-control fd for the duration of the call.
+            unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), LOOP_CTL_REMOVE, n) };
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! `devns run` against the real kernel, as root: views, devices, isolation
+//! between views, exit statuses and signals.
+
+mod common;
+use common::*;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn assert_ok(o: &std::process::Output) {
+    assert!(o.status.success(), "status {:?}, stderr: {}", o.status, String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn default_view_holds_exactly_the_global_set_symlinks_and_pts() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mounts = host_mounts();
+    let o = env.run(&["--", "ls", "-A", "/dev"]);
+    assert_ok(&o);
+    assert_eq!(sorted(stdout(&o).lines().map(str::to_owned).collect()), default_view());
+    assert_eq!(host_mounts(), mounts, "devns run changed the host's mount table");
+    assert_eq!(env.recorded_namespaces(), 0, "the run's record outlived it");
+}
+
+#[test]
+fn null_takes_writes_zero_gives_zeros_and_root_is_unprivileged_on_the_host() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let script = "echo data > /dev/null && echo null-ok; head -c 8 /dev/zero | od -An -tx1; \
+                  id -u; cat /proc/self/uid_map; readlink /dev/stdin; stat -c '%F %a %U' /dev/null /dev/pts";
+    let o = env.run(&["--", "sh", "-c", script]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "null-ok");
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["00"; 8]);
+    assert_eq!(lines[2], "0", "CMD runs as root of its namespace");
+    let map: Vec<u64> = lines[3].split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(map[0], 0);
+    assert!(map[1] >= 65_536, "container root must be an unprivileged host uid, got {}", map[1]);
+    assert_eq!(map[2], 65_536);
+    assert_eq!(lines[4], "/proc/self/fd/0");
+    let host = rustix::fs::stat("/dev/null").unwrap();
+    assert_eq!(lines[5], format!("character special file {:o} root", host.st_mode & 0o7777));
+    assert_eq!(lines[6], "directory 755 root");
+}
+
+#[test]
+fn ptys_work_inside() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    // util-linux `script` allocates a pty from the namespace's own devpts.
+    let o = env.run(&["--", "script", "-qec", "tty", "/dev/null"]);
+    assert_ok(&o);
+    assert!(stdout(&o).trim().starts_with("/dev/pts/"), "tty said {:?}", stdout(&o));
+}
+
+#[test]
+fn loop_device_is_owned_by_a_with_its_partition_and_absent_from_b() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let lp = Loop::new(true);
+    let mut b = env.spawn(&["--", "sh", "-c", "echo ready; read x; ls -A /dev; echo end"]);
+    assert_eq!(b.line(), "ready");
+
+    let script = format!("blockdev --getsize64 /dev/{0}; ls -A /dev; echo end", lp.name);
+    let mut a = env.spawn(&["--dev", &lp.name, "--", "sh", "-c", &format!("{script}; read x")]);
+    let size = a.line();
+    assert_eq!(size, (8u64 << 20).to_string(), "blockdev in A");
+    let in_a = a.lines_until("end");
+    assert!(in_a.contains(&lp.name) && in_a.contains(&lp.partition()), "A's /dev: {in_a:?}");
+    let mut want = default_view();
+    want.extend([lp.name.clone(), lp.partition()]);
+    assert_eq!(sorted(in_a), sorted(want));
+
+    // While A runs, the device is A's.
+    let owned = env.owned();
+    let names: Vec<&str> = owned.iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(sorted(names.iter().map(|s| s.to_string()).collect()), sorted(vec![lp.name.clone(), lp.partition()]));
+
+    b.send("go\n");
+    assert_eq!(sorted(b.lines_until("end")), default_view(), "B sees only the global set");
+    assert_eq!(b.wait().0, 0);
+
+    a.send("go\n");
+    assert_eq!(a.wait().0, 0);
+    assert!(env.owned().is_empty(), "the device returns to host when the run ends");
+}
+
+#[test]
+fn dev_accepts_path_number_and_name() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let lp = Loop::new(false);
+    let st = rustix::fs::stat(format!("/dev/{}", lp.name)).unwrap();
+    let num = format!("{}:{}", rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    for spec in [format!("/dev/{}", lp.name), num.clone(), format!("b:{num}"), lp.name.clone()] {
+        let o = env.run(&["--dev", &spec, "--", "ls", "-A", "/dev"]);
+        assert_ok(&o);
+        assert!(stdout(&o).lines().any(|l| l == lp.name), "--dev {spec}: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn changes_in_one_view_reach_neither_another_view_nor_the_host() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let host_null = rustix::fs::stat("/dev/null").unwrap();
+    let host_zero = rustix::fs::stat("/dev/zero").unwrap();
+    let mut a = env.spawn(&[
+        "--",
+        "sh",
+        "-c",
+        "echo ready; read x; rm /dev/null && ln -s /etc /dev/evil && chmod 600 /dev/zero && echo done; \
+         ls -A /dev; echo end; read y",
+    ]);
+    let mut b = env.spawn(&["--", "sh", "-c", "echo ready; read x; ls -A /dev; stat -c %a /dev/zero; echo end"]);
+    assert_eq!(a.line(), "ready");
+    assert_eq!(b.line(), "ready");
+    a.send("go\n");
+    assert_eq!(a.line(), "done");
+    let in_a = a.lines_until("end");
+    assert!(!in_a.contains(&"null".to_owned()) && in_a.contains(&"evil".to_owned()), "A: {in_a:?}");
+
+    b.send("go\n");
+    let mut in_b = b.lines_until("end");
+    let zero_mode = in_b.pop().unwrap();
+    assert_eq!(sorted(in_b), default_view());
+    assert_eq!(zero_mode, format!("{:o}", host_zero.st_mode & 0o777));
+
+    let now_null = rustix::fs::stat("/dev/null").unwrap();
+    assert_eq!((now_null.st_mode, now_null.st_rdev), (host_null.st_mode, host_null.st_rdev));
+    assert_eq!(rustix::fs::stat("/dev/zero").unwrap().st_mode, host_zero.st_mode);
+    assert!(std::fs::symlink_metadata("/dev/evil").is_err(), "A's symlink reached the host");
+    a.send("go\n");
+    assert_eq!(a.wait().0, 0);
+    assert_eq!(b.wait().0, 0);
+}
+
+#[test]
+fn exit_status_is_the_commands() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    assert_eq!(env.run(&["--", "sh", "-c", "exit 7"]).status.code(), Some(7));
+    assert_eq!(env.run(&["--", "true"]).status.code(), Some(0));
+    // Killed by a signal: 128 + its number, as shells and runtimes report it.
+    assert_eq!(env.run(&["--", "sh", "-c", "kill -9 $$"]).status.code(), Some(137));
+}
+
+#[test]
+fn signals_reach_the_command() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut c = env.spawn(&["--", "sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done"]);
+    assert_eq!(c.line(), "ready");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(c.pid()).unwrap(), rustix::process::Signal::TERM)
+        .unwrap();
+    assert_eq!(c.line(), "got-term");
+    assert_eq!(c.wait().0, 42);
+}
+
+#[test]
+fn killing_devns_ends_the_container_and_frees_its_devices() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let lp = Loop::new(false);
+    let m = marker("kill");
+    // The marker is the shell's $0, so it shows in its command line.
+    let mut c = env.spawn(&["--dev", &lp.name, "--", "sh", "-c", "echo ready; while :; do sleep 1; done", &m]);
+    assert_eq!(c.line(), "ready");
+    assert_eq!(env.owned().len(), 1);
+    drop(c); // SIGKILL to devns itself
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_with(&m).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(processes_with(&m).is_empty(), "container processes outlived devns");
+    assert!(env.owned().is_empty(), "a dead run's devices must return to host");
+    assert_eq!(env.recorded_namespaces(), 0);
+}
+
+#[test]
+fn name_sets_the_hostname_and_must_be_unique() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut a = env.spawn(&["--name", "web1", "--", "sh", "-c", "hostname; read x"]);
+    assert_eq!(a.line(), "web1");
+    let o = env.run(&["--name", "web1", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), "devns: name \"web1\" is already used by a running namespace");
+    a.send("\n");
+    assert_eq!(a.wait().0, 0);
+}
+
+#[test]
+fn rootfs_is_used_as_root() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let root = env.dir.path().join("rootfs");
+    // A minimal root: busybox and the libraries it links.
+    let ldd = std::process::Command::new("ldd").arg("/bin/busybox").output().unwrap();
+    let mut files = vec!["/bin/busybox".to_owned()];
+    for l in String::from_utf8_lossy(&ldd.stdout).lines() {
+        if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
+            files.push(p.to_owned());
+        }
+    }
+    for f in &files {
+        let dst = root.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(f, &dst).unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/marker"), "inside-rootfs\n").unwrap();
+    let o = env.run(&[
+        "--rootfs",
+        root.to_str().unwrap(),
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "/bin/busybox cat /etc/marker; /bin/busybox ls -A /dev; /bin/busybox ls /proc/1/ns >/dev/null && echo proc-ok",
+    ]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(lines.remove(0), "inside-rootfs");
+    assert_eq!(lines.pop().as_deref(), Some("proc-ok"));
+    assert_eq!(sorted(lines), default_view());
+}
