@@ -94,11 +94,12 @@ impl State {
             return Err(ClaimError::NameInUse(n.to_owned()));
         }
         for d in claim.devices {
-            registry.check_assign(*d, None)?;
+            // The records know the owner's name; the registry knows the rest.
             if let Some(r) = self.namespaces.iter().find(|r| r.devices.contains(d)) {
                 let dev = registry.device(*d).map_or_else(|| d.to_string(), |x| x.name.clone());
                 return Err(ClaimError::Owned { dev, owner: Self::label(r) });
             }
+            registry.check_assign(*d, None)?;
         }
         let uids: Vec<u32> = self.namespaces.iter().map(|r| r.uid_base).collect();
         let gids: Vec<u32> = self.namespaces.iter().map(|r| r.gid_base).collect();

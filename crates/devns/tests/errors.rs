@@ -1,0 +1,173 @@
+//! Every way `devns run` can be refused: one clear line on stderr, a
+//! non-zero exit, and nothing left behind (mounts, records, ownership,
+//! processes).
+
+mod common;
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+
+/// The single stderr line of a failed run.
+fn one_error_line(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "expected failure, got {:?}; stderr: {err}", o.status);
+    assert_eq!(err.lines().count(), 1, "expected exactly one line on stderr, got: {err:?}");
+    err.trim_end().to_owned()
+}
+
+/// Runs `f` and checks that nothing of it remains afterwards.
+fn leaves_nothing(env: &Env, marker: &str, f: impl FnOnce() -> Output) -> Output {
+    let mounts = host_mounts();
+    let owned_before = env.owned();
+    let o = f();
+    assert_eq!(host_mounts(), mounts, "the host's mount table changed");
+    assert_eq!(env.owned(), owned_before, "ownership changed");
+    assert!(processes_with(marker).is_empty(), "a process of the failed run is still there");
+    o
+}
+
+#[test]
+fn unknown_device() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let m = marker("unknown");
+    for (spec, msg) in [
+        ("nosuchdev0", "devns: unknown device \"nosuchdev0\": no such device on this host"),
+        ("b:250:250", "devns: unknown device \"b:250:250\": no such device on this host"),
+        ("/dev/nosuchdev0", "devns: unknown device \"/dev/nosuchdev0\": No such file or directory (os error 2)"),
+        ("/etc/passwd", "devns: unknown device \"/etc/passwd\": not a device node"),
+        ("../etc", "devns: invalid device name \"../etc\": expected a /dev path, MAJ:MIN, c:MAJ:MIN, b:MAJ:MIN or a name such as loop3"),
+    ] {
+        let o = leaves_nothing(&env, &m, || env.run(&["--dev", spec, "--", "sh", "-c", "true", &m]));
+        assert_eq!(o.status.code(), Some(125));
+        assert_eq!(one_error_line(&o), msg);
+    }
+    assert_eq!(env.recorded_namespaces(), 0);
+}
+
+#[test]
+fn device_owned_by_another_namespace() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let lp = Loop::new(true);
+    let mut a = env.spawn(&["--name", "first", "--dev", &lp.name, "--", "sh", "-c", "echo ready; read x"]);
+    assert_eq!(a.line(), "ready");
+    let m = marker("owned");
+    let o = leaves_nothing(&env, &m, || env.run(&["--dev", &lp.name, "--", "sh", "-c", "true", &m]));
+    let line = one_error_line(&o);
+    assert!(
+        line.starts_with(&format!("devns: device {} is already owned by namespace id:", lp.name)) && line.ends_with("(first)"),
+        "{line}"
+    );
+    // A partition follows its disk and cannot be given on its own.
+    let o = leaves_nothing(&env, &m, || env.run(&["--dev", &lp.partition(), "--", "sh", "-c", "true", &m]));
+    assert_eq!(
+        one_error_line(&o),
+        format!("devns: device {} is a partition: partitions follow their disk, assign {} instead", lp.partition(), lp.name)
+    );
+    assert_eq!(env.recorded_namespaces(), 1, "only A's record");
+    a.send("\n");
+    assert_eq!(a.wait().0, 0);
+    assert_eq!(env.recorded_namespaces(), 0);
+}
+
+#[test]
+fn not_root() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let m = marker("notroot");
+    let o = leaves_nothing(&env, &m, || {
+        env.devns().args(["run", "--", "sh", "-c", "true", &m]).uid(65534).gid(65534).output().unwrap()
+    });
+    assert_eq!(one_error_line(&o), "devns: devns run must run as root on the host; you are uid 65534");
+}
+
+#[test]
+fn user_namespaces_unavailable() {
+    if !privileged() {
+        return;
+    }
+    // The kernel refuses new user namespaces to a chrooted process: a real
+    // "unavailable", made in a private mount namespace of this test's own.
+    let env = Env::new();
+    let m = marker("nouserns");
+    let jail = env.dir.path().join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let script = format!(
+        "mount --rbind / {jail} && exec chroot {jail} {devns} run -- sh -c true {m}",
+        jail = jail.display(),
+        devns = env!("CARGO_BIN_EXE_devns"),
+    );
+    let o = leaves_nothing(&env, &m, || {
+        env.devns_env(Command::new("unshare").args(["--mount", "--propagation", "private", "--", "sh", "-c", &script]))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let line = one_error_line(&o);
+    assert!(line.starts_with("devns: user namespaces are unavailable: cannot create one: "), "{line}");
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(env.recorded_namespaces(), 0);
+}
+
+#[test]
+fn command_that_cannot_be_executed() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let m = marker("noexec");
+    let missing = format!("/nonexistent/{m}");
+    let o = leaves_nothing(&env, &m, || env.run(&["--", &missing]));
+    assert_eq!(o.status.code(), Some(127));
+    assert_eq!(one_error_line(&o), format!("devns: cannot execute \"{missing}\": No such file or directory (os error 2)"));
+
+    // Outside /tmp, which is private inside.
+    let not_exec = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(&m);
+    std::fs::write(&not_exec, "data").unwrap();
+    let o = leaves_nothing(&env, &m, || env.run(&["--", not_exec.to_str().unwrap()]));
+    assert_eq!(o.status.code(), Some(126));
+    let _ = std::fs::remove_file(&not_exec);
+    assert!(one_error_line(&o).contains("Permission denied"));
+    assert_eq!(env.recorded_namespaces(), 0);
+}
+
+#[test]
+fn bad_config_names_file_line_and_problem() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    std::fs::write(env.config(), "# devns policy\nglobal = [\"null\",\n   \"zero\" \"full\"]\n").unwrap();
+    let m = marker("config");
+    let o = leaves_nothing(&env, &m, || env.run(&["--", "sh", "-c", "true", &m]));
+    let line = one_error_line(&o);
+    let want = format!("devns: bad config file {}: line 3, column ", env.config().display());
+    assert!(line.starts_with(&want), "{line}");
+
+    std::fs::write(env.config(), "global = [\"null\", \"tty\"]\n").unwrap();
+    let o = env.run(&["--", "ls", "-A", "/dev"]);
+    assert!(o.status.success());
+    let mut got: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect();
+    got.sort();
+    assert_eq!(got, ["fd", "null", "ptmx", "pts", "stderr", "stdin", "stdout", "tty"]);
+}
+
+#[test]
+fn bad_rootfs() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let m = marker("rootfs");
+    let o = leaves_nothing(&env, &m, || env.run(&["--rootfs", "/nonexistent/rootfs", "--", "sh", "-c", "true", &m]));
+    assert_eq!(one_error_line(&o), "devns: bad --rootfs /nonexistent/rootfs: No such file or directory (os error 2)");
+    let o = leaves_nothing(&env, &m, || env.run(&["--rootfs", "/etc/passwd", "--", "sh", "-c", "true", &m]));
+    assert!(one_error_line(&o).starts_with("devns: bad --rootfs /etc/passwd: not a directory"));
+}
