@@ -69,7 +69,7 @@ impl Registry {
         let devices: BTreeMap<DevId, Device> = devices.into_iter().map(|d| (d.id, d)).collect();
         let global = devices
             .values()
-            .filter(|d| global_names.iter().any(|g| *g == d.name))
+            .filter(|d| global_names.contains(&d.name))
             .map(|d| d.id)
             .collect();
         Registry { devices, global, assigned: BTreeMap::new() }

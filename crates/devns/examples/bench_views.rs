@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 /// (concurrent views, repetitions): small rounds are repeated more because a
 /// single view takes microseconds and one sample is mostly noise.
-const ROUNDS: &[(usize, usize)] = &[(1, 15), (100, 5), (1000, 3)];
+const ROUNDS: &[(usize, usize)] = &[(1, 51), (100, 11), (1000, 7)];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Way {

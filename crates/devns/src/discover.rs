@@ -87,3 +87,29 @@ pub fn devices_under(sys_dev: &Path, dev_root: &Path) -> Result<Vec<Device>, Dis
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sysfs is readable without root: the host's real devices, read the
+    /// way `devns run` reads them.
+    #[test]
+    fn finds_the_hosts_null_and_loop_devices() {
+        let devs = host_devices().unwrap();
+        let null = devs.iter().find(|d| d.name == "null").expect("/dev/null in sysfs");
+        assert_eq!(null.id, DevId::new(Kind::Char, 1, 3));
+        assert_eq!(null.subsystem, "mem");
+        assert_eq!(null.mode, 0o666);
+        for d in devs.iter().filter(|d| d.name.starts_with("loop") && d.id.kind == Kind::Block) {
+            assert_eq!(d.devtype, Some(devns_core::DevType::Disk), "{}", d.name);
+        }
+        assert!(devs.iter().all(|d| devns_core::spec::is_safe_dev_name(&d.name)));
+    }
+
+    #[test]
+    fn missing_sysfs_is_a_clear_error() {
+        let e = devices_under(Path::new("/nonexistent/sys/dev"), Path::new("/dev")).unwrap_err();
+        assert!(e.to_string().starts_with("cannot list /nonexistent/sys/dev/char: "), "{e}");
+    }
+}
