@@ -269,7 +269,9 @@ fn init(cmd: &[String]) -> i32 {
                 Err(_) => return 125,
             };
             if si.signo == libc::SIGCHLD {
-                while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {
+                // Any child: `waitpid(None)` would only see our own process
+                // group, and a shell with job control leaves it.
+                while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
                     if pid == cmd_pid {
                         return match (status.exit_status(), status.terminating_signal()) {
                             (Some(code), _) => code,

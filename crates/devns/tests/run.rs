@@ -159,6 +159,9 @@ fn exit_status_is_the_commands() {
     let env = Env::new();
     assert_eq!(env.run(&["--", "sh", "-c", "exit 7"]).status.code(), Some(7));
     assert_eq!(env.run(&["--", "true"]).status.code(), Some(0));
+    // A command that leaves init's process group (as a shell with job
+    // control does) is still reaped, with its orphans.
+    assert_eq!(env.run(&["--", "setsid", "sh", "-c", "sleep 30 & exit 5"]).status.code(), Some(5));
     // Killed by a signal: 128 + its number, as shells and runtimes report it.
     assert_eq!(env.run(&["--", "sh", "-c", "kill -9 $$"]).status.code(), Some(137));
 }
