@@ -86,6 +86,18 @@ impl SignalFd {
     }
 }
 
+impl SignalFd {
+    /// Closes the fd but leaves the signals blocked: for a forked child that
+    /// takes over signal handling with its own `SignalFd` and must not let a
+    /// signal through in between.
+    pub fn close_keeping_mask(self) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the fd is read
+        // out exactly once and closed by the OwnedFd's drop.
+        drop(unsafe { std::ptr::read(&this.fd) });
+    }
+}
+
 impl AsFd for SignalFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

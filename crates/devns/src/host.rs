@@ -45,3 +45,16 @@ pub fn overflow_ids() -> (u32, u32) {
         read("/proc/sys/kernel/overflowgid").unwrap_or(devns_core::view::DEFAULT_OVERFLOW_ID),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keeper_is_alive_only_with_its_own_start_time() {
+        let me = current_keeper().unwrap();
+        assert!(keeper_alive(&me));
+        assert!(!keeper_alive(&Keeper { start_time: me.start_time + 1, ..me }));
+        assert!(!keeper_alive(&Keeper { pid: i32::MAX, ..me }));
+    }
+}

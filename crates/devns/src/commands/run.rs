@@ -150,6 +150,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     match unsafe { sysproc::fork_into(flags) }.map_err(userns_unavailable)? {
         Forked::Child => {
             drop(mine);
+            signals.close_keeping_mask();
             let plan = ChildPlan {
                 sock: theirs,
                 rootfs: rootfs.as_ref(),
@@ -169,7 +170,9 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
             let ns = container::map_ids(pid, &uids, &gids)?;
             let (view, tmp) = build_mounts(&store, keeper, ns, &mut registry, &uids, &gids)?;
             container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
-            drop(mine);
+            // The view's fd stays with the keeper, the container's /tmp is
+            // the container's alone.
+            drop((mine, tmp));
             tracing::info!(ns = %ns, pid = pid.as_raw_nonzero().get(), "started");
             supervise(&mut child, &signals)
         }
