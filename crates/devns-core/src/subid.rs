@@ -46,7 +46,10 @@ pub fn allocate(ranges: &[Range], used: &[u32]) -> Option<u32> {
         while base as u64 + BLOCK as u64 <= end {
             match in_the_way(base) {
                 // Jump past the block in the way rather than stepping by one.
-                Some(u) => base = u.checked_add(BLOCK)?,
+                Some(u) => match u.checked_add(BLOCK) {
+                    Some(next) => base = next,
+                    None => break,
+                },
                 None => return Some(base),
             }
         }

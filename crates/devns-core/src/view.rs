@@ -4,7 +4,7 @@
 use crate::device::{DevId, Device};
 use crate::idmap::IdMap;
 use crate::spec::is_safe_dev_name;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// The symlinks every view has, as devtmpfs-based `/dev`s do.
 pub const SYMLINKS: &[(&str, &str)] = &[
@@ -56,30 +56,31 @@ pub fn plan(devices: &[&Device], uids: &IdMap, gids: &IdMap, overflow: (u32, u32
     let root_uid = uids.carry(0, overflow_uid);
     let root_gid = gids.carry(0, overflow_gid);
     let mut entries = Vec::with_capacity(devices.len() + SYMLINKS.len() + 1);
-    let mut taken: BTreeSet<String> = BTreeSet::new();
+    // Every path in the plan, and whether it is a directory.
+    let mut taken: BTreeMap<String, bool> = BTreeMap::new();
     entries.push(Entry::Dir { path: PTS_DIR.into(), mode: 0o755, uid: root_uid, gid: root_gid });
-    taken.insert(PTS_DIR.into());
+    taken.insert(PTS_DIR.into(), true);
     for (path, target) in SYMLINKS {
         entries.push(Entry::Symlink { path: (*path).into(), target: (*target).into(), uid: root_uid, gid: root_gid });
-        taken.insert((*path).into());
+        taken.insert((*path).into(), false);
     }
     for d in devices {
         // A name that would escape, or collide with a fixed entry or with a
         // directory another device needs, is left out rather than guessed at.
-        if !is_safe_dev_name(&d.name) || taken.contains(&d.name) {
+        if !is_safe_dev_name(&d.name) || taken.contains_key(&d.name) {
             continue;
         }
         let comps: Vec<&str> = d.name.split('/').collect();
         let dirs: Vec<String> = (1..comps.len()).map(|i| comps[..i].join("/")).collect();
-        if dirs.iter().any(|p| taken.contains(p) && !is_dir(&entries, p)) {
+        if dirs.iter().any(|p| taken.get(p) == Some(&false)) {
             continue;
         }
         for p in dirs {
-            if taken.insert(p.clone()) {
+            if taken.insert(p.clone(), true).is_none() {
                 entries.push(Entry::Dir { path: p, mode: 0o755, uid: root_uid, gid: root_gid });
             }
         }
-        taken.insert(d.name.clone());
+        taken.insert(d.name.clone(), false);
         entries.push(Entry::Node {
             path: d.name.clone(),
             dev: d.id,
@@ -89,10 +90,6 @@ pub fn plan(devices: &[&Device], uids: &IdMap, gids: &IdMap, overflow: (u32, u32
         });
     }
     ViewPlan { root_uid, root_gid, entries }
-}
-
-fn is_dir(entries: &[Entry], path: &str) -> bool {
-    entries.iter().any(|e| matches!(e, Entry::Dir { path: p, .. } if p == path))
 }
 
 #[cfg(test)]
