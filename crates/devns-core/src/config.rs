@@ -75,7 +75,12 @@ impl Config {
         let place_of = |needle: &str| text.find(&format!("\"{needle}\"")).map(|o| line_col(text, o));
         for name in &cfg.global {
             if !is_safe_dev_name(name) {
-                return Err(err(place_of(name), format!("global: {name:?} is not a device name (DEVNAME below /dev, such as \"null\" or \"net/tun\")")));
+                return Err(err(
+                    place_of(name),
+                    format!(
+                        "global: {name:?} is not a device name (DEVNAME below /dev, such as \"null\" or \"net/tun\")"
+                    ),
+                ));
             }
             if let Some((_, why)) = NEVER_GLOBAL.iter().find(|(n, _)| n == name) {
                 return Err(err(place_of(name), format!("global: {name:?} cannot be global: {why}")));

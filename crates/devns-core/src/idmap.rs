@@ -39,8 +39,11 @@ impl IdMap {
         let mut extents = Vec::new();
         for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let line = i + 1;
-            let nums: Vec<u32> =
-                l.split_whitespace().map(str::parse).collect::<Result<_, _>>().map_err(|_| IdMapError::Syntax { line })?;
+            let nums: Vec<u32> = l
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|_| IdMapError::Syntax { line })?;
             let [inside, outside, count] = nums[..] else { return Err(IdMapError::Syntax { line }) };
             if inside.checked_add(count).is_none() || outside.checked_add(count).is_none() {
                 return Err(IdMapError::Overflow { line });

@@ -67,11 +67,7 @@ impl Registry {
     /// Names that match no device are ignored: such a device may appear later.
     pub fn new(devices: impl IntoIterator<Item = Device>, global_names: &[String]) -> Self {
         let devices: BTreeMap<DevId, Device> = devices.into_iter().map(|d| (d.id, d)).collect();
-        let global = devices
-            .values()
-            .filter(|d| global_names.contains(&d.name))
-            .map(|d| d.id)
-            .collect();
+        let global = devices.values().filter(|d| global_names.contains(&d.name)).map(|d| d.id).collect();
         Registry { devices, global, assigned: BTreeMap::new() }
     }
 
@@ -133,8 +129,7 @@ impl Registry {
 
     /// Returns every device of `ns` to `host`; the devices released.
     pub fn release_ns(&mut self, ns: NsId) -> Vec<DevId> {
-        let gone: Vec<DevId> =
-            self.assigned.iter().filter(|(_, o)| **o == ns).map(|(d, _)| *d).collect();
+        let gone: Vec<DevId> = self.assigned.iter().filter(|(_, o)| **o == ns).map(|(d, _)| *d).collect();
         for d in &gone {
             self.assigned.remove(d);
         }
@@ -168,9 +163,7 @@ impl Registry {
                     (false, false) => Err(unknown()),
                 }
             }
-            DevSpec::Name(name) => {
-                self.devices.values().find(|d| d.name == *name).map(|d| d.id).ok_or_else(unknown)
-            }
+            DevSpec::Name(name) => self.devices.values().find(|d| d.name == *name).map(|d| d.id).ok_or_else(unknown),
             DevSpec::Path(_) => Err(unknown()),
         }
     }
@@ -256,7 +249,10 @@ pub(crate) mod tests {
             r.assign(DevId::new(Kind::Block, 259, 0), A),
             Err(AssignError::Partition { part: "loop0p1".into(), disk: "loop0".into() })
         );
-        assert_eq!(r.assign(DevId::new(Kind::Block, 9, 9), A), Err(AssignError::Unknown(DevId::new(Kind::Block, 9, 9))));
+        assert_eq!(
+            r.assign(DevId::new(Kind::Block, 9, 9), A),
+            Err(AssignError::Unknown(DevId::new(Kind::Block, 9, 9)))
+        );
         r.assign(DevId::new(Kind::Block, 7, 1), A).unwrap();
         let e = r.assign(DevId::new(Kind::Block, 7, 1), B).unwrap_err();
         assert_eq!(e.to_string(), "device loop1 is already owned by namespace id:100");

@@ -9,7 +9,10 @@ pub enum DevSpec {
     /// An absolute path; the shell turns it into an `Id` by `stat`ing it.
     Path(String),
     Id(DevId),
-    Number { major: u32, minor: u32 },
+    Number {
+        major: u32,
+        minor: u32,
+    },
     Name(String),
 }
 

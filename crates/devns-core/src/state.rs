@@ -148,8 +148,8 @@ impl State {
 mod tests {
     use super::*;
     use crate::device::Kind;
-    use crate::registry::tests::sample;
     use crate::registry::Owner;
+    use crate::registry::tests::sample;
 
     const K1: Keeper = Keeper { pid: 10, start_time: 1 };
     const K2: Keeper = Keeper { pid: 11, start_time: 2 };

@@ -86,7 +86,9 @@ mod tests {
 
     #[test]
     fn reads_devmode_and_skips_nodeless() {
-        let d = device_from_sysfs(Kind::Char, "MAJOR=1\nMINOR=3\nDEVNAME=null\nDEVMODE=0666\n", "mem", None).unwrap().unwrap();
+        let d = device_from_sysfs(Kind::Char, "MAJOR=1\nMINOR=3\nDEVNAME=null\nDEVMODE=0666\n", "mem", None)
+            .unwrap()
+            .unwrap();
         assert_eq!((d.mode, d.subsystem.as_str()), (0o666, "mem"));
         assert_eq!(device_from_sysfs(Kind::Char, "MAJOR=4\nMINOR=64\n", "tty", None), Ok(None));
     }
@@ -96,7 +98,10 @@ mod tests {
         let bad = device_from_sysfs(Kind::Char, "MAJOR=1\nMINOR=3\nDEVNAME=../../etc/x\n", "", None);
         assert_eq!(bad, Err(UeventError::BadName("../../etc/x".into())));
         assert_eq!(device_from_sysfs(Kind::Char, "MINOR=3\nDEVNAME=x\n", "", None), Err(UeventError::Missing("MAJOR")));
-        assert!(matches!(device_from_sysfs(Kind::Char, "MAJOR=1\nMINOR=3\nDEVNAME=x\nDEVMODE=999\n", "", None), Err(UeventError::BadMode(_))));
+        assert!(matches!(
+            device_from_sysfs(Kind::Char, "MAJOR=1\nMINOR=3\nDEVNAME=x\nDEVMODE=999\n", "", None),
+            Err(UeventError::BadMode(_))
+        ));
         assert_eq!(parse_fields(&"A=b\n".repeat(1000)), Err(UeventError::TooLarge));
     }
 

@@ -96,8 +96,8 @@ pub fn plan(devices: &[&Device], uids: &IdMap, gids: &IdMap, overflow: (u32, u32
 mod tests {
     use super::*;
     use crate::device::Kind;
-    use crate::registry::tests::{dev, sample};
     use crate::registry::NsId;
+    use crate::registry::tests::{dev, sample};
 
     fn top_names(p: &ViewPlan) -> Vec<&str> {
         let mut v: Vec<&str> = p.entries.iter().map(Entry::path).filter(|p| !p.contains('/')).collect();

@@ -38,7 +38,10 @@ fn unknown_device() {
         ("b:250:250", "devns: unknown device \"b:250:250\": no such device on this host"),
         ("/dev/nosuchdev0", "devns: unknown device \"/dev/nosuchdev0\": No such file or directory (os error 2)"),
         ("/etc/passwd", "devns: unknown device \"/etc/passwd\": not a device node"),
-        ("../etc", "devns: invalid device name \"../etc\": expected a /dev path, MAJ:MIN, c:MAJ:MIN, b:MAJ:MIN or a name such as loop3"),
+        (
+            "../etc",
+            "devns: invalid device name \"../etc\": expected a /dev path, MAJ:MIN, c:MAJ:MIN, b:MAJ:MIN or a name such as loop3",
+        ),
     ] {
         let o = leaves_nothing(&env, &m, || env.run(&["--dev", spec, "--", "sh", "-c", "true", &m]));
         assert_eq!(o.status.code(), Some(125));
@@ -60,14 +63,19 @@ fn device_owned_by_another_namespace() {
     let o = leaves_nothing(&env, &m, || env.run(&["--dev", &lp.name, "--", "sh", "-c", "true", &m]));
     let line = one_error_line(&o);
     assert!(
-        line.starts_with(&format!("devns: device {} is already owned by namespace id:", lp.name)) && line.ends_with("(first)"),
+        line.starts_with(&format!("devns: device {} is already owned by namespace id:", lp.name))
+            && line.ends_with("(first)"),
         "{line}"
     );
     // A partition follows its disk and cannot be given on its own.
     let o = leaves_nothing(&env, &m, || env.run(&["--dev", &lp.partition(), "--", "sh", "-c", "true", &m]));
     assert_eq!(
         one_error_line(&o),
-        format!("devns: device {} is a partition: partitions follow their disk, assign {} instead", lp.partition(), lp.name)
+        format!(
+            "devns: device {} is a partition: partitions follow their disk, assign {} instead",
+            lp.partition(),
+            lp.name
+        )
     );
     assert_eq!(env.recorded_namespaces(), 1, "only A's record");
     a.send("\n");
@@ -126,7 +134,10 @@ fn command_that_cannot_be_executed() {
     let missing = format!("/nonexistent/{m}");
     let o = leaves_nothing(&env, &m, || env.run(&["--", &missing]));
     assert_eq!(o.status.code(), Some(127));
-    assert_eq!(one_error_line(&o), format!("devns: cannot execute \"{missing}\": No such file or directory (os error 2)"));
+    assert_eq!(
+        one_error_line(&o),
+        format!("devns: cannot execute \"{missing}\": No such file or directory (os error 2)")
+    );
 
     // A host file without execute permission (not under /tmp, which is
     // private inside), with the marker as its argument.

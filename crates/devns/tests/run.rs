@@ -172,7 +172,8 @@ fn signals_reach_the_command() {
         return;
     }
     let env = Env::new();
-    let mut c = env.spawn(&["--", "sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done"]);
+    let mut c =
+        env.spawn(&["--", "sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done"]);
     assert_eq!(c.line(), "ready");
     rustix::process::kill_process(rustix::process::Pid::from_raw(c.pid()).unwrap(), rustix::process::Signal::TERM)
         .unwrap();
@@ -212,7 +213,10 @@ fn name_sets_the_hostname_and_must_be_unique() {
     assert_eq!(a.line(), "web1");
     let o = env.run(&["--name", "web1", "--", "true"]);
     assert_eq!(o.status.code(), Some(125));
-    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), "devns: name \"web1\" is already used by a running namespace");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        "devns: name \"web1\" is already used by a running namespace"
+    );
     a.send("\n");
     assert_eq!(a.wait().0, 0);
 }

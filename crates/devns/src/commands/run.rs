@@ -151,12 +151,8 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         Forked::Child => {
             drop(mine);
             signals.close_keeping_mask();
-            let plan = ChildPlan {
-                sock: theirs,
-                rootfs: rootfs.as_ref(),
-                hostname: args.name.as_deref(),
-                cmd: &args.cmd,
-            };
+            let plan =
+                ChildPlan { sock: theirs, rootfs: rootfs.as_ref(), hostname: args.name.as_deref(), cmd: &args.cmd };
             // Never return into the parent's frames: their guards are the
             // parent's to run.
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| container::child_main(plan)));

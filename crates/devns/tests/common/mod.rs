@@ -62,7 +62,12 @@ impl Env {
     /// Devices some namespace owns, per `devns ls --owned --json`.
     pub fn owned(&self) -> Vec<serde_json::Value> {
         // Ownership does not depend on the policy file, which a test may break.
-        let out = self.devns().args(["ls", "--owned", "--json"]).env("DEVNS_CONFIG", "/nonexistent").output().expect("devns ls");
+        let out = self
+            .devns()
+            .args(["ls", "--owned", "--json"])
+            .env("DEVNS_CONFIG", "/nonexistent")
+            .output()
+            .expect("devns ls");
         assert!(out.status.success(), "devns ls: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("json")
     }
@@ -196,8 +201,7 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
         })
         .collect()
 }
