@@ -111,7 +111,13 @@ fn subid_ranges(file: &str) -> Vec<subid::Range> {
     std::fs::read_to_string(file).map(|t| subid::root_ranges(&t)).unwrap_or_default()
 }
 
-fn userns_unavailable(e: rustix::io::Errno) -> anyhow::Error {
+/// Explains a failed clone3: the errors by which the kernel refuses new
+/// namespaces (policy, limits, a chroot) say so; the rest are what they are.
+fn clone_failed(e: rustix::io::Errno) -> anyhow::Error {
+    use rustix::io::Errno;
+    if ![Errno::PERM, Errno::INVAL, Errno::NOSPC, Errno::USERS].contains(&e) {
+        return anyhow!("cannot create the container's first process: {e}");
+    }
     let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
     let hint = if max.trim() == "0" { " (user.max_user_namespaces is 0)" } else { "" };
     anyhow!("user namespaces are unavailable: cannot create one: {e}{hint}")
@@ -147,7 +153,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         | sysproc::CLONE_NEWIPC;
     // SAFETY: devns is single-threaded here (no thread was spawned), so the
     // child may run ordinary Rust until it execs or exits.
-    match unsafe { sysproc::fork_into(flags) }.map_err(userns_unavailable)? {
+    match unsafe { sysproc::fork_into(flags) }.map_err(clone_failed)? {
         Forked::Child => {
             drop(mine);
             signals.close_keeping_mask();
