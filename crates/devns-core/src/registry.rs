@@ -71,6 +71,40 @@ impl Registry {
         Registry { devices, global, assigned: BTreeMap::new() }
     }
 
+    /// Adds (or refreshes) a device that appeared on the host; it is global
+    /// when its name is in `global_names` (a run-time flag may override).
+    pub fn add_device(&mut self, dev: Device, global_names: &[String]) {
+        if global_names.contains(&dev.name) {
+            self.global.insert(dev.id);
+        }
+        self.devices.insert(dev.id, dev);
+    }
+
+    /// Removes a device that left the host, with its assignment and flag.
+    pub fn remove_device(&mut self, id: DevId) -> Option<Device> {
+        self.assigned.remove(&id);
+        self.global.remove(&id);
+        self.devices.remove(&id)
+    }
+
+    pub fn set_global(&mut self, id: DevId, on: bool) {
+        if on && self.devices.contains_key(&id) {
+            self.global.insert(id);
+        } else if !on {
+            self.global.remove(&id);
+        }
+    }
+
+    /// The namespaces whose views hold `id` now, of those in `all`.
+    pub fn holders<'a>(&'a self, id: DevId, all: impl IntoIterator<Item = NsId> + 'a) -> impl Iterator<Item = NsId> + 'a {
+        all.into_iter().filter(move |ns| self.visible_in(id, *ns))
+    }
+
+    /// Partitions of disk `id` (devices whose parent it is).
+    pub fn partitions(&self, id: DevId) -> impl Iterator<Item = &Device> {
+        self.devices.values().filter(move |d| d.is_partition() && d.parent == Some(id))
+    }
+
     pub fn device(&self, id: DevId) -> Option<&Device> {
         self.devices.get(&id)
     }

@@ -6,6 +6,7 @@ use crate::device::DevId;
 use crate::registry::{AssignError, NsId, Registry};
 use crate::subid::{self, Range};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 pub const STATE_VERSION: u32 = 1;
 /// Largest state file devns reads.
@@ -24,22 +25,46 @@ pub struct NsRecord {
     /// `None` between claiming devices and the namespace's creation.
     pub id: Option<NsId>,
     pub name: Option<String>,
-    pub keeper: Keeper,
-    pub uid_base: u32,
-    pub gid_base: u32,
+    /// The stand-alone `devns run` that keeps this namespace: the record
+    /// ends with it.
+    #[serde(default)]
+    pub keeper: Option<Keeper>,
+    /// Processes inside the namespace that the daemon watches: the record
+    /// ends when the last is gone (and `/proc` confirms no other is left).
+    #[serde(default)]
+    pub members: Vec<Keeper>,
+    /// The id blocks devns gave it; `None` for an attached namespace, whose
+    /// maps are its own.
+    pub uid_base: Option<u32>,
+    pub gid_base: Option<u32>,
     /// Whole devices it owns (partitions follow).
     pub devices: Vec<DevId>,
+}
+
+impl NsRecord {
+    /// How errors name it: `id:N (name)`.
+    pub fn label(&self) -> String {
+        match (&self.id, &self.name) {
+            (Some(id), Some(n)) => format!("{id} ({n})"),
+            (Some(id), None) => id.to_string(),
+            (None, Some(n)) => format!("{n} (starting)"),
+            (None, None) => "(starting)".to_owned(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
     pub namespaces: Vec<NsRecord>,
+    /// Global flags changed at run time (`devns global`), over the config's.
+    #[serde(default)]
+    pub global: BTreeMap<DevId, bool>,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { version: STATE_VERSION, namespaces: Vec::new() }
+        State { version: STATE_VERSION, namespaces: Vec::new(), global: BTreeMap::new() }
     }
 }
 
@@ -51,36 +76,55 @@ pub enum ClaimError {
     Assign(#[from] AssignError),
     #[error("name {0:?} is already used by a running namespace")]
     NameInUse(String),
+    #[error("namespace {0} is already under devns")]
+    Known(NsId),
     #[error("no free block of {} {kind} ids left in the subordinate ranges", subid::BLOCK)]
     NoIds { kind: &'static str },
+    #[error("unknown namespace {0}")]
+    UnknownNs(String),
+    #[error("device {0} is owned by no namespace")]
+    NotOwned(String),
 }
 
-/// A namespace that wants devices and an id block.
+/// A namespace coming under devns, with the devices it wants.
 pub struct Claim<'a> {
+    pub id: Option<NsId>,
     pub name: Option<&'a str>,
-    pub keeper: Keeper,
+    pub keeper: Option<Keeper>,
+    pub members: Vec<Keeper>,
     pub devices: &'a [DevId],
+    /// Give it id blocks (a namespace devns creates) or not (one attached).
+    pub allocate_ids: bool,
 }
 
 impl State {
-    /// Forgets the namespaces whose keeper is gone; returns them.
-    pub fn prune(&mut self, alive: impl Fn(&Keeper) -> bool) -> Vec<NsRecord> {
-        let (live, dead) = std::mem::take(&mut self.namespaces).into_iter().partition(|r| alive(&r.keeper));
+    /// Forgets the namespaces `alive` says are gone; returns them.
+    pub fn prune(&mut self, alive: impl Fn(&NsRecord) -> bool) -> Vec<NsRecord> {
+        let (live, dead) = std::mem::take(&mut self.namespaces).into_iter().partition(|r| alive(r));
         self.namespaces = live;
         dead
     }
 
-    fn label(r: &NsRecord) -> String {
-        match (&r.id, &r.name) {
-            (Some(id), Some(n)) => format!("{id} ({n})"),
-            (Some(id), None) => id.to_string(),
-            (None, Some(n)) => format!("{n} (starting)"),
-            (None, None) => format!("of devns process {} (starting)", r.keeper.pid),
+    fn dev_name(registry: &Registry, d: DevId) -> String {
+        registry.device(d).map_or_else(|| d.to_string(), |x| x.name.clone())
+    }
+
+    /// Whether `devices` may go to a namespace (`to`, when it exists).
+    pub fn check_devices(&self, devices: &[DevId], registry: &Registry, to: Option<NsId>) -> Result<(), ClaimError> {
+        for d in devices {
+            // The records know the owner's name; the registry knows the rest.
+            if let Some(r) = self.namespaces.iter().find(|r| r.devices.contains(d))
+                && (to.is_none() || r.id != to)
+            {
+                return Err(ClaimError::Owned { dev: Self::dev_name(registry, *d), owner: r.label() });
+            }
+            registry.check_assign(*d, to)?;
         }
+        Ok(())
     }
 
     /// Checks `claim` against the live records and the host's devices and, if
-    /// nothing conflicts, records it with freshly allocated id blocks.
+    /// nothing conflicts, records it (with fresh id blocks if asked).
     pub fn claim(
         &mut self,
         claim: Claim<'_>,
@@ -93,25 +137,30 @@ impl State {
         {
             return Err(ClaimError::NameInUse(n.to_owned()));
         }
-        for d in claim.devices {
-            // The records know the owner's name; the registry knows the rest.
-            if let Some(r) = self.namespaces.iter().find(|r| r.devices.contains(d)) {
-                let dev = registry.device(*d).map_or_else(|| d.to_string(), |x| x.name.clone());
-                return Err(ClaimError::Owned { dev, owner: Self::label(r) });
-            }
-            registry.check_assign(*d, None)?;
+        if let Some(id) = claim.id
+            && self.by_id(id).is_some()
+        {
+            return Err(ClaimError::Known(id));
         }
-        let uids: Vec<u32> = self.namespaces.iter().map(|r| r.uid_base).collect();
-        let gids: Vec<u32> = self.namespaces.iter().map(|r| r.gid_base).collect();
-        let uid_base = subid::allocate(uid_ranges, &uids).ok_or(ClaimError::NoIds { kind: "user" })?;
-        let gid_base = subid::allocate(gid_ranges, &gids).ok_or(ClaimError::NoIds { kind: "group" })?;
+        self.check_devices(claim.devices, registry, None)?;
+        let (uid_base, gid_base) = if claim.allocate_ids {
+            let uids: Vec<u32> = self.namespaces.iter().filter_map(|r| r.uid_base).collect();
+            let gids: Vec<u32> = self.namespaces.iter().filter_map(|r| r.gid_base).collect();
+            (
+                Some(subid::allocate(uid_ranges, &uids).ok_or(ClaimError::NoIds { kind: "user" })?),
+                Some(subid::allocate(gid_ranges, &gids).ok_or(ClaimError::NoIds { kind: "group" })?),
+            )
+        } else {
+            (None, None)
+        };
         let mut devices = claim.devices.to_vec();
         devices.sort();
         devices.dedup();
         self.namespaces.push(NsRecord {
-            id: None,
+            id: claim.id,
             name: claim.name.map(str::to_owned),
             keeper: claim.keeper,
+            members: claim.members,
             uid_base,
             gid_base,
             devices,
@@ -119,18 +168,64 @@ impl State {
         Ok(self.namespaces.last().expect("just pushed"))
     }
 
-    pub fn find_mut(&mut self, keeper: Keeper) -> Option<&mut NsRecord> {
-        self.namespaces.iter_mut().find(|r| r.keeper == keeper)
+    pub fn by_keeper_mut(&mut self, keeper: Keeper) -> Option<&mut NsRecord> {
+        self.namespaces.iter_mut().find(|r| r.keeper == Some(keeper))
     }
 
-    pub fn remove(&mut self, keeper: Keeper) -> Option<NsRecord> {
-        let i = self.namespaces.iter().position(|r| r.keeper == keeper)?;
+    pub fn remove_by_keeper(&mut self, keeper: Keeper) -> Option<NsRecord> {
+        let i = self.namespaces.iter().position(|r| r.keeper == Some(keeper))?;
         Some(self.namespaces.remove(i))
     }
 
-    /// Puts the recorded assignments into `registry`. Devices that are no
-    /// longer on the host are skipped and returned.
+    pub fn by_id(&self, id: NsId) -> Option<&NsRecord> {
+        self.namespaces.iter().find(|r| r.id == Some(id))
+    }
+
+    pub fn by_id_mut(&mut self, id: NsId) -> Option<&mut NsRecord> {
+        self.namespaces.iter_mut().find(|r| r.id == Some(id))
+    }
+
+    pub fn remove_id(&mut self, id: NsId) -> Option<NsRecord> {
+        let i = self.namespaces.iter().position(|r| r.id == Some(id))?;
+        Some(self.namespaces.remove(i))
+    }
+
+    /// Gives `dev` to the recorded namespace `ns`.
+    pub fn assign(&mut self, dev: DevId, ns: NsId, registry: &Registry) -> Result<(), ClaimError> {
+        self.check_devices(&[dev], registry, Some(ns))?;
+        let r = self.by_id_mut(ns).ok_or_else(|| ClaimError::UnknownNs(ns.to_string()))?;
+        if !r.devices.contains(&dev) {
+            r.devices.push(dev);
+            r.devices.sort();
+        }
+        Ok(())
+    }
+
+    /// Returns `dev` to `host`; the namespace that owned it.
+    pub fn release(&mut self, dev: DevId, registry: &Registry) -> Result<NsId, ClaimError> {
+        let r = self
+            .namespaces
+            .iter_mut()
+            .find(|r| r.devices.contains(&dev))
+            .ok_or_else(|| ClaimError::NotOwned(Self::dev_name(registry, dev)))?;
+        r.devices.retain(|d| *d != dev);
+        r.id.ok_or_else(|| ClaimError::UnknownNs(r.label()))
+    }
+
+    /// Forgets `dev` wherever it is owned (the device left the host).
+    pub fn forget_device(&mut self, dev: DevId) {
+        for r in &mut self.namespaces {
+            r.devices.retain(|d| *d != dev);
+        }
+        self.global.remove(&dev);
+    }
+
+    /// Puts the recorded assignments and global flags into `registry`.
+    /// Devices that are no longer on the host are skipped and returned.
     pub fn apply(&self, registry: &mut Registry) -> Vec<DevId> {
+        for (d, on) in &self.global {
+            registry.set_global(*d, *on);
+        }
         let mut missing = Vec::new();
         for r in &self.namespaces {
             let Some(id) = r.id else { continue };
@@ -156,31 +251,56 @@ mod tests {
     const LOOP0: DevId = DevId::new(Kind::Block, 7, 0);
     const LOOP1: DevId = DevId::new(Kind::Block, 7, 1);
 
+    fn claim<'a>(name: Option<&'a str>, keeper: Keeper, devices: &'a [DevId]) -> Claim<'a> {
+        Claim { id: None, name, keeper: Some(keeper), members: vec![], devices, allocate_ids: true }
+    }
+
+    #[test]
+    fn assign_release_and_forget() {
+        let reg = sample();
+        let mut s = State::default();
+        s.claim(Claim { id: Some(NsId(9)), ..claim(Some("x"), K1, &[]) }, &reg, &[], &[]).unwrap();
+        s.claim(Claim { id: Some(NsId(8)), ..claim(None, K2, &[]) }, &reg, &[], &[]).unwrap();
+        s.assign(LOOP0, NsId(9), &reg).unwrap();
+        s.assign(LOOP0, NsId(9), &reg).unwrap();
+        assert_eq!(s.by_id(NsId(9)).unwrap().devices, [LOOP0]);
+        let e = s.assign(LOOP0, NsId(8), &reg).unwrap_err();
+        assert_eq!(e.to_string(), "device loop0 is already owned by namespace id:9 (x)");
+        assert_eq!(s.assign(LOOP1, NsId(7), &reg), Err(ClaimError::UnknownNs("id:7".into())));
+        assert_eq!(s.release(LOOP0, &reg), Ok(NsId(9)));
+        assert_eq!(s.release(LOOP0, &reg), Err(ClaimError::NotOwned("loop0".into())));
+        s.assign(LOOP1, NsId(8), &reg).unwrap();
+        s.forget_device(LOOP1);
+        assert!(s.by_id(NsId(8)).unwrap().devices.is_empty());
+        let e = s.claim(Claim { id: Some(NsId(9)), ..claim(None, K2, &[]) }, &reg, &[], &[]).unwrap_err();
+        assert_eq!(e, ClaimError::Known(NsId(9)));
+    }
+
     #[test]
     fn claims_get_distinct_blocks_and_devices() {
         let reg = sample();
         let mut s = State::default();
-        let a = s.claim(Claim { name: Some("a"), keeper: K1, devices: &[LOOP0] }, &reg, &[], &[]).unwrap();
-        assert_eq!((a.uid_base, a.gid_base), (100_000, 100_000));
-        let b = s.claim(Claim { name: None, keeper: K2, devices: &[LOOP1] }, &reg, &[], &[]).unwrap();
-        assert_eq!(b.uid_base, 165_536);
+        let a = s.claim(claim(Some("a"), K1, &[LOOP0]), &reg, &[], &[]).unwrap();
+        assert_eq!((a.uid_base, a.gid_base), (Some(100_000), Some(100_000)));
+        let b = s.claim(claim(None, K2, &[LOOP1]), &reg, &[], &[]).unwrap();
+        assert_eq!(b.uid_base, Some(165_536));
     }
 
     #[test]
     fn conflicting_claims_change_nothing() {
         let reg = sample();
         let mut s = State::default();
-        s.claim(Claim { name: Some("a"), keeper: K1, devices: &[LOOP0] }, &reg, &[], &[]).unwrap();
-        s.find_mut(K1).unwrap().id = Some(NsId(77));
+        s.claim(claim(Some("a"), K1, &[LOOP0]), &reg, &[], &[]).unwrap();
+        s.by_keeper_mut(K1).unwrap().id = Some(NsId(77));
         let before = s.clone();
-        let e = s.claim(Claim { name: None, keeper: K2, devices: &[LOOP1, LOOP0] }, &reg, &[], &[]).unwrap_err();
+        let e = s.claim(claim(None, K2, &[LOOP1, LOOP0]), &reg, &[], &[]).unwrap_err();
         assert_eq!(e.to_string(), "device loop0 is already owned by namespace id:77 (a)");
-        let e = s.claim(Claim { name: Some("a"), keeper: K2, devices: &[] }, &reg, &[], &[]).unwrap_err();
+        let e = s.claim(claim(Some("a"), K2, &[]), &reg, &[], &[]).unwrap_err();
         assert_eq!(e, ClaimError::NameInUse("a".into()));
-        let e = s.claim(Claim { name: None, keeper: K2, devices: &[DevId::new(Kind::Block, 259, 0)] }, &reg, &[], &[]);
+        let e = s.claim(claim(None, K2, &[DevId::new(Kind::Block, 259, 0)]), &reg, &[], &[]);
         assert!(matches!(e, Err(ClaimError::Assign(AssignError::Partition { .. }))));
         let tiny = [Range { start: 100_000, count: 65_536 }];
-        let e = s.claim(Claim { name: None, keeper: K2, devices: &[] }, &reg, &tiny, &[]).unwrap_err();
+        let e = s.claim(claim(None, K2, &[]), &reg, &tiny, &[]).unwrap_err();
         assert_eq!(e, ClaimError::NoIds { kind: "user" });
         assert_eq!(s, before);
     }
@@ -189,11 +309,11 @@ mod tests {
     fn prune_and_apply() {
         let mut reg = sample();
         let mut s = State::default();
-        s.claim(Claim { name: None, keeper: K1, devices: &[LOOP0] }, &reg, &[], &[]).unwrap();
-        s.claim(Claim { name: None, keeper: K2, devices: &[LOOP1] }, &reg, &[], &[]).unwrap();
-        s.find_mut(K1).unwrap().id = Some(NsId(5));
-        s.find_mut(K2).unwrap().id = Some(NsId(6));
-        let dead = s.prune(|k| *k != K1);
+        s.claim(claim(None, K1, &[LOOP0]), &reg, &[], &[]).unwrap();
+        s.claim(claim(None, K2, &[LOOP1]), &reg, &[], &[]).unwrap();
+        s.by_keeper_mut(K1).unwrap().id = Some(NsId(5));
+        s.by_keeper_mut(K2).unwrap().id = Some(NsId(6));
+        let dead = s.prune(|r| r.keeper != Some(K1));
         assert_eq!(dead.len(), 1);
         assert!(s.apply(&mut reg).is_empty());
         assert_eq!(reg.owner(LOOP0), Owner::Host);

@@ -68,6 +68,67 @@ pub fn device_from_sysfs(
     }))
 }
 
+/// What happened to a device, per a kernel uevent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Add,
+    Remove,
+    Change,
+    /// move, bind, unbind, online, offline: nothing for devns to do.
+    Other,
+}
+
+/// A kernel uevent as it arrives on `NETLINK_KOBJECT_UEVENT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uevent {
+    pub action: Action,
+    /// Below `/sys`, starting with `/devices/`.
+    pub devpath: String,
+    pub subsystem: String,
+    /// The device, when the event names one (`MAJOR`/`MINOR`).
+    pub dev: Option<DevId>,
+    pub devname: Option<String>,
+    pub raw: String,
+}
+
+/// Parses one kernel uevent datagram: `ACTION@DEVPATH\0KEY=VALUE\0...`.
+/// udev's own re-broadcasts (`libudev` magic) and anything malformed are
+/// refused: the daemon reads only the kernel's.
+pub fn parse_netlink(buf: &[u8]) -> Result<Uevent, UeventError> {
+    if buf.len() > MAX_UEVENT_BYTES + 512 {
+        return Err(UeventError::TooLarge);
+    }
+    let text = std::str::from_utf8(buf).map_err(|_| UeventError::Missing("UTF-8 text"))?;
+    let (header, rest) = text.split_once('\0').ok_or(UeventError::Missing("header"))?;
+    if !header.contains('@') {
+        return Err(UeventError::Missing("ACTION@DEVPATH header"));
+    }
+    let f = parse_fields(rest).map_err(|_| UeventError::TooLarge)?;
+    let action = match f.get("ACTION").copied() {
+        Some("add") => Action::Add,
+        Some("remove") => Action::Remove,
+        Some("change") => Action::Change,
+        Some(_) => Action::Other,
+        None => return Err(UeventError::Missing("ACTION")),
+    };
+    let devpath = f.get("DEVPATH").copied().ok_or(UeventError::Missing("DEVPATH"))?;
+    if !devpath.starts_with("/devices/") || devpath.split('/').any(|c| c == ".." || c == ".") {
+        return Err(UeventError::Missing("safe DEVPATH"));
+    }
+    let subsystem = f.get("SUBSYSTEM").copied().unwrap_or_default().to_owned();
+    let kind = if subsystem == "block" { Kind::Block } else { Kind::Char };
+    let dev = match (parse_num(f.get("MAJOR").copied()), parse_num(f.get("MINOR").copied())) {
+        (Some(major), Some(minor)) => Some(DevId::new(kind, major, minor)),
+        _ => None,
+    };
+    let devname = match f.get("DEVNAME") {
+        Some(n) if is_safe_dev_name(n) => Some((*n).to_owned()),
+        Some(n) => return Err(UeventError::BadName((*n).to_owned())),
+        None => None,
+    };
+    Ok(Uevent { action, devpath: devpath.to_owned(), subsystem, dev, devname, raw: rest.to_owned() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +170,34 @@ mod tests {
         #[test]
         fn never_panics(s in "\\PC{0,300}") {
             let _ = device_from_sysfs(Kind::Block, &s, "block", None);
+        }
+    }
+
+    #[test]
+    fn parses_kernel_netlink_events() {
+        let msg = b"add@/devices/virtual/block/loop8\0ACTION=add\0DEVPATH=/devices/virtual/block/loop8\0SUBSYSTEM=block\0MAJOR=7\0MINOR=8\0DEVNAME=loop8\0DEVTYPE=disk\0SEQNUM=4242\0";
+        let ev = parse_netlink(msg).unwrap();
+        assert_eq!(ev.action, Action::Add);
+        assert_eq!(ev.dev, Some(DevId::new(Kind::Block, 7, 8)));
+        assert_eq!(ev.devname.as_deref(), Some("loop8"));
+        assert_eq!(ev.devpath, "/devices/virtual/block/loop8");
+        let zram = b"remove@/devices/virtual/block/zram1\0ACTION=remove\0DEVPATH=/devices/virtual/block/zram1\0SUBSYSTEM=block\0MAJOR=253\0MINOR=1\0DEVNAME=zram1\0";
+        assert_eq!(parse_netlink(zram).unwrap().action, Action::Remove);
+    }
+
+    #[test]
+    fn refuses_udev_and_malformed_events() {
+        assert!(parse_netlink(b"libudev\0\xfe\xed\xca\xfe").is_err());
+        assert!(parse_netlink(b"add@/x\0ACTION=add\0DEVPATH=/devices/../../etc\0").is_err());
+        assert!(parse_netlink(b"add@/x\0DEVPATH=/devices/a\0").is_err());
+        assert!(parse_netlink(b"add@/devices/a\0ACTION=add\0DEVPATH=/devices/a\0DEVNAME=../x\0").is_err());
+        assert!(parse_netlink(&[b'a'; 5000]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn netlink_never_panics(b in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse_netlink(&b);
         }
     }
 }

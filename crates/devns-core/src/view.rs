@@ -92,6 +92,65 @@ pub fn plan(devices: &[&Device], uids: &IdMap, gids: &IdMap, overflow: (u32, u32
     ViewPlan { root_uid, root_gid, entries }
 }
 
+/// What the shell found at a path of a live view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    Dir,
+    Node(DevId),
+    /// A symlink, regular file, FIFO or socket: the container's business.
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actual {
+    pub path: String,
+    pub found: Found,
+}
+
+/// One step that brings a live view to its plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create a directory or node entry of the plan.
+    Create(Entry),
+    /// Remove the node at a path.
+    Remove(String),
+}
+
+/// The steps from `actual` to `plan`, removals first.
+///
+/// Device nodes are devns's: a desired node that is missing is made, a node
+/// of a device the namespace may no longer see is removed (whatever its
+/// path: nodes a container made of its own devices stay), and a node at a
+/// desired path that is another device is replaced. Everything else a
+/// container put in its view (files, symlinks, directories, chmods) is left
+/// as it is; symlinks are made only with the view.
+pub fn diff(plan: &ViewPlan, actual: &[Actual], visible: impl Fn(DevId) -> bool) -> Vec<Op> {
+    let found: BTreeMap<&str, &Found> = actual.iter().map(|a| (a.path.as_str(), &a.found)).collect();
+    let mut removes = Vec::new();
+    let mut creates = Vec::new();
+    for a in actual {
+        if let Found::Node(dev) = a.found
+            && !visible(dev)
+        {
+            removes.push(Op::Remove(a.path.clone()));
+        }
+    }
+    for e in &plan.entries {
+        match (e, found.get(e.path())) {
+            (Entry::Dir { .. } | Entry::Node { .. }, None) => creates.push(Op::Create(e.clone())),
+            (Entry::Node { dev, .. }, Some(Found::Node(have))) if have != dev => {
+                if visible(*have) {
+                    removes.push(Op::Remove(e.path().to_owned()));
+                }
+                creates.push(Op::Create(e.clone()));
+            }
+            _ => {}
+        }
+    }
+    removes.extend(creates);
+    removes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +208,38 @@ mod tests {
         assert_eq!(paths.iter().filter(|p| **p == "fd").count(), 1);
         assert!(!paths.contains(&"stdin/x"));
         assert!(matches!(p.entries[pos("net")], Entry::Dir { .. }));
+    }
+
+    #[test]
+    fn diff_makes_missing_removes_invisible_and_leaves_the_rest() {
+        let r = sample();
+        let m = IdMap::single(100_000, 65_536);
+        let p = plan(&r.view_devices(NsId(1)), &m, &m, DEFAULT_OVERFLOW);
+        let null = DevId::new(Kind::Char, 1, 3);
+        let loop0 = DevId::new(Kind::Block, 7, 0);
+        let actual = vec![
+            Actual { path: "pts".into(), found: Found::Dir },
+            Actual { path: "zero".into(), found: Found::Other },
+            Actual { path: "null2".into(), found: Found::Node(null) },
+            Actual { path: "loop0".into(), found: Found::Node(loop0) },
+            Actual { path: "null".into(), found: Found::Node(loop0) },
+        ];
+        let ops = diff(&p, &actual, |d| r.visible_in(d, NsId(1)));
+        let want_null = p.entries.iter().find(|e| e.path() == "null").unwrap().clone();
+        assert_eq!(ops, vec![Op::Remove("loop0".into()), Op::Remove("null".into()), Op::Create(want_null)]);
+        // A view that matches its plan needs nothing.
+        let full: Vec<Actual> = p
+            .entries
+            .iter()
+            .map(|e| Actual {
+                path: e.path().into(),
+                found: match e {
+                    Entry::Dir { .. } => Found::Dir,
+                    Entry::Node { dev, .. } => Found::Node(*dev),
+                    Entry::Symlink { .. } => Found::Other,
+                },
+            })
+            .collect();
+        assert!(diff(&p, &full, |d| r.visible_in(d, NsId(1))).is_empty());
     }
 }

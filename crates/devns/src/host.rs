@@ -37,6 +37,12 @@ pub fn keeper_alive(k: &Keeper) -> bool {
     start_time(k.pid) == Some(k.start_time)
 }
 
+/// Whether a recorded namespace may still be alive: its keeper runs, or one
+/// of its watched members does. (The daemon confirms a "no" against /proc.)
+pub fn record_alive(r: &devns_core::state::NsRecord) -> bool {
+    r.keeper.as_ref().is_some_and(keeper_alive) || r.members.iter().any(keeper_alive)
+}
+
 /// The host's overflow uid and gid: what unmapped ids show as.
 pub fn overflow_ids() -> (u32, u32) {
     let read = |f: &str| fs::read_to_string(f).ok().and_then(|s| s.trim().parse().ok());

@@ -33,7 +33,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     // Reading prunes namespaces whose devns process has gone, as every
     // writer does, so what is shown is what holds.
     store.update::<_, anyhow::Error>(|state| {
-        state.prune(host::keeper_alive);
+        state.prune(host::record_alive);
         state.apply(&mut registry);
         Ok(())
     })?;

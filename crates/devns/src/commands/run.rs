@@ -80,7 +80,7 @@ struct ClaimGuard<'a> {
 
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.store.update::<_, anyhow::Error>(|s| Ok(s.remove(self.keeper))) {
+        if let Err(e) = self.store.update::<_, anyhow::Error>(|s| Ok(s.remove_by_keeper(self.keeper))) {
             tracing::error!(error = %e, "could not release this run's devices in the state file");
         }
     }
@@ -134,11 +134,18 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let keeper = host::current_keeper()?;
     let (uid_ranges, gid_ranges) = (subid_ranges("/etc/subuid"), subid_ranges("/etc/subgid"));
     let (uid_base, gid_base) = store.update::<_, anyhow::Error>(|state| {
-        state.prune(host::keeper_alive);
+        state.prune(host::record_alive);
         state.apply(&mut registry);
-        let claim = Claim { name: args.name.as_deref(), keeper, devices: &devs };
+        let claim = Claim {
+            id: None,
+            name: args.name.as_deref(),
+            keeper: Some(keeper),
+            members: vec![],
+            devices: &devs,
+            allocate_ids: true,
+        };
         let r = state.claim(claim, &registry, &uid_ranges, &gid_ranges)?;
-        Ok((r.uid_base, r.gid_base))
+        Ok((r.uid_base.expect("allocated"), r.gid_base.expect("allocated")))
     })?;
     let _claim = ClaimGuard { store: &store, keeper };
 
@@ -191,7 +198,7 @@ fn build_mounts(
     gids: &IdMap,
 ) -> Result<(OwnedFd, OwnedFd)> {
     store.update::<_, anyhow::Error>(|state| {
-        let rec = state.find_mut(keeper).context("this run's record vanished from the state file")?;
+        let rec = state.by_keeper_mut(keeper).context("this run's record vanished from the state file")?;
         rec.id = Some(ns);
         for d in rec.devices.clone() {
             registry.assign(d, ns)?;

@@ -1,0 +1,183 @@
+//! The daemon's socket API (version 1): newline-delimited JSON requests and
+//! replies. Types and parsing only; see docs/API.md.
+
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: u32 = 1;
+/// Largest request line the daemon reads; longer is an error and a close.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Devices with owner and global flag.
+    Ls,
+    /// Namespaces under devns.
+    NsLs,
+    /// The tree of a namespace's view.
+    View { ns: String },
+    Assign { device: String, to: String },
+    Release { device: String },
+    Global { device: String, on: bool },
+    /// Bring the user namespace of `pid` under devns and mount its view.
+    Attach {
+        pid: i32,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        at: Option<String>,
+    },
+    /// Stream events on this connection.
+    Events,
+    /// From `devns run`: provision the namespace of the process whose pidfd
+    /// comes with the request (SCM_RIGHTS); the reply carries the view.
+    Run {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        devices: Vec<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("request is not valid JSON: {0}")]
+    Json(String),
+    #[error("unsupported API version {0} (this daemon speaks {API_VERSION})")]
+    Version(u64),
+    #[error("bad request: {0}")]
+    Bad(String),
+}
+
+/// Parses one request line: `{"v":1,"op":...}`.
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    let mut v: serde_json::Value = serde_json::from_slice(line).map_err(|e| RequestError::Json(e.to_string()))?;
+    let obj = v.as_object_mut().ok_or_else(|| RequestError::Bad("expected a JSON object".into()))?;
+    match obj.remove("v").map(|v| v.as_u64()) {
+        Some(Some(n)) if n == API_VERSION as u64 => {}
+        Some(Some(n)) => return Err(RequestError::Version(n)),
+        Some(None) => return Err(RequestError::Bad("\"v\" must be a number".into())),
+        None => return Err(RequestError::Bad("missing \"v\" (API version)".into())),
+    }
+    serde_json::from_value(v).map_err(|e| RequestError::Bad(e.to_string()))
+}
+
+/// A namespace as a user names it: `id:N`, `pid:N`, or its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NsRef {
+    Id(u64),
+    Pid(i32),
+    Name(String),
+}
+
+impl NsRef {
+    pub fn parse(s: &str) -> Result<NsRef, RequestError> {
+        let bad = || RequestError::Bad(format!("invalid namespace {s:?}: expected a name, pid:N or id:N"));
+        if let Some(n) = s.strip_prefix("id:") {
+            return n.parse().map(NsRef::Id).map_err(|_| bad());
+        }
+        if let Some(n) = s.strip_prefix("pid:") {
+            return n.parse().ok().filter(|p: &i32| *p > 0).map(NsRef::Pid).ok_or_else(bad);
+        }
+        if s.is_empty() || s.len() > 64 || s.contains(':') {
+            return Err(bad());
+        }
+        Ok(NsRef::Name(s.to_owned()))
+    }
+}
+
+/// A device row of `ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRow {
+    pub name: String,
+    pub kind: char,
+    pub major: u32,
+    pub minor: u32,
+    pub owner: String,
+    pub global: bool,
+}
+
+/// A namespace row of `ns ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub pids: Vec<i32>,
+    pub devices: Vec<String>,
+}
+
+/// One entry of `view`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRow {
+    pub path: String,
+    /// `dir`, `char`, `block`, `symlink`, `file`, `other`
+    pub kind: String,
+    pub dev: Option<String>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub target: Option<String>,
+}
+
+/// What `events` streams.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `assign`, `release`, `global`, `add`, `remove`, `ns-new`, `ns-gone`
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dev: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ns: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub global: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_requests() {
+        assert_eq!(
+            parse_request(br#"{"v":1,"op":"assign","device":"loop3","to":"web"}"#),
+            Ok(Request::Assign { device: "loop3".into(), to: "web".into() })
+        );
+        assert_eq!(parse_request(br#"{"v":1,"op":"ns-ls"}"#), Ok(Request::NsLs));
+        assert_eq!(
+            parse_request(br#"{"v":1,"op":"attach","pid":42}"#),
+            Ok(Request::Attach { pid: 42, name: None, at: None })
+        );
+    }
+
+    #[test]
+    fn refuses_bad_requests_with_reasons() {
+        assert!(matches!(parse_request(b"{nope"), Err(RequestError::Json(_))));
+        assert_eq!(parse_request(br#"{"v":2,"op":"ls"}"#), Err(RequestError::Version(2)));
+        assert!(parse_request(br#"{"op":"ls"}"#).unwrap_err().to_string().contains("missing \"v\""));
+        let e = parse_request(br#"{"v":1,"op":"explode"}"#).unwrap_err().to_string();
+        assert!(e.starts_with("bad request: unknown variant `explode`"), "{e}");
+        let e = parse_request(br#"{"v":1,"op":"release","device":"x","extra":1}"#).unwrap_err().to_string();
+        assert!(e.contains("unknown field `extra`"), "{e}");
+        assert!(parse_request(br#"[1,2]"#).is_err());
+    }
+
+    #[test]
+    fn namespace_refs() {
+        assert_eq!(NsRef::parse("id:4026531837"), Ok(NsRef::Id(4026531837)));
+        assert_eq!(NsRef::parse("pid:7"), Ok(NsRef::Pid(7)));
+        assert_eq!(NsRef::parse("web"), Ok(NsRef::Name("web".into())));
+        for bad in ["", "pid:0", "pid:-1", "id:x", "a:b"] {
+            assert!(NsRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_request(&b);
+        }
+    }
+}
