@@ -15,3 +15,46 @@ pub fn ns_id(nsfd: impl AsFd) -> io::Result<u64> {
     // which is what `Getter<NS_GET_ID, u64>` provides.
     unsafe { ioctl(nsfd, Getter::<NS_GET_ID, u64>::new()) }
 }
+
+/// `PIDFD_GET_USER_NAMESPACE` (`_IO(0xFF, 9)`, `linux/pidfd.h`, Linux 6.11):
+/// the user namespace of the process behind a pidfd, without going through
+/// a pid. rustix has no wrapper.
+const PIDFD_GET_USER_NAMESPACE: rustix::ioctl::Opcode = opcode::none(0xFF, 9);
+
+/// An nsfs fd for the user namespace of the process behind `pidfd`.
+pub fn pidfd_user_ns(pidfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
+    use rustix::fd::FromRawFd;
+    let fd = pidfd.as_fd();
+    // SAFETY: this ioctl takes no argument and returns a new fd or -1.
+    let ret = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), PIDFD_GET_USER_NAMESPACE as _, 0) };
+    if ret < 0 {
+        return Err(io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+    }
+    // SAFETY: a non-negative return is a new fd that nothing else owns.
+    Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(ret) })
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5): a pidfd for the process at the other end of
+/// a unix socket, taken when it connected. rustix has no wrapper.
+pub fn peer_pidfd(sock: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
+    use rustix::fd::FromRawFd;
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut fd: libc::c_int = -1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    let s = sock.as_fd();
+    // SAFETY: `fd` and `len` outlive the call, and `len` is the size of `fd`.
+    let ret = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 || fd < 0 {
+        return Err(io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+    }
+    // SAFETY: getsockopt(SO_PEERPIDFD) stored a new fd that nothing else owns.
+    Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(fd) })
+}

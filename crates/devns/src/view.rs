@@ -2,9 +2,10 @@
 //! made by host root with the new mount API (so its nodes work once mounted
 //! inside a user namespace), filled from a [`ViewPlan`].
 
-use devns_core::view::{Entry, ViewPlan};
-use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{AtFlags, FileType, Gid, Mode, Uid};
+use devns_core::DevId;
+use devns_core::view::{Actual, Entry, Found, Op, ViewPlan, diff};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Uid};
 use rustix::io;
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
 
@@ -51,28 +52,64 @@ impl Drop for UmaskGuard {
 /// Makes a new view holding `plan`, as a detached mount.
 pub fn create(plan: &ViewPlan) -> Result<OwnedFd, ViewError> {
     let (uid, gid) = (plan.root_uid.to_string(), plan.root_gid.to_string());
-    let opts = [
-        ("mode", "0755"),
-        ("uid", uid.as_str()),
-        ("gid", gid.as_str()),
-        ("size", VIEW_SIZE),
-        ("nr_inodes", VIEW_INODES),
-    ];
+    let opts =
+        [("mode", "0755"), ("uid", uid.as_str()), ("gid", gid.as_str()), ("size", VIEW_SIZE), ("nr_inodes", VIEW_INODES)];
     let mnt = tmpfs(&opts, MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC)?;
-    apply(&mnt, &plan.entries)?;
+    let ops: Vec<Op> = plan.entries.iter().cloned().map(Op::Create).collect();
+    apply(&mnt, &ops)?;
     Ok(mnt)
 }
 
-/// Creates `entries` below the directory `root`.
-pub fn apply(root: impl AsFd, entries: &[Entry]) -> Result<(), ViewError> {
+/// Brings a live view to `plan`: the one reconcile step that creation,
+/// daemon start, restart and every event share. Returns how many steps it
+/// took.
+pub fn reconcile(root: impl AsFd, plan: &ViewPlan, visible: impl Fn(DevId) -> bool) -> Result<usize, ViewError> {
+    let actual = scan(&root)?.into_iter().map(|e| e.actual).collect::<Vec<_>>();
+    let ops = diff(plan, &actual, visible);
+    apply(&root, &ops)?;
+    Ok(ops.len())
+}
+
+/// The parent directory of `path` below `root`, and its last component. The
+/// view is the container's to change, so the walk follows no symlink and
+/// never leaves the view's filesystem.
+fn parent_of<'p>(root: BorrowedFd<'_>, path: &'p str) -> io::Result<(Option<OwnedFd>, &'p str)> {
+    match path.rsplit_once('/') {
+        None => Ok((None, path)),
+        Some((dir, name)) => {
+            let fd = rustix::fs::openat2(
+                root,
+                dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV | ResolveFlags::NO_MAGICLINKS,
+            )?;
+            Ok((Some(fd), name))
+        }
+    }
+}
+
+/// Applies `ops` below the directory `root`.
+pub fn apply(root: impl AsFd, ops: &[Op]) -> Result<(), ViewError> {
     let root = root.as_fd();
     let _umask = UmaskGuard::set(Mode::empty());
-    for e in entries {
-        let path = e.path();
+    for op in ops {
+        let path = match op {
+            Op::Create(e) => e.path(),
+            Op::Remove(p) => p.as_str(),
+        };
         let err = |step| move |source| ViewError::Entry { path: path.to_owned(), step, source };
+        let (parent, name) = parent_of(root, path).map_err(err("open parent"))?;
+        let dir = parent.as_ref().map_or(root, |p| p.as_fd());
+        let Op::Create(e) = op else {
+            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) | Err(io::Errno::NOENT) => continue,
+                Err(e) => return Err(err("unlink")(e)),
+            }
+        };
         let (uid, gid) = match e {
             Entry::Dir { mode, uid, gid, .. } => {
-                rustix::fs::mkdirat(root, path, Mode::from_raw_mode(*mode)).map_err(err("mkdir"))?;
+                rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(*mode)).map_err(err("mkdir"))?;
                 (uid, gid)
             }
             Entry::Node { dev, mode, uid, gid, .. } => {
@@ -81,16 +118,89 @@ pub fn apply(root: impl AsFd, entries: &[Entry]) -> Result<(), ViewError> {
                     devns_core::Kind::Block => FileType::BlockDevice,
                 };
                 let rdev = rustix::fs::makedev(dev.major, dev.minor);
-                rustix::fs::mknodat(root, path, ft, Mode::from_raw_mode(*mode), rdev).map_err(err("mknod"))?;
+                rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(*mode), rdev).map_err(err("mknod"))?;
                 (uid, gid)
             }
             Entry::Symlink { target, uid, gid, .. } => {
-                rustix::fs::symlinkat(target.as_str(), root, path).map_err(err("symlink"))?;
+                rustix::fs::symlinkat(target.as_str(), dir, name).map_err(err("symlink"))?;
                 (uid, gid)
             }
         };
         let (u, g) = (Uid::from_raw(*uid), Gid::from_raw(*gid));
-        rustix::fs::chownat(root, path, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).map_err(err("chown"))?;
+        rustix::fs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).map_err(err("chown"))?;
+    }
+    Ok(())
+}
+
+/// One entry of a live view, with what `devns view` shows of it.
+pub struct Scanned {
+    pub actual: Actual,
+    pub stat: rustix::fs::Stat,
+    pub target: Option<String>,
+}
+
+/// Most entries and depth a scan reads: a container can fill its own view,
+/// but not make devns walk without end.
+const SCAN_MAX_ENTRIES: usize = 20_000;
+const SCAN_MAX_DEPTH: usize = 16;
+
+/// Everything in a view, read without following symlinks.
+pub fn scan(root: impl AsFd) -> Result<Vec<Scanned>, ViewError> {
+    let mut out = Vec::new();
+    let root = root.as_fd();
+    let dir = rustix::fs::openat(root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|source| ViewError::Entry { path: ".".into(), step: "open", source })?;
+    scan_dir(dir, "", 0, &mut out)?;
+    Ok(out)
+}
+
+fn scan_dir(dir: OwnedFd, prefix: &str, depth: usize, out: &mut Vec<Scanned>) -> Result<(), ViewError> {
+    let err = |path: &str, step| {
+        let path = path.to_owned();
+        move |source| ViewError::Entry { path, step, source }
+    };
+    let mut d = rustix::fs::Dir::read_from(&dir).map_err(err(prefix, "readdir"))?;
+    while let Some(ent) = d.next() {
+        let ent = ent.map_err(err(prefix, "readdir"))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if name == "." || name == ".." {
+            continue;
+        }
+        if out.len() >= SCAN_MAX_ENTRIES {
+            return Ok(());
+        }
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let stat = match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(s) => s,
+            Err(io::Errno::NOENT) => continue,
+            Err(e) => return Err(err(&path, "stat")(e)),
+        };
+        let ft = FileType::from_raw_mode(stat.st_mode);
+        let dev = |k| DevId::new(k, rustix::fs::major(stat.st_rdev), rustix::fs::minor(stat.st_rdev));
+        let (found, target) = match ft {
+            FileType::Directory => (Found::Dir, None),
+            FileType::CharacterDevice => (Found::Node(dev(devns_core::Kind::Char)), None),
+            FileType::BlockDevice => (Found::Node(dev(devns_core::Kind::Block)), None),
+            FileType::Symlink => {
+                let t = rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).ok();
+                (Found::Other, t.map(|t| t.to_string_lossy().into_owned()))
+            }
+            _ => (Found::Other, None),
+        };
+        let is_dir = found == Found::Dir;
+        out.push(Scanned { actual: Actual { path: path.clone(), found }, stat, target });
+        if is_dir && depth < SCAN_MAX_DEPTH {
+            let sub = rustix::fs::openat(
+                &dir,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            );
+            // A directory swapped for something else meanwhile is skipped.
+            if let Ok(sub) = sub {
+                scan_dir(sub, &path, depth + 1, out)?;
+            }
+        }
     }
     Ok(())
 }
