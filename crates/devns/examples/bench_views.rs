@@ -188,7 +188,7 @@ fn bind_view(plan: &ViewPlan, dir: &Path, opts: &CString) -> Result<()> {
                 drop(rustix::fs::openat(&root, path.as_str(), flags, Mode::from_raw_mode(0o644))?);
                 rustix::mount::mount_bind(Path::new("/dev").join(path), dir.join(path))?;
             }
-            other => devns::view::apply(&root, std::slice::from_ref(other))?,
+            other => devns::view::apply(&root, &[devns_core::view::Op::Create(other.clone())])?,
         }
     }
     Ok(())
