@@ -73,17 +73,21 @@ pub fn channel() -> Result<(OwnedFd, OwnedFd)> {
         .context("cannot create the channel to the container")
 }
 
-/// Writes the child's id maps and returns its user namespace's id. The pid
-/// is the unreaped child's, so it cannot name another process.
-pub fn map_ids(pid: Pid, uids: &IdMap, gids: &IdMap) -> Result<NsId> {
-    let pid = pid.as_raw_nonzero().get();
+/// Writes the id maps of `pid`'s new user namespace.
+pub fn write_maps(pid: i32, uids: &IdMap, gids: &IdMap) -> Result<()> {
     for (file, map) in [("uid_map", uids), ("gid_map", gids)] {
         let path = format!("/proc/{pid}/{file}");
         std::fs::write(&path, map.to_string()).with_context(|| format!("cannot write {path}"))?;
     }
-    let nsfd = rustix::fs::open(format!("/proc/{pid}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .context("cannot open the container's user namespace")?;
-    Ok(NsId(devns_sys::ns::ns_id(&nsfd).context("NS_GET_ID")?))
+    Ok(())
+}
+
+/// Writes the child's id maps and returns its user namespace's id. The pid
+/// is the unreaped child's, so it cannot name another process.
+pub fn map_ids(pid: Pid, uids: &IdMap, gids: &IdMap) -> Result<NsId> {
+    let pid = pid.as_raw_nonzero().get();
+    write_maps(pid, uids, gids)?;
+    crate::host::user_ns_of(pid).context("cannot read the container's user namespace id")
 }
 
 /// Hands the mounts to the child and waits until it has set itself up.

@@ -2,6 +2,9 @@
 //! host's own `/dev` nodes (for their live mode and owner).
 
 use devns_core::device::{DevId, Device, Kind};
+use anyhow::{Context, Result, bail};
+use devns_core::Registry;
+use devns_core::spec::DevSpec;
 use devns_core::uevent::{self, MAX_UEVENT_BYTES};
 use rustix::fs::{FileType, Mode};
 use std::fs;
@@ -86,6 +89,24 @@ pub fn devices_under(sys_dev: &Path, dev_root: &Path) -> Result<Vec<Device>, Dis
         }
     }
     Ok(out)
+}
+
+/// Turns what the user typed into a host device.
+pub fn resolve(registry: &Registry, text: &str) -> Result<DevId> {
+    let spec = DevSpec::parse(text)?;
+    let spec = match spec {
+        DevSpec::Path(p) => {
+            let st = rustix::fs::stat(&p).with_context(|| format!("unknown device {p:?}"))?;
+            let kind = match FileType::from_raw_mode(st.st_mode) {
+                FileType::CharacterDevice => Kind::Char,
+                FileType::BlockDevice => Kind::Block,
+                _ => bail!("unknown device {p:?}: not a device node"),
+            };
+            DevSpec::Id(DevId::new(kind, rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)))
+        }
+        s => s,
+    };
+    Ok(registry.resolve(&spec)?)
 }
 
 #[cfg(test)]

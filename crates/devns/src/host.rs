@@ -43,6 +43,31 @@ pub fn record_alive(r: &devns_core::state::NsRecord) -> bool {
     r.keeper.as_ref().is_some_and(keeper_alive) || r.members.iter().any(keeper_alive)
 }
 
+/// The pid behind a pidfd, from `/proc/self/fdinfo` (`None` once it died).
+pub fn pid_of_pidfd(pidfd: impl rustix::fd::AsFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_fd().as_raw_fd())).ok()?;
+    let pid: i32 = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok()?;
+    (pid > 0).then_some(pid)
+}
+
+/// The id of the user namespace of process `pid`.
+pub fn user_ns_of(pid: i32) -> std::io::Result<devns_core::NsId> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(format!("/proc/{pid}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    Ok(devns_core::NsId(devns_sys::ns::ns_id(&fd)?))
+}
+
+/// A process, other than those in `skip`, whose user namespace is `id`:
+/// how the daemon confirms against /proc that a namespace is really gone.
+pub fn find_ns_member(id: devns_core::NsId, skip: &[i32]) -> Option<i32> {
+    let dir = fs::read_dir("/proc").ok()?;
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| !skip.contains(pid))
+        .find(|pid| user_ns_of(*pid).is_ok_and(|ns| ns == id))
+}
+
 /// The host's overflow uid and gid: what unmapped ids show as.
 pub fn overflow_ids() -> (u32, u32) {
     let read = |f: &str| fs::read_to_string(f).ok().and_then(|s| s.trim().parse().ok());

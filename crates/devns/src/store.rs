@@ -51,6 +51,15 @@ impl Store {
 
     /// Takes the lock and reads the state.
     pub fn lock(&self) -> Result<Locked, StoreError> {
+        Ok(self.lock_with(FlockOperation::LockExclusive)?.expect("a blocking lock is always taken"))
+    }
+
+    /// Takes the lock if nobody holds it (`None` if somebody does).
+    pub fn try_lock(&self) -> Result<Option<Locked>, StoreError> {
+        self.lock_with(FlockOperation::NonBlockingLockExclusive)
+    }
+
+    fn lock_with(&self, op: FlockOperation) -> Result<Option<Locked>, StoreError> {
         let lock_path = self.dir.join("lock");
         let lock_err = |source| StoreError::Lock { path: lock_path.clone(), source };
         let lock = OpenOptions::new()
@@ -61,10 +70,14 @@ impl Store {
             .custom_flags(libc::O_CLOEXEC)
             .open(&lock_path)
             .map_err(lock_err)?;
-        flock(&lock, FlockOperation::LockExclusive).map_err(|e| lock_err(e.into()))?;
+        match flock(&lock, op) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(lock_err(e.into())),
+        }
         let path = self.dir.join("state.json");
         let state = read_state(&path)?;
-        Ok(Locked { _lock: lock, path, state })
+        Ok(Some(Locked { _lock: lock, path, state }))
     }
 
     /// Runs `f` on the locked state and saves it if `f` succeeds.

@@ -11,18 +11,15 @@ use super::Global;
 use crate::container::{self, ChildPlan, FORWARDED_SIGNALS};
 use crate::store::Store;
 use crate::{config, discover, host, view};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use devns_core::idmap::IdMap;
 use devns_core::registry::{NsId, Registry};
-use devns_core::spec::DevSpec;
 use devns_core::state::{Claim, Keeper};
 use devns_core::subid::{self, BLOCK};
-use devns_core::{DevId, Kind};
 use devns_sys::process::{self as sysproc, Forked};
 use devns_sys::signal::SignalFd;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::FileType;
 use rustix::mount::MountAttrFlags;
 use rustix::process::Signal;
 use std::path::PathBuf;
@@ -52,24 +49,6 @@ fn parse_name(s: &str) -> Result<String, String> {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && !s.starts_with(['-', '.']);
     if ok { Ok(s.to_owned()) } else { Err("a name is 1-64 of [A-Za-z0-9_.-], not starting with - or .".into()) }
-}
-
-/// Turns what the user typed into a host device.
-fn resolve(registry: &Registry, text: &str) -> Result<DevId> {
-    let spec = DevSpec::parse(text)?;
-    let spec = match spec {
-        DevSpec::Path(p) => {
-            let st = rustix::fs::stat(&p).with_context(|| format!("unknown device {p:?}"))?;
-            let kind = match FileType::from_raw_mode(st.st_mode) {
-                FileType::CharacterDevice => Kind::Char,
-                FileType::BlockDevice => Kind::Block,
-                _ => bail!("unknown device {p:?}: not a device node"),
-            };
-            DevSpec::Id(DevId::new(kind, rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)))
-        }
-        s => s,
-    };
-    Ok(registry.resolve(&spec)?)
 }
 
 /// Removes this run's record from the state file, however the run ends.
@@ -127,7 +106,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     host::require_host_root("devns run")?;
     let cfg = config::load(&global.config)?;
     let mut registry = Registry::new(discover::host_devices()?, &cfg.global);
-    let devs = args.devs.iter().map(|d| resolve(&registry, d)).collect::<Result<Vec<_>>>()?;
+    let devs = args.devs.iter().map(|d| discover::resolve(&registry, d)).collect::<Result<Vec<_>>>()?;
     let rootfs = args.rootfs.as_deref().map(container::prepare_rootfs).transpose()?;
 
     let store = Store::open(&global.state_dir)?;
