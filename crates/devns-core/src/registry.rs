@@ -156,6 +156,11 @@ impl Registry {
         Ok(())
     }
 
+    /// Returns every device to `host` (before applying recorded state anew).
+    pub fn clear_assignments(&mut self) {
+        self.assigned.clear();
+    }
+
     /// Returns the device to `host`; the previous owner, if any.
     pub fn release(&mut self, id: DevId) -> Option<NsId> {
         self.assigned.remove(&id)

@@ -68,6 +68,11 @@ pub fn find_ns_member(id: devns_core::NsId, skip: &[i32]) -> Option<i32> {
         .find(|pid| user_ns_of(*pid).is_ok_and(|ns| ns == id))
 }
 
+/// Root's subordinate id ranges in `/etc/subuid`-format `file`.
+pub fn subid_ranges(file: &str) -> Vec<devns_core::subid::Range> {
+    fs::read_to_string(file).map(|t| devns_core::subid::root_ranges(&t)).unwrap_or_default()
+}
+
 /// The host's overflow uid and gid: what unmapped ids show as.
 pub fn overflow_ids() -> (u32, u32) {
     let read = |f: &str| fs::read_to_string(f).ok().and_then(|s| s.trim().parse().ok());

@@ -6,8 +6,11 @@
 
 pub mod commands;
 pub mod config;
+pub mod client;
 pub mod container;
+pub mod daemon;
 pub mod discover;
 pub mod host;
 pub mod store;
 pub mod view;
+pub mod wire;

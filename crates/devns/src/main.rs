@@ -1,5 +1,5 @@
 use clap::Parser;
-use devns::commands::{Cli, Command, ls, run};
+use devns::commands::Cli;
 use std::process::ExitCode;
 
 /// Exit status for errors of devns itself, as container runtimes use it.
@@ -12,11 +12,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
-    let json = cli.global.json_errors;
-    let result = match cli.command {
-        Command::Run(a) => run::run(&cli.global, a),
-        Command::Ls(a) => ls::run(&cli.global, a),
-    };
+    let json = cli.global.json_errors || cli.global.json;
+    let result = cli.command.run(&cli.global);
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -1,10 +1,14 @@
-//! The state file under the state directory (`/run/devns` by default):
-//! read under an exclusive lock, written atomically (temp file, fsync,
-//! rename, fsync of the directory), so a crash at any moment leaves either
-//! the old state or the new one.
+//! The state under the state directory (`/run/devns` by default): one file
+//! per namespace record (`ns/KEY.json`) and one for run-time global flags
+//! (`global.json`), each written atomically (temp file, fsync, rename, fsync
+//! of the directory) so a crash at any moment leaves the old version or the
+//! new. A save writes only what changed: with a thousand namespaces, an
+//! assignment still writes one small file. Writers serialise on `lock`.
 
-use devns_core::state::{MAX_STATE_BYTES, STATE_VERSION, State};
+use devns_core::DevId;
+use devns_core::state::{MAX_STATE_BYTES, NsRecord, State};
 use rustix::fs::{FlockOperation, flock};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -28,20 +32,83 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// Records by file key, as on disk.
+pub type Records = BTreeMap<String, NsRecord>;
+
+/// The file key of a record: a stand-alone run's by its keeper (its id comes
+/// later), the daemon's by namespace id.
+pub fn key_of(r: &NsRecord) -> String {
+    match (r.keeper, r.id) {
+        (Some(k), _) => format!("run-{}-{}", k.pid, k.start_time),
+        (None, Some(id)) => format!("id-{}", id.0),
+        (None, None) => "id-none".to_owned(),
+    }
+}
+
 /// The state, held under the lock until this value is dropped.
 pub struct Locked {
     _lock: File,
-    path: PathBuf,
+    store: Store,
+    before: Records,
+    global_before: BTreeMap<DevId, bool>,
     pub state: State,
+}
+
+fn open_lock(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| StoreError::Lock { path: path.to_owned(), source })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    let read_err = |source| StoreError::Read { path: path.to_owned(), source };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut buf = Vec::new();
+    file.take(MAX_STATE_BYTES as u64 + 1).read_to_end(&mut buf).map_err(read_err)?;
+    let corrupt = |reason: String| StoreError::Corrupt { path: path.to_owned(), reason };
+    if buf.len() > MAX_STATE_BYTES {
+        return Err(corrupt(format!("larger than {MAX_STATE_BYTES} bytes")));
+    }
+    serde_json::from_slice(&buf).map(Some).map_err(|e| corrupt(e.to_string()))
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let write_err = |p: &Path, source| StoreError::Write { path: p.to_owned(), source };
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(value).expect("state serialises");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(|e| write_err(&tmp, e))?;
+    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| write_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| write_err(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| StoreError::Write { path: dir.to_owned(), source })
 }
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let ns = dir.join("ns");
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)
-            .map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source })?;
+            .create(&ns)
+            .map_err(|source| StoreError::CreateDir { path: ns.clone(), source })?;
         Ok(Store { dir: dir.to_owned() })
     }
 
@@ -49,35 +116,89 @@ impl Store {
         &self.dir
     }
 
-    /// Takes the lock and reads the state.
-    pub fn lock(&self) -> Result<Locked, StoreError> {
-        Ok(self.lock_with(FlockOperation::LockExclusive)?.expect("a blocking lock is always taken"))
+    fn ns_dir(&self) -> PathBuf {
+        self.dir.join("ns")
     }
 
-    /// Takes the lock if nobody holds it (`None` if somebody does).
-    pub fn try_lock(&self) -> Result<Option<Locked>, StoreError> {
-        self.lock_with(FlockOperation::NonBlockingLockExclusive)
+    /// Takes the writers' lock (blocking) without reading anything.
+    pub fn lock_file(&self) -> Result<File, StoreError> {
+        let path = self.dir.join("lock");
+        let f = open_lock(&path)?;
+        flock(&f, FlockOperation::LockExclusive).map_err(|e| StoreError::Lock { path, source: e.into() })?;
+        Ok(f)
     }
 
-    fn lock_with(&self, op: FlockOperation) -> Result<Option<Locked>, StoreError> {
-        let lock_path = self.dir.join("lock");
-        let lock_err = |source| StoreError::Lock { path: lock_path.clone(), source };
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(lock_err)?;
-        match flock(&lock, op) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
-            Err(e) => return Err(lock_err(e.into())),
+    /// Takes `NAME` as a lock for as long as the file lives; `None` if
+    /// another process holds it.
+    pub fn try_hold(&self, name: &str) -> Result<Option<File>, StoreError> {
+        let path = self.dir.join(name);
+        let f = open_lock(&path)?;
+        match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(f)),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(StoreError::Lock { path, source: e.into() }),
         }
-        let path = self.dir.join("state.json");
-        let state = read_state(&path)?;
-        Ok(Some(Locked { _lock: lock, path, state }))
+    }
+
+    /// Records whose key `want` accepts.
+    pub fn read_records(&self, want: impl Fn(&str) -> bool) -> Result<Records, StoreError> {
+        let dir = self.ns_dir();
+        let entries = fs::read_dir(&dir).map_err(|source| StoreError::Read { path: dir.clone(), source })?;
+        let mut out = Records::new();
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+            if !want(key) {
+                continue;
+            }
+            if let Some(r) = read_json::<NsRecord>(&e.path())? {
+                out.insert(key.to_owned(), r);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn read_global(&self) -> Result<BTreeMap<DevId, bool>, StoreError> {
+        Ok(read_json(&self.dir.join("global.json"))?.unwrap_or_default())
+    }
+
+    /// Writes the records that differ between `before` and `after` (among
+    /// the keys `mine` accepts) and removes those gone; one directory fsync.
+    pub fn write_changes(&self, before: &Records, after: &Records, mine: impl Fn(&str) -> bool) -> Result<bool, StoreError> {
+        let dir = self.ns_dir();
+        let mut changed = false;
+        for (k, r) in after.iter().filter(|(k, _)| mine(k)) {
+            if before.get(k) != Some(r) {
+                write_json(&dir.join(format!("{k}.json")), r)?;
+                changed = true;
+            }
+        }
+        for k in before.keys().filter(|k| mine(k) && !after.contains_key(*k)) {
+            let path = dir.join(format!("{k}.json"));
+            match fs::remove_file(&path) {
+                Ok(()) => changed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Write { path, source }),
+            }
+        }
+        if changed {
+            sync_dir(&dir)?;
+        }
+        Ok(changed)
+    }
+
+    pub fn write_global(&self, g: &BTreeMap<DevId, bool>) -> Result<(), StoreError> {
+        write_json(&self.dir.join("global.json"), g)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Takes the lock and reads the whole state.
+    pub fn lock(&self) -> Result<Locked, StoreError> {
+        let lock = self.lock_file()?;
+        let before = self.read_records(|_| true)?;
+        let global_before = self.read_global()?;
+        let state = State { namespaces: before.values().cloned().collect(), global: global_before.clone(), ..State::default() };
+        Ok(Locked { _lock: lock, store: Store { dir: self.dir.clone() }, before, global_before, state })
     }
 
     /// Runs `f` on the locked state and saves it if `f` succeeds.
@@ -89,41 +210,20 @@ impl Store {
     }
 }
 
-fn read_state(path: &Path) -> Result<State, StoreError> {
-    let read_err = |source| StoreError::Read { path: path.to_owned(), source };
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-        Err(e) => return Err(read_err(e)),
-    };
-    let mut buf = Vec::new();
-    file.take(MAX_STATE_BYTES as u64 + 1).read_to_end(&mut buf).map_err(read_err)?;
-    let corrupt = |reason: String| StoreError::Corrupt { path: path.to_owned(), reason };
-    if buf.len() > MAX_STATE_BYTES {
-        return Err(corrupt(format!("larger than {MAX_STATE_BYTES} bytes")));
-    }
-    let state: State = serde_json::from_slice(&buf).map_err(|e| corrupt(e.to_string()))?;
-    if state.version != STATE_VERSION {
-        return Err(corrupt(format!("version {} (this devns reads version {STATE_VERSION})", state.version)));
-    }
-    Ok(state)
+/// A state's records by key.
+pub fn records_of(state: &State) -> Records {
+    state.namespaces.iter().map(|r| (key_of(r), r.clone())).collect()
 }
 
 impl Locked {
     pub fn save(&mut self) -> Result<(), StoreError> {
-        let tmp = self.path.with_extension("json.tmp");
-        let write_err = |p: &Path, source| StoreError::Write { path: p.to_owned(), source };
-        let bytes = serde_json::to_vec_pretty(&self.state).expect("state serialises");
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| write_err(&tmp, e))?;
-        f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| write_err(&tmp, e))?;
-        fs::rename(&tmp, &self.path).map_err(|e| write_err(&self.path, e))?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| write_err(dir, e))
+        let after = records_of(&self.state);
+        self.store.write_changes(&self.before, &after, |_| true)?;
+        self.before = after;
+        if self.state.global != self.global_before {
+            self.store.write_global(&self.state.global)?;
+            self.global_before = self.state.global.clone();
+        }
+        Ok(())
     }
 }

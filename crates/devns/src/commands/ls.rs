@@ -27,6 +27,15 @@ struct Row<'a> {
 }
 
 pub fn run(global: &Global, args: Args) -> Result<i32> {
+    if let Some(mut daemon) = crate::client::Client::connect_if_running(&global.socket)? {
+        let rows: Vec<devns_core::api::DeviceRow> = serde_json::from_value(daemon.call(serde_json::json!({ "op": "ls" }), &[])?)?;
+        let rows: Vec<Row<'_>> = rows
+            .iter()
+            .map(|r| Row { name: &r.name, kind: r.kind, major: r.major, minor: r.minor, owner: r.owner.clone(), global: r.global })
+            .filter(|r| !args.owned || r.owner != "host")
+            .collect();
+        return print(rows, args.json || global.json);
+    }
     let cfg = config::load(&global.config)?;
     let mut registry = Registry::new(discover::host_devices()?, &cfg.global);
     let store = Store::open(&global.state_dir)?;
@@ -49,7 +58,11 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         })
         .filter(|r| !args.owned || r.owner != "host")
         .collect();
-    if args.json {
+    print(rows, args.json || global.json)
+}
+
+fn print(rows: Vec<Row<'_>>, json: bool) -> Result<i32> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!("{:<24} {:<4} {:<12} {:<24} GLOBAL", "NAME", "KIND", "MAJ:MIN", "OWNER");

@@ -1,7 +1,15 @@
 //! One file per subcommand: an `Args` struct and a `run` function each.
 
+pub mod assign;
+pub mod attach;
+pub mod daemon;
+pub mod events;
+pub mod global;
 pub mod ls;
+pub mod ns;
+pub mod release;
 pub mod run;
+pub mod view;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,6 +32,12 @@ pub struct Global {
     /// Where devns keeps what must outlive one process (assignments, namespaces).
     #[arg(long, global = true, value_name = "DIR", default_value = "/run/devns", env = "DEVNS_STATE_DIR")]
     pub state_dir: PathBuf,
+    /// The daemon's socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = "/run/devns/devns.sock", env = "DEVNS_SOCKET")]
+    pub socket: PathBuf,
+    /// Print results and errors as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
     /// Print errors as one JSON object on stderr.
     #[arg(long, global = true)]
     pub json_errors: bool,
@@ -35,4 +49,46 @@ pub enum Command {
     Run(run::Args),
     /// List the host's devices with owner and global flag.
     Ls(ls::Args),
+    /// Run the daemon: live ownership, hotplug, namespace lifetime.
+    Daemon(daemon::Args),
+    /// Give a device to a namespace.
+    Assign(assign::Args),
+    /// Return a device to the host.
+    Release(release::Args),
+    /// Make a device global (in every view) or not.
+    Global(global::Args),
+    /// Namespaces under devns.
+    Ns(ns::Args),
+    /// Show a namespace's view.
+    View(view::Args),
+    /// Bring an existing process's user namespace under devns.
+    Attach(attach::Args),
+    /// Stream ownership, hotplug and namespace events.
+    Events(events::Args),
+}
+
+impl Command {
+    pub fn run(self, global: &Global) -> anyhow::Result<i32> {
+        match self {
+            Command::Run(a) => run::run(global, a),
+            Command::Ls(a) => ls::run(global, a),
+            Command::Daemon(a) => daemon::run(global, a),
+            Command::Assign(a) => assign::run(global, a),
+            Command::Release(a) => release::run(global, a),
+            Command::Global(a) => global::run(global, a),
+            Command::Ns(a) => ns::run(global, a),
+            Command::View(a) => view::run(global, a),
+            Command::Attach(a) => attach::run(global, a),
+            Command::Events(a) => events::run(global, a),
+        }
+    }
+}
+
+/// Prints a change's result: JSON with `--json`, else `human()`.
+pub fn print_result(global: &Global, r: &serde_json::Value, human: impl FnOnce() -> String) {
+    if global.json {
+        println!("{r}");
+    } else {
+        println!("{}", human());
+    }
 }

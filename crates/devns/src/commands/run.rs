@@ -9,19 +9,20 @@
 
 use super::Global;
 use crate::container::{self, ChildPlan, FORWARDED_SIGNALS};
+use crate::client::Client;
 use crate::store::Store;
 use crate::{config, discover, host, view};
 use anyhow::{Context, Result, anyhow};
 use devns_core::idmap::IdMap;
 use devns_core::registry::{NsId, Registry};
 use devns_core::state::{Claim, Keeper};
-use devns_core::subid::{self, BLOCK};
+use devns_core::subid::BLOCK;
 use devns_sys::process::{self as sysproc, Forked};
 use devns_sys::signal::SignalFd;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::mount::MountAttrFlags;
-use rustix::process::Signal;
+use rustix::process::{Pid, Signal};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -86,10 +87,6 @@ impl Drop for ChildGuard {
     }
 }
 
-fn subid_ranges(file: &str) -> Vec<subid::Range> {
-    std::fs::read_to_string(file).map(|t| subid::root_ranges(&t)).unwrap_or_default()
-}
-
 /// Explains a failed clone3: the errors by which the kernel refuses new
 /// namespaces (policy, limits, a chroot) say so; the rest are what they are.
 fn clone_failed(e: rustix::io::Errno) -> anyhow::Error {
@@ -104,6 +101,9 @@ fn clone_failed(e: rustix::io::Errno) -> anyhow::Error {
 
 pub fn run(global: &Global, args: Args) -> Result<i32> {
     host::require_host_root("devns run")?;
+    if let Some(daemon) = Client::connect_if_running(&global.socket)? {
+        return run_with_daemon(daemon, &args);
+    }
     let cfg = config::load(&global.config)?;
     let mut registry = Registry::new(discover::host_devices()?, &cfg.global);
     let devs = args.devs.iter().map(|d| discover::resolve(&registry, d)).collect::<Result<Vec<_>>>()?;
@@ -111,7 +111,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
 
     let store = Store::open(&global.state_dir)?;
     let keeper = host::current_keeper()?;
-    let (uid_ranges, gid_ranges) = (subid_ranges("/etc/subuid"), subid_ranges("/etc/subgid"));
+    let (uid_ranges, gid_ranges) = (host::subid_ranges("/etc/subuid"), host::subid_ranges("/etc/subgid"));
     let (uid_base, gid_base) = store.update::<_, anyhow::Error>(|state| {
         state.prune(host::record_alive);
         state.apply(&mut registry);
@@ -128,6 +128,43 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     })?;
     let _claim = ClaimGuard { store: &store, keeper };
 
+    let (signals, mine, pid, mut child) = spawn(&args, rootfs.as_ref())?;
+    let uids = IdMap::single(uid_base, BLOCK);
+    let gids = IdMap::single(gid_base, BLOCK);
+    let ns = container::map_ids(pid, &uids, &gids)?;
+    let (view, tmp) = build_mounts(&store, keeper, ns, &mut registry, &uids, &gids)?;
+    container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
+    // The view's fd stays with the keeper, the container's /tmp is the
+    // container's alone.
+    drop((mine, tmp));
+    tracing::info!(ns = %ns, pid = pid.as_raw_nonzero().get(), "started");
+    supervise(&mut child, &signals)
+}
+
+/// `devns run` with a daemon: the daemon gives the namespace its ids,
+/// devices and view, and watches it; this process only starts and waits.
+fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
+    let rootfs = args.rootfs.as_deref().map(container::prepare_rootfs).transpose()?;
+    let (signals, mine, pid, mut child) = spawn(args, rootfs.as_ref())?;
+    let pidfd = child.pidfd.as_ref().expect("not waited").as_fd();
+    let req = serde_json::json!({ "op": "run", "name": args.name, "devices": args.devs });
+    let reply = daemon.call(req, &[pidfd])?;
+    let view = daemon.take_fds().pop().context("the daemon sent no view")?;
+    drop(daemon);
+    let base = |k: &str| reply[k].as_u64().and_then(|n| u32::try_from(n).ok()).context("bad reply from the daemon");
+    let (u, g) = (base("uid_base")?.to_string(), base("gid_base")?.to_string());
+    let tmp = view::tmpfs(&[("mode", "1777"), ("uid", &u), ("gid", &g)], MountAttrFlags::MOUNT_ATTR_NOSUID)
+        .context("cannot create /tmp")?;
+    container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
+    drop((mine, tmp, view));
+    tracing::info!(ns = reply["id"].as_u64(), pid = pid.as_raw_nonzero().get(), "started through the daemon");
+    supervise(&mut child, &signals)
+}
+
+/// Forks the container's first process into its new namespaces. In the
+/// child this never returns; the parent gets the signals to relay, its end
+/// of the channel, and the child.
+fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, OwnedFd, Pid, ChildGuard)> {
     // Blocked before the fork, so no signal is lost or kills devns before
     // the child exists; the child inherits the mask and reads its own.
     let signals = SignalFd::new(FORWARDED_SIGNALS).context("cannot set up signal forwarding")?;
@@ -143,27 +180,13 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         Forked::Child => {
             drop(mine);
             signals.close_keeping_mask();
-            let plan =
-                ChildPlan { sock: theirs, rootfs: rootfs.as_ref(), hostname: args.name.as_deref(), cmd: &args.cmd };
+            let plan = ChildPlan { sock: theirs, rootfs, hostname: args.name.as_deref(), cmd: &args.cmd };
             // Never return into the parent's frames: their guards are the
             // parent's to run.
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| container::child_main(plan)));
             std::process::exit(code.unwrap_or(125));
         }
-        Forked::Parent { pid, pidfd } => {
-            drop(theirs);
-            let mut child = ChildGuard { pidfd: Some(pidfd) };
-            let uids = IdMap::single(uid_base, BLOCK);
-            let gids = IdMap::single(gid_base, BLOCK);
-            let ns = container::map_ids(pid, &uids, &gids)?;
-            let (view, tmp) = build_mounts(&store, keeper, ns, &mut registry, &uids, &gids)?;
-            container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
-            // The view's fd stays with the keeper, the container's /tmp is
-            // the container's alone.
-            drop((mine, tmp));
-            tracing::info!(ns = %ns, pid = pid.as_raw_nonzero().get(), "started");
-            supervise(&mut child, &signals)
-        }
+        Forked::Parent { pid, pidfd } => Ok((signals, mine, pid, ChildGuard { pidfd: Some(pidfd) })),
     }
 }
 

@@ -1,0 +1,256 @@
+//! Requests and uevents: each decides from the registry, saves, then runs
+//! the reconcile step on the views it touched.
+
+use super::Daemon;
+use super::conn::Reply;
+use anyhow::{Result, anyhow, bail};
+use devns_core::api::{self, DeviceRow, Event, NsRef, NsRow, Request, ViewRow};
+use devns_core::registry::{NsId, Owner};
+use devns_core::uevent::Action;
+use devns_core::{DevId, Kind};
+use rustix::fs::FileType;
+use serde_json::{Value, json};
+
+impl Daemon {
+    pub(super) fn handle_line(&mut self, conn: u64, line: &[u8]) -> Reply {
+        let req = match api::parse_request(line.trim_ascii()) {
+            Ok(r) => r,
+            Err(e) => return Reply::err(e),
+        };
+        let peer = self.conns[&conn].peer;
+        let mutating = matches!(
+            req,
+            Request::Assign { .. }
+                | Request::Release { .. }
+                | Request::Global { .. }
+                | Request::Attach { .. }
+                | Request::Run { .. }
+        );
+        if mutating && !peer.is_admin() {
+            tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a change from a caller that is not host root");
+            return Reply::err("permission denied: only host root may change devns's state");
+        }
+        let result = match req {
+            Request::Ls => Ok(self.ls(peer.ns, peer.is_admin())),
+            Request::NsLs => Ok(self.ns_ls(peer.ns, peer.is_admin())),
+            Request::View { ns } => self.view_tree(&ns, peer.ns, peer.is_admin()),
+            Request::Assign { device, to } => self.assign(&device, &to),
+            Request::Release { device } => self.release(&device),
+            Request::Global { device, on } => self.global(&device, on),
+            Request::Attach { pid, name, at } => self.attach(pid, name.as_deref(), at.as_deref().unwrap_or("/dev")),
+            Request::Events => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.subscribed = true;
+                }
+                Ok(json!("subscribed"))
+            }
+            Request::Run { name, devices } => {
+                let Some(c) = self.conns.get_mut(&conn) else { return Reply::err("gone") };
+                if c.fds.is_empty() {
+                    return Reply::err("bad request: run needs the process's pidfd passed with the request");
+                }
+                let pidfd = c.fds.remove(0);
+                return match self.provision(pidfd, name.as_deref(), &devices) {
+                    Ok((v, view)) => Reply { fds: vec![view], ..Reply::ok(v) },
+                    Err(e) => Reply::err(format!("{e:#}")),
+                };
+            }
+        };
+        match result {
+            Ok(v) => Reply::ok(v),
+            Err(e) => {
+                tracing::info!(error = %format!("{e:#}"), "request refused");
+                Reply::err(format!("{e:#}"))
+            }
+        }
+    }
+
+    fn ls(&self, ns: Option<NsId>, admin: bool) -> Value {
+        let rows: Vec<DeviceRow> = self
+            .registry
+            .devices()
+            .filter(|d| admin || ns.is_some_and(|n| self.registry.owner(d.id) == Owner::Ns(n)))
+            .map(|d| DeviceRow {
+                name: d.name.clone(),
+                kind: d.id.kind.letter(),
+                major: d.id.major,
+                minor: d.id.minor,
+                owner: self.registry.owner(d.id).to_string(),
+                global: self.registry.is_global(d.id),
+            })
+            .collect();
+        json!(rows)
+    }
+
+    fn ns_ls(&self, ns: Option<NsId>, admin: bool) -> Value {
+        let rows: Vec<NsRow> = self.state
+            .namespaces
+            .iter()
+            .filter_map(|r| Some((r, r.id?)))
+            .filter(|(_, id)| admin || ns == Some(*id))
+            .map(|(r, id)| NsRow {
+                id: id.to_string(),
+                name: r.name.clone(),
+                pids: r.members.iter().map(|m| m.pid).chain(r.keeper.map(|k| k.pid)).collect(),
+                devices: self.registry.view_devices(id).iter().filter(|d| !self.registry.is_global(d.id)).map(|d| d.name.clone()).collect(),
+            })
+            .collect();
+        json!(rows)
+    }
+
+    /// A namespace by what a user typed; it must be under devns.
+    fn find_ns(&self, text: &str) -> Result<NsId> {
+        let id = match NsRef::parse(text)? {
+            NsRef::Id(n) => NsId(n),
+            NsRef::Pid(p) => crate::host::user_ns_of(p).map_err(|e| anyhow!("no process {p}: {e}"))?,
+            NsRef::Name(n) => self.state
+                .namespaces
+                .iter()
+                .find(|r| r.name.as_deref() == Some(n.as_str()))
+                .and_then(|r| r.id)
+                .ok_or_else(|| anyhow!("unknown namespace {n:?}"))?,
+        };
+        if self.state.by_id(id).is_none() {
+            bail!("namespace {id} is not under devns (bring it in with devns attach)");
+        }
+        Ok(id)
+    }
+
+    fn view_tree(&self, text: &str, peer_ns: Option<NsId>, admin: bool) -> Result<Value> {
+        let id = self.find_ns(text)?;
+        if !admin && peer_ns != Some(id) {
+            bail!("permission denied: a namespace may look only at its own view");
+        }
+        let view = self.nss.get(&id).and_then(|n| n.view.as_ref()).ok_or_else(|| anyhow!("namespace {id} has no view managed by the daemon"))?;
+        let mut rows: Vec<ViewRow> = crate::view::scan(view)?
+            .into_iter()
+            .map(|s| {
+                let ft = FileType::from_raw_mode(s.stat.st_mode);
+                let kind = match ft {
+                    FileType::Directory => "dir",
+                    FileType::CharacterDevice => "char",
+                    FileType::BlockDevice => "block",
+                    FileType::Symlink => "symlink",
+                    FileType::RegularFile => "file",
+                    _ => "other",
+                };
+                let dev = match s.actual.found {
+                    devns_core::view::Found::Node(d) => Some(d.to_string()),
+                    _ => None,
+                };
+                ViewRow {
+                    path: s.actual.path,
+                    kind: kind.into(),
+                    dev,
+                    mode: s.stat.st_mode & 0o7777,
+                    uid: s.stat.st_uid,
+                    gid: s.stat.st_gid,
+                    target: s.target,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(json!(rows))
+    }
+
+    fn device(&self, text: &str) -> Result<(DevId, String)> {
+        let id = crate::discover::resolve(&self.registry, text)?;
+        Ok((id, self.registry.device(id).map(|d| d.name.clone()).unwrap_or_default()))
+    }
+
+    fn assign(&mut self, device: &str, to: &str) -> Result<Value> {
+        let (dev, name) = self.device(device)?;
+        let ns = self.find_ns(to)?;
+        self.state.assign(dev, ns, &self.registry)?;
+        self.save()?;
+        self.registry.assign(dev, ns)?;
+        self.reconcile(ns);
+        self.emit(Event { event: "assign".into(), device: Some(name), dev: Some(dev.to_string()), ns: Some(ns.to_string()), global: None });
+        Ok(json!({ "device": dev.to_string(), "owner": ns.to_string() }))
+    }
+
+    fn release(&mut self, device: &str) -> Result<Value> {
+        let (dev, name) = self.device(device)?;
+        let ns = self.state.release(dev, &self.registry)?;
+        self.save()?;
+        self.registry.release(dev);
+        self.reconcile(ns);
+        self.emit(Event { event: "release".into(), device: Some(name), dev: Some(dev.to_string()), ns: Some(ns.to_string()), global: None });
+        Ok(json!({ "device": dev.to_string(), "owner": "host" }))
+    }
+
+    fn global(&mut self, device: &str, on: bool) -> Result<Value> {
+        let (dev, name) = self.device(device)?;
+        if on && name == "loop-control" {
+            bail!("loop-control cannot be global: without devns mediating its ioctls it lets any container remove other namespaces' loop devices");
+        }
+        self.state.global.insert(dev, on);
+        self.save()?;
+        self.registry.set_global(dev, on);
+        self.reconcile_all();
+        self.emit(Event { event: "global".into(), device: Some(name), dev: Some(dev.to_string()), ns: None, global: Some(on) });
+        Ok(json!({ "device": dev.to_string(), "global": on }))
+    }
+
+    /// A kernel uevent: the device joins or leaves the registry, and the
+    /// views that hold it (or should) are reconciled.
+    pub(super) fn on_uevent(&mut self, buf: &[u8]) {
+        let ev = match devns_core::uevent::parse_netlink(buf) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::debug!(error = %e, "ignoring a uevent");
+                return;
+            }
+        };
+        let Some(dev) = ev.dev else { return };
+        let kind = dev.kind;
+        let all: Vec<NsId> = self.nss.keys().copied().collect();
+        match ev.action {
+            Action::Add | Action::Change => {
+                let sys = std::path::Path::new("/sys").join(ev.devpath.trim_start_matches('/'));
+                let Some(d) = crate::discover::read_device(&sys, kind, std::path::Path::new("/dev")) else { return };
+                if d.id != dev {
+                    return;
+                }
+                let name = d.name.clone();
+                let known = self.registry.device(dev).is_some();
+                self.registry.add_device(d, &self.cfg.global);
+                if let Some(on) = self.state.global.get(&dev).copied() {
+                    self.registry.set_global(dev, on);
+                }
+                let holders: Vec<NsId> = self.registry.holders(dev, all).collect();
+                for ns in &holders {
+                    self.reconcile(*ns);
+                }
+                if !known {
+                    let owner = self.registry.owner(dev);
+                    let ns = match owner {
+                        Owner::Ns(n) => Some(n.to_string()),
+                        Owner::Host => None,
+                    };
+                    self.emit(Event { event: "add".into(), device: Some(name), dev: Some(dev.to_string()), ns, global: None });
+                }
+            }
+            Action::Remove => {
+                let Some(name) = self.registry.device(dev).map(|d| d.name.clone()) else { return };
+                let holders: Vec<NsId> = self.registry.holders(dev, all).collect();
+                let owner = self.registry.owner(dev);
+                self.registry.remove_device(dev);
+                if self.state.namespaces.iter().any(|r| r.devices.contains(&dev)) || self.state.global.contains_key(&dev) {
+                    self.state.forget_device(dev);
+                    let _ = self.save();
+                }
+                for ns in &holders {
+                    self.reconcile(*ns);
+                }
+                let ns = match owner {
+                    Owner::Ns(n) => Some(n.to_string()),
+                    Owner::Host => None,
+                };
+                self.emit(Event { event: "remove".into(), device: Some(name), dev: Some(dev.to_string()), ns, global: None });
+            }
+            Action::Other => {}
+        }
+        let _ = Kind::Char;
+    }
+}
