@@ -15,10 +15,20 @@ pub enum Request {
     /// Namespaces under devns.
     NsLs,
     /// The tree of a namespace's view.
-    View { ns: String },
-    Assign { device: String, to: String },
-    Release { device: String },
-    Global { device: String, on: bool },
+    View {
+        ns: String,
+    },
+    Assign {
+        device: String,
+        to: String,
+    },
+    Release {
+        device: String,
+    },
+    Global {
+        device: String,
+        on: bool,
+    },
     /// Bring the user namespace of `pid` under devns and mount its view.
     Attach {
         pid: i32,

@@ -96,7 +96,11 @@ impl Registry {
     }
 
     /// The namespaces whose views hold `id` now, of those in `all`.
-    pub fn holders<'a>(&'a self, id: DevId, all: impl IntoIterator<Item = NsId> + 'a) -> impl Iterator<Item = NsId> + 'a {
+    pub fn holders<'a>(
+        &'a self,
+        id: DevId,
+        all: impl IntoIterator<Item = NsId> + 'a,
+    ) -> impl Iterator<Item = NsId> + 'a {
         all.into_iter().filter(move |ns| self.visible_in(id, *ns))
     }
 

@@ -45,7 +45,7 @@ impl Client {
     }
 
     /// The next line from the daemon (`None` when it closed), with fds.
-    pub fn next(&mut self) -> Result<Option<Value>> {
+    pub fn next_line(&mut self) -> Result<Option<Value>> {
         loop {
             if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
@@ -55,7 +55,8 @@ impl Client {
                 bail!("reply from the daemon too long");
             }
             let mut chunk = [0u8; 8192];
-            let n = wire::recv_with_fds(self.sock.as_fd(), &mut chunk, &mut self.fds).context("reading from the daemon")?;
+            let n =
+                wire::recv_with_fds(self.sock.as_fd(), &mut chunk, &mut self.fds).context("reading from the daemon")?;
             if n == 0 {
                 return Ok(None);
             }
@@ -66,7 +67,7 @@ impl Client {
     /// One request, one reply: its `result`, or the daemon's error.
     pub fn call(&mut self, req: Value, fds: &[BorrowedFd<'_>]) -> Result<Value> {
         self.send(req, fds)?;
-        let reply = self.next()?.ok_or_else(|| anyhow!("the daemon closed the connection"))?;
+        let reply = self.next_line()?.ok_or_else(|| anyhow!("the daemon closed the connection"))?;
         if reply["ok"] == Value::Bool(true) {
             Ok(reply["result"].clone())
         } else {

@@ -1,9 +1,9 @@
 //! The host's devices, read from sysfs (`/sys/dev/{char,block}`) and the
 //! host's own `/dev` nodes (for their live mode and owner).
 
-use devns_core::device::{DevId, Device, Kind};
 use anyhow::{Context, Result, bail};
 use devns_core::Registry;
+use devns_core::device::{DevId, Device, Kind};
 use devns_core::spec::DevSpec;
 use devns_core::uevent::{self, MAX_UEVENT_BYTES};
 use rustix::fs::{FileType, Mode};

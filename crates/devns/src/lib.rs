@@ -4,9 +4,9 @@
 //! the state file), asks the core what should be, and makes it so with the
 //! kernel's mount API.
 
+pub mod client;
 pub mod commands;
 pub mod config;
-pub mod client;
 pub mod container;
 pub mod daemon;
 pub mod discover;

@@ -164,7 +164,12 @@ impl Store {
 
     /// Writes the records that differ between `before` and `after` (among
     /// the keys `mine` accepts) and removes those gone; one directory fsync.
-    pub fn write_changes(&self, before: &Records, after: &Records, mine: impl Fn(&str) -> bool) -> Result<bool, StoreError> {
+    pub fn write_changes(
+        &self,
+        before: &Records,
+        after: &Records,
+        mine: impl Fn(&str) -> bool,
+    ) -> Result<bool, StoreError> {
         let dir = self.ns_dir();
         let mut changed = false;
         for (k, r) in after.iter().filter(|(k, _)| mine(k)) {
@@ -197,7 +202,8 @@ impl Store {
         let lock = self.lock_file()?;
         let before = self.read_records(|_| true)?;
         let global_before = self.read_global()?;
-        let state = State { namespaces: before.values().cloned().collect(), global: global_before.clone(), ..State::default() };
+        let state =
+            State { namespaces: before.values().cloned().collect(), global: global_before.clone(), ..State::default() };
         Ok(Locked { _lock: lock, store: Store { dir: self.dir.clone() }, before, global_before, state })
     }
 

@@ -52,8 +52,13 @@ impl Drop for UmaskGuard {
 /// Makes a new view holding `plan`, as a detached mount.
 pub fn create(plan: &ViewPlan) -> Result<OwnedFd, ViewError> {
     let (uid, gid) = (plan.root_uid.to_string(), plan.root_gid.to_string());
-    let opts =
-        [("mode", "0755"), ("uid", uid.as_str()), ("gid", gid.as_str()), ("size", VIEW_SIZE), ("nr_inodes", VIEW_INODES)];
+    let opts = [
+        ("mode", "0755"),
+        ("uid", uid.as_str()),
+        ("gid", gid.as_str()),
+        ("size", VIEW_SIZE),
+        ("nr_inodes", VIEW_INODES),
+    ];
     let mnt = tmpfs(&opts, MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC)?;
     let ops: Vec<Op> = plan.entries.iter().cloned().map(Op::Create).collect();
     apply(&mnt, &ops)?;
@@ -159,8 +164,8 @@ fn scan_dir(dir: OwnedFd, prefix: &str, depth: usize, out: &mut Vec<Scanned>) ->
         let path = path.to_owned();
         move |source| ViewError::Entry { path, step, source }
     };
-    let mut d = rustix::fs::Dir::read_from(&dir).map_err(err(prefix, "readdir"))?;
-    while let Some(ent) = d.next() {
+    let d = rustix::fs::Dir::read_from(&dir).map_err(err(prefix, "readdir"))?;
+    for ent in d {
         let ent = ent.map_err(err(prefix, "readdir"))?;
         let name = ent.file_name().to_string_lossy().into_owned();
         if name == "." || name == ".." {

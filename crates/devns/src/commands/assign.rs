@@ -16,7 +16,8 @@ pub struct Args {
 }
 
 pub fn run(global: &Global, args: Args) -> Result<i32> {
-    let r = Client::connect(&global.socket)?.call(json!({ "op": "assign", "device": args.device, "to": args.to }), &[])?;
+    let r =
+        Client::connect(&global.socket)?.call(json!({ "op": "assign", "device": args.device, "to": args.to }), &[])?;
     super::print_result(global, &r, || format!("{} -> {}", args.device, r["owner"].as_str().unwrap_or("?")));
     Ok(0)
 }

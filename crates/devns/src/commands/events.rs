@@ -18,7 +18,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let mut c = Client::connect(&global.socket)?;
     c.call(json!({ "op": "events" }), &[])?;
     let mut out = std::io::stdout().lock();
-    while let Some(line) = c.next()? {
+    while let Some(line) = c.next_line()? {
         let ev: Event = serde_json::from_value(line["event"].clone())?;
         let written = if args.json {
             writeln!(out, "{}", serde_json::to_string(&ev)?)

@@ -28,10 +28,18 @@ struct Row<'a> {
 
 pub fn run(global: &Global, args: Args) -> Result<i32> {
     if let Some(mut daemon) = crate::client::Client::connect_if_running(&global.socket)? {
-        let rows: Vec<devns_core::api::DeviceRow> = serde_json::from_value(daemon.call(serde_json::json!({ "op": "ls" }), &[])?)?;
+        let rows: Vec<devns_core::api::DeviceRow> =
+            serde_json::from_value(daemon.call(serde_json::json!({ "op": "ls" }), &[])?)?;
         let rows: Vec<Row<'_>> = rows
             .iter()
-            .map(|r| Row { name: &r.name, kind: r.kind, major: r.major, minor: r.minor, owner: r.owner.clone(), global: r.global })
+            .map(|r| Row {
+                name: &r.name,
+                kind: r.kind,
+                major: r.major,
+                minor: r.minor,
+                owner: r.owner.clone(),
+                global: r.global,
+            })
             .filter(|r| !args.owned || r.owner != "host")
             .collect();
         return print(rows, args.json || global.json);

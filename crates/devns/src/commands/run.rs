@@ -8,8 +8,8 @@
 //! child's mount namespace.
 
 use super::Global;
-use crate::container::{self, ChildPlan, FORWARDED_SIGNALS};
 use crate::client::Client;
+use crate::container::{self, ChildPlan, FORWARDED_SIGNALS};
 use crate::store::Store;
 use crate::{config, discover, host, view};
 use anyhow::{Context, Result, anyhow};

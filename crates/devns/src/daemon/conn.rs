@@ -27,11 +27,7 @@ impl Peer {
         let pidfd = devns_sys::ns::peer_pidfd(sock)?;
         let nsfd = devns_sys::ns::pidfd_user_ns(&pidfd)?;
         let ns = NsId(devns_sys::ns::ns_id(&nsfd)?);
-        Ok(Peer {
-            uid: cred.uid.as_raw(),
-            pid: cred.pid.as_raw_nonzero().get(),
-            ns: (ns != host_ns).then_some(ns),
-        })
+        Ok(Peer { uid: cred.uid.as_raw(), pid: cred.pid.as_raw_nonzero().get(), ns: (ns != host_ns).then_some(ns) })
     }
 
     /// Host root: may change ownership and see everything.
@@ -49,7 +45,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(result: Value) -> Reply {
-        Reply { value: serde_json::json!({ "v": API_VERSION, "ok": true, "result": result }), fds: vec![], close: false }
+        Reply {
+            value: serde_json::json!({ "v": API_VERSION, "ok": true, "result": result }),
+            fds: vec![],
+            close: false,
+        }
     }
 
     pub fn err(msg: impl std::fmt::Display) -> Reply {
@@ -164,7 +164,8 @@ impl Conn {
                 return (lines, false);
             }
         }
-        self.deadline = if self.inbuf.is_empty() { None } else { Some(self.deadline.unwrap_or(Instant::now() + deadline)) };
+        self.deadline =
+            if self.inbuf.is_empty() { None } else { Some(self.deadline.unwrap_or(Instant::now() + deadline)) };
         (lines, true)
     }
 }

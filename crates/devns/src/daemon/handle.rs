@@ -83,7 +83,8 @@ impl Daemon {
     }
 
     fn ns_ls(&self, ns: Option<NsId>, admin: bool) -> Value {
-        let rows: Vec<NsRow> = self.state
+        let rows: Vec<NsRow> = self
+            .state
             .namespaces
             .iter()
             .filter_map(|r| Some((r, r.id?)))
@@ -92,7 +93,13 @@ impl Daemon {
                 id: id.to_string(),
                 name: r.name.clone(),
                 pids: r.members.iter().map(|m| m.pid).chain(r.keeper.map(|k| k.pid)).collect(),
-                devices: self.registry.view_devices(id).iter().filter(|d| !self.registry.is_global(d.id)).map(|d| d.name.clone()).collect(),
+                devices: self
+                    .registry
+                    .view_devices(id)
+                    .iter()
+                    .filter(|d| !self.registry.is_global(d.id))
+                    .map(|d| d.name.clone())
+                    .collect(),
             })
             .collect();
         json!(rows)
@@ -103,7 +110,8 @@ impl Daemon {
         let id = match NsRef::parse(text)? {
             NsRef::Id(n) => NsId(n),
             NsRef::Pid(p) => crate::host::user_ns_of(p).map_err(|e| anyhow!("no process {p}: {e}"))?,
-            NsRef::Name(n) => self.state
+            NsRef::Name(n) => self
+                .state
                 .namespaces
                 .iter()
                 .find(|r| r.name.as_deref() == Some(n.as_str()))
@@ -121,7 +129,11 @@ impl Daemon {
         if !admin && peer_ns != Some(id) {
             bail!("permission denied: a namespace may look only at its own view");
         }
-        let view = self.nss.get(&id).and_then(|n| n.view.as_ref()).ok_or_else(|| anyhow!("namespace {id} has no view managed by the daemon"))?;
+        let view = self
+            .nss
+            .get(&id)
+            .and_then(|n| n.view.as_ref())
+            .ok_or_else(|| anyhow!("namespace {id} has no view managed by the daemon"))?;
         let mut rows: Vec<ViewRow> = crate::view::scan(view)?
             .into_iter()
             .map(|s| {
@@ -165,7 +177,13 @@ impl Daemon {
         self.save()?;
         self.registry.assign(dev, ns)?;
         self.reconcile(ns);
-        self.emit(Event { event: "assign".into(), device: Some(name), dev: Some(dev.to_string()), ns: Some(ns.to_string()), global: None });
+        self.emit(Event {
+            event: "assign".into(),
+            device: Some(name),
+            dev: Some(dev.to_string()),
+            ns: Some(ns.to_string()),
+            global: None,
+        });
         Ok(json!({ "device": dev.to_string(), "owner": ns.to_string() }))
     }
 
@@ -175,20 +193,34 @@ impl Daemon {
         self.save()?;
         self.registry.release(dev);
         self.reconcile(ns);
-        self.emit(Event { event: "release".into(), device: Some(name), dev: Some(dev.to_string()), ns: Some(ns.to_string()), global: None });
+        self.emit(Event {
+            event: "release".into(),
+            device: Some(name),
+            dev: Some(dev.to_string()),
+            ns: Some(ns.to_string()),
+            global: None,
+        });
         Ok(json!({ "device": dev.to_string(), "owner": "host" }))
     }
 
     fn global(&mut self, device: &str, on: bool) -> Result<Value> {
         let (dev, name) = self.device(device)?;
         if on && name == "loop-control" {
-            bail!("loop-control cannot be global: without devns mediating its ioctls it lets any container remove other namespaces' loop devices");
+            bail!(
+                "loop-control cannot be global: without devns mediating its ioctls it lets any container remove other namespaces' loop devices"
+            );
         }
         self.state.global.insert(dev, on);
         self.save()?;
         self.registry.set_global(dev, on);
         self.reconcile_all();
-        self.emit(Event { event: "global".into(), device: Some(name), dev: Some(dev.to_string()), ns: None, global: Some(on) });
+        self.emit(Event {
+            event: "global".into(),
+            device: Some(name),
+            dev: Some(dev.to_string()),
+            ns: None,
+            global: Some(on),
+        });
         Ok(json!({ "device": dev.to_string(), "global": on }))
     }
 
@@ -228,7 +260,13 @@ impl Daemon {
                         Owner::Ns(n) => Some(n.to_string()),
                         Owner::Host => None,
                     };
-                    self.emit(Event { event: "add".into(), device: Some(name), dev: Some(dev.to_string()), ns, global: None });
+                    self.emit(Event {
+                        event: "add".into(),
+                        device: Some(name),
+                        dev: Some(dev.to_string()),
+                        ns,
+                        global: None,
+                    });
                 }
             }
             Action::Remove => {
@@ -236,7 +274,9 @@ impl Daemon {
                 let holders: Vec<NsId> = self.registry.holders(dev, all).collect();
                 let owner = self.registry.owner(dev);
                 self.registry.remove_device(dev);
-                if self.state.namespaces.iter().any(|r| r.devices.contains(&dev)) || self.state.global.contains_key(&dev) {
+                if self.state.namespaces.iter().any(|r| r.devices.contains(&dev))
+                    || self.state.global.contains_key(&dev)
+                {
                     self.state.forget_device(dev);
                     let _ = self.save();
                 }
@@ -247,7 +287,13 @@ impl Daemon {
                     Owner::Ns(n) => Some(n.to_string()),
                     Owner::Host => None,
                 };
-                self.emit(Event { event: "remove".into(), device: Some(name), dev: Some(dev.to_string()), ns, global: None });
+                self.emit(Event {
+                    event: "remove".into(),
+                    device: Some(name),
+                    dev: Some(dev.to_string()),
+                    ns,
+                    global: None,
+                });
             }
             Action::Other => {}
         }

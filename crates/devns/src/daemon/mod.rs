@@ -12,7 +12,6 @@ use crate::config;
 use crate::discover;
 use crate::host;
 use crate::store::{self, Records, Store};
-use devns_core::state::State;
 use anyhow::{Context, Result, anyhow};
 use conn::Conn;
 use devns_core::api::Event;
@@ -20,6 +19,7 @@ use devns_core::config::Config;
 use devns_core::idmap::IdMap;
 use devns_core::registry::{NsId, Registry};
 use devns_core::state::Keeper;
+use devns_core::state::State;
 use devns_sys::signal::SignalFd;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fd::OwnedFd;
@@ -118,9 +118,8 @@ pub fn run(opts: Options) -> Result<()> {
     host::require_host_root("devns daemon")?;
     let cfg = config::load(&opts.config)?;
     let store = Store::open(&opts.state_dir)?;
-    let daemon_lock = store
-        .try_hold("daemon.lock")?
-        .ok_or_else(|| anyhow!("another devns daemon uses {}", store.dir().display()))?;
+    let daemon_lock =
+        store.try_hold("daemon.lock")?.ok_or_else(|| anyhow!("another devns daemon uses {}", store.dir().display()))?;
     let (disk, global) = {
         let _l = store.lock_file()?;
         (store.read_records(|_| true)?, store.read_global()?)
@@ -173,7 +172,8 @@ impl Daemon {
         let is_run = |k: &str| k.starts_with("run-");
         let runs = self.store.read_records(is_run)?;
         let mut after: Records = store::records_of(&self.state).into_iter().filter(|(k, _)| !is_run(k)).collect();
-        let runs_changed = runs != self.disk.iter().filter(|(k, _)| is_run(k)).map(|(k, r)| (k.clone(), r.clone())).collect::<Records>();
+        let runs_changed = runs
+            != self.disk.iter().filter(|(k, _)| is_run(k)).map(|(k, r)| (k.clone(), r.clone())).collect::<Records>();
         self.store.write_changes(&self.disk, &after, |k| !is_run(k)).context("cannot save the state")?;
         after.extend(runs);
         let global_changed = self.store.read_global()? != self.state.global;
@@ -264,7 +264,8 @@ impl Daemon {
 
     /// Records the members of `id` as the state's.
     fn sync_members(&mut self, id: NsId) {
-        let keepers: Vec<Keeper> = self.nss.get(&id).map(|n| n.members.iter().map(|m| m.keeper).collect()).unwrap_or_default();
+        let keepers: Vec<Keeper> =
+            self.nss.get(&id).map(|n| n.members.iter().map(|m| m.keeper).collect()).unwrap_or_default();
         if let Some(r) = self.state.by_id_mut(id) {
             r.members = keepers;
         }
@@ -319,7 +320,7 @@ impl Daemon {
             for (slot, revents) in ready {
                 match slot {
                     Slot::Signals => {
-                        while let Some(si) = signals.read().context("signalfd")? {
+                        if let Some(si) = signals.read().context("signalfd")? {
                             tracing::info!(signal = si.signo, "stopping; views stay mounted in their containers");
                             return Ok(());
                         }
@@ -393,9 +394,8 @@ impl Daemon {
             match rustix::net::recvfrom(sock, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
                 Ok((_, len, addr)) => {
                     // Only the kernel (port 0) speaks here; others are ignored.
-                    let from_kernel = addr
-                        .and_then(|a| SocketAddrNetlink::try_from(a).ok())
-                        .is_some_and(|a| a.pid() == 0);
+                    let from_kernel =
+                        addr.and_then(|a| SocketAddrNetlink::try_from(a).ok()).is_some_and(|a| a.pid() == 0);
                     if from_kernel && len <= buf.len() {
                         self.on_uevent(&buf[..len]);
                     }

@@ -97,8 +97,12 @@ pub(super) fn unmount_orphan_views(views: &Path, live: &[NsId]) {
 /// mount namespace of `pid`, from a short-lived child: `setns` changes the
 /// whole process, and the daemon must stay where it is.
 fn mount_into(pid: i32, view: &OwnedFd, at: &str) -> Result<()> {
-    let root = rustix::fs::open(format!("/proc/{pid}/root"), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .with_context(|| format!("cannot open the root of process {pid}"))?;
+    let root = rustix::fs::open(
+        format!("/proc/{pid}/root"),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open the root of process {pid}"))?;
     let mntns = rustix::fs::open(format!("/proc/{pid}/ns/mnt"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
         .with_context(|| format!("cannot open the mount namespace of process {pid}"))?;
     let tree = rustix::mount::open_tree(
@@ -114,7 +118,10 @@ fn mount_into(pid: i32, view: &OwnedFd, at: &str) -> Result<()> {
         devns_sys::process::Forked::Child => {
             drop(r);
             let res = (|| -> rustix::io::Result<()> {
-                rustix::thread::move_into_link_name_space(mntns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Mount))?;
+                rustix::thread::move_into_link_name_space(
+                    mntns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Mount),
+                )?;
                 let target = rustix::fs::openat2(
                     &root,
                     at,
@@ -144,7 +151,10 @@ fn mount_into(pid: i32, view: &OwnedFd, at: &str) -> Result<()> {
             let _ = devns_sys::process::wait_pidfd(&pidfd);
             match (n, i32::from_ne_bytes(buf)) {
                 (4, 0) => Ok(()),
-                (4, e) => bail!("cannot mount the view at {at} in process {pid}'s mount namespace: {}", rustix::io::Errno::from_raw_os_error(e)),
+                (4, e) => bail!(
+                    "cannot mount the view at {at} in process {pid}'s mount namespace: {}",
+                    rustix::io::Errno::from_raw_os_error(e)
+                ),
                 _ => bail!("the helper that mounts the view in process {pid}'s namespace died"),
             }
         }
@@ -167,7 +177,8 @@ impl Daemon {
 
     /// A clone of `id`'s view to hand to a container.
     pub(super) fn view_clone(&self, id: NsId) -> Result<OwnedFd> {
-        let view = self.nss.get(&id).and_then(|n| n.view.as_ref()).ok_or_else(|| anyhow!("namespace {id} has no view"))?;
+        let view =
+            self.nss.get(&id).and_then(|n| n.view.as_ref()).ok_or_else(|| anyhow!("namespace {id} has no view"))?;
         Ok(rustix::mount::open_tree(
             view,
             "",
@@ -187,7 +198,13 @@ impl Daemon {
         }
         for d in released {
             let device = self.registry.device(d).map(|x| x.name.clone());
-            self.emit(Event { event: "release".into(), device, dev: Some(d.to_string()), ns: Some(id.to_string()), global: None });
+            self.emit(Event {
+                event: "release".into(),
+                device,
+                dev: Some(d.to_string()),
+                ns: Some(id.to_string()),
+                global: None,
+            });
         }
         self.emit(Event { event: "ns-gone".into(), device: None, dev: None, ns: Some(id.to_string()), global: None });
     }
@@ -213,7 +230,12 @@ impl Daemon {
     /// `devns run` through the daemon: the namespace of the process behind
     /// `pidfd` (a fresh child whose maps are unset) gets an id block, its
     /// devices, and a view; returns the ids and a clone of the view.
-    pub(super) fn provision(&mut self, pidfd: OwnedFd, name: Option<&str>, devices: &[String]) -> Result<(serde_json::Value, OwnedFd)> {
+    pub(super) fn provision(
+        &mut self,
+        pidfd: OwnedFd,
+        name: Option<&str>,
+        devices: &[String],
+    ) -> Result<(serde_json::Value, OwnedFd)> {
         let pid = host::pid_of_pidfd(&pidfd).ok_or_else(|| anyhow!("the process behind the pidfd is gone"))?;
         let nsfd = devns_sys::ns::pidfd_user_ns(&pidfd).context("cannot get the process's user namespace")?;
         let id = NsId(devns_sys::ns::ns_id(&nsfd)?);
@@ -224,8 +246,10 @@ impl Daemon {
         let devs = devices.iter().map(|d| crate::discover::resolve(&self.registry, d)).collect::<Result<Vec<_>>>()?;
         let start_time = host::start_time(pid).ok_or_else(|| anyhow!("process {pid} is gone"))?;
         let keeper = Keeper { pid, start_time };
-        let (uid_ranges, gid_ranges) = (crate::host::subid_ranges("/etc/subuid"), crate::host::subid_ranges("/etc/subgid"));
-        let claim = Claim { id: Some(id), name, keeper: None, members: vec![keeper], devices: &devs, allocate_ids: true };
+        let (uid_ranges, gid_ranges) =
+            (crate::host::subid_ranges("/etc/subuid"), crate::host::subid_ranges("/etc/subgid"));
+        let claim =
+            Claim { id: Some(id), name, keeper: None, members: vec![keeper], devices: &devs, allocate_ids: true };
         let r = self.state.claim(claim, &self.registry, &uid_ranges, &gid_ranges)?;
         let (ub, gb) = (r.uid_base.expect("allocated"), r.gid_base.expect("allocated"));
         let (uids, gids) = (IdMap::single(ub, BLOCK), IdMap::single(gb, BLOCK));
@@ -241,7 +265,13 @@ impl Daemon {
         })();
         match result {
             Ok(view) => {
-                self.emit(Event { event: "ns-new".into(), device: None, dev: None, ns: Some(id.to_string()), global: None });
+                self.emit(Event {
+                    event: "ns-new".into(),
+                    device: None,
+                    dev: None,
+                    ns: Some(id.to_string()),
+                    global: None,
+                });
                 let out = serde_json::json!({ "id": id.0, "uid_base": ub, "gid_base": gb });
                 Ok((out, view))
             }
@@ -267,7 +297,8 @@ impl Daemon {
         let new = !self.nss.contains_key(&id);
         if new {
             let (uids, gids) = read_maps(pid)?;
-            let claim = Claim { id: Some(id), name, keeper: None, members: vec![keeper], devices: &[], allocate_ids: false };
+            let claim =
+                Claim { id: Some(id), name, keeper: None, members: vec![keeper], devices: &[], allocate_ids: false };
             self.state.claim(claim, &self.registry, &[], &[])?;
             self.nss.insert(id, Ns { view: None, uids, gids, members: vec![] });
             if let Err(e) = self.make_view(id) {
@@ -289,7 +320,13 @@ impl Daemon {
         }
         self.save()?;
         if new {
-            self.emit(Event { event: "ns-new".into(), device: None, dev: None, ns: Some(id.to_string()), global: None });
+            self.emit(Event {
+                event: "ns-new".into(),
+                device: None,
+                dev: None,
+                ns: Some(id.to_string()),
+                global: None,
+            });
         }
         Ok(serde_json::json!({ "id": id.0 }))
     }

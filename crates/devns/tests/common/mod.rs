@@ -39,6 +39,11 @@ impl Env {
         self.dir.path().join("state")
     }
 
+    /// This test's daemon socket (nothing listens unless the test starts one).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("devns.sock")
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
@@ -51,7 +56,10 @@ impl Env {
 
     /// Points a command (devns, or a wrapper that runs it) at this world.
     pub fn devns_env<'c>(&self, c: &'c mut Command) -> &'c mut Command {
-        c.env("DEVNS_STATE_DIR", self.state_dir()).env("DEVNS_CONFIG", self.config()).env_remove("DEVNS_LOG")
+        c.env("DEVNS_STATE_DIR", self.state_dir())
+            .env("DEVNS_CONFIG", self.config())
+            .env("DEVNS_SOCKET", self.socket())
+            .env_remove("DEVNS_LOG")
     }
 
     /// `devns run ARGS` to completion.
@@ -72,13 +80,10 @@ impl Env {
         serde_json::from_slice(&out.stdout).expect("json")
     }
 
-    /// Namespaces recorded in the state file.
+    /// Namespaces recorded in the state directory (one file each).
     pub fn recorded_namespaces(&self) -> usize {
-        match std::fs::read(self.state_dir().join("state.json")) {
-            Ok(b) => {
-                let v: serde_json::Value = serde_json::from_slice(&b).expect("state json");
-                v["namespaces"].as_array().map_or(0, Vec::len)
-            }
+        match std::fs::read_dir(self.state_dir().join("ns")) {
+            Ok(d) => d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count(),
             Err(_) => 0,
         }
     }
