@@ -286,3 +286,141 @@ impl Drop for Loop {
         }
     }
 }
+
+/// A `devns daemon` of this test's own (socket and state dir in its temp
+/// dir). On drop: killed, and its host view mounts removed.
+pub struct Daemon<'e> {
+    env: &'e Env,
+    pub child: Option<Child>,
+}
+
+impl<'e> Daemon<'e> {
+    pub fn start(env: &'e Env) -> Daemon<'e> {
+        let child = env
+            .devns()
+            .arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn devns daemon");
+        let d = Daemon { env, child: Some(child) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(env.socket()).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the daemon did not become ready");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and its exit status.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        c.wait().ok()?.code()
+    }
+
+    /// Open fds of the daemon.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        self.kill9();
+        let views = self.env.state_dir().join("views");
+        let _ = Command::new("umount").args(["-R", "-l"]).arg(&views).stderr(Stdio::null()).status();
+    }
+}
+
+/// A raw connection to the daemon's socket.
+pub struct Api {
+    pub stream: std::os::unix::net::UnixStream,
+    reader: BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Api {
+    pub fn connect(env: &Env) -> Api {
+        let stream = std::os::unix::net::UnixStream::connect(env.socket()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Api { stream, reader }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next reply line, or `None` when the daemon closed the connection.
+    pub fn read(&mut self) -> Option<serde_json::Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).expect("reply is JSON")),
+        }
+    }
+
+    pub fn call(&mut self, req: serde_json::Value) -> serde_json::Value {
+        let mut req = req;
+        req["v"] = 1.into();
+        let mut line = serde_json::to_vec(&req).unwrap();
+        line.push(b'\n');
+        self.send_raw(&line).expect("send");
+        self.read().expect("a reply")
+    }
+}
+
+/// Names in a namespace's view, per the daemon (`devns view NS --json`).
+pub fn view_names(env: &Env, ns: &str) -> Vec<String> {
+    let out = env.devns().args(["view", ns, "--json"]).output().expect("devns view");
+    assert!(out.status.success(), "devns view {ns}: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    sorted(rows.iter().map(|r| r["path"].as_str().unwrap().to_owned()).collect())
+}
+
+/// A container running a tiny command loop: each line sent is run by its
+/// shell, and its output ends with a line `end`.
+pub fn shell_container(env: &Env, args: &[&str]) -> Container {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--", "sh", "-c", "echo ready; while read -r cmd; do eval \"$cmd\"; echo end; done"]);
+    let mut c = env.spawn(&all);
+    assert_eq!(c.line(), "ready");
+    c
+}
+
+impl Container {
+    /// Runs `cmd` in a [`shell_container`] and returns its output lines.
+    pub fn sh(&mut self, cmd: &str) -> Vec<String> {
+        self.send(&format!("{cmd}\n"));
+        self.lines_until("end")
+    }
+}
+
+/// Runs `devns ARGS` and returns stdout, asserting success.
+pub fn devns_ok(env: &Env, args: &[&str]) -> String {
+    let out = env.devns().args(args).output().expect("devns");
+    assert!(out.status.success(), "devns {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until `f` holds (the daemon acts on deaths asynchronously).
+pub fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

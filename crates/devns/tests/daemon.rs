@@ -1,0 +1,363 @@
+//! `devns daemon` against the real kernel, as root: live ownership seen from
+//! inside containers, hotplug, namespace lifetime, crash safety, bad input.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::path::Path;
+
+fn zram_hot_add() -> u32 {
+    std::fs::read_to_string("/sys/class/zram-control/hot_add").expect("zram hot_add").trim().parse().unwrap()
+}
+
+/// A zram device this test added; removed on drop.
+struct Zram(u32);
+impl Drop for Zram {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/class/zram-control/hot_remove", self.0.to_string());
+    }
+}
+
+/// A loop device added with LOOP_CTL_ADD; removed on drop.
+struct AddedLoop(u64);
+const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
+const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
+fn loop_ctl(op: libc::c_ulong, n: u64) -> i32 {
+    let ctl = std::fs::File::open("/dev/loop-control").unwrap();
+    // SAFETY: the loop-control ioctls take the device number by value; `ctl`
+    // is open for the duration of the call.
+    unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), op, n) }
+}
+impl AddedLoop {
+    fn new() -> AddedLoop {
+        // A number nobody uses: high, and different per test process.
+        let mut n = 400 + (std::process::id() as u64 % 400);
+        while loop_ctl(LOOP_CTL_ADD, n) < 0 {
+            n += 1;
+        }
+        AddedLoop(n)
+    }
+    fn name(&self) -> String {
+        format!("loop{}", self.0)
+    }
+}
+impl Drop for AddedLoop {
+    fn drop(&mut self) {
+        loop_ctl(LOOP_CTL_REMOVE, self.0);
+    }
+}
+
+/// Kills this test's processes, found by their marker.
+fn kill_marked(mark: &str) {
+    for pid in processes_with(mark) {
+        if let Some(p) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+struct KillMarked(String);
+impl Drop for KillMarked {
+    fn drop(&mut self) {
+        kill_marked(&self.0);
+    }
+}
+
+#[test]
+fn hotplug_reaches_exactly_the_right_views() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let _b = shell_container(&env, &["--name", "b"]);
+
+    // A host-owned zram device: in no view; assigned: in a's only; removed: gone.
+    let z = Zram(zram_hot_add());
+    let zname = format!("zram{}", z.0);
+    eventually("zram known to the daemon", || devns_ok(&env, &["ls"]).contains(&zname));
+    assert!(!view_names(&env, "a").contains(&zname) && !view_names(&env, "b").contains(&zname));
+    devns_ok(&env, &["assign", &zname, "--to", "a"]);
+    assert!(view_names(&env, "a").contains(&zname));
+    assert!(!view_names(&env, "b").contains(&zname));
+    assert!(a.sh(&format!("ls /dev/{zname}")).contains(&format!("/dev/{zname}")), "a sees it inside");
+    drop(z);
+    eventually("zram gone from a's view", || !view_names(&env, "a").contains(&zname));
+    assert!(a.sh("ls /dev").iter().all(|n| *n != zname));
+
+    // A loop device made global: in every view; removed: in none.
+    let l = AddedLoop::new();
+    let lname = l.name();
+    eventually("loop known to the daemon", || devns_ok(&env, &["ls"]).contains(&lname));
+    assert!(!view_names(&env, "a").contains(&lname));
+    devns_ok(&env, &["global", &lname, "on"]);
+    assert!(view_names(&env, "a").contains(&lname) && view_names(&env, "b").contains(&lname));
+    drop(l);
+    eventually("loop gone from every view", || {
+        !view_names(&env, "a").contains(&lname) && !view_names(&env, "b").contains(&lname)
+    });
+}
+
+#[test]
+fn assign_and_release_are_seen_inside_with_partitions_and_hotplugged_partitions() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let mut b = shell_container(&env, &["--name", "b"]);
+    let lp = Loop::new(true);
+    let (disk, part) = (lp.name.clone(), lp.partition());
+
+    devns_ok(&env, &["assign", &disk, "--to", "a"]);
+    let in_a = a.sh("ls /dev");
+    assert!(in_a.contains(&disk) && in_a.contains(&part), "{in_a:?}");
+    assert_eq!(a.sh(&format!("blockdev --getsize64 /dev/{disk}")), [(8u64 << 20).to_string()]);
+    assert!(!b.sh("ls /dev").contains(&disk));
+    let taken = env.devns().args(["assign", &disk, "--to", "b"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("already owned by namespace"), "{taken:?}");
+
+    // A partition added later follows its disk (host uevent → a's view).
+    let _ = std::process::Command::new("partx").args(["-d", &format!("/dev/{disk}")]).status();
+    eventually("partition gone", || !view_names(&env, "a").contains(&part));
+    assert!(std::process::Command::new("partx").args(["-a", &format!("/dev/{disk}")]).status().unwrap().success());
+    eventually("new partition in a's view", || view_names(&env, "a").contains(&part));
+    assert!(!view_names(&env, "b").contains(&part));
+
+    devns_ok(&env, &["release", &disk]);
+    let in_a = a.sh("ls /dev");
+    assert!(!in_a.contains(&disk) && !in_a.contains(&part), "{in_a:?}");
+    devns_ok(&env, &["assign", &disk, "--to", "b"]);
+    assert!(b.sh("ls /dev").contains(&part));
+    assert!(!a.sh("ls /dev").contains(&disk));
+}
+
+#[test]
+fn kill_9_amid_a_burst_loses_no_acknowledged_operation() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut d = Daemon::start(&env);
+    let _a = shell_container(&env, &["--name", "a"]);
+    let loops = [Loop::new(false), Loop::new(false)];
+    let names: Vec<String> = loops.iter().map(|l| l.name.clone()).collect();
+    let mut api = Api::connect(&env);
+    // The expected owner of each device after every acknowledged operation,
+    // and the operation in flight when the daemon died.
+    let mut acked: [bool; 2] = [false, false];
+    let mut in_flight: Option<(usize, bool)> = None;
+    let total = 1000;
+    let kill_at = 400;
+    let mut done = 0;
+    while done < total {
+        let i = done % 2;
+        let assign = !acked[i];
+        if done == kill_at {
+            // Send the request and kill the daemon while it may be mid-way.
+            let req = if assign {
+                json!({"v": 1, "op": "assign", "device": names[i], "to": "a"})
+            } else {
+                json!({"v": 1, "op": "release", "device": names[i]})
+            };
+            let mut line = serde_json::to_vec(&req).unwrap();
+            line.push(b'\n');
+            api.send_raw(&line).unwrap();
+            in_flight = Some((i, assign));
+            d.kill9();
+            d = Daemon::start(&env);
+            api = Api::connect(&env);
+            done += 1;
+            continue;
+        }
+        let r = if assign {
+            api.call(json!({"op": "assign", "device": names[i], "to": "a"}))
+        } else {
+            api.call(json!({"op": "release", "device": names[i]}))
+        };
+        if r["ok"] == true {
+            acked[i] = assign;
+        } else {
+            // After the restart an in-flight op may have landed: then the
+            // next op finds the device already in that state.
+            let (fi, fa) = in_flight.take().expect("only the op after the crash may be refused");
+            assert_eq!(fi, i, "{r}");
+            acked[i] = fa;
+            continue;
+        }
+        done += 1;
+    }
+    // Registry, state and view agree with the acknowledged history.
+    let owned: Vec<String> = env.owned().iter().map(|d| d["name"].as_str().unwrap().to_owned()).collect();
+    let view = view_names(&env, "a");
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(owned.contains(n), acked[i], "registry for {n}");
+        assert_eq!(view.contains(n), acked[i], "view for {n}");
+    }
+}
+
+#[test]
+fn lifecycles_leave_nothing_and_the_daemon_holds_no_extra_fds() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let d = Daemon::start(&env);
+    let lp = Loop::new(false);
+    let mark = marker("life");
+    let baseline = {
+        // One lifecycle first, so lazily opened fds are counted.
+        let o = env.run(&["--dev", &lp.name, "--", "true"]);
+        assert!(o.status.success());
+        eventually("first lifecycle released", || env.owned().is_empty());
+        d.fd_count()
+    };
+    for i in 0..100 {
+        if i % 3 == 0 {
+            let mut c = env.spawn(&["--dev", &lp.name, "--", "sh", "-c", "echo ready; sleep 1000", &mark]);
+            assert_eq!(c.line(), "ready");
+            drop(c); // SIGKILL to devns run: its container dies with it
+        } else {
+            let o = env.run(&["--dev", &lp.name, "--", "sh", "-c", "ls /dev >/dev/null", &mark]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        eventually("the device returns to host", || env.owned().is_empty());
+    }
+    eventually("no namespace left", || devns_ok(&env, &["ns", "ls", "--json"]).trim() == "[]");
+    assert!(processes_with(&mark).is_empty());
+    let views: Vec<_> = std::fs::read_dir(env.state_dir().join("views")).unwrap().collect();
+    assert!(views.is_empty(), "views left: {views:?}");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let state = env.state_dir().join("views").canonicalize().unwrap();
+    assert_eq!(mountinfo.lines().filter(|l| l.contains(&*state.to_string_lossy())).count(), 1, "only the views bind");
+    assert_eq!(env.recorded_namespaces(), 0);
+    assert_eq!(d.fd_count(), baseline, "the daemon's fd count grew");
+}
+
+#[test]
+fn bad_input_changes_nothing_and_the_daemon_keeps_serving() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let d = Daemon::start(&env);
+    let _a = shell_container(&env, &["--name", "a"]);
+    let _b = shell_container(&env, &["--name", "b"]);
+    let lp = Loop::new(false);
+    devns_ok(&env, &["assign", &lp.name, "--to", "a"]);
+    let before = (devns_ok(&env, &["ls", "--json"]), devns_ok(&env, &["ns", "ls", "--json"]));
+
+    let mut api = Api::connect(&env);
+    api.send_raw(b"{not json\n").unwrap();
+    let r = api.read().unwrap();
+    assert_eq!(r["ok"], false);
+    assert!(r["error"].as_str().unwrap().starts_with("request is not valid JSON"), "{r}");
+    for (req, want) in [
+        (json!({"op": "assign", "device": "nosuchdev0", "to": "a"}), "unknown device \"nosuchdev0\""),
+        (json!({"op": "assign", "device": lp.name, "to": "nosuchns"}), "unknown namespace \"nosuchns\""),
+        (json!({"op": "assign", "device": lp.name, "to": "b"}), "is already owned by namespace id:"),
+        (json!({"op": "release", "device": "null"}), "device null is owned by no namespace"),
+        (json!({"op": "explode"}), "unknown variant `explode`"),
+        (json!({"op": "global", "device": "loop-control", "on": true}), "cannot be global"),
+    ] {
+        let r = api.call(req.clone());
+        assert_eq!(r["ok"], false, "{req}");
+        assert!(r["error"].as_str().unwrap().contains(want), "{req}: {r}");
+    }
+    api.send_raw(b"{\"v\":7,\"op\":\"ls\"}\n").unwrap();
+    let r = api.read().unwrap();
+    assert!(r["error"].as_str().unwrap().contains("unsupported API version"), "{r}");
+
+    // Oversized: an error, then the connection is closed.
+    let mut big = Api::connect(&env);
+    let _ = big.send_raw(&vec![b'x'; 70 * 1024]);
+    let r = big.read().expect("an error reply before the close");
+    assert!(r["error"].as_str().unwrap().contains("larger than"), "{r}");
+    assert!(big.read().is_none(), "connection closed");
+
+    // A request that never ends is closed after the deadline; one whose
+    // client vanishes mid-way costs nothing.
+    let mut slow = Api::connect(&env);
+    slow.send_raw(b"{\"v\":1,\"op\":").unwrap();
+    let mut gone = Api::connect(&env);
+    gone.send_raw(b"{\"v\":1,\"op\":\"assign\",\"dev").unwrap();
+    drop(gone);
+    assert!(slow.read().is_none(), "a never-ending request is cut off");
+
+    // Not host root: may not change anything, sees only its own.
+    use std::os::unix::process::CommandExt;
+    let out = env.devns().args(["release", &lp.name]).uid(65534).gid(65534).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied: only host root"), "{out:?}");
+    let out = env.devns().args(["ls", "--json"]).uid(65534).gid(65534).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]", "a host user owns nothing");
+
+    assert_eq!((devns_ok(&env, &["ls", "--json"]), devns_ok(&env, &["ns", "ls", "--json"])), before);
+    assert!(Path::new(&format!("/proc/{}", d.pid())).exists(), "the daemon is alive");
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_views_stay_in_their_containers() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut d = Daemon::start(&env);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let lp = Loop::new(false);
+    devns_ok(&env, &["assign", &lp.name, "--to", "a"]);
+    assert_eq!(d.stop(), Some(0));
+    assert!(!env.socket().exists(), "the socket file is removed");
+    let in_a = a.sh("ls /dev");
+    assert!(in_a.contains(&lp.name), "{in_a:?}");
+    // A restart picks the namespace up again.
+    let _d = Daemon::start(&env);
+    assert!(view_names(&env, "a").contains(&lp.name));
+    devns_ok(&env, &["release", &lp.name]);
+    assert!(!a.sh("ls /dev").contains(&lp.name));
+}
+
+#[test]
+fn attach_brings_an_existing_namespace_under_devns() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mark = marker("attach");
+    // A user-namespaced process made by util-linux, not by devns.
+    let mut p = std::process::Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "while :; do sleep 0.2; done",
+            &mark,
+        ])
+        .spawn()
+        .unwrap();
+    let pid = p.id();
+    let _cleanup = KillMarked(mark.clone());
+    eventually("the process is in its user namespace", || {
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
+    });
+    let out = devns_ok(&env, &["attach", "--pid", &pid.to_string(), "--name", "ext"]);
+    assert!(out.starts_with("id:"), "{out}");
+    let dev: Vec<String> = sorted(
+        std::fs::read_dir(format!("/proc/{pid}/root/dev"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+    );
+    assert_eq!(dev, default_view(), "its /dev is now its view");
+    assert!(!Path::new("/dev/stdout").exists() || std::fs::read_link("/dev/stdout").is_ok(), "host /dev untouched");
+    kill_marked(&mark);
+    let _ = p.wait();
+    eventually("namespace released", || devns_ok(&env, &["ns", "ls", "--json"]).trim() == "[]");
+}
