@@ -103,12 +103,14 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let ns = dir.join("ns");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&ns)
-            .map_err(|source| StoreError::CreateDir { path: ns.clone(), source })?;
+        for sub in ["ns", "runs"] {
+            let path = dir.join(sub);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&path)
+                .map_err(|source| StoreError::CreateDir { path: path.clone(), source })?;
+        }
         Ok(Store { dir: dir.to_owned() })
     }
 
@@ -116,8 +118,10 @@ impl Store {
         &self.dir
     }
 
-    fn ns_dir(&self) -> PathBuf {
-        self.dir.join("ns")
+    /// The daemon's records live in `ns/`, stand-alone runs' in `runs/`,
+    /// so that the daemon's look for runs reads a (nearly) empty directory.
+    fn dir_for(&self, key: &str) -> PathBuf {
+        self.dir.join(if key.starts_with("run-") { "runs" } else { "ns" })
     }
 
     /// Takes the writers' lock (blocking) without reading anything.
@@ -140,19 +144,19 @@ impl Store {
         }
     }
 
-    /// Records whose key `want` accepts.
-    pub fn read_records(&self, want: impl Fn(&str) -> bool) -> Result<Records, StoreError> {
-        let dir = self.ns_dir();
-        let entries = fs::read_dir(&dir).map_err(|source| StoreError::Read { path: dir.clone(), source })?;
+    /// The records of stand-alone runs only (`runs/`), or all.
+    pub fn read_records(&self, runs_only: bool) -> Result<Records, StoreError> {
         let mut out = Records::new();
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
-            if !want(key) {
-                continue;
-            }
-            if let Some(r) = read_json::<NsRecord>(&e.path())? {
-                out.insert(key.to_owned(), r);
+        let subs: &[&str] = if runs_only { &["runs"] } else { &["runs", "ns"] };
+        for sub in subs {
+            let dir = self.dir.join(sub);
+            let entries = fs::read_dir(&dir).map_err(|source| StoreError::Read { path: dir.clone(), source })?;
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+                if let Some(r) = read_json::<NsRecord>(&e.path())? {
+                    out.insert(key.to_owned(), r);
+                }
             }
         }
         Ok(out)
@@ -170,26 +174,27 @@ impl Store {
         after: &Records,
         mine: impl Fn(&str) -> bool,
     ) -> Result<bool, StoreError> {
-        let dir = self.ns_dir();
-        let mut changed = false;
+        let mut changed: Vec<PathBuf> = Vec::new();
         for (k, r) in after.iter().filter(|(k, _)| mine(k)) {
             if before.get(k) != Some(r) {
-                write_json(&dir.join(format!("{k}.json")), r)?;
-                changed = true;
+                write_json(&self.dir_for(k).join(format!("{k}.json")), r)?;
+                changed.push(self.dir_for(k));
             }
         }
         for k in before.keys().filter(|k| mine(k) && !after.contains_key(*k)) {
-            let path = dir.join(format!("{k}.json"));
+            let path = self.dir_for(k).join(format!("{k}.json"));
             match fs::remove_file(&path) {
-                Ok(()) => changed = true,
+                Ok(()) => changed.push(self.dir_for(k)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(StoreError::Write { path, source }),
             }
         }
-        if changed {
-            sync_dir(&dir)?;
+        changed.sort();
+        changed.dedup();
+        for dir in &changed {
+            sync_dir(dir)?;
         }
-        Ok(changed)
+        Ok(!changed.is_empty())
     }
 
     pub fn write_global(&self, g: &BTreeMap<DevId, bool>) -> Result<(), StoreError> {
@@ -200,7 +205,7 @@ impl Store {
     /// Takes the lock and reads the whole state.
     pub fn lock(&self) -> Result<Locked, StoreError> {
         let lock = self.lock_file()?;
-        let before = self.read_records(|_| true)?;
+        let before = self.read_records(false)?;
         let global_before = self.read_global()?;
         let state =
             State { namespaces: before.values().cloned().collect(), global: global_before.clone(), ..State::default() };

@@ -361,3 +361,47 @@ fn attach_brings_an_existing_namespace_under_devns() {
     let _ = p.wait();
     eventually("namespace released", || devns_ok(&env, &["ns", "ls", "--json"]).trim() == "[]");
 }
+
+#[test]
+fn events_stream_ownership_hotplug_and_namespaces() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mut ev = std::process::Command::new(env!("CARGO_BIN_EXE_devns"));
+    env.devns_env(&mut ev);
+    let mut ev = ev.args(["events", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(ev.stdout.take().unwrap()));
+    // Other tests hot-plug devices meanwhile: skip events of theirs.
+    let mut next = |want: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        loop {
+            let e: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            if want(&e) {
+                return e;
+            }
+        }
+    };
+    // The subscription is in place once the first event arrives: make one.
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let first = next(&|e| e["event"] == "ns-new");
+    let ns = first["ns"].as_str().unwrap().to_owned();
+    let lp = Loop::new(false);
+    let name = lp.name.clone();
+    // A loop device that existed before is not "added"; assign is ours.
+    devns_ok(&env, &["assign", &lp.name, "--to", "a"]);
+    let e = next(&|e| e["device"] == name.as_str() && e["event"] != "add");
+    assert_eq!((e["event"].as_str(), e["ns"].as_str()), (Some("assign"), Some(ns.as_str())), "{e}");
+    devns_ok(&env, &["release", &lp.name]);
+    assert_eq!(next(&|e| e["device"] == name.as_str() && e["event"] != "add")["event"], "release");
+    let z = Zram(zram_hot_add());
+    let zname = format!("zram{}", z.0);
+    assert_eq!(next(&|e| e["device"] == zname.as_str())["event"], "add");
+    drop(z);
+    assert_eq!(next(&|e| e["device"] == zname.as_str())["event"], "remove");
+    a.send("exit\n");
+    let _ = a.wait();
+    assert_eq!(next(&|e| e["ns"] == ns.as_str() && e["event"] != "release")["event"], "ns-gone");
+    let _ = ev.kill();
+    let _ = ev.wait();
+}

@@ -17,10 +17,10 @@ fn one_error_line(o: &Output) -> String {
 
 /// Runs `f` and checks that nothing of it remains afterwards.
 fn leaves_nothing(env: &Env, marker: &str, f: impl FnOnce() -> Output) -> Output {
-    let mounts = host_mounts();
+    let mounts = env.host_mounts();
     let owned_before = env.owned();
     let o = f();
-    assert_eq!(host_mounts(), mounts, "the host's mount table changed");
+    assert_eq!(env.host_mounts(), mounts, "the host's mount table changed");
     assert_eq!(env.owned(), owned_before, "ownership changed");
     assert!(processes_with(marker).is_empty(), "a process of the failed run is still there");
     o

@@ -18,11 +18,11 @@ fn default_view_holds_exactly_the_global_set_symlinks_and_pts() {
         return;
     }
     let env = Env::new();
-    let mounts = host_mounts();
+    let mounts = env.host_mounts();
     let o = env.run(&["--", "ls", "-A", "/dev"]);
     assert_ok(&o);
     assert_eq!(sorted(stdout(&o).lines().map(str::to_owned).collect()), default_view());
-    assert_eq!(host_mounts(), mounts, "devns run changed the host's mount table");
+    assert_eq!(env.host_mounts(), mounts, "devns run changed the host's mount table");
     assert_eq!(env.recorded_namespaces(), 0, "the run's record outlived it");
 }
 

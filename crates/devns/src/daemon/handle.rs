@@ -170,13 +170,29 @@ impl Daemon {
         Ok((id, self.registry.device(id).map(|d| d.name.clone()).unwrap_or_default()))
     }
 
+    /// Saves after a change the views already show; on failure undoes it
+    /// (the caller gets an error, nothing was acknowledged).
+    fn commit(&mut self, undo: impl FnOnce(&mut Self)) -> Result<()> {
+        if let Err(e) = self.save() {
+            undo(self);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    // Each change below: check, apply to the registry, reconcile the views
+    // (the node is usable from here on), save, and only then acknowledge.
     fn assign(&mut self, device: &str, to: &str) -> Result<Value> {
         let (dev, name) = self.device(device)?;
         let ns = self.find_ns(to)?;
         self.state.assign(dev, ns, &self.registry)?;
-        self.save()?;
         self.registry.assign(dev, ns)?;
         self.reconcile(ns);
+        self.commit(|d| {
+            let _ = d.state.release(dev, &d.registry);
+            d.registry.release(dev);
+            d.reconcile(ns);
+        })?;
         self.emit(Event {
             event: "assign".into(),
             device: Some(name),
@@ -190,9 +206,13 @@ impl Daemon {
     fn release(&mut self, device: &str) -> Result<Value> {
         let (dev, name) = self.device(device)?;
         let ns = self.state.release(dev, &self.registry)?;
-        self.save()?;
         self.registry.release(dev);
         self.reconcile(ns);
+        self.commit(|d| {
+            let _ = d.state.assign(dev, ns, &d.registry);
+            let _ = d.registry.assign(dev, ns);
+            d.reconcile(ns);
+        })?;
         self.emit(Event {
             event: "release".into(),
             device: Some(name),
@@ -210,10 +230,18 @@ impl Daemon {
                 "loop-control cannot be global: without devns mediating its ioctls it lets any container remove other namespaces' loop devices"
             );
         }
-        self.state.global.insert(dev, on);
-        self.save()?;
+        let was = self.registry.is_global(dev);
+        let had = self.state.global.insert(dev, on);
         self.registry.set_global(dev, on);
         self.reconcile_all();
+        self.commit(|d| {
+            match had {
+                Some(h) => d.state.global.insert(dev, h),
+                None => d.state.global.remove(&dev),
+            };
+            d.registry.set_global(dev, was);
+            d.reconcile_all();
+        })?;
         self.emit(Event {
             event: "global".into(),
             device: Some(name),

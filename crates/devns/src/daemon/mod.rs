@@ -58,6 +58,7 @@ pub struct Daemon {
     state: State,
     /// The records as last written or read: saves write only differences.
     disk: Records,
+    global_disk: BTreeMap<devns_core::DevId, bool>,
     registry: Registry,
     nss: BTreeMap<NsId, Ns>,
     views_dir: PathBuf,
@@ -122,9 +123,9 @@ pub fn run(opts: Options) -> Result<()> {
         store.try_hold("daemon.lock")?.ok_or_else(|| anyhow!("another devns daemon uses {}", store.dir().display()))?;
     let (disk, global) = {
         let _l = store.lock_file()?;
-        (store.read_records(|_| true)?, store.read_global()?)
+        (store.read_records(false)?, store.read_global()?)
     };
-    let state = State { namespaces: disk.values().cloned().collect(), global, ..State::default() };
+    let state = State { namespaces: disk.values().cloned().collect(), global: global.clone(), ..State::default() };
     let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).context("signalfd")?;
     let uevents = uevent_socket()?;
     let views_dir = nslife::prepare_views_dir(store.dir())?;
@@ -136,6 +137,7 @@ pub fn run(opts: Options) -> Result<()> {
         _daemon_lock: daemon_lock,
         state,
         disk,
+        global_disk: global,
         registry,
         nss: BTreeMap::new(),
         views_dir,
@@ -170,15 +172,15 @@ impl Daemon {
     fn save(&mut self) -> Result<()> {
         let _lock = self.store.lock_file()?;
         let is_run = |k: &str| k.starts_with("run-");
-        let runs = self.store.read_records(is_run)?;
+        let runs = self.store.read_records(true)?;
         let mut after: Records = store::records_of(&self.state).into_iter().filter(|(k, _)| !is_run(k)).collect();
         let runs_changed = runs
             != self.disk.iter().filter(|(k, _)| is_run(k)).map(|(k, r)| (k.clone(), r.clone())).collect::<Records>();
         self.store.write_changes(&self.disk, &after, |k| !is_run(k)).context("cannot save the state")?;
         after.extend(runs);
-        let global_changed = self.store.read_global()? != self.state.global;
-        if global_changed {
+        if self.state.global != self.global_disk {
             self.store.write_global(&self.state.global).context("cannot save the state")?;
+            self.global_disk = self.state.global.clone();
         }
         self.state.namespaces = after.values().cloned().collect();
         self.disk = after;

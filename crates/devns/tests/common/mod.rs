@@ -82,10 +82,25 @@ impl Env {
 
     /// Namespaces recorded in the state directory (one file each).
     pub fn recorded_namespaces(&self) -> usize {
-        match std::fs::read_dir(self.state_dir().join("ns")) {
-            Ok(d) => d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count(),
-            Err(_) => 0,
-        }
+        ["ns", "runs"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(self.state_dir().join(d)).ok())
+            .flat_map(|d| d.flatten())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count()
+    }
+
+    /// The host's mount table without other tests' daemons' view mounts
+    /// (they run concurrently, each below its own temp dir).
+    pub fn host_mounts(&self) -> Vec<String> {
+        let mine = self.dir.path().to_string_lossy().into_owned();
+        host_mounts()
+            .into_iter()
+            .filter(|l| {
+                let mountpoint = l.split(' ').nth(1).unwrap_or("");
+                !mountpoint.starts_with("/tmp/devns-test") || mountpoint.starts_with(&mine)
+            })
+            .collect()
     }
 
     /// A container that keeps running: stdin and stdout piped.
