@@ -144,6 +144,18 @@ pub struct Event {
     pub global: Option<bool>,
 }
 
+impl Event {
+    /// A namespace's event (`ns-new`, `ns-gone`).
+    pub fn ns(event: &str, ns: impl std::fmt::Display) -> Event {
+        Event { event: event.into(), device: None, dev: None, ns: Some(ns.to_string()), global: None }
+    }
+
+    /// A device's event, with the namespace concerned if any.
+    pub fn device(event: &str, device: &str, dev: impl std::fmt::Display, ns: Option<String>) -> Event {
+        Event { event: event.into(), device: Some(device.into()), dev: Some(dev.to_string()), ns, global: None }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,16 @@ pub enum Owner {
     Ns(NsId),
 }
 
+impl Owner {
+    /// The owning namespace, `None` for `host`.
+    pub fn ns(self) -> Option<NsId> {
+        match self {
+            Owner::Host => None,
+            Owner::Ns(n) => Some(n),
+        }
+    }
+}
+
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

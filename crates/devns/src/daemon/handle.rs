@@ -4,10 +4,10 @@
 use super::Daemon;
 use super::conn::Reply;
 use anyhow::{Result, anyhow, bail};
+use devns_core::DevId;
 use devns_core::api::{self, DeviceRow, Event, NsRef, NsRow, Request, ViewRow};
 use devns_core::registry::{NsId, Owner};
 use devns_core::uevent::Action;
-use devns_core::{DevId, Kind};
 use rustix::fs::FileType;
 use serde_json::{Value, json};
 
@@ -193,13 +193,7 @@ impl Daemon {
             d.registry.release(dev);
             d.reconcile(ns);
         })?;
-        self.emit(Event {
-            event: "assign".into(),
-            device: Some(name),
-            dev: Some(dev.to_string()),
-            ns: Some(ns.to_string()),
-            global: None,
-        });
+        self.emit(Event::device("assign", &name, dev, Some(ns.to_string())));
         Ok(json!({ "device": dev.to_string(), "owner": ns.to_string() }))
     }
 
@@ -213,13 +207,7 @@ impl Daemon {
             let _ = d.registry.assign(dev, ns);
             d.reconcile(ns);
         })?;
-        self.emit(Event {
-            event: "release".into(),
-            device: Some(name),
-            dev: Some(dev.to_string()),
-            ns: Some(ns.to_string()),
-            global: None,
-        });
+        self.emit(Event::device("release", &name, dev, Some(ns.to_string())));
         Ok(json!({ "device": dev.to_string(), "owner": "host" }))
     }
 
@@ -284,17 +272,7 @@ impl Daemon {
                 }
                 if !known {
                     let owner = self.registry.owner(dev);
-                    let ns = match owner {
-                        Owner::Ns(n) => Some(n.to_string()),
-                        Owner::Host => None,
-                    };
-                    self.emit(Event {
-                        event: "add".into(),
-                        device: Some(name),
-                        dev: Some(dev.to_string()),
-                        ns,
-                        global: None,
-                    });
+                    self.emit(Event::device("add", &name, dev, owner.ns().map(|n| n.to_string())));
                 }
             }
             Action::Remove => {
@@ -311,20 +289,9 @@ impl Daemon {
                 for ns in &holders {
                     self.reconcile(*ns);
                 }
-                let ns = match owner {
-                    Owner::Ns(n) => Some(n.to_string()),
-                    Owner::Host => None,
-                };
-                self.emit(Event {
-                    event: "remove".into(),
-                    device: Some(name),
-                    dev: Some(dev.to_string()),
-                    ns,
-                    global: None,
-                });
+                self.emit(Event::device("remove", &name, dev, owner.ns().map(|n| n.to_string())));
             }
             Action::Other => {}
         }
-        let _ = Kind::Char;
     }
 }

@@ -198,15 +198,9 @@ impl Daemon {
         }
         for d in released {
             let device = self.registry.device(d).map(|x| x.name.clone());
-            self.emit(Event {
-                event: "release".into(),
-                device,
-                dev: Some(d.to_string()),
-                ns: Some(id.to_string()),
-                global: None,
-            });
+            self.emit(Event::device("release", device.as_deref().unwrap_or(""), d, Some(id.to_string())));
         }
-        self.emit(Event { event: "ns-gone".into(), device: None, dev: None, ns: Some(id.to_string()), global: None });
+        self.emit(Event::ns("ns-gone", id));
     }
 
     /// A watched process ended: watch another of the namespace's, or let go.
@@ -265,13 +259,7 @@ impl Daemon {
         })();
         match result {
             Ok(view) => {
-                self.emit(Event {
-                    event: "ns-new".into(),
-                    device: None,
-                    dev: None,
-                    ns: Some(id.to_string()),
-                    global: None,
-                });
+                self.emit(Event::ns("ns-new", id));
                 let out = serde_json::json!({ "id": id.0, "uid_base": ub, "gid_base": gb });
                 Ok((out, view))
             }
@@ -320,13 +308,7 @@ impl Daemon {
         }
         self.save()?;
         if new {
-            self.emit(Event {
-                event: "ns-new".into(),
-                device: None,
-                dev: None,
-                ns: Some(id.to_string()),
-                global: None,
-            });
+            self.emit(Event::ns("ns-new", id));
         }
         Ok(serde_json::json!({ "id": id.0 }))
     }
