@@ -39,6 +39,9 @@ pub enum Request {
     },
     /// Stream events on this connection.
     Events,
+    /// Answer the trapped calls of a seccomp listener passed with the
+    /// request (SCM_RIGHTS): from `devns run`, or a runtime's agent socket.
+    Listen,
     /// From `devns run`: provision the namespace of the process whose pidfd
     /// comes with the request (SCM_RIGHTS); the reply carries the view.
     Run {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod idmap;
 pub mod registry;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod subid;

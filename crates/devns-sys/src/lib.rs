@@ -2,6 +2,14 @@
 //! as one small safe function. Every `unsafe` block states the invariant it
 //! relies on; nothing here makes a decision.
 
+pub mod creds;
+pub mod mount;
 pub mod ns;
 pub mod process;
+pub mod seccomp;
 pub mod signal;
+
+/// The calling thread's errno as a rustix error.
+pub(crate) fn last_errno() -> rustix::io::Errno {
+    rustix::io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}

@@ -28,7 +28,7 @@ pub fn pidfd_user_ns(pidfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
     // SAFETY: this ioctl takes no argument and returns a new fd or -1.
     let ret = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), PIDFD_GET_USER_NAMESPACE as _, 0) };
     if ret < 0 {
-        return Err(io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+        return Err(crate::last_errno());
     }
     // SAFETY: a non-negative return is a new fd that nothing else owns.
     Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(ret) })
@@ -53,7 +53,7 @@ pub fn peer_pidfd(sock: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
         )
     };
     if ret < 0 || fd < 0 {
-        return Err(io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+        return Err(crate::last_errno());
     }
     // SAFETY: getsockopt(SO_PEERPIDFD) stored a new fd that nothing else owns.
     Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(fd) })

@@ -50,7 +50,7 @@ pub unsafe fn fork_into(ns_flags: i32) -> io::Result<Forked> {
     // stack); `pidfd` outlives the call. The caller upholds fork's contract.
     let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
     match ret {
-        -1 => Err(io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))),
+        -1 => Err(crate::last_errno()),
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent {
             pid: Pid::from_raw(pid as i32).ok_or(io::Errno::INVAL)?,

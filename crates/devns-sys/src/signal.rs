@@ -41,10 +41,6 @@ fn sigset(signals: &[i32]) -> libc::sigset_t {
     set
 }
 
-fn last_errno() -> io::Errno {
-    io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-}
-
 impl SignalFd {
     /// Blocks `signals` for this thread and opens a close-on-exec,
     /// non-blocking signalfd for them.
@@ -60,7 +56,7 @@ impl SignalFd {
         // SAFETY: `set` is initialised; -1 asks for a new fd.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
         if fd < 0 {
-            let e = last_errno();
+            let e = crate::last_errno();
             // SAFETY: restores the mask saved above from a valid sigset_t.
             unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
             return Err(e);

@@ -90,8 +90,9 @@ pub fn map_ids(pid: Pid, uids: &IdMap, gids: &IdMap) -> Result<NsId> {
     crate::host::user_ns_of(pid).context("cannot read the container's user namespace id")
 }
 
-/// Hands the mounts to the child and waits until it has set itself up.
-pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<()> {
+/// Hands the mounts to the child and waits until it has set itself up;
+/// returns the listener of the seccomp filter it installed.
+pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<OwnedFd> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
     if !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -100,9 +101,11 @@ pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<()> {
     rustix::net::sendmsg(sock, &[IoSlice::new(GO)], &mut cmsg, SendFlags::empty())
         .context("cannot hand the mounts to the container")?;
     let mut buf = [0u8; MAX_MSG];
-    let n = rustix::io::retry_on_intr(|| rustix::io::read(sock, &mut buf)).context("reading the container's status")?;
+    let mut got = Vec::new();
+    let n = rustix::io::retry_on_intr(|| crate::wire::recv_with_fds(sock.as_fd(), &mut buf, &mut got))
+        .context("reading the container's status")?;
     match &buf[..n] {
-        OK => Ok(()),
+        OK => got.pop().context("the container sent no seccomp listener"),
         m if m.starts_with(ERR) => Err(anyhow!("{}", String::from_utf8_lossy(&m[ERR.len()..]))),
         _ => bail!("the container ended during setup"),
     }
@@ -118,11 +121,16 @@ pub struct ChildPlan<'a> {
 
 /// The child's whole life; returns its exit status.
 pub fn child_main(plan: ChildPlan<'_>) -> i32 {
-    match setup(&plan) {
-        Ok(()) => {
-            if rustix::net::send(&plan.sock, OK, SendFlags::empty()).is_err() {
+    match setup(&plan).and_then(|()| {
+        // Last, so that nothing of the setup is trapped; CMD and all it
+        // starts inherit the filter.
+        devns_sys::seccomp::install_with_listener(&crate::agent::filter()).context("cannot install the seccomp filter")
+    }) {
+        Ok(listener) => {
+            if crate::wire::send_with_fds(plan.sock.as_fd(), OK, &[listener.as_fd()]).is_err() {
                 return 125;
             }
+            drop(listener);
             drop(plan.sock);
             init(plan.cmd)
         }

@@ -122,7 +122,10 @@ mod tests {
         assert_eq!(null.id, DevId::new(Kind::Char, 1, 3));
         assert_eq!(null.subsystem, "mem");
         assert_eq!(null.mode, 0o666);
-        for d in devs.iter().filter(|d| d.name.starts_with("loop") && d.id.kind == Kind::Block) {
+        // Whole loop devices (other tests may add partitions meanwhile).
+        let whole_loop =
+            |n: &str| n.strip_prefix("loop").is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()));
+        for d in devs.iter().filter(|d| whole_loop(&d.name) && d.id.kind == Kind::Block) {
             assert_eq!(d.devtype, Some(devns_core::DevType::Disk), "{}", d.name);
         }
         assert!(devs.iter().all(|d| devns_core::spec::is_safe_dev_name(&d.name)));

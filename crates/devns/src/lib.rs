@@ -4,6 +4,7 @@
 //! the state file), asks the core what should be, and makes it so with the
 //! kernel's mount API.
 
+pub mod agent;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -133,12 +133,29 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let gids = IdMap::single(gid_base, BLOCK);
     let ns = container::map_ids(pid, &uids, &gids)?;
     let (view, tmp) = build_mounts(&store, keeper, ns, &mut registry, &uids, &gids)?;
-    container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
-    // The view's fd stays with the keeper, the container's /tmp is the
-    // container's alone.
-    drop((mine, tmp));
+    // The container gets a clone; the keeper keeps the view detached, so
+    // that the agent can clone it again for `mount -t devtmpfs` (a mount in
+    // another namespace cannot be cloned).
+    let for_child = rustix::mount::open_tree(
+        &view,
+        "",
+        rustix::mount::OpenTreeFlags::OPEN_TREE_CLONE
+            | rustix::mount::OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | rustix::mount::OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .context("cannot clone the view")?;
+    let listener = container::start(&mine, &[for_child.as_fd(), tmp.as_fd()])?;
+    // The container's /tmp is the container's alone.
+    drop((mine, tmp, for_child));
+    let _ = devns_sys::seccomp::set_sync_wakeup(&listener);
     tracing::info!(ns = %ns, pid = pid.as_raw_nonzero().get(), "started");
-    supervise(&mut child, &signals)
+    let policy = RunPolicy {
+        ns,
+        visible: registry.view_devices(ns).iter().map(|d| d.id).collect(),
+        global: registry.devices().filter(|d| registry.is_global(d.id)).map(|d| d.id).collect(),
+        view,
+    };
+    supervise(&mut child, &signals, Some((listener, &policy)))
 }
 
 /// `devns run` with a daemon: the daemon gives the namespace its ids,
@@ -150,15 +167,17 @@ fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
     let req = serde_json::json!({ "op": "run", "name": args.name, "devices": args.devs });
     let reply = daemon.call(req, &[pidfd])?;
     let view = daemon.take_fds().pop().context("the daemon sent no view")?;
-    drop(daemon);
     let base = |k: &str| reply[k].as_u64().and_then(|n| u32::try_from(n).ok()).context("bad reply from the daemon");
     let (u, g) = (base("uid_base")?.to_string(), base("gid_base")?.to_string());
     let tmp = view::tmpfs(&[("mode", "1777"), ("uid", &u), ("gid", &g)], MountAttrFlags::MOUNT_ATTR_NOSUID)
         .context("cannot create /tmp")?;
-    container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
+    let listener = container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
     drop((mine, tmp, view));
+    // The daemon answers the container's trapped calls.
+    daemon.call(serde_json::json!({ "op": "listen" }), &[listener.as_fd()])?;
+    drop((daemon, listener));
     tracing::info!(ns = reply["id"].as_u64(), pid = pid.as_raw_nonzero().get(), "started through the daemon");
-    supervise(&mut child, &signals)
+    supervise(&mut child, &signals, None)
 }
 
 /// Forks the container's first process into its new namespaces. In the
@@ -216,15 +235,44 @@ fn build_mounts(
     Ok((view, tmp))
 }
 
-/// Forwards signals to the child until it ends; its status is ours.
-fn supervise(child: &mut ChildGuard, signals: &SignalFd) -> Result<i32> {
+/// The agent's policy for a stand-alone run: its namespace may have the
+/// devices of its view; any other (nested) namespace only the global ones.
+struct RunPolicy {
+    ns: NsId,
+    visible: std::collections::BTreeSet<devns_core::DevId>,
+    global: std::collections::BTreeSet<devns_core::DevId>,
+    view: OwnedFd,
+}
+
+impl crate::agent::Policy for RunPolicy {
+    fn may_have(&self, ns: NsId, dev: devns_core::DevId) -> bool {
+        if ns == self.ns { self.visible.contains(&dev) } else { self.global.contains(&dev) }
+    }
+
+    fn view(&self, ns: NsId) -> Option<rustix::fd::BorrowedFd<'_>> {
+        (ns == self.ns).then(|| self.view.as_fd())
+    }
+}
+
+/// Forwards signals to the child until it ends, answering its trapped calls
+/// meanwhile when this process is its agent; the child's status is ours.
+fn supervise(
+    child: &mut ChildGuard,
+    signals: &SignalFd,
+    mut agent: Option<(OwnedFd, &dyn crate::agent::Policy)>,
+) -> Result<i32> {
     let pidfd = child.pidfd.as_ref().expect("not yet waited").as_fd();
     loop {
-        let mut fds = [PollFd::new(&pidfd, PollFlags::IN), PollFd::new(signals, PollFlags::IN)];
+        let mut fds = vec![PollFd::new(&pidfd, PollFlags::IN), PollFd::new(signals, PollFlags::IN)];
+        if let Some((l, _)) = &agent {
+            fds.push(PollFd::new(l, PollFlags::IN));
+        }
         match poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
+        let revents: Vec<PollFlags> = fds.iter().map(|f| f.revents()).collect();
+        drop(fds);
         while let Some(si) = signals.read().context("reading signals")? {
             // A terminal's signals reach the command directly (same process
             // group); relaying them too would deliver them twice.
@@ -234,7 +282,16 @@ fn supervise(child: &mut ChildGuard, signals: &SignalFd) -> Result<i32> {
                 let _ = rustix::process::pidfd_send_signal(pidfd, sig);
             }
         }
-        if fds[0].revents().contains(PollFlags::IN) {
+        if let Some(r) = revents.get(2) {
+            if r.contains(PollFlags::IN) {
+                let (l, policy) = agent.as_ref().expect("polled");
+                crate::agent::handle(l.as_fd(), *policy);
+            } else if r.intersects(PollFlags::HUP | PollFlags::ERR) {
+                // No filtered process is left.
+                agent = None;
+            }
+        }
+        if revents[0].contains(PollFlags::IN) {
             return child.wait().context("waiting for the container");
         }
     }

@@ -25,6 +25,7 @@ impl Daemon {
                 | Request::Global { .. }
                 | Request::Attach { .. }
                 | Request::Run { .. }
+                | Request::Listen
         );
         if mutating && !peer.is_admin() {
             tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a change from a caller that is not host root");
@@ -43,6 +44,16 @@ impl Daemon {
                     c.subscribed = true;
                 }
                 Ok(json!("subscribed"))
+            }
+            Request::Listen => {
+                let Some(c) = self.conns.get_mut(&conn) else { return Reply::err("gone") };
+                if c.fds.is_empty() {
+                    return Reply::err("bad request: listen needs a seccomp listener fd passed with the request");
+                }
+                let l = c.fds.remove(0);
+                let _ = devns_sys::seccomp::set_sync_wakeup(&l);
+                self.listeners.push(l);
+                Ok(json!("listening"))
             }
             Request::Run { name, devices } => {
                 let Some(c) = self.conns.get_mut(&conn) else { return Reply::err("gone") };

@@ -66,6 +66,19 @@ pub struct Daemon {
     host_ns: NsId,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
+    /// seccomp listeners whose trapped calls this daemon answers.
+    listeners: Vec<OwnedFd>,
+}
+
+impl crate::agent::Policy for Daemon {
+    fn may_have(&self, ns: NsId, dev: devns_core::DevId) -> bool {
+        self.registry.visible_in(dev, ns)
+    }
+
+    fn view(&self, ns: NsId) -> Option<rustix::fd::BorrowedFd<'_>> {
+        use rustix::fd::AsFd;
+        self.nss.get(&ns)?.view.as_ref().map(|v| v.as_fd())
+    }
 }
 
 /// Largest number of client connections at once; more are closed at once.
@@ -145,6 +158,7 @@ pub fn run(opts: Options) -> Result<()> {
         host_ns,
         conns: BTreeMap::new(),
         next_conn: 0,
+        listeners: Vec::new(),
     };
     d.startup()?;
     // Only now, ready: the socket starts accepting.
@@ -163,6 +177,7 @@ enum Slot {
     Uevents,
     Conn(u64),
     Member(NsId, i32),
+    Agent(usize),
 }
 
 impl Daemon {
@@ -300,6 +315,10 @@ impl Daemon {
                 slots.push(Slot::Conn(*id));
                 fds.push(PollFd::new(&c.sock, ev));
             }
+            for (i, l) in self.listeners.iter().enumerate() {
+                slots.push(Slot::Agent(i));
+                fds.push(PollFd::new(l, PollFlags::IN));
+            }
             for (id, ns) in &self.nss {
                 for m in &ns.members {
                     slots.push(Slot::Member(*id, m.keeper.pid));
@@ -319,6 +338,7 @@ impl Daemon {
             let ready: Vec<(Slot, PollFlags)> =
                 slots.iter().zip(fds.iter()).map(|(s, f)| (*s, f.revents())).filter(|(_, r)| !r.is_empty()).collect();
             drop(fds);
+            let mut done_listeners = Vec::new();
             for (slot, revents) in ready {
                 match slot {
                     Slot::Signals => {
@@ -331,7 +351,18 @@ impl Daemon {
                     Slot::Uevents => self.drain_uevents(uevents),
                     Slot::Conn(id) => self.on_conn(id, revents),
                     Slot::Member(ns, pid) => self.member_exited(ns, pid),
+                    Slot::Agent(i) => {
+                        if revents.contains(PollFlags::IN) {
+                            crate::agent::handle(rustix::fd::AsFd::as_fd(&self.listeners[i]), &*self);
+                        } else {
+                            // HUP: no filtered process is left.
+                            done_listeners.push(i);
+                        }
+                    }
                 }
+            }
+            for i in done_listeners.into_iter().rev() {
+                self.listeners.remove(i);
             }
             let now = Instant::now();
             let expired: Vec<u64> =

@@ -1,0 +1,204 @@
+//! The seccomp filter devns gives containers, as classic BPF built from
+//! plain data, and the decoding of trapped calls' arguments. The shell
+//! installs the filter and answers the notifications.
+//!
+//! The filter is no security boundary: a call it lets through reaches the
+//! kernel, which refuses device nodes and devtmpfs mounts to user
+//! namespaces anyway. It only routes the few calls devns emulates to its
+//! agent, and lets everything else run untouched.
+
+/// `struct sock_filter`: one classic BPF instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+// Classic BPF opcodes (linux/bpf_common.h) and seccomp's (linux/seccomp.h).
+const LD_W_ABS: u16 = 0x20;
+const JEQ_K: u16 = 0x15;
+const AND_K: u16 = 0x54;
+const RET_K: u16 = 0x06;
+const JA: u16 = 0x05;
+pub const RET_ALLOW: u32 = 0x7fff_0000;
+pub const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// x86_64 syscall numbers of the calls devns traps.
+pub const NR_MKNOD: u32 = 133;
+pub const NR_MOUNT: u32 = 165;
+pub const NR_MKNODAT: u32 = 259;
+pub const NR_FSOPEN: u32 = 430;
+
+// Offsets in `struct seccomp_data`: nr, arch, instruction_pointer, args[6].
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+const fn off_arg_lo(i: u32) -> u32 {
+    16 + 8 * i
+}
+
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFBLK: u32 = 0o060000;
+
+const fn ins(code: u16, jt: u8, jf: u8, k: u32) -> Insn {
+    Insn { code, jt, jf, k }
+}
+
+/// The filter: `mknod`/`mknodat` of character or block devices, `mount` and
+/// `fsopen` go to the agent; everything else (other architectures too) is
+/// allowed.
+pub fn filter() -> Vec<Insn> {
+    // Jump offsets count from the next instruction: target - (index + 1).
+    const ALLOW: usize = 13;
+    const NOTIFY: usize = 14;
+    let to = |from: usize, target: usize| (target - from - 1) as u8;
+    vec![
+        /* 0 */ ins(LD_W_ABS, 0, 0, OFF_ARCH),
+        /* 1 */ ins(JEQ_K, 0, to(1, ALLOW), AUDIT_ARCH_X86_64),
+        /* 2 */ ins(LD_W_ABS, 0, 0, OFF_NR),
+        /* 3 */ ins(JEQ_K, to(3, NOTIFY), 0, NR_MOUNT),
+        /* 4 */ ins(JEQ_K, to(4, NOTIFY), 0, NR_FSOPEN),
+        /* 5 */ ins(JEQ_K, 0, to(5, 8), NR_MKNOD),
+        /* 6 */ ins(LD_W_ABS, 0, 0, off_arg_lo(1)), // mknod(path, mode, dev)
+        /* 7 */ ins(JA, 0, 0, to(7, 10) as u32),
+        /* 8 */ ins(JEQ_K, 0, to(8, ALLOW), NR_MKNODAT),
+        /* 9 */ ins(LD_W_ABS, 0, 0, off_arg_lo(2)), // mknodat(dirfd, path, mode, dev)
+        /* 10 */ ins(AND_K, 0, 0, S_IFMT),
+        /* 11 */ ins(JEQ_K, to(11, NOTIFY), 0, S_IFCHR),
+        /* 12 */ ins(JEQ_K, to(12, NOTIFY), to(12, ALLOW), S_IFBLK),
+        /* 13 */ ins(RET_K, 0, 0, RET_ALLOW),
+        /* 14 */ ins(RET_K, 0, 0, RET_USER_NOTIF),
+    ]
+}
+
+/// `new_decode_dev`: the kernel's split of mknod's 32-bit device number.
+pub fn decode_dev(dev: u64) -> (u32, u32) {
+    let dev = dev as u32;
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    (major, minor)
+}
+
+/// Runs `prog` over a `seccomp_data` the way the kernel does; for tests and
+/// for checking the filter without installing it.
+pub fn run(prog: &[Insn], nr: u32, arch: u32, args: [u64; 6]) -> Option<u32> {
+    let mut data = [0u8; 64];
+    data[0..4].copy_from_slice(&nr.to_ne_bytes());
+    data[4..8].copy_from_slice(&arch.to_ne_bytes());
+    for (i, a) in args.iter().enumerate() {
+        data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+    }
+    let (mut acc, mut pc) = (0u32, 0usize);
+    for _ in 0..prog.len() + 1 {
+        let i = prog.get(pc)?;
+        pc += 1;
+        match i.code {
+            LD_W_ABS => {
+                let o = i.k as usize;
+                acc = u32::from_ne_bytes(data.get(o..o + 4)?.try_into().ok()?);
+            }
+            AND_K => acc &= i.k,
+            JEQ_K => pc += if acc == i.k { i.jt } else { i.jf } as usize,
+            JA => pc += i.k as usize,
+            RET_K => return Some(i.k),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// What `/proc/PID/status` says of a caller's credentials (host ids, as
+/// the agent reads them from the initial namespace).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Creds {
+    pub fsuid: u32,
+    pub fsgid: u32,
+    pub groups: Vec<u32>,
+    pub umask: u32,
+    pub cap_eff: u64,
+}
+
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_MKNOD: u32 = 27;
+
+impl Creds {
+    pub fn has_cap(&self, cap: u32) -> bool {
+        self.cap_eff & (1 << cap) != 0
+    }
+
+    /// Parses `/proc/PID/status`; `None` if a needed line is missing.
+    pub fn parse_status(text: &str) -> Option<Creds> {
+        let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        // Uid:/Gid: are real, effective, saved, filesystem.
+        let fs = |name: &str| field(name)?.split_whitespace().nth(3)?.parse().ok();
+        Some(Creds {
+            fsuid: fs("Uid:")?,
+            fsgid: fs("Gid:")?,
+            groups: field("Groups:")?.split_whitespace().filter_map(|g| g.parse().ok()).collect(),
+            umask: u32::from_str_radix(field("Umask:")?, 8).ok()?,
+            cap_eff: u64::from_str_radix(field("CapEff:")?, 16).ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const X86: u32 = AUDIT_ARCH_X86_64;
+
+    #[test]
+    fn traps_exactly_device_mknods_mount_and_fsopen() {
+        let f = filter();
+        let notify = Some(RET_USER_NOTIF);
+        let allow = Some(RET_ALLOW);
+        assert_eq!(run(&f, NR_MKNOD, X86, [0, (S_IFCHR | 0o666) as u64, 0, 0, 0, 0]), notify);
+        assert_eq!(run(&f, NR_MKNOD, X86, [0, (S_IFBLK | 0o600) as u64, 0, 0, 0, 0]), notify);
+        assert_eq!(run(&f, NR_MKNODAT, X86, [u64::MAX - 99, 0, (S_IFCHR | 0o600) as u64, 0, 0, 0]), notify);
+        assert_eq!(run(&f, NR_MKNODAT, X86, [0, 0, (S_IFBLK) as u64, 0, 0, 0]), notify);
+        for fmt in [0o010000u32, 0o140000, 0o100000, 0] {
+            // FIFO, socket, regular file, plain mode: never trapped.
+            assert_eq!(run(&f, NR_MKNOD, X86, [0, (fmt | 0o644) as u64, 0, 0, 0, 0]), allow, "{fmt:o}");
+            assert_eq!(run(&f, NR_MKNODAT, X86, [0, 0, (fmt | 0o644) as u64, 0, 0, 0]), allow, "{fmt:o}");
+        }
+        assert_eq!(run(&f, NR_MOUNT, X86, [0; 6]), notify);
+        assert_eq!(run(&f, NR_FSOPEN, X86, [0; 6]), notify);
+        for nr in [0u32, 1, 2, 59, 134, 257, 258, 260, 429, 431] {
+            assert_eq!(run(&f, nr, X86, [0, S_IFCHR as u64, S_IFCHR as u64, 0, 0, 0]), allow, "nr {nr}");
+        }
+        // Another architecture's calls go to the kernel untouched.
+        assert_eq!(run(&f, NR_MKNOD, 0x4000_0003, [0, S_IFCHR as u64, 0, 0, 0, 0]), allow);
+    }
+
+    #[test]
+    fn decodes_device_numbers_like_the_kernel() {
+        assert_eq!(decode_dev(0x0103), (1, 3));
+        assert_eq!(decode_dev(0x0700), (7, 0));
+        // major 259, minor 300: new_encode_dev = (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)
+        let enc = (300u64 & 0xff) | (259 << 8) | ((300u64 & !0xff) << 12);
+        assert_eq!(decode_dev(enc), (259, 300));
+    }
+
+    proptest! {
+        #[test]
+        fn every_input_ends_in_allow_or_notify(nr in any::<u32>(), arch in any::<u32>(), args in any::<[u64; 6]>()) {
+            let r = run(&filter(), nr, arch, args);
+            prop_assert!(r == Some(RET_ALLOW) || r == Some(RET_USER_NOTIF));
+        }
+    }
+
+    #[test]
+    fn reads_credentials_from_proc_status() {
+        let text = "Name:\tsh\nUmask:\t0022\nState:\tS\nUid:\t100000\t100000\t100000\t100005\nGid:\t100000\t100000\t100000\t100006\nGroups:\t100000 100010 \nCapEff:\t000001ffffffffff\n";
+        let c = Creds::parse_status(text).unwrap();
+        assert_eq!((c.fsuid, c.fsgid, c.umask), (100_005, 100_006, 0o022));
+        assert_eq!(c.groups, [100_000, 100_010]);
+        assert!(c.has_cap(CAP_MKNOD) && c.has_cap(CAP_SYS_ADMIN));
+        assert!(!Creds { cap_eff: 0, ..c }.has_cap(CAP_MKNOD));
+        assert_eq!(Creds::parse_status("Uid:\t1\n"), None);
+    }
+}

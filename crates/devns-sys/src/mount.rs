@@ -1,0 +1,36 @@
+//! `mount_setattr(2)`, which rustix does not wrap.
+
+use rustix::fd::{AsFd, AsRawFd};
+use rustix::io;
+
+use crate::last_errno;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// Sets `attrs` on the (detached or attached) mount tree `fd`.
+pub fn set_attrs(fd: impl AsFd, attrs: u64) -> io::Result<()> {
+    let a = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    const AT_EMPTY_PATH: libc::c_int = 0x1000;
+    const AT_RECURSIVE: libc::c_int = 0x8000;
+    // SAFETY: `a` is a valid mount_attr of the size passed and outlives the
+    // call; the path is a static empty C string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            AT_EMPTY_PATH | AT_RECURSIVE,
+            &a as *const MountAttr,
+            size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
+}
