@@ -163,7 +163,10 @@ fn base_dir(c: &Caller, dirfd: i32) -> Result<(OwnedFd, String), Errno> {
     if dirfd == AT_FDCWD {
         return Ok((c.dir("cwd")?, "cwd".into()));
     }
-    let pidfd = rustix::process::pidfd_open(Pid::from_raw(c.pid).ok_or(Errno::SRCH)?, PidfdFlags::empty())?;
+    // The caller may be any thread of its process: a thread pidfd
+    // (`PIDFD_THREAD`, = `O_EXCL`, Linux 6.9) reaches its fd table.
+    let thread = PidfdFlags::from_bits_retain(libc::O_EXCL as _);
+    let pidfd = rustix::process::pidfd_open(Pid::from_raw(c.pid).ok_or(Errno::SRCH)?, thread)?;
     let fd = rustix::process::pidfd_getfd(&pidfd, dirfd, PidfdGetfdFlags::empty()).map_err(|e| match e {
         Errno::BADF => Errno::BADF,
         e => e,
@@ -197,6 +200,19 @@ fn inside(dir: &OwnedFd, root: &OwnedFd) -> Result<bool, Errno> {
     Ok(false)
 }
 
+/// `openat2`, retried when a concurrent rename or mount anywhere on the
+/// host made a `..` walk unverifiable (EAGAIN): a native call never fails so.
+fn openat2(dir: impl AsFd, path: &str, flags: OFlags, how: ResolveFlags) -> Result<OwnedFd, Errno> {
+    let dir = dir.as_fd();
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(dir, path, flags, Mode::empty(), how) {
+            Err(Errno::AGAIN) if tries < 64 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
 /// Opens the directory that will hold `path`'s last component, resolving as
 /// the caller would but never leaving its root; returns it and the name.
 fn resolve_parent(c: &Caller, root: &OwnedFd, dirfd: i32, path: &[u8]) -> Result<(OwnedFd, Vec<u8>), Errno> {
@@ -222,7 +238,7 @@ fn resolve_parent(c: &Caller, root: &OwnedFd, dirfd: i32, path: &[u8]) -> Result
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let parent = if path.starts_with(b"/") {
-        rustix::fs::openat2(root, if dir_str.is_empty() { "." } else { dir_str }, flags, Mode::empty(), in_root)?
+        openat2(root, if dir_str.is_empty() { "." } else { dir_str }, flags, in_root)?
     } else {
         let (base, link) = base_dir(c, dirfd)?;
         if !inside(&base, root)? {
@@ -231,13 +247,7 @@ fn resolve_parent(c: &Caller, root: &OwnedFd, dirfd: i32, path: &[u8]) -> Result
         if dir_str.is_empty() {
             base
         } else {
-            match rustix::fs::openat2(
-                &base,
-                dir_str,
-                flags,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-            ) {
+            match openat2(&base, dir_str, flags, ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS) {
                 // `..` above the base, or an absolute symlink: resolve the
                 // whole path from the caller's root instead.
                 Err(Errno::XDEV) => {
@@ -246,7 +256,7 @@ fn resolve_parent(c: &Caller, root: &OwnedFd, dirfd: i32, path: &[u8]) -> Result
                     let (b, r) = (base_path.to_bytes(), root_path.to_bytes());
                     let rel = if r == b"/" { b } else { b.strip_prefix(r).ok_or(Errno::PERM)? };
                     let full = format!("{}/{}", String::from_utf8_lossy(rel), dir_str);
-                    rustix::fs::openat2(root, full.as_str(), flags, Mode::empty(), in_root)?
+                    openat2(root, full.as_str(), flags, in_root)?
                 }
                 r => r?,
             }
@@ -377,7 +387,10 @@ fn mknod(listener: BorrowedFd<'_>, n: &Notif, policy: &dyn Policy) -> Answer {
         Err(Errno::PERM) => {
             return refuse(c.pid, Some(ns), "mknod", "its directory lies outside its root", Errno::PERM);
         }
-        Err(e) => return Answer::Done(Err(e)),
+        Err(e) => {
+            tracing::debug!(pid = c.pid, errno = %e, dirfd, "mknod: cannot resolve the path");
+            return Answer::Done(Err(e));
+        }
     };
     let in_view = policy.view(ns).is_some_and(|v| same_fs(v, &parent));
     if !in_view && !nodes_work_in(&parent) {
@@ -398,6 +411,7 @@ fn mknod(listener: BorrowedFd<'_>, n: &Notif, policy: &dyn Policy) -> Answer {
     let name = String::from_utf8_lossy(&name).into_owned();
     let r = rustix::fs::mknodat(&parent, name.as_str(), ft, perm, rustix::fs::makedev(major, minor));
     drop(guard);
+
     Answer::Done(r)
 }
 
@@ -499,16 +513,12 @@ fn mount(listener: BorrowedFd<'_>, n: &Notif, policy: &dyn Policy) -> Answer {
         Err(e) => return Answer::Done(Err(e)),
     };
     let how = if text.starts_with('/') { ResolveFlags::IN_ROOT } else { ResolveFlags::BENEATH };
-    let dir = match rustix::fs::openat2(
-        base,
-        rel,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        how | ResolveFlags::NO_MAGICLINKS,
-    ) {
-        Ok(d) => d,
-        Err(e) => return Answer::Done(Err(e)),
-    };
+    let dir =
+        match openat2(base, rel, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, how | ResolveFlags::NO_MAGICLINKS)
+        {
+            Ok(d) => d,
+            Err(e) => return Answer::Done(Err(e)),
+        };
     Answer::Done(rustix::mount::move_mount(
         &tree,
         "",

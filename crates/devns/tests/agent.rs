@@ -1,0 +1,263 @@
+//! The seccomp agent against the real kernel, as root, with unmodified
+//! tools inside containers: coreutils and busybox `mknod`, util-linux and
+//! busybox `mount`; and attacks from a program of our own inside a rootfs.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn mknod_of_visible_devices_works_and_of_others_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let lp = Loop::new(false);
+    let other = Loop::new(false);
+    let mut b = shell_container(&env, &["--name", "b", "--dev", &other.name]);
+    let st = rustix::fs::stat(format!("/dev/{}", lp.name)).unwrap();
+    let (maj, min) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    let ost = rustix::fs::stat(format!("/dev/{}", other.name)).unwrap();
+    let root_disk = rustix::fs::stat("/").unwrap().st_dev;
+    let script = format!(
+        "mknod /dev/null2 c 1 3 && echo data > /dev/null2 && echo null2-ok; \
+         busybox mknod /tmp/n c 1 3 && echo data > /tmp/n && echo tmp-ok; \
+         mknod /tmp/l b {maj} {min} && blockdev --getsize64 /tmp/l; \
+         mknod /tmp/mem c 1 1 2>/dev/null; echo mem=$?; \
+         mknod /tmp/root b {rmaj} {rmin} 2>/dev/null; echo root=$?; \
+         mknod /tmp/other b {omaj} {omin} 2>/dev/null; echo other=$?; \
+         mkfifo /tmp/f1 && mknod /tmp/f2 p && [ -p /tmp/f1 ] && [ -p /tmp/f2 ] && echo fifo-ok; \
+         umask 077; mknod /tmp/u c 1 5 && stat -c '%a %U' /tmp/u",
+        rmaj = rustix::fs::major(root_disk),
+        rmin = rustix::fs::minor(root_disk),
+        omaj = rustix::fs::major(ost.st_rdev),
+        omin = rustix::fs::minor(ost.st_rdev),
+    );
+    let o = env.run(&["--dev", &lp.name, "--", "sh", "-c", &script]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<String> = out(&o).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        ["null2-ok", "tmp-ok", &(8u64 << 20).to_string(), "mem=1", "root=1", "other=1", "fifo-ok", "600 root"],
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The refusals say why, in devns's log.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("neither global nor owned"));
+    assert!(b.sh("ls /dev").contains(&other.name), "B keeps its device");
+}
+
+#[test]
+fn mknod_where_nodes_cannot_work_is_refused_and_errors_are_native() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let script = "mount -t tmpfs none /srv && mknod /srv/n c 1 3 2>/dev/null; echo userns-tmpfs=$?; \
+                  mknod /dev/null 2>&1 c 1 3 | grep -q 'File exists' && echo eexist; \
+                  mknod /nonexistent/x c 1 3 2>&1 | grep -q 'No such file' && echo enoent; \
+                  touch /tmp/file; mknod /tmp/file/x c 1 3 2>&1 | grep -q 'Not a directory' && echo enotdir; \
+                  mount -o remount,ro /tmp 2>/dev/null; mount -t tmpfs -o ro none /mnt; mknod /mnt/x c 1 3 2>/dev/null; echo ro=$?";
+    let o = env.run(&["--", "sh", "-c", script]);
+    let got = out(&o);
+    assert!(got.contains("userns-tmpfs=1"), "{got}");
+    for want in ["eexist", "enoent", "enotdir", "ro=1"] {
+        assert!(got.lines().any(|l| l == want), "missing {want}: {got} / {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn mount_devtmpfs_shows_the_callers_own_view() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let lp = Loop::new(false);
+    let mut a = shell_container(&env, &["--name", "a", "--dev", &lp.name]);
+    let mut b = shell_container(&env, &["--name", "b"]);
+    assert!(a.sh("mount -t devtmpfs none /mnt && ls /mnt").contains(&lp.name), "util-linux mount in A");
+    let in_b = b.sh("busybox mount -t devtmpfs none /mnt && ls /mnt");
+    assert_eq!(sorted(in_b), default_view(), "busybox mount in B shows B's view");
+    // One superblock per namespace: a node made in A's mount is at A's /dev.
+    assert_eq!(a.sh("mknod /mnt/extra c 1 3 && ls /dev/extra"), ["/dev/extra"]);
+    assert!(!b.sh("ls /dev /mnt").contains(&"extra".to_owned()));
+    assert_eq!(a.sh("mount -o ro -t devtmpfs none /media && touch /media/x 2>/dev/null; echo $?"), ["1"]);
+    // Other mounts go to the kernel untouched.
+    assert_eq!(a.sh("mount -t tmpfs none /srv && echo ok"), ["ok"]);
+}
+
+#[test]
+fn the_daemon_is_the_agent_when_it_runs() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let lp = Loop::new(false);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let st = rustix::fs::stat(format!("/dev/{}", lp.name)).unwrap();
+    let mk = format!(
+        "mknod /tmp/l b {} {} 2>/dev/null; echo $?",
+        rustix::fs::major(st.st_rdev),
+        rustix::fs::minor(st.st_rdev)
+    );
+    assert_eq!(a.sh(&mk), ["1"], "not owned yet");
+    devns_ok(&env, &["assign", &lp.name, "--to", "a"]);
+    assert_eq!(a.sh(&mk), ["0"], "owned now: the daemon's policy follows live ownership");
+    assert!(a.sh("mount -t devtmpfs none /mnt && ls /mnt").contains(&lp.name));
+}
+
+/// A minimal rootfs: busybox, this test binary, and their libraries.
+fn make_rootfs(dir: &Path) -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let root = dir.join("rootfs");
+    for bin in [Path::new("/bin/busybox"), me.as_path()] {
+        let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
+        let mut files = vec![bin.to_path_buf()];
+        for l in String::from_utf8_lossy(&ldd.stdout).lines() {
+            if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
+                files.push(PathBuf::from(p));
+            }
+        }
+        for f in files {
+            let dst = root.join(f.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(&f, &dst).unwrap();
+        }
+    }
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    root
+}
+
+const ITERATIONS: usize = 10_000;
+
+/// Runs inside the container (this binary, started by the test below).
+#[test]
+fn attack_child() {
+    let Ok(outside) = std::env::var("DEVNS_ATTACK_OUTSIDE") else { return };
+    let host_fd: i32 = std::env::var("DEVNS_ATTACK_FD").unwrap().parse().unwrap();
+    use std::ffi::CString;
+    let mk = |path: &CString| -> i32 {
+        // SAFETY: `path` is a live NUL-terminated string.
+        let r = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+        if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() }
+    };
+    let mut errnos = std::collections::BTreeMap::<&str, std::collections::BTreeSet<i32>>::new();
+    // 1. a symlink that points outside the root
+    std::os::unix::fs::symlink(&outside, "/tmp/esc").unwrap();
+    let p = CString::new("/tmp/esc/n1").unwrap();
+    for _ in 0..ITERATIONS {
+        errnos.entry("symlink").or_default().insert(mk(&p));
+        let _ = std::fs::remove_file("/tmp/esc/n1");
+    }
+    // 2. `..` escapes
+    let p = CString::new(format!("/../../../../../../..{outside}/n2")).unwrap();
+    let rel = CString::new(format!("../../../../../../..{outside}/n2")).unwrap();
+    std::env::set_current_dir("/tmp").unwrap();
+    for _ in 0..ITERATIONS / 2 {
+        errnos.entry("dotdot").or_default().insert(mk(&p));
+        errnos.entry("dotdot").or_default().insert(mk(&rel));
+    }
+    // 3. the parent swapped for a symlink while calls are in flight
+    std::fs::create_dir("/tmp/real").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let outside2 = outside.clone();
+    let flipper = std::thread::spawn(move || {
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = std::fs::remove_file("/tmp/d");
+            let _ = std::os::unix::fs::symlink("/tmp/real", "/tmp/d");
+            let _ = std::fs::remove_file("/tmp/d");
+            let _ = std::os::unix::fs::symlink(&outside2, "/tmp/d");
+        }
+    });
+    let p = CString::new("/tmp/d/n3").unwrap();
+    for _ in 0..ITERATIONS {
+        errnos.entry("swap").or_default().insert(mk(&p));
+        let _ = std::fs::remove_file("/tmp/real/n3");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    // 4. a dirfd outside the root (inherited from the host)
+    let name = CString::new("n4").unwrap();
+    for _ in 0..ITERATIONS {
+        // SAFETY: `name` is a live NUL-terminated string.
+        let r = unsafe { libc::mknodat(host_fd, name.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+        errnos.entry("dirfd").or_default().insert(if r == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap()
+        });
+    }
+    // 5. garbage pointers
+    for addr in [1usize, 4096, usize::MAX - 4095, 0xdead_0000_0000] {
+        for _ in 0..ITERATIONS / 4 {
+            // SAFETY: the kernel (and the agent) only read through the
+            // pointer, and must fail cleanly on a bad one; nothing here
+            // dereferences it.
+            let r = unsafe { libc::mknod(addr as *const libc::c_char, libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+            errnos.entry("garbage").or_default().insert(if r == 0 {
+                0
+            } else {
+                std::io::Error::last_os_error().raw_os_error().unwrap()
+            });
+        }
+    }
+    // 6. callers that die mid-call
+    for _ in 0..ITERATIONS / 10 {
+        let mut c =
+            std::process::Command::new("/bin/busybox").args(["mknod", "/tmp/dying", "c", "1", "3"]).spawn().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+        let _ = std::fs::remove_file("/tmp/dying");
+    }
+    println!("{}", serde_json::to_string(&errnos).unwrap());
+}
+
+#[test]
+fn attacks_never_put_a_node_outside_the_root() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let root = make_rootfs(env.dir.path());
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let me = std::env::current_exe().unwrap();
+    // A host directory fd the container inherits: not close-on-exec.
+    let dirfd = rustix::fs::open(
+        &outside,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&dirfd);
+    let o = env
+        .devns()
+        .args(["run", "--rootfs", root.to_str().unwrap(), "--"])
+        .arg(me.strip_prefix("/").map(|p| Path::new("/").join(p)).unwrap())
+        .args(["--exact", "attack_child", "--nocapture", "--test-threads", "1"])
+        .env("DEVNS_ATTACK_OUTSIDE", &outside)
+        .env("DEVNS_ATTACK_FD", raw.to_string())
+        .output()
+        .unwrap();
+    drop(dirfd);
+    let stdout = out(&o);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    let json = stdout
+        .lines()
+        .find_map(|l| l.find('{').map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("no report: {stdout}\n{}", String::from_utf8_lossy(&o.stderr)));
+    let errnos: std::collections::BTreeMap<String, Vec<i32>> = serde_json::from_str(json).unwrap();
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "a node appeared outside the root: {errnos:?}");
+    assert_eq!(errnos["dirfd"], [libc::EPERM], "a dirfd outside the root is refused");
+    assert_eq!(errnos["garbage"], [libc::EFAULT]);
+    // Resolved inside the root, where those directories do not exist.
+    assert_eq!(errnos["symlink"], [libc::ENOENT]);
+    assert_eq!(errnos["dotdot"], [libc::ENOENT]);
+    assert!(errnos["swap"].iter().all(|e| [0, libc::ENOENT].contains(e)), "{errnos:?}");
+}
