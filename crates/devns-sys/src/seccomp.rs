@@ -126,3 +126,13 @@ pub fn set_sync_wakeup(listener: impl AsFd) -> io::Result<()> {
     // SAFETY: NOTIF_SET_FLAGS takes the flags by value.
     check(unsafe { libc::ioctl(listener.as_fd().as_raw_fd(), NOTIF_SET_FLAGS, flags) })
 }
+
+/// Whether `fd` is a seccomp listener: only a listener answers
+/// `NOTIF_ID_VALID` for an unknown id with ENOENT.
+pub fn is_listener(fd: impl AsFd) -> bool {
+    let id: u64 = 0;
+    // SAFETY: NOTIF_ID_VALID reads one u64 that lives through the call; on
+    // any other kind of fd the ioctl fails without touching memory.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), NOTIF_ID_VALID, &id as *const u64) };
+    r < 0 && last_errno() == io::Errno::NOENT
+}

@@ -233,7 +233,8 @@ fn lifecycles_leave_nothing_and_the_daemon_holds_no_extra_fds() {
     let state = env.state_dir().join("views").canonicalize().unwrap();
     assert_eq!(mountinfo.lines().filter(|l| l.contains(&*state.to_string_lossy())).count(), 1, "only the views bind");
     assert_eq!(env.recorded_namespaces(), 0);
-    assert_eq!(d.fd_count(), baseline, "the daemon's fd count grew");
+    // Connections and listeners of the last containers close asynchronously.
+    eventually("the daemon's fd count back to where it was", || d.fd_count() == baseline);
 }
 
 #[test]

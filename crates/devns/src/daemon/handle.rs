@@ -51,6 +51,9 @@ impl Daemon {
                     return Reply::err("bad request: listen needs a seccomp listener fd passed with the request");
                 }
                 let l = c.fds.remove(0);
+                if !devns_sys::seccomp::is_listener(&l) {
+                    return Reply::err("bad request: the fd passed with listen is not a seccomp listener");
+                }
                 let _ = devns_sys::seccomp::set_sync_wakeup(&l);
                 self.listeners.push(l);
                 Ok(json!("listening"))
