@@ -67,10 +67,14 @@ pub struct Conn {
     pub deadline: Option<Instant>,
     pub subscribed: bool,
     closing: bool,
+    /// Whether the epoll set asks for this connection's writability.
+    pub out_watched: bool,
+    /// Its token in the daemon's epoll set.
+    pub token: u64,
 }
 
 impl Conn {
-    pub fn new(sock: OwnedFd, peer: Peer) -> Conn {
+    pub fn new(sock: OwnedFd, peer: Peer, token: u64) -> Conn {
         Conn {
             sock,
             peer,
@@ -80,6 +84,8 @@ impl Conn {
             deadline: None,
             subscribed: false,
             closing: false,
+            out_watched: false,
+            token,
         }
     }
 

@@ -55,7 +55,9 @@ impl Daemon {
                     return Reply::err("bad request: the fd passed with listen is not a seccomp listener");
                 }
                 let _ = devns_sys::seccomp::set_sync_wakeup(&l);
-                self.listeners.push(l);
+                let token = self.watch(&l, super::Target::Agent(0));
+                self.targets.insert(token, super::Target::Agent(token));
+                self.listeners.insert(token, l);
                 Ok(json!("listening"))
             }
             Request::Run { name, devices } => {
@@ -186,8 +188,8 @@ impl Daemon {
 
     /// Saves after a change the views already show; on failure undoes it
     /// (the caller gets an error, nothing was acknowledged).
-    fn commit(&mut self, undo: impl FnOnce(&mut Self)) -> Result<()> {
-        if let Err(e) = self.save() {
+    fn commit(&mut self, ids: &[NsId], undo: impl FnOnce(&mut Self)) -> Result<()> {
+        if let Err(e) = self.save_ns(ids) {
             undo(self);
             return Err(e);
         }
@@ -202,7 +204,7 @@ impl Daemon {
         self.state.assign(dev, ns, &self.registry)?;
         self.registry.assign(dev, ns)?;
         self.reconcile(ns);
-        self.commit(|d| {
+        self.commit(&[ns], |d| {
             let _ = d.state.release(dev, &d.registry);
             d.registry.release(dev);
             d.reconcile(ns);
@@ -216,7 +218,7 @@ impl Daemon {
         let ns = self.state.release(dev, &self.registry)?;
         self.registry.release(dev);
         self.reconcile(ns);
-        self.commit(|d| {
+        self.commit(&[ns], |d| {
             let _ = d.state.assign(dev, ns, &d.registry);
             let _ = d.registry.assign(dev, ns);
             d.reconcile(ns);
@@ -236,7 +238,7 @@ impl Daemon {
         let had = self.state.global.insert(dev, on);
         self.registry.set_global(dev, on);
         self.reconcile_all();
-        self.commit(|d| {
+        self.commit(&[], |d| {
             match had {
                 Some(h) => d.state.global.insert(dev, h),
                 None => d.state.global.remove(&dev),

@@ -11,7 +11,7 @@ mod nslife;
 use crate::config;
 use crate::discover;
 use crate::host;
-use crate::store::{self, Records, Store};
+use crate::store::{Records, Store};
 use anyhow::{Context, Result, anyhow};
 use conn::Conn;
 use devns_core::api::Event;
@@ -21,7 +21,7 @@ use devns_core::registry::{NsId, Registry};
 use devns_core::state::Keeper;
 use devns_core::state::State;
 use devns_sys::signal::SignalFd;
-use rustix::event::{PollFd, PollFlags, poll};
+use rustix::event::epoll::EventFlags;
 use rustix::fd::OwnedFd;
 use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -39,6 +39,17 @@ pub struct Options {
 struct Member {
     keeper: Keeper,
     pidfd: OwnedFd,
+}
+
+/// What an epoll token stands for.
+#[derive(Clone, Copy)]
+enum Target {
+    Signals,
+    Listener,
+    Uevents,
+    Conn(u64),
+    Member(NsId, i32),
+    Agent(u64),
 }
 
 /// A namespace the daemon manages: its view (mounted on the host below
@@ -66,8 +77,13 @@ pub struct Daemon {
     host_ns: NsId,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
-    /// seccomp listeners whose trapped calls this daemon answers.
-    listeners: Vec<OwnedFd>,
+    /// seccomp listeners whose trapped calls this daemon answers, by token.
+    listeners: BTreeMap<u64, OwnedFd>,
+    /// One epoll set, each fd registered once: a loop iteration costs the
+    /// same with 1 view or 1,000.
+    ep: OwnedFd,
+    targets: std::collections::HashMap<u64, Target>,
+    next_token: u64,
 }
 
 impl crate::agent::Policy for Daemon {
@@ -158,7 +174,10 @@ pub fn run(opts: Options) -> Result<()> {
         host_ns,
         conns: BTreeMap::new(),
         next_conn: 0,
-        listeners: Vec::new(),
+        listeners: BTreeMap::new(),
+        ep: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).context("epoll")?,
+        targets: std::collections::HashMap::new(),
+        next_token: 0,
     };
     d.startup()?;
     // Only now, ready: the socket starts accepting.
@@ -169,38 +188,58 @@ pub fn run(opts: Options) -> Result<()> {
     result
 }
 
-/// What one poll slot stands for.
-#[derive(Clone, Copy)]
-enum Slot {
-    Signals,
-    Listener,
-    Uevents,
-    Conn(u64),
-    Member(NsId, i32),
-    Agent(usize),
-}
-
 impl Daemon {
-    /// Saves the daemon's records and learns the stand-alone runs' (which
-    /// a `devns run` started before the daemon may still add or remove),
-    /// under the writers' lock. Only changed records are written.
+    /// Saves every record (startup, rescan).
     fn save(&mut self) -> Result<()> {
+        let ids: Vec<NsId> = self.state.namespaces.iter().filter(|r| r.keeper.is_none()).filter_map(|r| r.id).collect();
+        let gone: Vec<NsId> = self
+            .disk
+            .values()
+            .filter(|r| r.keeper.is_none())
+            .filter_map(|r| r.id)
+            .filter(|id| self.state.by_id(*id).is_none())
+            .collect();
+        self.save_ns(&[ids, gone].concat())
+    }
+
+    /// Saves the records of `ids` (written if changed, removed if gone) and
+    /// the global flags, and learns the stand-alone runs' records (which a
+    /// `devns run` started before the daemon may still add or remove), all
+    /// under the writers' lock. The cost follows what changed, not how many
+    /// namespaces there are.
+    fn save_ns(&mut self, ids: &[NsId]) -> Result<()> {
         let _lock = self.store.lock_file()?;
-        let is_run = |k: &str| k.starts_with("run-");
-        let runs = self.store.read_records(true)?;
-        let mut after: Records = store::records_of(&self.state).into_iter().filter(|(k, _)| !is_run(k)).collect();
-        let runs_changed = runs
-            != self.disk.iter().filter(|(k, _)| is_run(k)).map(|(k, r)| (k.clone(), r.clone())).collect::<Records>();
-        self.store.write_changes(&self.disk, &after, |k| !is_run(k)).context("cannot save the state")?;
-        after.extend(runs);
+        let keys: Vec<String> = ids.iter().map(|id| format!("id-{}", id.0)).collect();
+        let mut before = Records::new();
+        let mut after = Records::new();
+        for (k, id) in keys.iter().zip(ids) {
+            if let Some(r) = self.disk.get(k) {
+                before.insert(k.clone(), r.clone());
+            }
+            if let Some(r) = self.state.by_id(*id).filter(|r| r.keeper.is_none()) {
+                after.insert(k.clone(), r.clone());
+            }
+        }
+        self.store.write_changes(&before, &after, |_| true).context("cannot save the state")?;
+        for k in &keys {
+            match after.remove(k) {
+                Some(r) => self.disk.insert(k.clone(), r),
+                None => self.disk.remove(k),
+            };
+        }
         if self.state.global != self.global_disk {
             self.store.write_global(&self.state.global).context("cannot save the state")?;
             self.global_disk = self.state.global.clone();
         }
-        self.state.namespaces = after.values().cloned().collect();
-        self.disk = after;
-        if runs_changed {
+        let is_run = |k: &str| k.starts_with("run-");
+        let runs = self.store.read_records(true)?;
+        let known: Records = self.disk.iter().filter(|(k, _)| is_run(k)).map(|(k, r)| (k.clone(), r.clone())).collect();
+        if runs != known {
             // A stand-alone run came or went: its devices' owners changed.
+            self.disk.retain(|k, _| !is_run(k));
+            self.state.namespaces.retain(|r| r.keeper.is_none());
+            self.state.namespaces.extend(runs.values().cloned());
+            self.disk.extend(runs);
             self.registry.clear_assignments();
             for d in self.state.apply(&mut self.registry) {
                 tracing::debug!(dev = %d, "recorded device not on the host");
@@ -291,86 +330,144 @@ impl Daemon {
     fn emit(&mut self, ev: Event) {
         let ns = ev.ns.clone();
         let line = serde_json::json!({ "v": devns_core::api::API_VERSION, "event": ev });
-        for c in self.conns.values_mut().filter(|c| c.subscribed) {
+        let mut gone = Vec::new();
+        let mut pending = Vec::new();
+        for (id, c) in self.conns.iter_mut().filter(|(_, c)| c.subscribed) {
             let visible = c.peer.is_admin() || (ns.is_some() && c.peer.ns.map(|n| n.to_string()) == ns);
             if visible {
                 c.queue(&line);
+                // Sent now if the socket takes it; the rest when it can.
+                if !c.flush() {
+                    gone.push(*id);
+                } else if c.wants_write() {
+                    pending.push((c.token, *id));
+                }
             }
+        }
+        for id in gone {
+            self.drop_conn(id);
+        }
+        for (token, id) in pending {
+            self.update_interest(token, id);
+        }
+    }
+
+    /// Registers `fd` in the epoll set as `target`; returns its token.
+    fn watch(&mut self, fd: impl rustix::fd::AsFd, target: Target) -> u64 {
+        self.next_token += 1;
+        let token = self.next_token;
+        let flags = rustix::event::epoll::EventFlags::IN;
+        if let Err(e) = rustix::event::epoll::add(&self.ep, fd, rustix::event::epoll::EventData::new_u64(token), flags)
+        {
+            tracing::error!(error = %e, "cannot watch an fd");
+        }
+        self.targets.insert(token, target);
+        token
+    }
+
+    /// Watches the members of `id` not watched yet (every fd once).
+    fn watch_members(&mut self, id: NsId) {
+        let Some(ns) = self.nss.get(&id) else { return };
+        let fresh: Vec<(i32, rustix::fd::RawFd)> = ns
+            .members
+            .iter()
+            .filter(|m| {
+                !self.targets.values().any(|t| matches!(t, Target::Member(n, p) if *n == id && *p == m.keeper.pid))
+            })
+            .map(|m| (m.keeper.pid, rustix::fd::AsRawFd::as_raw_fd(&m.pidfd)))
+            .collect();
+        for (pid, raw) in fresh {
+            // SAFETY: `raw` belongs to a pidfd held in `self.nss`, alive for
+            // the duration of this call.
+            let fd = unsafe { rustix::fd::BorrowedFd::borrow_raw(raw) };
+            self.watch(fd, Target::Member(id, pid));
         }
     }
 
     fn serve(&mut self, listener: &OwnedFd, uevents: &OwnedFd, signals: &SignalFd) -> Result<()> {
+        self.watch(signals, Target::Signals);
+        self.watch(listener, Target::Listener);
+        self.watch(uevents, Target::Uevents);
+        let ids: Vec<NsId> = self.nss.keys().copied().collect();
+        for id in ids {
+            self.watch_members(id);
+        }
+        let mut events = Vec::with_capacity(256);
         loop {
-            let mut slots = vec![Slot::Signals, Slot::Listener, Slot::Uevents];
-            let mut fds = vec![
-                PollFd::new(signals, PollFlags::IN),
-                PollFd::new(listener, PollFlags::IN),
-                PollFd::new(uevents, PollFlags::IN),
-            ];
-            for (id, c) in &self.conns {
-                let mut ev = PollFlags::IN;
-                if c.wants_write() {
-                    ev |= PollFlags::OUT;
-                }
-                slots.push(Slot::Conn(*id));
-                fds.push(PollFd::new(&c.sock, ev));
-            }
-            for (i, l) in self.listeners.iter().enumerate() {
-                slots.push(Slot::Agent(i));
-                fds.push(PollFd::new(l, PollFlags::IN));
-            }
-            for (id, ns) in &self.nss {
-                for m in &ns.members {
-                    slots.push(Slot::Member(*id, m.keeper.pid));
-                    fds.push(PollFd::new(&m.pidfd, PollFlags::IN));
-                }
-            }
             let now = Instant::now();
             let next_deadline = self.conns.values().filter_map(|c| c.deadline).min();
             let timeout = next_deadline.map(|d| {
                 let left = d.saturating_duration_since(now);
                 rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 }
             });
-            match poll(&mut fds, timeout.as_ref()) {
+            events.clear();
+            match rustix::event::epoll::wait(&self.ep, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e).context("poll"),
+                Err(e) => return Err(e).context("epoll_wait"),
             }
-            let ready: Vec<(Slot, PollFlags)> =
-                slots.iter().zip(fds.iter()).map(|(s, f)| (*s, f.revents())).filter(|(_, r)| !r.is_empty()).collect();
-            drop(fds);
-            let mut done_listeners = Vec::new();
-            for (slot, revents) in ready {
-                match slot {
-                    Slot::Signals => {
+            for ev in events.iter().copied() {
+                let (token, flags) = (ev.data.u64(), ev.flags);
+                // An fd closed meanwhile left the set; its token is stale.
+                let Some(target) = self.targets.get(&token).copied() else { continue };
+                match target {
+                    Target::Signals => {
                         if let Some(si) = signals.read().context("signalfd")? {
                             tracing::info!(signal = si.signo, "stopping; views stay mounted in their containers");
                             return Ok(());
                         }
                     }
-                    Slot::Listener => self.accept(listener),
-                    Slot::Uevents => self.drain_uevents(uevents),
-                    Slot::Conn(id) => self.on_conn(id, revents),
-                    Slot::Member(ns, pid) => self.member_exited(ns, pid),
-                    Slot::Agent(i) => {
-                        if revents.contains(PollFlags::IN) {
-                            crate::agent::handle(rustix::fd::AsFd::as_fd(&self.listeners[i]), &*self);
+                    Target::Listener => self.accept(listener),
+                    Target::Uevents => self.drain_uevents(uevents),
+                    Target::Conn(id) => {
+                        let (input, output) = (
+                            flags.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR),
+                            flags.contains(EventFlags::OUT),
+                        );
+                        self.on_conn(id, input, output);
+                        self.update_interest(token, id);
+                    }
+                    Target::Member(ns, pid) => {
+                        self.targets.remove(&token);
+                        self.member_exited(ns, pid);
+                    }
+                    Target::Agent(key) => {
+                        if flags.contains(EventFlags::IN) {
+                            if let Some(l) = self.listeners.remove(&key) {
+                                crate::agent::handle(rustix::fd::AsFd::as_fd(&l), &*self);
+                                self.listeners.insert(key, l);
+                            }
                         } else {
                             // HUP: no filtered process is left.
-                            done_listeners.push(i);
+                            self.targets.remove(&token);
+                            self.listeners.remove(&key);
                         }
                     }
                 }
-            }
-            for i in done_listeners.into_iter().rev() {
-                self.listeners.remove(i);
             }
             let now = Instant::now();
             let expired: Vec<u64> =
                 self.conns.iter().filter(|(_, c)| c.deadline.is_some_and(|d| d <= now)).map(|(i, _)| *i).collect();
             for id in expired {
                 tracing::warn!(conn = id, "closing a connection whose request did not end in time");
-                self.conns.remove(&id);
+                self.drop_conn(id);
             }
+        }
+    }
+
+    fn drop_conn(&mut self, id: u64) {
+        self.conns.remove(&id);
+        self.targets.retain(|_, t| !matches!(t, Target::Conn(c) if *c == id));
+    }
+
+    /// Asks for writability only while a connection has output queued.
+    fn update_interest(&mut self, token: u64, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let want = c.wants_write();
+        if want != c.out_watched {
+            let flags = if want { EventFlags::IN | EventFlags::OUT } else { EventFlags::IN };
+            let _ =
+                rustix::event::epoll::modify(&self.ep, &c.sock, rustix::event::epoll::EventData::new_u64(token), flags);
+            c.out_watched = want;
         }
     }
 
@@ -391,20 +488,22 @@ impl Daemon {
             match conn::Peer::of(&sock, self.host_ns) {
                 Ok(peer) => {
                     self.next_conn += 1;
-                    self.conns.insert(self.next_conn, Conn::new(sock, peer));
+                    let id = self.next_conn;
+                    let token = self.watch(&sock, Target::Conn(id));
+                    self.conns.insert(id, Conn::new(sock, peer, token));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot identify a client; closing it"),
             }
         }
     }
 
-    fn on_conn(&mut self, id: u64, revents: PollFlags) {
+    fn on_conn(&mut self, id: u64, input: bool, output: bool) {
         let Some(c) = self.conns.get_mut(&id) else { return };
-        if revents.contains(PollFlags::OUT) && !c.flush() {
-            self.conns.remove(&id);
+        if output && !c.flush() {
+            self.drop_conn(id);
             return;
         }
-        if !revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+        if !input {
             return;
         }
         let (lines, keep) = c.read_lines(REQUEST_DEADLINE);
@@ -417,7 +516,7 @@ impl Daemon {
         if !keep || !c.flush() {
             // Replies already queued are sent before the close when they can be.
             let _ = c.flush();
-            self.conns.remove(&id);
+            self.drop_conn(id);
         }
     }
 

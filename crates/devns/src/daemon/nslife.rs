@@ -191,9 +191,10 @@ impl Daemon {
     pub(super) fn forget_ns(&mut self, id: NsId) {
         unmount_view(&self.views_dir, id);
         self.nss.remove(&id);
+        self.targets.retain(|_, t| !matches!(t, super::Target::Member(n, _) if *n == id));
         let released = self.registry.release_ns(id);
         self.state.remove_id(id);
-        if let Err(e) = self.save() {
+        if let Err(e) = self.save_ns(&[id]) {
             tracing::error!(ns = %id, error = %e, "cannot save after releasing a namespace");
         }
         for d in released {
@@ -216,9 +217,10 @@ impl Daemon {
             }
             tracing::debug!(ns = %id, pid = adopted[0].keeper.pid, "watching another process of the namespace");
             self.nss.get_mut(&id).expect("present").members = adopted;
+            self.watch_members(id);
         }
         self.sync_members(id);
-        let _ = self.save();
+        let _ = self.save_ns(&[id]);
     }
 
     /// `devns run` through the daemon: the namespace of the process behind
@@ -253,8 +255,9 @@ impl Daemon {
                 self.registry.assign(*d, id)?;
             }
             self.nss.insert(id, Ns { view: None, uids, gids, members: vec![Member { keeper, pidfd }] });
+            self.watch_members(id);
             self.make_view(id)?;
-            self.save()?;
+            self.save_ns(&[id])?;
             self.view_clone(id)
         })();
         match result {
@@ -298,6 +301,7 @@ impl Daemon {
         if !ns.members.iter().any(|m| m.keeper == keeper) {
             ns.members.push(Member { keeper, pidfd });
         }
+        self.watch_members(id);
         self.sync_members(id);
         let view = self.view_clone(id)?;
         if let Err(e) = mount_into(pid, &view, at) {
@@ -306,7 +310,7 @@ impl Daemon {
             }
             return Err(e);
         }
-        self.save()?;
+        self.save_ns(&[id])?;
         if new {
             self.emit(Event::ns("ns-new", id));
         }
