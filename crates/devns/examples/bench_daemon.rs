@@ -314,7 +314,7 @@ fn run(env: &mut Env) -> Result<()> {
         // is usable (the prober watching), devns until the reply (no prober:
         // the round trip a client sees), the baseline, and a request the
         // daemon refuses at once (its event loop's own cost). Each starts
-        // with the daemon idle (blocked in ppoll): nothing left over from
+        // with the daemon idle (blocked in its wait): nothing left over from
         // the sample before competes for the two CPUs. The baseline runs
         // with the daemon stopped, as on a host without devns.
         let assign = format!("{{\"v\":1,\"op\":\"assign\",\"device\":\"{dev_a}\",\"to\":\"id:{ns0}\"}}\n");
@@ -651,14 +651,15 @@ impl Drop for Stopped {
 }
 
 impl DaemonCtl {
-    /// Waits until the daemon blocks in `ppoll` with nothing to do.
+    /// Waits until the daemon blocks in its event loop's wait (`ppoll` or
+    /// `epoll_wait`) with nothing to do.
     fn wait_idle(&self) -> Result<()> {
         let path = format!("/proc/{}/syscall", self.pid);
-        let blocked_in_ppoll = format!("{} ", libc::SYS_ppoll);
+        let waits = [libc::SYS_ppoll, libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2].map(|n| format!("{n} "));
         let t0 = Instant::now();
         loop {
             let now = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-            if now.starts_with(&blocked_in_ppoll) {
+            if waits.iter().any(|w| now.starts_with(w.as_str())) {
                 return Ok(());
             }
             ensure!(t0.elapsed() < STEP_TIMEOUT, "the daemon was not idle after {STEP_TIMEOUT:?}: {}", now.trim());
@@ -667,7 +668,7 @@ impl DaemonCtl {
     }
 
     /// Stops the daemon (SIGSTOP) until the value returned is dropped; it
-    /// has stopped when this returns (leaving `ppoll` is work too).
+    /// has stopped when this returns (leaving its wait is work too).
     fn stop(&self) -> Result<Stopped> {
         let pid = Pid::from_raw(self.pid).context("bad pid")?;
         rustix::process::kill_process(pid, Signal::STOP)?;
