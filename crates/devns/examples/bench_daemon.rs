@@ -383,7 +383,8 @@ fn run(env: &mut Env) -> Result<()> {
         // by the host (and the daemon stopped) for the baseline.
         let assign_disk = json!({"op": "assign", "device": disk, "to": format!("id:{ns0}")});
         let release_disk = json!({"op": "release", "device": disk});
-        let (mut part_devns, mut part_base, mut ioctl, mut from_uevent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut part_devns, mut part_base, mut ioctl, mut from_uevent) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for k in 0..WARMUP + samples {
             interrupted()?;
             let keep = k >= WARMUP;
@@ -666,7 +667,8 @@ impl DaemonCtl {
     /// `epoll_wait`) with nothing to do.
     fn wait_idle(&self) -> Result<()> {
         let path = format!("/proc/{}/syscall", self.pid);
-        let waits = [libc::SYS_ppoll, libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2].map(|n| format!("{n} "));
+        let waits = [libc::SYS_ppoll, libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2]
+            .map(|n| format!("{n} "));
         let t0 = Instant::now();
         loop {
             let now = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;

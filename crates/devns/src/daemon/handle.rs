@@ -268,6 +268,7 @@ impl Daemon {
         };
         let Some(dev) = ev.dev else { return };
         let kind = dev.kind;
+        // Sorted (a BTreeMap's keys), as `holders` wants.
         let all: Vec<NsId> = self.nss.keys().copied().collect();
         match ev.action {
             Action::Add | Action::Change => {
@@ -282,7 +283,7 @@ impl Daemon {
                 if let Some(on) = self.state.global.get(&dev).copied() {
                     self.registry.set_global(dev, on);
                 }
-                let holders: Vec<NsId> = self.registry.holders(dev, all).collect();
+                let holders = self.registry.holders(dev, &all);
                 for ns in &holders {
                     self.reconcile(*ns);
                 }
@@ -293,7 +294,7 @@ impl Daemon {
             }
             Action::Remove => {
                 let Some(name) = self.registry.device(dev).map(|d| d.name.clone()) else { return };
-                let holders: Vec<NsId> = self.registry.holders(dev, all).collect();
+                let holders = self.registry.holders(dev, &all);
                 let owner = self.registry.owner(dev);
                 self.registry.remove_device(dev);
                 if self.state.namespaces.iter().any(|r| r.devices.contains(&dev))
