@@ -111,10 +111,14 @@ fn the_daemon_is_the_agent_when_it_runs() {
     assert!(a.sh("mount -t devtmpfs none /mnt && ls /mnt").contains(&lp.name));
 }
 
-/// A minimal rootfs: busybox, this test binary, and their libraries.
+/// A minimal rootfs: busybox, this test binary (as `/bin/attack`: the
+/// container's `/tmp` is a fresh tmpfs, so nothing may live there), and
+/// their libraries.
 fn make_rootfs(dir: &Path) -> PathBuf {
     let me = std::env::current_exe().unwrap();
     let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(&me, root.join("bin/attack")).unwrap();
     for bin in [Path::new("/bin/busybox"), me.as_path()] {
         let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
         let mut files = vec![bin.to_path_buf()];
@@ -123,7 +127,7 @@ fn make_rootfs(dir: &Path) -> PathBuf {
                 files.push(PathBuf::from(p));
             }
         }
-        for f in files {
+        for f in files.into_iter().filter(|f| f != &me) {
             let dst = root.join(f.strip_prefix("/").unwrap());
             std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
             std::fs::copy(&f, &dst).unwrap();
@@ -227,7 +231,6 @@ fn attacks_never_put_a_node_outside_the_root() {
     let root = make_rootfs(env.dir.path());
     let outside = env.dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
-    let me = std::env::current_exe().unwrap();
     // A host directory fd the container inherits: not close-on-exec.
     let dirfd = rustix::fs::open(
         &outside,
@@ -239,7 +242,7 @@ fn attacks_never_put_a_node_outside_the_root() {
     let o = env
         .devns()
         .args(["run", "--rootfs", root.to_str().unwrap(), "--"])
-        .arg(me.strip_prefix("/").map(|p| Path::new("/").join(p)).unwrap())
+        .arg("/bin/attack")
         .args(["--exact", "attack_child", "--nocapture", "--test-threads", "1"])
         .env("DEVNS_ATTACK_OUTSIDE", &outside)
         .env("DEVNS_ATTACK_FD", raw.to_string())
