@@ -69,7 +69,7 @@ pub fn create(plan: &ViewPlan) -> Result<OwnedFd, ViewError> {
 /// daemon start, restart and every event share. Returns how many steps it
 /// took.
 pub fn reconcile(root: impl AsFd, plan: &ViewPlan, visible: impl Fn(DevId) -> bool) -> Result<usize, ViewError> {
-    let actual = scan(&root)?.into_iter().map(|e| e.actual).collect::<Vec<_>>();
+    let actual = scan(&root, false)?.into_iter().map(|e| e.actual).collect::<Vec<_>>();
     let ops = diff(plan, &actual, visible);
     apply(&root, &ops)?;
     Ok(ops.len())
@@ -137,10 +137,11 @@ pub fn apply(root: impl AsFd, ops: &[Op]) -> Result<(), ViewError> {
     Ok(())
 }
 
-/// One entry of a live view, with what `devns view` shows of it.
+/// One entry of a live view, with what `devns view` shows of it (`stat`
+/// and `target` only in a full scan).
 pub struct Scanned {
     pub actual: Actual,
-    pub stat: rustix::fs::Stat,
+    pub stat: Option<rustix::fs::Stat>,
     pub target: Option<String>,
 }
 
@@ -149,17 +150,20 @@ pub struct Scanned {
 const SCAN_MAX_ENTRIES: usize = 20_000;
 const SCAN_MAX_DEPTH: usize = 16;
 
-/// Everything in a view, read without following symlinks.
-pub fn scan(root: impl AsFd) -> Result<Vec<Scanned>, ViewError> {
+/// Everything in a view, read without following symlinks. A `full` scan
+/// also stats every entry and reads symlinks (for `devns view`); the
+/// reconcile step needs only the device numbers of nodes, so it stats just
+/// those, which keeps a hotplug's work small.
+pub fn scan(root: impl AsFd, full: bool) -> Result<Vec<Scanned>, ViewError> {
     let mut out = Vec::new();
     let root = root.as_fd();
     let dir = rustix::fs::openat(root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|source| ViewError::Entry { path: ".".into(), step: "open", source })?;
-    scan_dir(dir, "", 0, &mut out)?;
+    scan_dir(dir, "", 0, full, &mut out)?;
     Ok(out)
 }
 
-fn scan_dir(dir: OwnedFd, prefix: &str, depth: usize, out: &mut Vec<Scanned>) -> Result<(), ViewError> {
+fn scan_dir(dir: OwnedFd, prefix: &str, depth: usize, full: bool, out: &mut Vec<Scanned>) -> Result<(), ViewError> {
     let err = |path: &str, step| {
         let path = path.to_owned();
         move |source| ViewError::Entry { path, step, source }
@@ -175,18 +179,26 @@ fn scan_dir(dir: OwnedFd, prefix: &str, depth: usize, out: &mut Vec<Scanned>) ->
             return Ok(());
         }
         let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-        let stat = match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(s) => s,
-            Err(io::Errno::NOENT) => continue,
-            Err(e) => return Err(err(&path, "stat")(e)),
+        // The directory entry's type decides what needs a stat.
+        let dtype = ent.file_type();
+        let needs_stat = full || matches!(dtype, FileType::CharacterDevice | FileType::BlockDevice | FileType::Unknown);
+        let stat = if needs_stat {
+            match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(s) => Some(s),
+                Err(io::Errno::NOENT) => continue,
+                Err(e) => return Err(err(&path, "stat")(e)),
+            }
+        } else {
+            None
         };
-        let ft = FileType::from_raw_mode(stat.st_mode);
-        let dev = |k| DevId::new(k, rustix::fs::major(stat.st_rdev), rustix::fs::minor(stat.st_rdev));
-        let (found, target) = match ft {
-            FileType::Directory => (Found::Dir, None),
-            FileType::CharacterDevice => (Found::Node(dev(devns_core::Kind::Char)), None),
-            FileType::BlockDevice => (Found::Node(dev(devns_core::Kind::Block)), None),
-            FileType::Symlink => {
+        let ft = stat.as_ref().map_or(dtype, |st| FileType::from_raw_mode(st.st_mode));
+        let dev =
+            |k, st: &rustix::fs::Stat| DevId::new(k, rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+        let (found, target) = match (ft, &stat) {
+            (FileType::Directory, _) => (Found::Dir, None),
+            (FileType::CharacterDevice, Some(st)) => (Found::Node(dev(devns_core::Kind::Char, st)), None),
+            (FileType::BlockDevice, Some(st)) => (Found::Node(dev(devns_core::Kind::Block, st)), None),
+            (FileType::Symlink, _) if full => {
                 let t = rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).ok();
                 (Found::Other, t.map(|t| t.to_string_lossy().into_owned()))
             }
@@ -203,7 +215,7 @@ fn scan_dir(dir: OwnedFd, prefix: &str, depth: usize, out: &mut Vec<Scanned>) ->
             );
             // A directory swapped for something else meanwhile is skipped.
             if let Ok(sub) = sub {
-                scan_dir(sub, &path, depth + 1, out)?;
+                scan_dir(sub, &path, depth + 1, full, out)?;
             }
         }
     }

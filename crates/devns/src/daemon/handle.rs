@@ -150,10 +150,12 @@ impl Daemon {
             .get(&id)
             .and_then(|n| n.view.as_ref())
             .ok_or_else(|| anyhow!("namespace {id} has no view managed by the daemon"))?;
-        let mut rows: Vec<ViewRow> = crate::view::scan(view)?
+        let mut rows: Vec<ViewRow> = crate::view::scan(view, true)?
             .into_iter()
-            .map(|s| {
-                let ft = FileType::from_raw_mode(s.stat.st_mode);
+            // A full scan stats every entry it reports.
+            .filter_map(|s| Some((s.stat?, s.actual, s.target)))
+            .map(|(stat, actual, target)| {
+                let ft = FileType::from_raw_mode(stat.st_mode);
                 let kind = match ft {
                     FileType::Directory => "dir",
                     FileType::CharacterDevice => "char",
@@ -162,18 +164,18 @@ impl Daemon {
                     FileType::RegularFile => "file",
                     _ => "other",
                 };
-                let dev = match s.actual.found {
+                let dev = match actual.found {
                     devns_core::view::Found::Node(d) => Some(d.to_string()),
                     _ => None,
                 };
                 ViewRow {
-                    path: s.actual.path,
+                    path: actual.path,
                     kind: kind.into(),
                     dev,
-                    mode: s.stat.st_mode & 0o7777,
-                    uid: s.stat.st_uid,
-                    gid: s.stat.st_gid,
-                    target: s.target,
+                    mode: stat.st_mode & 0o7777,
+                    uid: stat.st_uid,
+                    gid: stat.st_gid,
+                    target,
                 }
             })
             .collect();
