@@ -30,6 +30,8 @@
 //! helpers) is killed, and the loop devices it attached are detached (and
 //! removed if it created them), on every exit path, Ctrl-C included.
 
+mod common;
+
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
@@ -41,7 +43,7 @@ use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Live views at each measured size.
 const SIZES: &[usize] = &[1, 100, 1000];
@@ -196,7 +198,7 @@ fn run(env: &mut Env) -> Result<()> {
             None => Ok(()),
         }
     };
-    let bin = daemon_binary()?;
+    let bin = common::devns_binary()?;
     let samples = match std::env::var("DEVNS_BENCH_SAMPLES") {
         Ok(v) => v.parse().ok().filter(|n| *n > 0).context("DEVNS_BENCH_SAMPLES: a positive number")?,
         Err(_) => SAMPLES,
@@ -560,38 +562,6 @@ fn print_table(rows: &[Row]) {
 }
 
 // ---- the daemon and its API ---------------------------------------------
-
-/// `DEVNS_BENCH_BIN`, else `devns` in the directory above this example's
-/// (`target/release/examples/bench_daemon` → `target/release/devns`), which
-/// should be this tree's.
-fn daemon_binary() -> Result<PathBuf> {
-    if let Some(b) = std::env::var_os("DEVNS_BENCH_BIN") {
-        return Ok(PathBuf::from(b));
-    }
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("devns")).context("no directory above the example")?;
-    let built = std::fs::metadata(&bin)
-        .with_context(|| format!("no daemon binary at {} (run `cargo build --release` first)", bin.display()))?
-        .modified()?;
-    // Sources newer than the binary mean its numbers are not this tree's.
-    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let newest =
-        ["devns/src", "devns-core/src", "devns-sys/src"].iter().filter_map(|d| newest_mtime(&crates.join(d))).max();
-    if newest.is_some_and(|n| n > built) {
-        eprintln!("warning: {} is older than the sources; run `cargo build --release` first", bin.display());
-    }
-    Ok(bin)
-}
-
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let m = e.metadata().ok()?;
-        let t = if m.is_dir() { newest_mtime(&e.path()) } else { m.modified().ok() };
-        newest = newest.max(t);
-    }
-    newest
-}
 
 /// One API connection; requests go out as lines, replies come back as lines.
 struct Api {

@@ -41,6 +41,8 @@
 //! remain).
 //! About 25 s on a 2-CPU VM.
 
+mod common;
+
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fs::{AtFlags, CWD, FileType, Mode};
@@ -51,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 /// Calls per loop with one caller, and per caller with `WAYS` at once.
 const CALLS_ONE: usize = 20_000;
@@ -737,35 +739,6 @@ fn replay(env: &Env) -> Result<Vec<(&'static str, Stats)>> {
     Ok(steps)
 }
 
-/// `DEVNS_BENCH_BIN`, else `devns` in the directory above this example's.
-fn devns_binary() -> Result<PathBuf> {
-    if let Some(b) = std::env::var_os("DEVNS_BENCH_BIN") {
-        return Ok(PathBuf::from(b));
-    }
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("devns")).context("no directory above the example")?;
-    let built = std::fs::metadata(&bin)
-        .with_context(|| format!("no devns binary at {} (run `cargo build --release` first)", bin.display()))?
-        .modified()?;
-    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let newest =
-        ["devns/src", "devns-core/src", "devns-sys/src"].iter().filter_map(|d| newest_mtime(&crates.join(d))).max();
-    if newest.is_some_and(|n| n > built) {
-        eprintln!("warning: {} is older than the sources; run `cargo build --release` first", bin.display());
-    }
-    Ok(bin)
-}
-
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let m = e.metadata().ok()?;
-        let t = if m.is_dir() { newest_mtime(&e.path()) } else { m.modified().ok() };
-        newest = newest.max(t);
-    }
-    newest
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -782,7 +755,7 @@ fn driver() -> Result<()> {
     rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
         .context("making / private")?;
 
-    let devns = devns_binary()?;
+    let devns = common::devns_binary()?;
     let exe = std::env::current_exe()?;
     let work = WorkDir(std::env::temp_dir().join(format!("devns-bench-mknod-{}", std::process::id())));
     std::fs::create_dir(&work.0).with_context(|| format!("mkdir {}", work.0.display()))?;
