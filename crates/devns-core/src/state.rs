@@ -1,6 +1,7 @@
 //! The state that outlives one devns process: which namespaces are under
 //! devns, their id blocks and the devices they own. Kept in
-//! `/run/devns/state.json`; this module decides, the shell stores.
+//! the state directory (`/run/devns`, one file per namespace: see
+//! `devns::store`); this module decides, the shell stores.
 
 use crate::device::DevId;
 use crate::registry::{AssignError, NsId, Registry};
@@ -8,9 +9,8 @@ use crate::subid::{self, Range};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const STATE_VERSION: u32 = 1;
-/// Largest state file devns reads.
-pub const MAX_STATE_BYTES: usize = 16 << 20;
+/// Largest state file (one namespace's record) devns reads.
+pub const MAX_STATE_BYTES: usize = 1 << 20;
 
 /// The devns process that keeps a namespace: pid plus its start time (field 22
 /// of `/proc/PID/stat`), which together never name another process.
@@ -53,19 +53,12 @@ impl NsRecord {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    pub version: u32,
     pub namespaces: Vec<NsRecord>,
     /// Global flags changed at run time (`devns global`), over the config's.
     #[serde(default)]
     pub global: BTreeMap<DevId, bool>,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State { version: STATE_VERSION, namespaces: Vec::new(), global: BTreeMap::new() }
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

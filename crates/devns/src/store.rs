@@ -207,8 +207,7 @@ impl Store {
         let lock = self.lock_file()?;
         let before = self.read_records(false)?;
         let global_before = self.read_global()?;
-        let state =
-            State { namespaces: before.values().cloned().collect(), global: global_before.clone(), ..State::default() };
+        let state = State { namespaces: before.values().cloned().collect(), global: global_before.clone() };
         Ok(Locked { _lock: lock, store: Store { dir: self.dir.clone() }, before, global_before, state })
     }
 

@@ -154,7 +154,7 @@ pub fn run(opts: Options) -> Result<()> {
         let _l = store.lock_file()?;
         (store.read_records(false)?, store.read_global()?)
     };
-    let state = State { namespaces: disk.values().cloned().collect(), global: global.clone(), ..State::default() };
+    let state = State { namespaces: disk.values().cloned().collect(), global: global.clone() };
     let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).context("signalfd")?;
     let uevents = uevent_socket()?;
     let views_dir = nslife::prepare_views_dir(store.dir())?;
