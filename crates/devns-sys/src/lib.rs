@@ -4,6 +4,7 @@
 
 pub mod creds;
 pub mod mount;
+pub mod net;
 pub mod ns;
 pub mod process;
 pub mod seccomp;

@@ -117,6 +117,8 @@ pub struct ChildPlan<'a> {
     pub rootfs: Option<&'a RootFs>,
     pub hostname: Option<&'a str>,
     pub cmd: &'a [String],
+    /// In a network namespace of its own, whose loopback it brings up.
+    pub own_net: bool,
 }
 
 /// The child's whole life; returns its exit status.
@@ -246,6 +248,9 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
     }
     if let Some(h) = plan.hostname {
         rustix::system::sethostname(h.as_bytes()).context("sethostname")?;
+    }
+    if plan.own_net {
+        devns_sys::net::loopback_up().context("cannot bring up the loopback interface")?;
     }
     Ok(())
 }

@@ -259,3 +259,27 @@ fn rootfs_is_used_as_root() {
     assert_eq!(lines.pop().as_deref(), Some("proc-ok"));
     assert_eq!(sorted(lines), default_view());
 }
+
+#[test]
+fn network_is_loopback_only_unless_host() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    // /proc/net/dev lists the interfaces of the reader's network namespace.
+    let ifaces = |o: &std::process::Output| -> Vec<String> {
+        sorted(stdout(o).lines().skip(2).filter_map(|l| l.split(':').next()).map(|n| n.trim().to_owned()).collect())
+    };
+    let own = env.run(&["--", "sh", "-c", "cat /proc/net/dev; grep -q . /sys/class/net/lo/flags"]);
+    assert_ok(&own);
+    assert_eq!(ifaces(&own), ["lo"]);
+    // Loopback is up: a TCP listener on 127.0.0.1 accepts a connection.
+    let lo = env.run(&["--", "busybox", "sh", "-c", "busybox nc -l -p 4711 -e true & for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do busybox nc 127.0.0.1 4711 </dev/null 2>/dev/null && echo connected && break; sleep 0.1; done"]);
+    assert!(stdout(&lo).contains("connected"), "{}", String::from_utf8_lossy(&lo.stderr));
+    let host = env.run(&["--net", "host", "--", "cat", "/proc/net/dev"]);
+    assert_ok(&host);
+    let on_host = std::fs::read_to_string("/proc/net/dev").unwrap();
+    assert_eq!(ifaces(&host).len(), on_host.lines().skip(2).count());
+    let bad = env.run(&["--net", "bridge", "--", "true"]);
+    assert!(!bad.status.success());
+}

@@ -39,6 +39,10 @@ pub struct Args {
     /// Use DIR as the root filesystem instead of the host's.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+    /// Network: `none` (the default: a network namespace of its own with
+    /// only loopback) or `host` (share the host's).
+    #[arg(long, value_name = "MODE", default_value = "none", value_parser = ["none", "host"])]
+    pub net: String,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -192,14 +196,21 @@ fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, O
         | sysproc::CLONE_NEWNS
         | sysproc::CLONE_NEWPID
         | sysproc::CLONE_NEWUTS
-        | sysproc::CLONE_NEWIPC;
+        | sysproc::CLONE_NEWIPC
+        | if args.net == "host" { 0 } else { sysproc::CLONE_NEWNET };
     // SAFETY: devns is single-threaded here (no thread was spawned), so the
     // child may run ordinary Rust until it execs or exits.
     match unsafe { sysproc::fork_into(flags) }.map_err(clone_failed)? {
         Forked::Child => {
             drop(mine);
             signals.close_keeping_mask();
-            let plan = ChildPlan { sock: theirs, rootfs, hostname: args.name.as_deref(), cmd: &args.cmd };
+            let plan = ChildPlan {
+                sock: theirs,
+                rootfs,
+                hostname: args.name.as_deref(),
+                cmd: &args.cmd,
+                own_net: args.net != "host",
+            };
             // Never return into the parent's frames: their guards are the
             // parent's to run.
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| container::child_main(plan)));
