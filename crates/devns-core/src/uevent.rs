@@ -129,6 +129,27 @@ pub fn parse_netlink(buf: &[u8]) -> Result<Uevent, UeventError> {
     Ok(Uevent { action, devpath: devpath.to_owned(), subsystem, dev, devname, raw: rest.to_owned() })
 }
 
+/// A uevent datagram as the kernel writes one, for announcing a device to
+/// its new owner (`add`) or old owner (`remove`) when ownership changes:
+/// `ACTION@DEVPATH`, then `ACTION`, `DEVPATH`, `SUBSYSTEM`, the device's own
+/// sysfs `uevent` lines, and `SEQNUM`.
+pub fn format(action: &str, devpath: &str, subsystem: &str, uevent_text: &str, seqnum: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut push = |s: &str| {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    };
+    push(&format!("{action}@{devpath}"));
+    push(&format!("ACTION={action}"));
+    push(&format!("DEVPATH={devpath}"));
+    push(&format!("SUBSYSTEM={subsystem}"));
+    for l in uevent_text.lines().filter(|l| l.contains('=')) {
+        push(l);
+    }
+    push(&format!("SEQNUM={seqnum}"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +220,17 @@ mod tests {
         fn netlink_never_panics(b in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = parse_netlink(&b);
         }
+    }
+
+    #[test]
+    fn formatted_events_parse_back() {
+        let text = "MAJOR=7\nMINOR=3\nDEVNAME=loop3\nDEVTYPE=disk\nDISKSEQ=12\n";
+        let msg = format("add", "/devices/virtual/block/loop3", "block", text, 77);
+        let ev = parse_netlink(&msg).unwrap();
+        assert_eq!(ev.action, Action::Add);
+        assert_eq!(ev.dev, Some(DevId::new(Kind::Block, 7, 3)));
+        assert_eq!(ev.devname.as_deref(), Some("loop3"));
+        assert!(msg.ends_with(b"SEQNUM=77\0"));
+        assert!(msg.starts_with(b"add@/devices/virtual/block/loop3\0ACTION=add\0"));
     }
 }

@@ -109,6 +109,23 @@ pub fn resolve(registry: &Registry, text: &str) -> Result<DevId> {
     Ok(registry.resolve(&spec)?)
 }
 
+/// A kernel-style uevent announcing host device `id` (`add` or `remove`),
+/// built from its sysfs directory, for a namespace whose ownership of it
+/// changed.
+pub fn synth_uevent(action: &str, id: DevId) -> Option<Vec<u8>> {
+    let kind = match id.kind {
+        Kind::Char => "char",
+        Kind::Block => "block",
+    };
+    let sys = fs::canonicalize(format!("/sys/dev/{kind}/{}:{}", id.major, id.minor)).ok()?;
+    let devpath = sys.strip_prefix("/sys").ok()?.to_string_lossy().into_owned();
+    let text = read_small(&sys.join("uevent"), MAX_UEVENT_BYTES)?;
+    let subsystem = fs::read_link(sys.join("subsystem")).ok()?.file_name()?.to_string_lossy().into_owned();
+    let seqnum =
+        read_small(Path::new("/sys/kernel/uevent_seqnum"), 32).and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    Some(uevent::format(action, &format!("/{devpath}"), &subsystem, &text, seqnum))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

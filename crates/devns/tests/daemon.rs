@@ -407,3 +407,53 @@ fn events_stream_ownership_hotplug_and_namespaces() {
     let _ = ev.kill();
     let _ = ev.wait();
 }
+
+/// A container whose busybox `uevent` prints "ACTION DEVNAME" per event.
+fn uevent_listener(env: &Env, name: &str) -> Container {
+    let script = "busybox uevent sh -c 'echo \"$ACTION $DEVNAME\"' & sleep 0.3; echo ready; wait";
+    let mut c = env.spawn(&["--name", name, "--", "sh", "-c", script]);
+    assert_eq!(c.line(), "ready");
+    c
+}
+
+#[test]
+fn each_device_s_uevents_reach_its_owner_and_nobody_else() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mut a = uevent_listener(&env, "a");
+    let mut b = uevent_listener(&env, "b");
+    let la = Loop::new(true);
+    let lb = Loop::new(false);
+    let (disk, part) = (la.name.clone(), la.partition());
+    // Assigning announces the device and its partitions to the new owner.
+    devns_ok(&env, &["assign", &disk, "--to", "a"]);
+    assert_eq!(a.line(), format!("add {disk}"));
+    assert_eq!(a.line(), format!("add {part}"));
+    devns_ok(&env, &["assign", &lb.name, "--to", "b"]);
+    assert_eq!(b.line(), format!("add {}", lb.name));
+    // A host event of a's device (its partition going and coming back)
+    // reaches a as the kernel sent it; a host device's (zram) reaches nobody.
+    let z = Zram(zram_hot_add());
+    drop(z);
+    assert!(std::process::Command::new("partx").args(["-d", &format!("/dev/{disk}")]).status().unwrap().success());
+    assert_eq!(a.line(), format!("remove {part}"));
+    assert!(std::process::Command::new("partx").args(["-a", &format!("/dev/{disk}")]).status().unwrap().success());
+    assert_eq!(a.line(), format!("add {part}"));
+    // Releasing announces the removal, partitions first.
+    devns_ok(&env, &["release", &disk]);
+    assert_eq!(a.line(), format!("remove {part}"));
+    assert_eq!(a.line(), format!("remove {disk}"));
+    devns_ok(&env, &["release", &lb.name]);
+    assert_eq!(b.line(), format!("remove {}", lb.name));
+    // Nothing else arrived at either: a marker event of each one's own ends
+    // the stream, and must be the very next line.
+    devns_ok(&env, &["assign", &lb.name, "--to", "a"]);
+    assert_eq!(a.line(), format!("add {}", lb.name), "a heard something it does not own");
+    devns_ok(&env, &["release", &lb.name]);
+    assert_eq!(a.line(), format!("remove {}", lb.name));
+    devns_ok(&env, &["assign", &disk, "--to", "b"]);
+    assert_eq!(b.line(), format!("add {disk}"), "b heard something it does not own");
+}

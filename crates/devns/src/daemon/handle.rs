@@ -211,6 +211,7 @@ impl Daemon {
             d.registry.release(dev);
             d.reconcile(ns);
         })?;
+        self.announce_device(ns, dev, "add");
         self.emit(Event::device("assign", &name, dev, Some(ns.to_string())));
         Ok(json!({ "device": dev.to_string(), "owner": ns.to_string() }))
     }
@@ -225,6 +226,7 @@ impl Daemon {
             let _ = d.registry.assign(dev, ns);
             d.reconcile(ns);
         })?;
+        self.announce_device(ns, dev, "remove");
         self.emit(Event::device("release", &name, dev, Some(ns.to_string())));
         Ok(json!({ "device": dev.to_string(), "owner": "host" }))
     }
@@ -289,6 +291,13 @@ impl Daemon {
                 for ns in &holders {
                     self.reconcile(*ns);
                 }
+                // The owner hears of its own device, as it would on a host:
+                // the kernel's event as it came (global devices: nobody's).
+                if let Owner::Ns(n) = self.registry.owner(dev)
+                    && !self.registry.is_global(dev)
+                {
+                    self.announce(n, buf);
+                }
                 if !known {
                     let owner = self.registry.owner(dev);
                     self.emit(Event::device("add", &name, dev, owner.ns().map(|n| n.to_string())));
@@ -298,6 +307,7 @@ impl Daemon {
                 let Some(name) = self.registry.device(dev).map(|d| d.name.clone()) else { return };
                 let holders = self.registry.holders(dev, &all);
                 let owner = self.registry.owner(dev);
+                let was_global = self.registry.is_global(dev);
                 self.registry.remove_device(dev);
                 if self.state.namespaces.iter().any(|r| r.devices.contains(&dev))
                     || self.state.global.contains_key(&dev)
@@ -307,6 +317,11 @@ impl Daemon {
                 }
                 for ns in &holders {
                     self.reconcile(*ns);
+                }
+                if let Owner::Ns(n) = owner
+                    && !was_global
+                {
+                    self.announce(n, buf);
                 }
                 self.emit(Event::device("remove", &name, dev, owner.ns().map(|n| n.to_string())));
             }

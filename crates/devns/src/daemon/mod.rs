@@ -59,6 +59,9 @@ struct Ns {
     uids: IdMap,
     gids: IdMap,
     members: Vec<Member>,
+    /// A uevent socket in the namespace's network namespace, through which
+    /// its devices' events reach it (none when it shares the host's).
+    uevents: Option<OwnedFd>,
 }
 
 pub struct Daemon {
@@ -274,7 +277,8 @@ impl Daemon {
             }
             let pid = members[0].keeper.pid;
             let (uids, gids) = nslife::read_maps(pid)?;
-            self.nss.insert(id, Ns { view: None, uids, gids, members });
+            let uevents = nslife::uevent_sender(pid);
+            self.nss.insert(id, Ns { view: None, uids, gids, members, uevents });
             self.sync_members(id);
         }
         for d in self.state.apply(&mut self.registry) {

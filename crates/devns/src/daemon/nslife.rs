@@ -60,6 +60,34 @@ pub(super) fn read_maps(pid: i32) -> Result<(IdMap, IdMap)> {
     Ok((read("uid_map")?, read("gid_map")?))
 }
 
+/// A `NETLINK_KOBJECT_UEVENT` socket in the network namespace of `pid`, to
+/// send that namespace its devices' events; `None` when it is the host's
+/// (the kernel already delivers there) or cannot be had. Made by entering
+/// the namespace for the one `socket` call and coming back: no helper.
+pub(super) fn uevent_sender(pid: i32) -> Option<OwnedFd> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, netlink};
+    use rustix::thread::LinkNameSpaceType::Network;
+    let theirs =
+        rustix::fs::open(format!("/proc/{pid}/ns/net"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let ours = rustix::fs::open("/proc/self/ns/net", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let (t, o) = (rustix::fs::fstat(&theirs).ok()?, rustix::fs::fstat(&ours).ok()?);
+    if (t.st_dev, t.st_ino) == (o.st_dev, o.st_ino) {
+        return None;
+    }
+    rustix::thread::move_into_link_name_space(theirs.as_fd(), Some(Network)).ok()?;
+    let sock = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        Some(netlink::KOBJECT_UEVENT),
+    );
+    if let Err(e) = rustix::thread::move_into_link_name_space(ours.as_fd(), Some(Network)) {
+        tracing::error!(error = %e, "cannot return to devns's own network namespace");
+        std::process::abort();
+    }
+    sock.ok()
+}
+
 fn view_path(views: &Path, id: NsId) -> PathBuf {
     views.join(id.0.to_string())
 }
@@ -162,6 +190,33 @@ fn mount_into(pid: i32, view: &OwnedFd, at: &str) -> Result<()> {
 }
 
 impl Daemon {
+    /// Sends `payload` (a kernel-format uevent) to namespace `id`'s own
+    /// listeners. A namespace that died meanwhile is skipped quietly.
+    pub(super) fn announce(&self, id: NsId, payload: &[u8]) {
+        let Some(sock) = self.nss.get(&id).and_then(|n| n.uevents.as_ref()) else { return };
+        let to = rustix::net::netlink::SocketAddrNetlink::new(0, 1);
+        if let Err(e) = rustix::net::sendto(sock, payload, rustix::net::SendFlags::DONTWAIT, &to) {
+            tracing::debug!(ns = %id, error = %e, "cannot deliver a uevent");
+        }
+    }
+
+    /// Announces a device and its partitions to `id` as added or removed.
+    pub(super) fn announce_device(&self, id: NsId, dev: devns_core::DevId, action: &str) {
+        let parts: Vec<devns_core::DevId> =
+            self.registry.devices().filter(|d| d.is_partition() && d.parent == Some(dev)).map(|d| d.id).collect();
+        // A disk comes before its partitions, and goes after them.
+        let order: Vec<devns_core::DevId> = if action == "add" {
+            std::iter::once(dev).chain(parts).collect()
+        } else {
+            parts.into_iter().chain([dev]).collect()
+        };
+        for d in order {
+            if let Some(msg) = crate::discover::synth_uevent(action, d) {
+                self.announce(id, &msg);
+            }
+        }
+    }
+
     /// Makes `id`'s view, mounts it at `views/ID`, and keeps its fd.
     pub(super) fn make_view(&mut self, id: NsId) -> Result<()> {
         let ns = self.nss.get(&id).ok_or_else(|| anyhow!("unknown namespace {id}"))?;
@@ -254,7 +309,8 @@ impl Daemon {
             for d in &devs {
                 self.registry.assign(*d, id)?;
             }
-            self.nss.insert(id, Ns { view: None, uids, gids, members: vec![Member { keeper, pidfd }] });
+            let uevents = uevent_sender(pid);
+            self.nss.insert(id, Ns { view: None, uids, gids, members: vec![Member { keeper, pidfd }], uevents });
             self.watch_members(id);
             self.make_view(id)?;
             self.save_ns(&[id])?;
@@ -291,7 +347,8 @@ impl Daemon {
             let claim =
                 Claim { id: Some(id), name, keeper: None, members: vec![keeper], devices: &[], allocate_ids: false };
             self.state.claim(claim, &self.registry, &[], &[])?;
-            self.nss.insert(id, Ns { view: None, uids, gids, members: vec![] });
+            let uevents = uevent_sender(pid);
+            self.nss.insert(id, Ns { view: None, uids, gids, members: vec![], uevents });
             if let Err(e) = self.make_view(id) {
                 self.forget_ns(id);
                 return Err(e);
