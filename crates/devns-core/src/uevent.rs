@@ -150,6 +150,27 @@ pub fn format(action: &str, devpath: &str, subsystem: &str, uevent_text: &str, s
     out
 }
 
+/// The request that has the kernel broadcast `event` (a kernel-format
+/// uevent) in the network namespace of the sending socket, as its own:
+/// sender port 0, a fresh `SEQNUM` (so the event's own is dropped). A
+/// netlink header (type >= `NLMSG_MIN_TYPE`, `NLM_F_REQUEST`) and the event.
+pub fn kernel_send_request(event: &[u8]) -> Vec<u8> {
+    let mut body: Vec<u8> = Vec::with_capacity(event.len());
+    for field in event.split(|b| *b == 0).filter(|f| !f.is_empty() && !f.starts_with(b"SEQNUM=")) {
+        body.extend_from_slice(field);
+        body.push(0);
+    }
+    let len = 16 + body.len() as u32;
+    let mut out = Vec::with_capacity(len as usize);
+    out.extend_from_slice(&len.to_ne_bytes());
+    out.extend_from_slice(&16u16.to_ne_bytes()); // nlmsg_type: NLMSG_MIN_TYPE
+    out.extend_from_slice(&1u16.to_ne_bytes()); // nlmsg_flags: NLM_F_REQUEST
+    out.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_seq
+    out.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid
+    out.extend_from_slice(&body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +253,17 @@ mod tests {
         assert_eq!(ev.devname.as_deref(), Some("loop3"));
         assert!(msg.ends_with(b"SEQNUM=77\0"));
         assert!(msg.starts_with(b"add@/devices/virtual/block/loop3\0ACTION=add\0"));
+    }
+
+    #[test]
+    fn kernel_send_request_drops_seqnum_and_has_a_header() {
+        let ev = format("add", "/devices/virtual/block/loop3", "block", "MAJOR=7\nMINOR=3\n", 9);
+        let req = kernel_send_request(&ev);
+        assert_eq!(u32::from_ne_bytes(req[0..4].try_into().unwrap()) as usize, req.len());
+        assert_eq!(u16::from_ne_bytes(req[4..6].try_into().unwrap()), 16);
+        let body = &req[16..];
+        assert!(body.starts_with(b"add@/devices/virtual/block/loop3\0ACTION=add\0"));
+        assert!(!body.windows(7).any(|w| w == b"SEQNUM="));
+        assert!(body.ends_with(b"MINOR=3\0"));
     }
 }

@@ -457,3 +457,44 @@ fn each_device_s_uevents_reach_its_owner_and_nobody_else() {
     devns_ok(&env, &["assign", &disk, "--to", "b"]);
     assert_eq!(b.line(), format!("add {disk}"), "b heard something it does not own");
 }
+
+#[test]
+fn udevadm_monitor_inside_sees_attach_resize_and_detach_of_its_loop_device() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    // Debian's udevadm (systemd's device monitor) takes only kernel events
+    // from port 0 with root's credentials: what the kernel broadcasts for devns.
+    let mut a = env.spawn(&["--name", "a", "--", "sh", "-c", "udevadm monitor --kernel & sleep 0.5; echo ready; wait"]);
+    let mut mark = a.line();
+    while mark != "ready" {
+        mark = a.line();
+    }
+    let l = AddedLoop::new();
+    let name = l.name();
+    let img = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.img", marker("udev")));
+    std::fs::File::create(&img).and_then(|f| f.set_len(4 << 20)).unwrap();
+    let dev = format!("/dev/{name}");
+    devns_ok(&env, &["assign", &name, "--to", "a"]);
+    let run = |args: &[&str]| assert!(std::process::Command::new("losetup").args(args).status().unwrap().success());
+    run(&[&dev, img.to_str().unwrap()]);
+    std::fs::File::options().write(true).open(&img).and_then(|f| f.set_len(8 << 20)).unwrap();
+    run(&["-c", &dev]);
+    run(&["-d", &dev]);
+    devns_ok(&env, &["release", &name]);
+    let _ = std::fs::remove_file(&img);
+    // "KERNEL[ts] ACTION /devices/virtual/block/loopN (block)"
+    let mut actions = Vec::new();
+    while actions.last().map(String::as_str) != Some("remove") {
+        let l = a.line();
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() == 4 && f[0].starts_with("KERNEL[") {
+            assert!(f[2].ends_with(&format!("/{name}")), "an event of another device: {l}");
+            actions.push(f[1].to_owned());
+        }
+    }
+    assert_eq!(actions.first().map(String::as_str), Some("add"));
+    assert!(actions.iter().filter(|a| *a == "change").count() >= 3, "attach, resize, detach: {actions:?}");
+}

@@ -192,10 +192,23 @@ fn mount_into(pid: i32, view: &OwnedFd, at: &str) -> Result<()> {
 impl Daemon {
     /// Sends `payload` (a kernel-format uevent) to namespace `id`'s own
     /// listeners. A namespace that died meanwhile is skipped quietly.
+    ///
+    /// The kernel itself broadcasts it there (UEVENT_SEND: a request to the
+    /// kernel's uevent socket of that network namespace), so listeners see
+    /// a kernel event (sender port 0, a fresh SEQNUM). udev also wants the
+    /// sender's credentials to be root's as it sees them: the request goes
+    /// out with the real uid/gid of the namespace's root for that one call.
     pub(super) fn announce(&self, id: NsId, payload: &[u8]) {
-        let Some(sock) = self.nss.get(&id).and_then(|n| n.uevents.as_ref()) else { return };
-        let to = rustix::net::netlink::SocketAddrNetlink::new(0, 1);
-        if let Err(e) = rustix::net::sendto(sock, payload, rustix::net::SendFlags::DONTWAIT, &to) {
+        let Some(ns) = self.nss.get(&id) else { return };
+        let Some(sock) = ns.uevents.as_ref() else { return };
+        let req = devns_core::uevent::kernel_send_request(payload);
+        let to = rustix::net::netlink::SocketAddrNetlink::new(0, 0);
+        let (root_uid, root_gid) = (ns.uids.carry(0, self.overflow.0), ns.gids.carry(0, self.overflow.1));
+        let sent = {
+            let _as_root = devns_sys::creds::RealIds::set(root_uid, root_gid);
+            rustix::net::sendto(sock, &req, rustix::net::SendFlags::DONTWAIT, &to)
+        };
+        if let Err(e) = sent {
             tracing::debug!(ns = %id, error = %e, "cannot deliver a uevent");
         }
     }
