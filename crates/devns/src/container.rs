@@ -267,8 +267,23 @@ fn init(cmd: &[String]) -> i32 {
             return 125;
         }
     };
-    // std resets the signal mask and dispositions in the child it spawns.
-    let child = match std::process::Command::new(&cmd[0]).args(&cmd[1..]).spawn() {
+    let mut command = std::process::Command::new(&cmd[0]);
+    command.args(&cmd[1..]);
+    // The command starts with no signal blocked: init (and devns before it)
+    // blocked the relayed ones for its signalfd, and a mask survives exec.
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only sigprocmask, which is async-signal-safe, on a local empty set.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("devns: cannot execute {:?}: {e}", cmd[0]);

@@ -182,6 +182,23 @@ fn signals_reach_the_command() {
 }
 
 #[test]
+fn the_command_starts_with_no_signal_blocked_and_sigterm_ends_it() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let o = env.run(&["--", "grep", "SigBlk", "/proc/self/status"]);
+    assert_ok(&o);
+    assert_eq!(stdout(&o).split_whitespace().nth(1), Some("0000000000000000"));
+    // A command that keeps the default handling of SIGTERM dies of it.
+    let mut c = env.spawn(&["--", "sh", "-c", "echo ready; exec sleep 1000"]);
+    assert_eq!(c.line(), "ready");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(c.pid()).unwrap(), rustix::process::Signal::TERM)
+        .unwrap();
+    assert_eq!(c.wait().0, 128 + libc::SIGTERM);
+}
+
+#[test]
 fn killing_devns_ends_the_container_and_frees_its_devices() {
     if !privileged() {
         return;
