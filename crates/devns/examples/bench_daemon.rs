@@ -984,57 +984,7 @@ fn wait_uevent(sock: &OwnedFd, action: &str, name: &str) -> Result<()> {
 
 // ---- block devices ---------------------------------------------------------
 
-const BLKPG: libc::c_ulong = 0x1269;
-const BLKPG_ADD_PARTITION: libc::c_int = 1;
-const BLKPG_DEL_PARTITION: libc::c_int = 2;
-const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
-
-/// `struct blkpg_partition` (`linux/blkpg.h`).
-#[repr(C)]
-struct BlkpgPartition {
-    start: i64,
-    length: i64,
-    pno: libc::c_int,
-    devname: [u8; 64],
-    volname: [u8; 64],
-}
-
-/// `struct blkpg_ioctl_arg` (`linux/blkpg.h`).
-#[repr(C)]
-struct BlkpgIoctlArg {
-    op: libc::c_int,
-    flags: libc::c_int,
-    datalen: libc::c_int,
-    data: *mut libc::c_void,
-}
-
-/// Adds or deletes partition `pno` of the disk open at `disk` (what
-/// `partx -a`/`-d` do), in bytes.
-fn blkpg(disk: &OwnedFd, op: libc::c_int, pno: i32, start: i64, length: i64) -> Result<()> {
-    let mut part = BlkpgPartition { start, length, pno, devname: [0; 64], volname: [0; 64] };
-    let mut arg = BlkpgIoctlArg {
-        op,
-        flags: 0,
-        datalen: size_of::<BlkpgPartition>() as libc::c_int,
-        data: (&mut part as *mut BlkpgPartition).cast(),
-    };
-    // SAFETY: BLKPG reads one blkpg_ioctl_arg, whose `data` points at a
-    // blkpg_partition of `datalen` bytes; both are repr(C) copies of the
-    // kernel's structs and outlive the call.
-    let rc = unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG, &mut arg as *mut BlkpgIoctlArg) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
-}
-
-fn loop_names() -> Vec<String> {
-    std::fs::read_dir("/sys/block")
-        .map(|d| {
-            d.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("loop")).collect()
-        })
-        .unwrap_or_default()
-}
+use common::{BLKPG_ADD_PARTITION, BLKPG_DEL_PARTITION, LOOP_CTL_REMOVE, blkpg, loop_names};
 
 /// `losetup -f --show [-P] FILE`, remembered in `loops` for the cleanup.
 fn attach_loop(loops: &mut Vec<Loop>, file: &Path, partscan: bool) -> Result<String> {
