@@ -234,7 +234,16 @@ fn lifecycles_leave_nothing_and_the_daemon_holds_no_extra_fds() {
     assert_eq!(mountinfo.lines().filter(|l| l.contains(&*state.to_string_lossy())).count(), 1, "only the views bind");
     assert_eq!(env.recorded_namespaces(), 0);
     // Connections and listeners of the last containers close asynchronously.
-    eventually("the daemon's fd count back to where it was", || d.fd_count() == baseline);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.fd_count() != baseline && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("{} -> {:?}", e.file_name().to_string_lossy(), std::fs::read_link(e.path())))
+        .collect();
+    assert_eq!(d.fd_count(), baseline, "the daemon's fd count grew: {fds:#?}");
 }
 
 #[test]

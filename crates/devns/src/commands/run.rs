@@ -294,12 +294,12 @@ fn supervise(
             }
         }
         if let Some(r) = revents.get(2) {
-            if r.contains(PollFlags::IN) {
-                let (l, policy) = agent.as_ref().expect("polled");
-                crate::agent::handle(l.as_fd(), *policy);
-            } else if r.intersects(PollFlags::HUP | PollFlags::ERR) {
+            if r.intersects(PollFlags::HUP | PollFlags::ERR) {
                 // No filtered process is left.
                 agent = None;
+            } else if r.contains(PollFlags::IN) {
+                let (l, policy) = agent.as_ref().expect("polled");
+                crate::agent::handle(l.as_fd(), *policy);
             }
         }
         if revents[0].contains(PollFlags::IN) {

@@ -435,15 +435,16 @@ impl Daemon {
                         self.member_exited(ns, pid);
                     }
                     Target::Agent(key) => {
-                        if flags.contains(EventFlags::IN) {
-                            if let Some(l) = self.listeners.remove(&key) {
-                                crate::agent::handle(rustix::fd::AsFd::as_fd(&l), &*self);
-                                self.listeners.insert(key, l);
-                            }
-                        } else {
-                            // HUP: no filtered process is left.
+                        if flags.intersects(EventFlags::HUP | EventFlags::ERR) {
+                            // No filtered process is left; a call still
+                            // pending came from one that is gone.
                             self.targets.remove(&token);
                             self.listeners.remove(&key);
+                        } else if flags.contains(EventFlags::IN)
+                            && let Some(l) = self.listeners.remove(&key)
+                        {
+                            crate::agent::handle(rustix::fd::AsFd::as_fd(&l), &*self);
+                            self.listeners.insert(key, l);
                         }
                     }
                 }
