@@ -33,7 +33,7 @@
 mod common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 use rustix::mount::{MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags};
 use rustix::net::netlink::{self, SocketAddrNetlink};
@@ -86,12 +86,6 @@ fn main() {
 struct Container {
     pid: i32,
     pidfd: OwnedFd,
-}
-
-/// A loop device this run attached; `created` when it did not exist before.
-struct Loop {
-    name: String,
-    created: bool,
 }
 
 /// Everything the run set up, torn down by [`Env::cleanup`] (also from
@@ -158,30 +152,7 @@ impl Env {
             }
             let _ = d.wait();
         }
-        if let Some(work) = &self.work {
-            let _ = rustix::mount::unmount(work.join("state/views"), UnmountFlags::DETACH);
-            // Anything the daemon logged (at its default level: warnings).
-            let log = std::fs::read_to_string(work.join("daemon.log")).unwrap_or_default();
-            if !log.trim().is_empty() {
-                eprintln!("the daemon logged {} lines; the first ones:", log.lines().count());
-                for l in log.lines().take(10) {
-                    eprintln!("  {l}");
-                }
-            }
-        }
-        for l in self.loops.drain(..) {
-            if let Err(e) = detach_loop(&l) {
-                problems.push(format!("{}: {e:#}", l.name));
-            }
-        }
-        if let Some(work) = self.work.take() {
-            if self.work_is_tmpfs {
-                let _ = rustix::mount::unmount(&work, UnmountFlags::DETACH);
-            }
-            if let Err(e) = std::fs::remove_dir_all(&work) {
-                problems.push(format!("removing {}: {e}", work.display()));
-            }
-        }
+        common::teardown_work(self.work.take(), self.work_is_tmpfs, &mut self.loops, &mut problems);
         if problems.is_empty() { Ok(()) } else { Err(anyhow!("{}", problems.join("; "))) }
     }
 }
@@ -199,15 +170,8 @@ fn run(env: &mut Env) -> Result<()> {
         }
     };
     let bin = common::devns_binary()?;
-    let samples = match std::env::var("DEVNS_BENCH_SAMPLES") {
-        Ok(v) => v.parse().ok().filter(|n| *n > 0).context("DEVNS_BENCH_SAMPLES: a positive number")?,
-        Err(_) => SAMPLES,
-    };
-    // SAFETY: only CLONE_NEWNS is unshared, not the fd table (the hazard
-    // `unshare_unsafe` warns of), and this process has a single thread.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }.context("unshare(CLONE_NEWNS)")?;
-    rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
-        .context("making / private")?;
+    let samples = common::samples(SAMPLES)?;
+    common::private_mount_ns()?;
 
     // The state directory is a tmpfs, as `/run` is on a usual host (on this
     // VM `/run` is on the root disk); DEVNS_BENCH_STATE_ON_DISK=1 leaves it
@@ -984,45 +948,7 @@ fn wait_uevent(sock: &OwnedFd, action: &str, name: &str) -> Result<()> {
 
 // ---- block devices ---------------------------------------------------------
 
-use common::{BLKPG_ADD_PARTITION, BLKPG_DEL_PARTITION, LOOP_CTL_REMOVE, blkpg, loop_names};
-
-/// `losetup -f --show [-P] FILE`, remembered in `loops` for the cleanup.
-fn attach_loop(loops: &mut Vec<Loop>, file: &Path, partscan: bool) -> Result<String> {
-    let before = loop_names();
-    let mut args = vec!["-f", "--show"];
-    if partscan {
-        args.push("-P");
-    }
-    args.push(path_str(file)?);
-    let out = sh("losetup", &args, None)?;
-    let dev = out.trim().strip_prefix("/dev/").with_context(|| format!("losetup printed {out:?}"))?.to_owned();
-    loops.push(Loop { created: !before.contains(&dev), name: dev.clone() });
-    Ok(dev)
-}
-
-/// `losetup -d`, then `LOOP_CTL_REMOVE` if this run created the device.
-fn detach_loop(l: &Loop) -> Result<()> {
-    sh("losetup", &["-d", &format!("/dev/{}", l.name)], None)?;
-    if !l.created {
-        return Ok(());
-    }
-    let index: libc::c_ulong = l.name.trim_start_matches("loop").parse()?;
-    let ctl = rustix::fs::open("/dev/loop-control", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
-    // The detach may finish asynchronously; the device is busy until then.
-    for _ in 0..100 {
-        // SAFETY: LOOP_CTL_REMOVE takes the device index by value.
-        let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_REMOVE, index) };
-        if rc >= 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EBUSY) {
-            return Err(e).context("LOOP_CTL_REMOVE");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("LOOP_CTL_REMOVE: still busy after 1 s")
-}
+use common::{BLKPG_ADD_PARTITION, BLKPG_DEL_PARTITION, Loop, attach_loop, blkpg, sh};
 
 // ---- containers ------------------------------------------------------------
 
@@ -1122,24 +1048,4 @@ fn threads() -> Result<usize> {
 
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
-}
-
-/// Runs a tool, with `stdin` if given; its stdout, or an error with stderr.
-fn sh(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut c = std::process::Command::new(cmd);
-    c.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    c.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() });
-    let mut child = c.spawn().with_context(|| format!("running {cmd}"))?;
-    if let Some(input) = stdin {
-        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "{cmd} {}: {} {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -30,9 +30,9 @@ mod common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use rustix::event::{PollFd, PollFlags};
-use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};
-use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::mount::MountFlags;
 use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, RecvFlags, SocketFlags, SocketType};
 use rustix::process::{Pid, Signal};
@@ -272,12 +272,6 @@ struct Listener {
     out: Lines,
 }
 
-/// A loop device this run attached; `created` when it did not exist before.
-struct Loop {
-    name: String,
-    created: bool,
-}
-
 /// Everything the run set up, torn down by [`Env::cleanup`].
 #[derive(Default)]
 struct Env {
@@ -346,35 +340,7 @@ impl Env {
         {
             problems.push("the daemon did not stop within 10 s of SIGTERM; killed it".into());
         }
-        if let Some(work) = &self.work {
-            // MNT_DETACH takes the whole tree below it.
-            let _ = rustix::mount::unmount(work.join("state/views"), UnmountFlags::DETACH);
-            let log = std::fs::read_to_string(work.join("daemon.log")).unwrap_or_default();
-            if !log.trim().is_empty() {
-                eprintln!("the daemon logged {} lines; the first ones:", log.lines().count());
-                for l in log.lines().take(10) {
-                    eprintln!("  {l}");
-                }
-            }
-        }
-        for l in self.loops.drain(..) {
-            if let Err(e) = detach_loop(&l) {
-                problems.push(format!("{}: {e:#}", l.name));
-            }
-        }
-        if let Some(work) = self.work.take() {
-            if self.work_is_tmpfs {
-                let _ = rustix::mount::unmount(&work, UnmountFlags::DETACH);
-            }
-            if let Err(e) = std::fs::remove_dir_all(&work) {
-                problems.push(format!("removing {}: {e}", work.display()));
-            }
-        }
-        if let Some(dir) = self.copied_dir.take()
-            && let Err(e) = std::fs::remove_dir_all(&dir)
-        {
-            problems.push(format!("removing {}: {e}", dir.display()));
-        }
+        common::teardown_work(self.work.take(), self.work_is_tmpfs, &mut self.loops, &mut problems);
         if problems.is_empty() { Ok(()) } else { Err(anyhow!("{}", problems.join("; "))) }
     }
 }
@@ -396,15 +362,8 @@ struct Samples {
 
 fn run(env: &mut Env, signals: &devns_sys::signal::SignalFd) -> Result<()> {
     let bin = common::devns_binary()?;
-    let samples = match std::env::var("DEVNS_BENCH_SAMPLES") {
-        Ok(v) => v.parse().ok().filter(|n| *n > 0).context("DEVNS_BENCH_SAMPLES: a positive number")?,
-        Err(_) => SAMPLES,
-    };
-    // SAFETY: only CLONE_NEWNS is unshared, not the fd table, and this
-    // process has a single thread.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }.context("unshare(CLONE_NEWNS)")?;
-    rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
-        .context("making / private")?;
+    let samples = common::samples(SAMPLES)?;
+    common::private_mount_ns()?;
 
     let work = std::env::temp_dir().join(format!("devns-bench-uevents-{}", std::process::id()));
     std::fs::create_dir(&work).with_context(|| format!("mkdir {}", work.display()))?;
@@ -435,7 +394,7 @@ fn run(env: &mut Env, signals: &devns_sys::signal::SignalFd) -> Result<()> {
     // that BLKPG works) on an 8 MiB file with no table.
     let disk_img = work.join("disk.img");
     std::fs::File::create(&disk_img)?.set_len(8 << 20)?;
-    let disk = attach_loop(&mut env.loops, &disk_img)?;
+    let disk = attach_loop(&mut env.loops, &disk_img, true)?;
     let part = format!("{disk}p1");
     let disk_fd = rustix::fs::open(format!("/dev/{disk}"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
     if Path::new("/sys/class/block").join(&part).exists() {
@@ -655,50 +614,4 @@ fn wait_for_daemon(daemon: &mut Child, socket: &Path) -> Result<()> {
 
 // ---- block devices ---------------------------------------------------------
 
-use common::{BLKPG_ADD_PARTITION, BLKPG_DEL_PARTITION, LOOP_CTL_REMOVE, blkpg, loop_names};
-
-/// `losetup -f --show -P FILE`, remembered in `loops` for the cleanup.
-fn attach_loop(loops: &mut Vec<Loop>, file: &Path) -> Result<String> {
-    let before = loop_names();
-    let file = file.to_str().context("temp dir path not UTF-8")?;
-    let out = sh("losetup", &["-f", "--show", "-P", file])?;
-    let dev = out.trim().strip_prefix("/dev/").with_context(|| format!("losetup printed {out:?}"))?.to_owned();
-    loops.push(Loop { created: !before.contains(&dev), name: dev.clone() });
-    Ok(dev)
-}
-
-/// `losetup -d`, then `LOOP_CTL_REMOVE` if this run created the device.
-fn detach_loop(l: &Loop) -> Result<()> {
-    sh("losetup", &["-d", &format!("/dev/{}", l.name)])?;
-    if !l.created {
-        return Ok(());
-    }
-    let index: libc::c_ulong = l.name.trim_start_matches("loop").parse()?;
-    let ctl = rustix::fs::open("/dev/loop-control", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
-    for _ in 0..100 {
-        // SAFETY: LOOP_CTL_REMOVE takes the device index by value.
-        let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_REMOVE, index) };
-        if rc >= 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EBUSY) {
-            return Err(e).context("LOOP_CTL_REMOVE");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("LOOP_CTL_REMOVE: still busy after 1 s")
-}
-
-/// Runs a tool; its stdout, or an error with stderr.
-fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).stdin(Stdio::null()).output().with_context(|| format!("running {cmd}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd} {}: {} {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use common::{BLKPG_ADD_PARTITION, BLKPG_DEL_PARTITION, Loop, attach_loop, blkpg};
