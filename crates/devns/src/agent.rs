@@ -167,10 +167,8 @@ fn base_dir(c: &Caller, dirfd: i32) -> Result<(OwnedFd, String), Errno> {
     // (`PIDFD_THREAD`, = `O_EXCL`, Linux 6.9) reaches its fd table.
     let thread = PidfdFlags::from_bits_retain(libc::O_EXCL as _);
     let pidfd = rustix::process::pidfd_open(Pid::from_raw(c.pid).ok_or(Errno::SRCH)?, thread)?;
-    let fd = rustix::process::pidfd_getfd(&pidfd, dirfd, PidfdGetfdFlags::empty()).map_err(|e| match e {
-        Errno::BADF => Errno::BADF,
-        e => e,
-    })?;
+    // A dirfd the caller does not have answers EBADF, as natively.
+    let fd = rustix::process::pidfd_getfd(&pidfd, dirfd, PidfdGetfdFlags::empty())?;
     let st = rustix::fs::fstat(&fd)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return Err(Errno::NOTDIR);

@@ -39,6 +39,8 @@ pub struct Options {
 struct Member {
     keeper: Keeper,
     pidfd: OwnedFd,
+    /// Registered in the daemon's epoll set (each pidfd once).
+    watched: bool,
 }
 
 /// What an epoll token stands for.
@@ -87,6 +89,24 @@ pub struct Daemon {
     ep: OwnedFd,
     targets: std::collections::HashMap<u64, Target>,
     next_token: u64,
+}
+
+/// Registers `fd` in the epoll set `ep` as `target`; returns its token.
+fn watch_in(
+    ep: &OwnedFd,
+    targets: &mut std::collections::HashMap<u64, Target>,
+    next_token: &mut u64,
+    fd: impl rustix::fd::AsFd,
+    target: Target,
+) -> u64 {
+    *next_token += 1;
+    let token = *next_token;
+    let data = rustix::event::epoll::EventData::new_u64(token);
+    if let Err(e) = rustix::event::epoll::add(ep, fd, data, rustix::event::epoll::EventFlags::IN) {
+        tracing::error!(error = %e, "cannot watch an fd");
+    }
+    targets.insert(token, target);
+    token
 }
 
 impl crate::agent::Policy for Daemon {
@@ -358,33 +378,15 @@ impl Daemon {
 
     /// Registers `fd` in the epoll set as `target`; returns its token.
     fn watch(&mut self, fd: impl rustix::fd::AsFd, target: Target) -> u64 {
-        self.next_token += 1;
-        let token = self.next_token;
-        let flags = rustix::event::epoll::EventFlags::IN;
-        if let Err(e) = rustix::event::epoll::add(&self.ep, fd, rustix::event::epoll::EventData::new_u64(token), flags)
-        {
-            tracing::error!(error = %e, "cannot watch an fd");
-        }
-        self.targets.insert(token, target);
-        token
+        watch_in(&self.ep, &mut self.targets, &mut self.next_token, fd, target)
     }
 
     /// Watches the members of `id` not watched yet (every fd once).
     fn watch_members(&mut self, id: NsId) {
-        let Some(ns) = self.nss.get(&id) else { return };
-        let fresh: Vec<(i32, rustix::fd::RawFd)> = ns
-            .members
-            .iter()
-            .filter(|m| {
-                !self.targets.values().any(|t| matches!(t, Target::Member(n, p) if *n == id && *p == m.keeper.pid))
-            })
-            .map(|m| (m.keeper.pid, rustix::fd::AsRawFd::as_raw_fd(&m.pidfd)))
-            .collect();
-        for (pid, raw) in fresh {
-            // SAFETY: `raw` belongs to a pidfd held in `self.nss`, alive for
-            // the duration of this call.
-            let fd = unsafe { rustix::fd::BorrowedFd::borrow_raw(raw) };
-            self.watch(fd, Target::Member(id, pid));
+        let Some(ns) = self.nss.get_mut(&id) else { return };
+        for m in ns.members.iter_mut().filter(|m| !m.watched) {
+            watch_in(&self.ep, &mut self.targets, &mut self.next_token, &m.pidfd, Target::Member(id, m.keeper.pid));
+            m.watched = true;
         }
     }
 

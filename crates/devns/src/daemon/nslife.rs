@@ -35,7 +35,7 @@ pub fn prepare_views_dir(state_dir: &Path) -> Result<PathBuf> {
 fn reopen(k: &Keeper) -> Option<Member> {
     let pidfd = rustix::process::pidfd_open(Pid::from_raw(k.pid)?, PidfdFlags::empty()).ok()?;
     // Checked after opening: the pidfd now pins the process we checked.
-    host::keeper_alive(k).then(|| Member { keeper: *k, pidfd })
+    host::keeper_alive(k).then(|| Member { keeper: *k, pidfd, watched: false })
 }
 
 pub(super) fn reopen_members(ks: &[Keeper]) -> Vec<Member> {
@@ -323,7 +323,10 @@ impl Daemon {
                 self.registry.assign(*d, id)?;
             }
             let uevents = uevent_sender(pid);
-            self.nss.insert(id, Ns { view: None, uids, gids, members: vec![Member { keeper, pidfd }], uevents });
+            self.nss.insert(
+                id,
+                Ns { view: None, uids, gids, members: vec![Member { keeper, pidfd, watched: false }], uevents },
+            );
             self.watch_members(id);
             self.make_view(id)?;
             self.save_ns(&[id])?;
@@ -369,7 +372,7 @@ impl Daemon {
         }
         let ns = self.nss.get_mut(&id).expect("present");
         if !ns.members.iter().any(|m| m.keeper == keeper) {
-            ns.members.push(Member { keeper, pidfd });
+            ns.members.push(Member { keeper, pidfd, watched: false });
         }
         self.watch_members(id);
         self.sync_members(id);
