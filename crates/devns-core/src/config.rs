@@ -10,7 +10,7 @@ pub const DEFAULT_GLOBAL: &[&str] = &["null", "zero", "full", "random", "urandom
 /// Devices that must never be global, and why.
 const NEVER_GLOBAL: &[(&str, &str)] = &[(
     "loop-control",
-    "without devns mediating its ioctls it lets any container remove other namespaces' loop devices",
+    "every view has devns's mediated loop-control already; the host's own would let any container remove other namespaces' loop devices",
 )];
 
 /// Largest config file devns reads; a bigger one is an error, not a hang.
@@ -22,6 +22,13 @@ pub struct Config {
     /// Device names (`DEVNAME`) that appear in every view.
     #[serde(default = "default_global")]
     pub global: Vec<String>,
+    /// Loop devices a namespace may allocate through `loop-control`.
+    #[serde(default = "default_loop_limit")]
+    pub loop_limit: usize,
+}
+
+fn default_loop_limit() -> usize {
+    crate::loopctl::DEFAULT_LOOP_LIMIT
 }
 
 fn default_global() -> Vec<String> {
@@ -30,7 +37,7 @@ fn default_global() -> Vec<String> {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { global: default_global() }
+        Config { global: default_global(), loop_limit: default_loop_limit() }
     }
 }
 
@@ -105,6 +112,10 @@ mod tests {
     fn global_set_can_be_changed() {
         let c = Config::parse("global = [\"null\", \"net/tun\"]\n", "c.toml").unwrap();
         assert_eq!(c.global, ["null", "net/tun"]);
+        assert_eq!(c.loop_limit, 16);
+        assert_eq!(Config::parse("loop_limit = 2\n", "c.toml").unwrap().loop_limit, 2);
+        let e = Config::parse("loop_limit = -1\n", "c.toml").unwrap_err();
+        assert_eq!(e.line.map(|l| l.0), Some(1), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod device;
 pub mod idmap;
+pub mod loopctl;
 pub mod registry;
 pub mod seccomp;
 pub mod spec;

@@ -97,6 +97,16 @@ impl Registry {
         self.devices.remove(&id)
     }
 
+    /// Removes a disk that left the host with its partitions; the ids gone.
+    pub fn remove_disk(&mut self, disk: DevId) -> Vec<DevId> {
+        let gone: Vec<DevId> =
+            self.devices.values().filter(|d| d.parent == Some(disk)).map(|d| d.id).chain([disk]).collect();
+        for d in &gone {
+            self.remove_device(*d);
+        }
+        gone
+    }
+
     pub fn set_global(&mut self, id: DevId, on: bool) {
         if on && self.devices.contains_key(&id) {
             self.global.insert(id);

@@ -27,6 +27,7 @@ pub const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 
 /// x86_64 syscall numbers of the calls devns traps.
+pub const NR_IOCTL: u32 = 16;
 pub const NR_MKNOD: u32 = 133;
 pub const NR_MOUNT: u32 = 165;
 pub const NR_MKNODAT: u32 = 259;
@@ -39,6 +40,15 @@ const fn off_arg_lo(i: u32) -> u32 {
     16 + 8 * i
 }
 
+/// The `ioctl` commands devns mediates: `loop-control`'s three, and the
+/// two by which a disk's owner edits its partitions.
+pub const LOOP_CTL_ADD: u32 = 0x4C80;
+pub const LOOP_CTL_REMOVE: u32 = 0x4C81;
+pub const LOOP_CTL_GET_FREE: u32 = 0x4C82;
+pub const BLKRRPART: u32 = 0x125F;
+pub const BLKPG: u32 = 0x1269;
+pub const TRAPPED_IOCTLS: [u32; 5] = [LOOP_CTL_ADD, LOOP_CTL_REMOVE, LOOP_CTL_GET_FREE, BLKRRPART, BLKPG];
+
 pub const S_IFMT: u32 = 0o170000;
 pub const S_IFCHR: u32 = 0o020000;
 pub const S_IFBLK: u32 = 0o060000;
@@ -47,30 +57,39 @@ const fn ins(code: u16, jt: u8, jf: u8, k: u32) -> Insn {
     Insn { code, jt, jf, k }
 }
 
-/// The filter: `mknod`/`mknodat` of character or block devices, `mount` and
-/// `fsopen` go to the agent; everything else (other architectures too) is
-/// allowed.
+/// The filter: `mknod`/`mknodat` of character or block devices, `mount`,
+/// `fsopen`, and `ioctl` with one of [`TRAPPED_IOCTLS`] go to the agent;
+/// everything else (other architectures too) is allowed.
 pub fn filter() -> Vec<Insn> {
     // Jump offsets count from the next instruction: target - (index + 1).
-    const ALLOW: usize = 13;
-    const NOTIFY: usize = 14;
+    const ALLOW: usize = 20;
+    const NOTIFY: usize = 21;
     let to = |from: usize, target: usize| (target - from - 1) as u8;
     vec![
         /* 0 */ ins(LD_W_ABS, 0, 0, OFF_ARCH),
         /* 1 */ ins(JEQ_K, 0, to(1, ALLOW), AUDIT_ARCH_X86_64),
         /* 2 */ ins(LD_W_ABS, 0, 0, OFF_NR),
-        /* 3 */ ins(JEQ_K, to(3, NOTIFY), 0, NR_MOUNT),
-        /* 4 */ ins(JEQ_K, to(4, NOTIFY), 0, NR_FSOPEN),
-        /* 5 */ ins(JEQ_K, 0, to(5, 8), NR_MKNOD),
-        /* 6 */ ins(LD_W_ABS, 0, 0, off_arg_lo(1)), // mknod(path, mode, dev)
-        /* 7 */ ins(JA, 0, 0, to(7, 10) as u32),
-        /* 8 */ ins(JEQ_K, 0, to(8, ALLOW), NR_MKNODAT),
-        /* 9 */ ins(LD_W_ABS, 0, 0, off_arg_lo(2)), // mknodat(dirfd, path, mode, dev)
-        /* 10 */ ins(AND_K, 0, 0, S_IFMT),
-        /* 11 */ ins(JEQ_K, to(11, NOTIFY), 0, S_IFCHR),
-        /* 12 */ ins(JEQ_K, to(12, NOTIFY), to(12, ALLOW), S_IFBLK),
-        /* 13 */ ins(RET_K, 0, 0, RET_ALLOW),
-        /* 14 */ ins(RET_K, 0, 0, RET_USER_NOTIF),
+        /* 3 */ ins(JEQ_K, 0, to(3, 10), NR_IOCTL),
+        // ioctl(fd, cmd, arg): the kernel reads cmd as 32 bits, so do we.
+        /* 4 */
+        ins(LD_W_ABS, 0, 0, off_arg_lo(1)),
+        /* 5 */ ins(JEQ_K, to(5, NOTIFY), 0, LOOP_CTL_ADD),
+        /* 6 */ ins(JEQ_K, to(6, NOTIFY), 0, LOOP_CTL_REMOVE),
+        /* 7 */ ins(JEQ_K, to(7, NOTIFY), 0, LOOP_CTL_GET_FREE),
+        /* 8 */ ins(JEQ_K, to(8, NOTIFY), 0, BLKRRPART),
+        /* 9 */ ins(JEQ_K, to(9, NOTIFY), to(9, ALLOW), BLKPG),
+        /* 10 */ ins(JEQ_K, to(10, NOTIFY), 0, NR_MOUNT),
+        /* 11 */ ins(JEQ_K, to(11, NOTIFY), 0, NR_FSOPEN),
+        /* 12 */ ins(JEQ_K, 0, to(12, 15), NR_MKNOD),
+        /* 13 */ ins(LD_W_ABS, 0, 0, off_arg_lo(1)), // mknod(path, mode, dev)
+        /* 14 */ ins(JA, 0, 0, to(14, 17) as u32),
+        /* 15 */ ins(JEQ_K, 0, to(15, ALLOW), NR_MKNODAT),
+        /* 16 */ ins(LD_W_ABS, 0, 0, off_arg_lo(2)), // mknodat(dirfd, path, mode, dev)
+        /* 17 */ ins(AND_K, 0, 0, S_IFMT),
+        /* 18 */ ins(JEQ_K, to(18, NOTIFY), 0, S_IFCHR),
+        /* 19 */ ins(JEQ_K, to(19, NOTIFY), to(19, ALLOW), S_IFBLK),
+        /* 20 */ ins(RET_K, 0, 0, RET_ALLOW),
+        /* 21 */ ins(RET_K, 0, 0, RET_USER_NOTIF),
     ]
 }
 
@@ -167,6 +186,15 @@ mod tests {
         }
         assert_eq!(run(&f, NR_MOUNT, X86, [0; 6]), notify);
         assert_eq!(run(&f, NR_FSOPEN, X86, [0; 6]), notify);
+        for cmd in TRAPPED_IOCTLS {
+            assert_eq!(run(&f, NR_IOCTL, X86, [3, cmd as u64, 0, 0, 0, 0]), notify, "{cmd:#x}");
+            // The kernel truncates cmd to 32 bits: so does the filter.
+            assert_eq!(run(&f, NR_IOCTL, X86, [3, (1u64 << 32) | cmd as u64, 0, 0, 0, 0]), notify);
+        }
+        // Every other ioctl (loop devices' own, terminals', ...) runs untouched.
+        for cmd in [0x4C00u32, 0x4C01, 0x4C0A, 0x5401, 0x1260, 0x4C83, 0x4C7F, 0] {
+            assert_eq!(run(&f, NR_IOCTL, X86, [3, cmd as u64, 0, 0, 0, 0]), allow, "{cmd:#x}");
+        }
         for nr in [0u32, 1, 2, 59, 134, 257, 258, 260, 429, 431] {
             assert_eq!(run(&f, nr, X86, [0, S_IFCHR as u64, S_IFCHR as u64, 0, 0, 0]), allow, "nr {nr}");
         }

@@ -4,6 +4,7 @@
 //! `devns::store`); this module decides, the shell stores.
 
 use crate::device::DevId;
+use crate::loopctl::LoopDev;
 use crate::registry::{AssignError, NsId, Registry};
 use crate::subid::{self, Range};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub struct NsRecord {
     pub gid_base: Option<u32>,
     /// Whole devices it owns (partitions follow).
     pub devices: Vec<DevId>,
+    /// Of those, the loop devices it allocated through `loop-control`:
+    /// detached and removed when it dies.
+    #[serde(default)]
+    pub loops: Vec<LoopDev>,
 }
 
 impl NsRecord {
@@ -157,6 +162,7 @@ impl State {
             uid_base,
             gid_base,
             devices,
+            loops: Vec::new(),
         });
         Ok(self.namespaces.last().expect("just pushed"))
     }
@@ -202,13 +208,25 @@ impl State {
             .find(|r| r.devices.contains(&dev))
             .ok_or_else(|| ClaimError::NotOwned(Self::dev_name(registry, dev)))?;
         r.devices.retain(|d| *d != dev);
+        r.loops.retain(|l| l.dev != dev);
         r.id.ok_or_else(|| ClaimError::UnknownNs(r.label()))
+    }
+
+    /// Records that `ns` allocated loop device `l` (and so owns it).
+    pub fn add_loop(&mut self, ns: NsId, l: LoopDev, registry: &Registry) -> Result<(), ClaimError> {
+        self.assign(l.dev, ns, registry)?;
+        let r = self.by_id_mut(ns).expect("assign found it");
+        if !r.loops.iter().any(|x| x.dev == l.dev) {
+            r.loops.push(l);
+        }
+        Ok(())
     }
 
     /// Forgets `dev` wherever it is owned (the device left the host).
     pub fn forget_device(&mut self, dev: DevId) {
         for r in &mut self.namespaces {
             r.devices.retain(|d| *d != dev);
+            r.loops.retain(|l| l.dev != dev);
         }
         self.global.remove(&dev);
     }

@@ -18,6 +18,15 @@ pub const SYMLINKS: &[(&str, &str)] = &[
 /// The mountpoint for the namespace's own devpts instance.
 pub const PTS_DIR: &str = "pts";
 
+/// `/dev/loop-control` in a view is a stand-in, never the kernel's device:
+/// a node of the null device (numbers 1:3), on which every `LOOP_CTL_*`
+/// ioctl is answered by devns's agent (see `loopctl`). A container thus
+/// never holds a loop-control fd that could bypass the mediation (passed
+/// to an unfiltered process, say); without the agent, the ioctls on it
+/// fail as on `/dev/null`.
+pub const LOOP_CONTROL: &str = "loop-control";
+pub const LOOP_CONTROL_STAND_IN: DevId = DevId::new(crate::device::Kind::Char, 1, 3);
+
 /// One thing in a view. Paths are relative to the view's root and safe (see
 /// [`is_safe_dev_name`]); uids and gids are host ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +73,14 @@ pub fn plan(devices: &[&Device], uids: &IdMap, gids: &IdMap, overflow: (u32, u32
         entries.push(Entry::Symlink { path: (*path).into(), target: (*target).into(), uid: root_uid, gid: root_gid });
         taken.insert((*path).into(), false);
     }
+    entries.push(Entry::Node {
+        path: LOOP_CONTROL.into(),
+        dev: LOOP_CONTROL_STAND_IN,
+        mode: 0o600,
+        uid: root_uid,
+        gid: root_gid,
+    });
+    taken.insert(LOOP_CONTROL.into(), false);
     for d in devices {
         // A name that would escape, or collide with a fixed entry or with a
         // directory another device needs, is left out rather than guessed at.
@@ -131,6 +148,7 @@ pub fn diff(plan: &ViewPlan, actual: &[Actual], visible: impl Fn(DevId) -> bool)
     for a in actual {
         if let Found::Node(dev) = a.found
             && !visible(dev)
+            && !(a.path == LOOP_CONTROL && dev == LOOP_CONTROL_STAND_IN)
         {
             removes.push(Op::Remove(a.path.clone()));
         }
@@ -169,7 +187,7 @@ mod tests {
         let r = sample();
         let m = IdMap::single(100_000, 65_536);
         let p = plan(&r.view_devices(NsId(1)), &m, &m, DEFAULT_OVERFLOW);
-        assert_eq!(top_names(&p), ["fd", "null", "ptmx", "pts", "stderr", "stdin", "stdout", "zero"]);
+        assert_eq!(top_names(&p), ["fd", "loop-control", "null", "ptmx", "pts", "stderr", "stdin", "stdout", "zero"]);
         assert_eq!((p.root_uid, p.root_gid), (100_000, 100_000));
     }
 
@@ -219,6 +237,7 @@ mod tests {
         let loop0 = DevId::new(Kind::Block, 7, 0);
         let actual = vec![
             Actual { path: "pts".into(), found: Found::Dir },
+            Actual { path: LOOP_CONTROL.into(), found: Found::Node(null) },
             Actual { path: "zero".into(), found: Found::Other },
             Actual { path: "null2".into(), found: Found::Node(null) },
             Actual { path: "loop0".into(), found: Found::Node(loop0) },
@@ -241,5 +260,30 @@ mod tests {
             })
             .collect();
         assert!(diff(&p, &full, |d| r.visible_in(d, NsId(1))).is_empty());
+    }
+
+    #[test]
+    fn loop_control_is_a_stand_in_that_stays_when_null_is_not_global() {
+        let real = dev(Kind::Char, 10, 237, "loop-control");
+        let m = IdMap::single(100_000, 65_536);
+        let p = plan(&[&real], &m, &m, DEFAULT_OVERFLOW);
+        let ctl: Vec<&Entry> = p.entries.iter().filter(|e| e.path() == LOOP_CONTROL).collect();
+        assert_eq!(
+            ctl,
+            [&Entry::Node {
+                path: LOOP_CONTROL.into(),
+                dev: LOOP_CONTROL_STAND_IN,
+                mode: 0o600,
+                uid: 100_000,
+                gid: 100_000
+            }]
+        );
+        let actual = vec![
+            Actual { path: PTS_DIR.into(), found: Found::Dir },
+            Actual { path: LOOP_CONTROL.into(), found: Found::Node(LOOP_CONTROL_STAND_IN) },
+            Actual { path: "null".into(), found: Found::Node(LOOP_CONTROL_STAND_IN) },
+        ];
+        // Nothing is visible: the null node goes, the stand-in stays.
+        assert_eq!(diff(&p, &actual, |_| false), vec![Op::Remove("null".into())]);
     }
 }

@@ -2,6 +2,7 @@
 //! as one small safe function. Every `unsafe` block states the invariant it
 //! relies on; nothing here makes a decision.
 
+pub mod block;
 pub mod creds;
 pub mod mount;
 pub mod net;

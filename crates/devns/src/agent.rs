@@ -1,7 +1,8 @@
 //! The seccomp agent: answers the calls a container's filter traps —
-//! `mknod`/`mknodat` of devices, `mount` and `fsopen` — by doing them itself
-//! after its own checks, one notification at a time, from the loop that
-//! owns the listener (no thread or process per call).
+//! `mknod`/`mknodat` of devices, `mount`, `fsopen`, and the `ioctl`s of
+//! `loop-control` and of partition editing — by doing them itself after its
+//! own checks, one notification at a time, from the loop that owns the
+//! listener (no thread or process per call).
 //!
 //! Each notification: open the caller's /proc files, read its arguments
 //! once, check `SECCOMP_IOCTL_NOTIF_ID_VALID` (so those files are the
@@ -10,7 +11,9 @@
 //! native call would give. A call the policy refuses is never continued.
 
 use devns_core::registry::NsId;
-use devns_core::seccomp::{self, CAP_MKNOD, CAP_SYS_ADMIN, Creds, NR_FSOPEN, NR_MKNOD, NR_MKNODAT, NR_MOUNT};
+use devns_core::seccomp::{
+    self, BLKPG, BLKRRPART, CAP_MKNOD, CAP_SYS_ADMIN, Creds, NR_FSOPEN, NR_IOCTL, NR_MKNOD, NR_MKNODAT, NR_MOUNT,
+};
 use devns_core::{DevId, Kind};
 use devns_sys::seccomp::{Notif, NotifResp};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -19,10 +22,17 @@ use rustix::io::Errno;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags};
 
-/// What the agent asks of devns: who may have which node, and the views.
+/// What the agent asks of devns: who may have which node, the views, and
+/// the changes loop-control and partition edits make.
 pub trait Policy {
     fn may_have(&self, ns: NsId, dev: DevId) -> bool;
     fn view(&self, ns: NsId) -> Option<BorrowedFd<'_>>;
+    /// Whether `ns` owns the whole disk `dev`.
+    fn owns(&self, ns: NsId, dev: DevId) -> bool;
+    /// A `LOOP_CTL_*` call of `ns`'s process `pid`: its value or errno.
+    fn loop_control(&mut self, ns: NsId, pid: i32, req: devns_core::loopctl::Request) -> Result<u32, Errno>;
+    /// The partitions of `ns`'s disk `dev` changed: registry and view follow.
+    fn partitions_changed(&mut self, ns: NsId, dev: DevId);
 }
 
 /// Longest path the agent reads from a caller (`PATH_MAX`).
@@ -48,6 +58,8 @@ pub fn filter() -> Vec<devns_sys::seccomp::SockFilter> {
 enum Answer {
     /// Return value 0 or -errno, as the emulated call.
     Done(Result<(), Errno>),
+    /// A return value other than 0 (a loop device's index).
+    Value(u32),
     /// Not ours: let the kernel run the call as it is.
     Continue,
     /// The caller is gone; nobody to answer.
@@ -55,22 +67,24 @@ enum Answer {
 }
 
 /// Handles one pending notification on `listener`.
-pub fn handle(listener: BorrowedFd<'_>, policy: &dyn Policy) {
+pub fn handle(listener: BorrowedFd<'_>, policy: &mut dyn Policy) {
     let n = match devns_sys::seccomp::recv(listener) {
         Ok(n) => n,
         // Interrupted, or the caller died between poll and recv.
         Err(_) => return,
     };
     let answer = match n.data.nr as u32 {
-        NR_MKNOD | NR_MKNODAT => mknod(listener, &n, policy),
-        NR_MOUNT => mount(listener, &n, policy),
+        NR_MKNOD | NR_MKNODAT => mknod(listener, &n, &*policy),
+        NR_MOUNT => mount(listener, &n, &*policy),
         NR_FSOPEN => fsopen(&n),
+        NR_IOCTL => ioctl(listener, &n, policy),
         _ => Answer::Done(Err(Errno::NOSYS)),
     };
     let resp = match answer {
         Answer::Gone => return,
         Answer::Continue => NotifResp { id: n.id, val: 0, error: 0, flags: devns_sys::seccomp::FLAG_CONTINUE },
         Answer::Done(Ok(())) => NotifResp { id: n.id, val: 0, error: 0, flags: 0 },
+        Answer::Value(v) => NotifResp { id: n.id, val: i64::from(v), error: 0, flags: 0 },
         Answer::Done(Err(e)) => NotifResp { id: n.id, val: 0, error: -e.raw_os_error(), flags: 0 },
     };
     // ENOENT: the caller died meanwhile; nothing else can go wrong here.
@@ -101,6 +115,25 @@ impl Caller {
 
     fn dir(&self, what: &str) -> Result<OwnedFd, Errno> {
         self.open_at(what, OFlags::PATH | OFlags::DIRECTORY)
+    }
+
+    /// The caller's open file `fd` (the same open file description).
+    fn fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
+        // The caller may be any thread of its process: a thread pidfd
+        // (`PIDFD_THREAD`, = `O_EXCL`, Linux 6.9) reaches its fd table.
+        let thread = PidfdFlags::from_bits_retain(libc::O_EXCL as _);
+        let pidfd = rustix::process::pidfd_open(Pid::from_raw(self.pid).ok_or(Errno::SRCH)?, thread)?;
+        // An fd the caller does not have answers EBADF, as natively.
+        rustix::process::pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty())
+    }
+
+    /// Exactly `len` bytes of the caller's memory at `addr`, read once.
+    fn read_bytes(&self, addr: u64, len: usize) -> Result<Vec<u8>, Errno> {
+        let mut out = vec![0u8; len];
+        match rustix::io::pread(&self.mem, &mut out, addr) {
+            Ok(n) if n == len && addr != 0 => Ok(out),
+            _ => Err(Errno::FAULT),
+        }
     }
 
     fn user_ns(&self) -> Result<NsId, Errno> {
@@ -142,8 +175,14 @@ impl Caller {
     }
 }
 
-/// Rate-limited log of refusals: a container cannot flood the host's log.
+/// A refusal as the agent answers it, logged.
 fn refuse(pid: i32, ns: Option<NsId>, call: &str, why: &str, errno: Errno) -> Answer {
+    Answer::Done(Err(refused(pid, ns, call, why, errno)))
+}
+
+/// Rate-limited log of a refusal (a container cannot flood the host's
+/// log); returns the errno to answer with.
+pub(crate) fn refused(pid: i32, ns: Option<NsId>, call: &str, why: &str, errno: Errno) -> Errno {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LOGGED: AtomicU64 = AtomicU64::new(0);
     static WINDOW: AtomicU64 = AtomicU64::new(0);
@@ -155,7 +194,7 @@ fn refuse(pid: i32, ns: Option<NsId>, call: &str, why: &str, errno: Errno) -> An
         let ns = ns.map_or_else(|| "?".to_owned(), |n| n.to_string());
         tracing::warn!(pid, ns = %ns, call, errno = %errno, "refused: {why}");
     }
-    Answer::Done(Err(errno))
+    errno
 }
 
 /// The directory a relative path of the caller starts from.
@@ -163,12 +202,7 @@ fn base_dir(c: &Caller, dirfd: i32) -> Result<(OwnedFd, String), Errno> {
     if dirfd == AT_FDCWD {
         return Ok((c.dir("cwd")?, "cwd".into()));
     }
-    // The caller may be any thread of its process: a thread pidfd
-    // (`PIDFD_THREAD`, = `O_EXCL`, Linux 6.9) reaches its fd table.
-    let thread = PidfdFlags::from_bits_retain(libc::O_EXCL as _);
-    let pidfd = rustix::process::pidfd_open(Pid::from_raw(c.pid).ok_or(Errno::SRCH)?, thread)?;
-    // A dirfd the caller does not have answers EBADF, as natively.
-    let fd = rustix::process::pidfd_getfd(&pidfd, dirfd, PidfdGetfdFlags::empty())?;
+    let fd = c.fd(dirfd)?;
     let st = rustix::fs::fstat(&fd)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return Err(Errno::NOTDIR);
@@ -410,6 +444,87 @@ fn mknod(listener: BorrowedFd<'_>, n: &Notif, policy: &dyn Policy) -> Answer {
     let r = rustix::fs::mknodat(&parent, name.as_str(), ft, perm, rustix::fs::makedev(major, minor));
     drop(guard);
 
+    Answer::Done(r)
+}
+
+const BLKPG_ADD: i32 = 1;
+const BLKPG_DEL: i32 = 2;
+const BLKPG_RESIZE: i32 = 3;
+
+/// A caller's `BLKPG` arguments, copied out of its memory once.
+struct BlkpgCall {
+    op: i32,
+    flags: i32,
+    part: devns_sys::block::BlkpgPartition,
+}
+
+fn read_blkpg(c: &Caller, addr: u64) -> Result<BlkpgCall, Errno> {
+    use devns_sys::block::{BLKPG_ARG_SIZE, BLKPG_PARTITION_SIZE, BlkpgPartition};
+    let a = c.read_bytes(addr, BLKPG_ARG_SIZE)?;
+    let int = |o: usize| i32::from_ne_bytes(a[o..o + 4].try_into().expect("4 bytes"));
+    let data = u64::from_ne_bytes(a[16..24].try_into().expect("8 bytes"));
+    let (op, flags) = (int(0), int(4));
+    if ![BLKPG_ADD, BLKPG_DEL, BLKPG_RESIZE].contains(&op) {
+        return Err(Errno::INVAL);
+    }
+    let p = c.read_bytes(data, BLKPG_PARTITION_SIZE)?;
+    let part = BlkpgPartition::from_bytes(p.as_slice().try_into().expect("exact length"));
+    Ok(BlkpgCall { op, flags, part })
+}
+
+/// `ioctl` with a trapped command: loop-control's (on the view's stand-in,
+/// emulated for the caller's namespace) or a partition edit (`BLKPG`,
+/// `BLKRRPART`) on a disk the caller's namespace owns, done by devns with
+/// the caller's arguments read once. On anything else the command means
+/// nothing devns grants: `ENOTTY` as `/dev/null` answers, or the kernel's
+/// own answer (which refuses block ioctls to user namespaces).
+fn ioctl(listener: BorrowedFd<'_>, n: &Notif, policy: &mut dyn Policy) -> Answer {
+    let [fd, cmd, arg, ..] = n.data.args;
+    let cmd = cmd as u32;
+    let Ok(c) = Caller::open(n.pid) else { return Answer::Gone };
+    let file = c.fd(fd as i32);
+    let (ns, creds) = (c.user_ns(), c.creds());
+    let blkpg = (cmd == BLKPG).then(|| read_blkpg(&c, arg));
+    if !devns_sys::seccomp::id_valid(listener, n.id) {
+        return Answer::Gone;
+    }
+    let (Ok(ns), Ok(creds)) = (ns, creds) else { return Answer::Gone };
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => return Answer::Done(Err(e)),
+    };
+    if let Some(req) = devns_core::loopctl::Request::from_ioctl(cmd, arg) {
+        if !crate::loopctl::is_loop_control(&file, policy.view(ns)) {
+            return Answer::Done(Err(Errno::NOTTY));
+        }
+        return match policy.loop_control(ns, c.pid, req) {
+            Ok(v) => Answer::Value(v),
+            Err(e) => Answer::Done(Err(e)),
+        };
+    }
+    let Ok(st) = rustix::fs::fstat(&file) else { return Answer::Done(Err(Errno::BADF)) };
+    if FileType::from_raw_mode(st.st_mode) != FileType::BlockDevice {
+        // The kernel answers for other files, with the caller's rights.
+        return Answer::Continue;
+    }
+    let dev = DevId::new(Kind::Block, rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    let call = if cmd == BLKPG { "ioctl(BLKPG)" } else { "ioctl(BLKRRPART)" };
+    if !creds.has_cap(CAP_SYS_ADMIN) {
+        // What the kernel answers a caller without CAP_SYS_ADMIN.
+        return refuse(c.pid, Some(ns), call, "no CAP_SYS_ADMIN in its namespace", Errno::ACCESS);
+    }
+    if !policy.owns(ns, dev) {
+        return refuse(c.pid, Some(ns), call, &format!("{dev} is not a disk the namespace owns"), Errno::PERM);
+    }
+    let r = match (cmd, blkpg) {
+        (BLKRRPART, _) => devns_sys::block::reread_partitions(&file),
+        (_, Some(Ok(b))) => devns_sys::block::blkpg(&file, b.op, b.flags, &b.part),
+        (_, Some(Err(e))) => Err(e),
+        _ => Err(Errno::NOTTY),
+    };
+    if r.is_ok() {
+        policy.partitions_changed(ns, dev);
+    }
     Answer::Done(r)
 }
 

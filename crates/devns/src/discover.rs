@@ -71,6 +71,36 @@ fn apply_host_node(dev: &mut Device, dev_root: &Path) {
     }
 }
 
+/// The partitions sysfs lists below the disk `name` now.
+fn partitions_of(name: &str) -> Vec<Device> {
+    let dir = Path::new("/sys/class/block").join(name);
+    let Ok(entries) = fs::read_dir(&dir) else { return vec![] };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(name) && e.path().join("partition").exists())
+        .filter_map(|e| read_device(&e.path(), Kind::Block, Path::new("/dev")))
+        .collect()
+}
+
+/// Brings `registry`'s partitions of `disk` to what sysfs lists now;
+/// returns those that went.
+pub fn refresh_partitions(registry: &mut Registry, disk: DevId, global_names: &[String]) -> Vec<DevId> {
+    let Some(name) = registry.device(disk).map(|d| d.name.clone()) else { return vec![] };
+    let now = partitions_of(&name);
+    let gone: Vec<DevId> = registry
+        .devices()
+        .filter(|d| d.parent == Some(disk) && !now.iter().any(|n| n.id == d.id))
+        .map(|d| d.id)
+        .collect();
+    for p in &gone {
+        registry.remove_device(*p);
+    }
+    for d in now {
+        registry.add_device(d, global_names);
+    }
+    gone
+}
+
 /// Every device of the host that has a node.
 pub fn host_devices() -> Result<Vec<Device>, DiscoverError> {
     devices_under(Path::new("/sys/dev"), Path::new("/dev"))

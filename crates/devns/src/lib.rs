@@ -12,6 +12,8 @@ pub mod container;
 pub mod daemon;
 pub mod discover;
 pub mod host;
+pub mod loopctl;
 pub mod store;
+pub mod uevents;
 pub mod view;
 pub mod wire;

@@ -10,10 +10,12 @@
 use super::Global;
 use crate::client::Client;
 use crate::container::{self, ChildPlan, FORWARDED_SIGNALS};
+use crate::loopctl::{Ledger, LoopHost};
 use crate::store::Store;
 use crate::{config, discover, host, view};
 use anyhow::{Context, Result, anyhow};
 use devns_core::idmap::IdMap;
+use devns_core::loopctl::{LoopDev, Request};
 use devns_core::registry::{NsId, Registry};
 use devns_core::state::{Claim, Keeper};
 use devns_core::subid::BLOCK;
@@ -56,17 +58,29 @@ fn parse_name(s: &str) -> Result<String, String> {
     if ok { Ok(s.to_owned()) } else { Err("a name is 1-64 of [A-Za-z0-9_.-], not starting with - or .".into()) }
 }
 
-/// Removes this run's record from the state file, however the run ends.
+/// Removes this run's record from the state file, and the loop devices
+/// its namespace allocated from the host, however the run ends.
 struct ClaimGuard<'a> {
     store: &'a Store,
     keeper: Keeper,
+    loop_host: Option<LoopHost>,
 }
 
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.store.update::<_, anyhow::Error>(|s| Ok(s.remove_by_keeper(self.keeper))) {
-            tracing::error!(error = %e, "could not release this run's devices in the state file");
+        match self.store.update::<_, anyhow::Error>(|s| Ok(s.remove_by_keeper(self.keeper))) {
+            Ok(Some(r)) => clean_loops(self.loop_host.as_ref(), &r.loops),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "could not release this run's devices in the state file"),
         }
+    }
+}
+
+/// Detaches and removes loop devices of a namespace that is gone.
+fn clean_loops(host: Option<&LoopHost>, loops: &[LoopDev]) {
+    let (Some(host), false) = (host, loops.is_empty()) else { return };
+    for l in host.cleanup(loops, std::time::Duration::from_secs(1)) {
+        tracing::warn!(dev = %l.dev, "a loop device is still in use: left to detach at its last close");
     }
 }
 
@@ -116,8 +130,15 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let store = Store::open(&global.state_dir)?;
     let keeper = host::current_keeper()?;
     let (uid_ranges, gid_ranges) = (host::subid_ranges("/etc/subuid"), host::subid_ranges("/etc/subgid"));
-    let (uid_base, gid_base) = store.update::<_, anyhow::Error>(|state| {
-        state.prune(host::record_alive);
+    let loop_host = LoopHost::open();
+    // Partitions of its disks come and go (a loop device attached with -P,
+    // detached): its view follows them.
+    let uevents = crate::uevents::socket()
+        .map_err(|e| tracing::warn!(error = %e, "no uevents: partitions appear only through partx"))
+        .ok();
+    let mut dead_loops = Vec::new();
+    let ids = store.update::<_, anyhow::Error>(|state| {
+        dead_loops = state.prune(host::record_alive).into_iter().flat_map(|r| r.loops).collect();
         state.apply(&mut registry);
         let claim = Claim {
             id: None,
@@ -129,8 +150,10 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         };
         let r = state.claim(claim, &registry, &uid_ranges, &gid_ranges)?;
         Ok((r.uid_base.expect("allocated"), r.gid_base.expect("allocated")))
-    })?;
-    let _claim = ClaimGuard { store: &store, keeper };
+    });
+    clean_loops(loop_host.as_ref(), &dead_loops);
+    let (uid_base, gid_base) = ids?;
+    let claim = ClaimGuard { store: &store, keeper, loop_host };
 
     let (signals, mine, pid, mut child) = spawn(&args, rootfs.as_ref())?;
     let uids = IdMap::single(uid_base, BLOCK);
@@ -153,13 +176,20 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     drop((mine, tmp, for_child));
     let _ = devns_sys::seccomp::set_sync_wakeup(&listener);
     tracing::info!(ns = %ns, pid = pid.as_raw_nonzero().get(), "started");
-    let policy = RunPolicy {
+    let mut policy = RunPolicy {
         ns,
-        visible: registry.view_devices(ns).iter().map(|d| d.id).collect(),
-        global: registry.devices().filter(|d| registry.is_global(d.id)).map(|d| d.id).collect(),
+        registry,
         view,
+        uids,
+        gids,
+        overflow: host::overflow_ids(),
+        global_names: cfg.global.clone(),
+        loop_limit: cfg.loop_limit,
+        store: &store,
+        keeper,
+        loop_host: claim.loop_host.as_ref(),
     };
-    supervise(&mut child, &signals, Some((listener, &policy)))
+    supervise(&mut child, &signals, Some((listener, &mut policy)), uevents.as_ref())
 }
 
 /// `devns run` with a daemon: the daemon gives the namespace its ids,
@@ -181,7 +211,7 @@ fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
     daemon.call(serde_json::json!({ "op": "listen" }), &[listener.as_fd()])?;
     drop((daemon, listener));
     tracing::info!(ns = reply["id"].as_u64(), pid = pid.as_raw_nonzero().get(), "started through the daemon");
-    supervise(&mut child, &signals, None)
+    supervise(&mut child, &signals, None, None)
 }
 
 /// Forks the container's first process into its new namespaces. In the
@@ -248,20 +278,136 @@ fn build_mounts(
 
 /// The agent's policy for a stand-alone run: its namespace may have the
 /// devices of its view; any other (nested) namespace only the global ones.
-struct RunPolicy {
+/// Loop devices it allocates are recorded in its state file record.
+struct RunPolicy<'a> {
     ns: NsId,
-    visible: std::collections::BTreeSet<devns_core::DevId>,
-    global: std::collections::BTreeSet<devns_core::DevId>,
+    registry: Registry,
     view: OwnedFd,
+    uids: IdMap,
+    gids: IdMap,
+    overflow: (u32, u32),
+    global_names: Vec<String>,
+    loop_limit: usize,
+    store: &'a Store,
+    keeper: Keeper,
+    loop_host: Option<&'a LoopHost>,
 }
 
-impl crate::agent::Policy for RunPolicy {
+impl RunPolicy<'_> {
+    fn reconcile(&self) {
+        let plan = devns_core::view::plan(&self.registry.view_devices(self.ns), &self.uids, &self.gids, self.overflow);
+        if let Err(e) = view::reconcile(&self.view, &plan, |d| self.registry.visible_in(d, self.ns)) {
+            tracing::warn!(error = %e, "reconcile failed");
+        }
+    }
+}
+
+impl RunPolicy<'_> {
+    /// The kernel's events: partitions of the namespace's disks appearing
+    /// and going (the kernel's own partition scan, a detach).
+    fn drain_uevents(&mut self, sock: &OwnedFd) {
+        use crate::agent::Policy;
+        let mut disks = std::collections::BTreeSet::new();
+        let lost = crate::uevents::drain(sock, |buf| {
+            let Ok(ev) = devns_core::uevent::parse_netlink(buf) else { return };
+            let Some(id) = ev.dev.filter(|d| d.kind == devns_core::Kind::Block) else { return };
+            let disk = match self.registry.device(id) {
+                Some(d) => d.parent.unwrap_or(id),
+                None => {
+                    let sys = std::path::Path::new("/sys").join(ev.devpath.trim_start_matches('/'));
+                    match discover::read_device(&sys, devns_core::Kind::Block, std::path::Path::new("/dev")) {
+                        Some(d) => d.parent.unwrap_or(id),
+                        None => return,
+                    }
+                }
+            };
+            disks.insert(disk);
+        });
+        if matches!(lost, crate::uevents::Drained::Lost) {
+            disks.extend(self.registry.devices().filter(|d| !d.is_partition()).map(|d| d.id));
+        }
+        for disk in disks {
+            if self.owns(self.ns, disk) {
+                self.partitions_changed(self.ns, disk);
+            }
+        }
+    }
+}
+
+impl crate::agent::Policy for RunPolicy<'_> {
     fn may_have(&self, ns: NsId, dev: devns_core::DevId) -> bool {
-        if ns == self.ns { self.visible.contains(&dev) } else { self.global.contains(&dev) }
+        if ns == self.ns { self.registry.visible_in(dev, ns) } else { self.registry.is_global(dev) }
     }
 
     fn view(&self, ns: NsId) -> Option<rustix::fd::BorrowedFd<'_>> {
         (ns == self.ns).then(|| self.view.as_fd())
+    }
+
+    fn owns(&self, ns: NsId, dev: devns_core::DevId) -> bool {
+        ns == self.ns && self.registry.owner(dev) == devns_core::Owner::Ns(ns)
+    }
+
+    fn loop_control(&mut self, ns: NsId, pid: i32, req: Request) -> Result<u32, rustix::io::Errno> {
+        if ns != self.ns {
+            let why = "a nested namespace devns does not keep";
+            return Err(crate::agent::refused(pid, Some(ns), "ioctl(loop-control)", why, rustix::io::Errno::PERM));
+        }
+        // Other runs and a daemon may have taken loop devices meanwhile.
+        let registry = &mut self.registry;
+        let synced = self.store.update::<_, anyhow::Error>(|s| {
+            registry.clear_assignments();
+            s.apply(registry);
+            Ok(())
+        });
+        if let Err(e) = synced {
+            tracing::error!(error = %e, "cannot read the state");
+            return Err(rustix::io::Errno::IO);
+        }
+        crate::loopctl::serve(self, ns, pid, req)
+    }
+
+    fn partitions_changed(&mut self, _ns: NsId, disk: devns_core::DevId) {
+        discover::refresh_partitions(&mut self.registry, disk, &self.global_names);
+        self.reconcile();
+    }
+}
+
+impl Ledger for RunPolicy<'_> {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn loop_limit(&self) -> usize {
+        self.loop_limit
+    }
+
+    fn loop_host(&self) -> Option<&LoopHost> {
+        self.loop_host
+    }
+
+    fn take(&mut self, ns: NsId, l: LoopDev, dev: devns_core::Device) -> Result<(), String> {
+        self.registry.add_device(dev, &self.global_names);
+        let (registry, keeper) = (&self.registry, self.keeper);
+        self.store
+            .update::<_, anyhow::Error>(|s| {
+                s.by_keeper_mut(keeper).context("this run's record vanished from the state file")?;
+                Ok(s.add_loop(ns, l, registry)?)
+            })
+            .map_err(|e| e.to_string())?;
+        self.registry.assign(l.dev, ns).map_err(|e| e.to_string())?;
+        self.reconcile();
+        Ok(())
+    }
+
+    fn forget(&mut self, _ns: NsId, l: LoopDev) {
+        if let Err(e) = self.store.update::<_, anyhow::Error>(|s| {
+            s.forget_device(l.dev);
+            Ok(())
+        }) {
+            tracing::error!(error = %e, "cannot save after a loop device was removed");
+        }
+        self.registry.remove_disk(l.dev);
+        self.reconcile();
     }
 }
 
@@ -270,11 +416,18 @@ impl crate::agent::Policy for RunPolicy {
 fn supervise(
     child: &mut ChildGuard,
     signals: &SignalFd,
-    mut agent: Option<(OwnedFd, &dyn crate::agent::Policy)>,
+    mut agent: Option<(OwnedFd, &mut RunPolicy<'_>)>,
+    uevents: Option<&OwnedFd>,
 ) -> Result<i32> {
     let pidfd = child.pidfd.as_ref().expect("not yet waited").as_fd();
     loop {
         let mut fds = vec![PollFd::new(&pidfd, PollFlags::IN), PollFd::new(signals, PollFlags::IN)];
+        // The uevents matter only while the agent serves (at 2, then it
+        // at 3), as a stand-alone run's views change only through it.
+        let uevents = uevents.filter(|_| agent.is_some());
+        if let Some(u) = uevents {
+            fds.push(PollFd::new(u, PollFlags::IN));
+        }
         if let Some((l, _)) = &agent {
             fds.push(PollFd::new(l, PollFlags::IN));
         }
@@ -293,12 +446,18 @@ fn supervise(
                 let _ = rustix::process::pidfd_send_signal(pidfd, sig);
             }
         }
-        if let Some(r) = revents.get(2) {
+        let at = if uevents.is_some() { 3 } else { 2 };
+        if let (Some(u), Some((_, policy))) = (uevents, agent.as_mut())
+            && revents[2].contains(PollFlags::IN)
+        {
+            policy.drain_uevents(u);
+        }
+        if let Some(r) = revents.get(at) {
             if r.intersects(PollFlags::HUP | PollFlags::ERR) {
                 // No filtered process is left.
                 agent = None;
             } else if r.contains(PollFlags::IN) {
-                let (l, policy) = agent.as_ref().expect("polled");
+                let (l, policy) = agent.as_mut().expect("polled");
                 crate::agent::handle(l.as_fd(), *policy);
             }
         }

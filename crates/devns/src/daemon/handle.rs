@@ -190,7 +190,7 @@ impl Daemon {
 
     /// Saves after a change the views already show; on failure undoes it
     /// (the caller gets an error, nothing was acknowledged).
-    fn commit(&mut self, ids: &[NsId], undo: impl FnOnce(&mut Self)) -> Result<()> {
+    pub(super) fn commit(&mut self, ids: &[NsId], undo: impl FnOnce(&mut Self)) -> Result<()> {
         if let Err(e) = self.save_ns(ids) {
             undo(self);
             return Err(e);
@@ -304,6 +304,9 @@ impl Daemon {
                 }
             }
             Action::Remove => {
+                if let Some(ns) = self.departed.remove(&dev) {
+                    self.announce(ns, buf);
+                }
                 let Some(name) = self.registry.device(dev).map(|d| d.name.clone()) else { return };
                 let holders = self.registry.holders(dev, &all);
                 let owner = self.registry.owner(dev);

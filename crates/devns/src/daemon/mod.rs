@@ -6,6 +6,7 @@
 
 mod conn;
 mod handle;
+mod loops;
 mod nslife;
 
 use crate::config;
@@ -23,7 +24,6 @@ use devns_core::state::State;
 use devns_sys::signal::SignalFd;
 use rustix::event::epoll::EventFlags;
 use rustix::fd::OwnedFd;
-use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +89,14 @@ pub struct Daemon {
     ep: OwnedFd,
     targets: std::collections::HashMap<u64, Target>,
     next_token: u64,
+    /// The host's loop-control, through which containers get loop devices.
+    loop_host: Option<crate::loopctl::LoopHost>,
+    /// Dead namespaces' loop devices still open somewhere: retried until
+    /// the deadline.
+    busy_loops: Vec<(devns_core::loopctl::LoopDev, Instant)>,
+    /// Devices that left their namespace's view with the kernel's
+    /// `remove` event still to come: it is forwarded there.
+    departed: BTreeMap<devns_core::DevId, NsId>,
 }
 
 /// Registers `fd` in the epoll set `ep` as `target`; returns its token.
@@ -109,37 +117,10 @@ fn watch_in(
     token
 }
 
-impl crate::agent::Policy for Daemon {
-    fn may_have(&self, ns: NsId, dev: devns_core::DevId) -> bool {
-        self.registry.visible_in(dev, ns)
-    }
-
-    fn view(&self, ns: NsId) -> Option<rustix::fd::BorrowedFd<'_>> {
-        use rustix::fd::AsFd;
-        self.nss.get(&ns)?.view.as_ref().map(|v| v.as_fd())
-    }
-}
-
 /// Largest number of client connections at once; more are closed at once.
 const MAX_CONNS: usize = 1024;
 /// How long a request may take to arrive once it has begun.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
-
-/// The kernel's uevents, on a socket bound before the first scan of sysfs
-/// so that nothing falls between the two.
-fn uevent_socket() -> Result<OwnedFd> {
-    let fd = rustix::net::socket_with(
-        AddressFamily::NETLINK,
-        SocketType::DGRAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        Some(netlink::KOBJECT_UEVENT),
-    )
-    .context("cannot open the uevent socket")?;
-    // A burst of hotplug must not overflow the queue while a request runs.
-    let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, 8 << 20);
-    rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 1)).context("cannot bind the uevent socket")?;
-    Ok(fd)
-}
 
 fn listen(path: &Path) -> Result<OwnedFd> {
     if let Some(dir) = path.parent() {
@@ -179,7 +160,8 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let state = State { namespaces: disk.values().cloned().collect(), global: global.clone() };
     let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]).context("signalfd")?;
-    let uevents = uevent_socket()?;
+    // Bound before the first scan of sysfs, so that nothing falls between.
+    let uevents = crate::uevents::socket()?;
     let views_dir = nslife::prepare_views_dir(store.dir())?;
     let registry = Registry::new(discover::host_devices()?, &cfg.global);
     let host_ns = host::user_ns_of(rustix::process::getpid().as_raw_nonzero().get())?;
@@ -201,6 +183,9 @@ pub fn run(opts: Options) -> Result<()> {
         ep: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).context("epoll")?,
         targets: std::collections::HashMap::new(),
         next_token: 0,
+        loop_host: crate::loopctl::LoopHost::open(),
+        busy_loops: Vec::new(),
+        departed: BTreeMap::new(),
     };
     d.startup()?;
     // Only now, ready: the socket starts accepting.
@@ -285,6 +270,7 @@ impl Daemon {
                 // A stand-alone run's namespace: its keeper owns its view.
                 if !host::keeper_alive(&k) {
                     self.state.remove_id(id);
+                    self.clean_loops(r.loops.clone());
                 }
                 continue;
             }
@@ -401,7 +387,8 @@ impl Daemon {
         let mut events = Vec::with_capacity(256);
         loop {
             let now = Instant::now();
-            let next_deadline = self.conns.values().filter_map(|c| c.deadline).min();
+            let retry = self.busy_loops.first().map(|_| now + loops::RETRY);
+            let next_deadline = self.conns.values().filter_map(|c| c.deadline).chain(retry).min();
             let timeout = next_deadline.map(|d| {
                 let left = d.saturating_duration_since(now);
                 rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 }
@@ -445,12 +432,13 @@ impl Daemon {
                         } else if flags.contains(EventFlags::IN)
                             && let Some(l) = self.listeners.remove(&key)
                         {
-                            crate::agent::handle(rustix::fd::AsFd::as_fd(&l), &*self);
+                            crate::agent::handle(rustix::fd::AsFd::as_fd(&l), self);
                             self.listeners.insert(key, l);
                         }
                     }
                 }
             }
+            self.retry_busy_loops();
             let now = Instant::now();
             let expired: Vec<u64> =
                 self.conns.iter().filter(|(_, c)| c.deadline.is_some_and(|d| d <= now)).map(|(i, _)| *i).collect();
@@ -528,25 +516,12 @@ impl Daemon {
     }
 
     fn drain_uevents(&mut self, sock: &OwnedFd) {
-        let mut buf = [0u8; devns_core::uevent::MAX_UEVENT_BYTES + 512];
         loop {
-            match rustix::net::recvfrom(sock, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
-                Ok((_, len, addr)) => {
-                    // Only the kernel (port 0) speaks here; others are ignored.
-                    let from_kernel =
-                        addr.and_then(|a| SocketAddrNetlink::try_from(a).ok()).is_some_and(|a| a.pid() == 0);
-                    if from_kernel && len <= buf.len() {
-                        self.on_uevent(&buf[..len]);
-                    }
-                }
-                Err(rustix::io::Errno::AGAIN) => return,
-                Err(rustix::io::Errno::NOBUFS) => {
+            match crate::uevents::drain(sock, |buf| self.on_uevent(buf)) {
+                crate::uevents::Drained::Empty => return,
+                crate::uevents::Drained::Lost => {
                     tracing::error!("uevent queue overflowed: rescanning sysfs");
                     self.rescan();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "uevent socket");
-                    return;
                 }
             }
         }
@@ -556,6 +531,8 @@ impl Daemon {
     fn rescan(&mut self) {
         match discover::host_devices() {
             Ok(devs) => {
+                // Events were lost: those awaited may never come.
+                self.departed.clear();
                 self.registry = Registry::new(devs, &self.cfg.global);
                 for d in self.state.apply(&mut self.registry) {
                     self.state.forget_device(d);

@@ -257,6 +257,8 @@ impl Daemon {
     /// Lets go of a namespace: devices back to host, view unmounted,
     /// record gone. Every step runs even when one fails.
     pub(super) fn forget_ns(&mut self, id: NsId) {
+        let loops = self.state.by_id(id).map(|r| r.loops.clone()).unwrap_or_default();
+        self.clean_loops(loops);
         unmount_view(&self.views_dir, id);
         self.nss.remove(&id);
         self.targets.retain(|_, t| !matches!(t, super::Target::Member(n, _) if *n == id));

@@ -197,10 +197,24 @@ pub fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 pub fn default_view() -> Vec<String> {
     sorted(
-        ["full", "null", "random", "tty", "urandom", "zero", "fd", "stdin", "stdout", "stderr", "ptmx", "pts"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
+        [
+            "full",
+            "null",
+            "random",
+            "tty",
+            "urandom",
+            "zero",
+            "fd",
+            "stdin",
+            "stdout",
+            "stderr",
+            "ptmx",
+            "pts",
+            "loop-control",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
     )
 }
 

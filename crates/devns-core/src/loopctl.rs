@@ -1,0 +1,239 @@
+//! `loop-control` for namespaces: what devns does with a container's
+//! `LOOP_CTL_*` ioctl (behaviour 3 of DESIGN.md). The agent gathers the
+//! facts (the kernel's, the registry's), this module decides, the agent
+//! carries the decision out with the host's loop-control.
+
+use crate::device::{DevId, Kind};
+use crate::registry::{NsId, Owner, Registry};
+use crate::seccomp::{LOOP_CTL_ADD, LOOP_CTL_GET_FREE, LOOP_CTL_REMOVE};
+use serde::{Deserialize, Serialize};
+
+/// The block major of loop devices.
+pub const LOOP_MAJOR: u32 = 7;
+
+/// Default for `loop_limit` in the config: loop devices per namespace.
+pub const DEFAULT_LOOP_LIMIT: usize = 16;
+
+/// A loop device a namespace allocated through `loop-control`: devns
+/// detaches and removes it when the namespace dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LoopDev {
+    /// N of `loopN`, as `LOOP_CTL_*` name it.
+    pub index: u32,
+    pub dev: DevId,
+    /// Made for the namespace (removed when it dies), or the host's and
+    /// only lent (detached and given back).
+    #[serde(default)]
+    pub created: bool,
+}
+
+/// One `LOOP_CTL_*` call, its argument read as the kernel reads it (an
+/// `int` taken from the `unsigned long`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    GetFree,
+    /// `None`: any index (a negative argument), as the kernel allows.
+    Add(Option<u32>),
+    Remove(i32),
+}
+
+impl Request {
+    pub fn from_ioctl(cmd: u32, arg: u64) -> Option<Request> {
+        let n = arg as u32 as i32;
+        match cmd {
+            LOOP_CTL_GET_FREE => Some(Request::GetFree),
+            LOOP_CTL_ADD => Some(Request::Add(u32::try_from(n).ok())),
+            LOOP_CTL_REMOVE => Some(Request::Remove(n)),
+            _ => None,
+        }
+    }
+}
+
+/// What is known of `loopN` when a call names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub exists: bool,
+    /// Attached to a backing file.
+    pub bound: bool,
+    pub owner: Owner,
+}
+
+/// The errno a refusal answers with (the native call's, where it has one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Errno {
+    Perm,
+    NoSpc,
+    Exist,
+    NoDev,
+    Inval,
+}
+
+/// What to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Ask the kernel for its free device (`LOOP_CTL_GET_FREE`, which makes
+    /// one when none is free), then decide again with [`after_get_free`].
+    AskKernel,
+    /// Make a new device (`LOOP_CTL_ADD`): loopN, or any free index.
+    Create(Option<u32>),
+    /// Give the existing, detached, host-owned loopN to the caller.
+    Take(u32),
+    /// loopN is the caller's already, and free: answer N, change nothing.
+    Answer(u32),
+    /// `LOOP_CTL_REMOVE` N through the kernel (which answers `EBUSY` for a
+    /// device in use), then forget it.
+    Remove(u32),
+    Refuse(Errno, String),
+}
+
+/// The loop devices (whole disks) `ns` owns, with their index (N of
+/// `loopN`, when the name says).
+pub fn owned_loops(registry: &Registry, ns: NsId) -> Vec<(DevId, Option<u32>)> {
+    registry
+        .devices()
+        .filter(|d| is_loop(d.id) && !d.is_partition() && registry.owner(d.id) == Owner::Ns(ns))
+        .map(|d| (d.id, d.name.strip_prefix("loop").and_then(|n| n.parse().ok())))
+        .collect()
+}
+
+pub fn is_loop(dev: DevId) -> bool {
+    dev.kind == Kind::Block && dev.major == LOOP_MAJOR
+}
+
+/// The calling namespace, as far as loop devices go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub ns: NsId,
+    /// Loop devices it owns, and how many it may.
+    pub have: usize,
+    pub limit: usize,
+    /// The lowest-numbered of its own devices that is detached.
+    pub own_free: Option<u32>,
+}
+
+/// The first step for `req` from `caller`; `facts(N)` tells of loopN.
+pub fn decide(req: Request, caller: Caller, facts: impl Fn(u32) -> Facts) -> Step {
+    let Caller { ns, have, limit, own_free } = caller;
+    let full = || Step::Refuse(Errno::NoSpc, format!("the namespace has {have} loop devices, the limit is {limit}"));
+    match req {
+        // Its own free device first: asking again gives the same answer,
+        // as it does natively, and costs nothing against the limit.
+        Request::GetFree if own_free.is_some() => Step::Answer(own_free.expect("checked")),
+        Request::GetFree if have >= limit => full(),
+        Request::GetFree => Step::AskKernel,
+        Request::Add(_) if have >= limit => full(),
+        Request::Add(None) => Step::Create(None),
+        Request::Add(Some(n)) => {
+            let f = facts(n);
+            match (f.exists, f.owner, f.bound) {
+                (false, _, _) => Step::Create(Some(n)),
+                (true, Owner::Host, false) => Step::Take(n),
+                (true, Owner::Ns(o), _) if o == ns => Step::Refuse(Errno::Exist, format!("loop{n} is already its own")),
+                (true, Owner::Host, true) => Step::Refuse(Errno::Exist, format!("loop{n} exists and is in use")),
+                (true, Owner::Ns(o), _) => Step::Refuse(Errno::Exist, format!("loop{n} is owned by namespace {o}")),
+            }
+        }
+        Request::Remove(n) => {
+            let Ok(n) = u32::try_from(n) else {
+                return Step::Refuse(Errno::Inval, "removing an unspecified loop device".into());
+            };
+            let f = facts(n);
+            match f.owner {
+                _ if !f.exists => Step::Refuse(Errno::NoDev, format!("there is no loop{n}")),
+                Owner::Ns(o) if o == ns => Step::Remove(n),
+                Owner::Ns(o) => Step::Refuse(Errno::Perm, format!("loop{n} is owned by namespace {o}")),
+                Owner::Host => Step::Refuse(Errno::Perm, format!("loop{n} is not the namespace's")),
+            }
+        }
+    }
+}
+
+/// After `LOOP_CTL_GET_FREE` named loopN for `ns`: its own detached device
+/// is answered as it is; the host's detached one is taken; one that
+/// another namespace holds (detached but allocated, so free to the kernel)
+/// is not free to this one: a new device is made instead.
+pub fn after_get_free(n: u32, f: Facts, ns: NsId) -> Step {
+    match (f.owner, f.bound) {
+        (Owner::Ns(o), false) if o == ns => Step::Answer(n),
+        (Owner::Host, false) => Step::Take(n),
+        _ => Step::Create(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: NsId = NsId(10);
+    const OTHER: NsId = NsId(11);
+
+    fn facts(exists: bool, bound: bool, owner: Owner) -> Facts {
+        Facts { exists, bound, owner }
+    }
+
+    fn me(have: usize, limit: usize) -> Caller {
+        Caller { ns: ME, have, limit, own_free: None }
+    }
+
+    #[test]
+    fn reads_the_argument_as_the_kernel_does() {
+        assert_eq!(Request::from_ioctl(LOOP_CTL_GET_FREE, 99), Some(Request::GetFree));
+        assert_eq!(Request::from_ioctl(LOOP_CTL_ADD, 5), Some(Request::Add(Some(5))));
+        assert_eq!(Request::from_ioctl(LOOP_CTL_ADD, u64::MAX), Some(Request::Add(None)));
+        // The high half of the unsigned long is dropped.
+        assert_eq!(Request::from_ioctl(LOOP_CTL_ADD, (7u64 << 32) | 3), Some(Request::Add(Some(3))));
+        assert_eq!(Request::from_ioctl(LOOP_CTL_REMOVE, 0xffff_fffe), Some(Request::Remove(-2)));
+        assert_eq!(Request::from_ioctl(0x4C00, 0), None);
+    }
+
+    #[test]
+    fn get_free_asks_the_kernel_below_the_limit_only() {
+        let none = |_| panic!("no facts needed");
+        assert_eq!(decide(Request::GetFree, me(0, 16), none), Step::AskKernel);
+        assert!(matches!(decide(Request::GetFree, me(16, 16), none), Step::Refuse(Errno::NoSpc, _)));
+        assert!(matches!(decide(Request::Add(Some(3)), me(2, 2), none), Step::Refuse(Errno::NoSpc, _)));
+        // At the limit, its own free device is still the answer.
+        let at_limit = Caller { own_free: Some(9), ..me(16, 16) };
+        assert_eq!(decide(Request::GetFree, at_limit, none), Step::Answer(9));
+        assert_eq!(after_get_free(4, facts(true, false, Owner::Host), ME), Step::Take(4));
+        assert_eq!(after_get_free(4, facts(true, false, Owner::Ns(OTHER)), ME), Step::Create(None));
+        // Its own free device: the same answer as the kernel's, nothing new.
+        assert_eq!(after_get_free(4, facts(true, false, Owner::Ns(ME)), ME), Step::Answer(4));
+        // Bound meanwhile by the host: not free any more.
+        assert_eq!(after_get_free(4, facts(true, true, Owner::Host), ME), Step::Create(None));
+    }
+
+    #[test]
+    fn add_takes_only_what_does_not_exist_or_is_free_and_unowned() {
+        let d = |f: Facts| decide(Request::Add(Some(7)), me(0, 16), move |_| f);
+        assert_eq!(d(facts(false, false, Owner::Host)), Step::Create(Some(7)));
+        assert_eq!(d(facts(true, false, Owner::Host)), Step::Take(7));
+        assert!(matches!(d(facts(true, true, Owner::Host)), Step::Refuse(Errno::Exist, _)));
+        assert!(matches!(d(facts(true, false, Owner::Ns(OTHER))), Step::Refuse(Errno::Exist, _)));
+        assert!(matches!(d(facts(true, false, Owner::Ns(ME))), Step::Refuse(Errno::Exist, _)));
+        assert_eq!(decide(Request::Add(None), me(0, 16), |_| unreachable!()), Step::Create(None));
+    }
+
+    #[test]
+    fn remove_is_the_owners_alone() {
+        let d = |f: Facts| decide(Request::Remove(7), me(1, 16), move |_| f);
+        assert_eq!(d(facts(true, false, Owner::Ns(ME))), Step::Remove(7));
+        // Bound: the kernel answers EBUSY itself.
+        assert_eq!(d(facts(true, true, Owner::Ns(ME))), Step::Remove(7));
+        assert!(matches!(d(facts(true, false, Owner::Ns(OTHER))), Step::Refuse(Errno::Perm, _)));
+        assert!(matches!(d(facts(true, false, Owner::Host)), Step::Refuse(Errno::Perm, _)));
+        assert!(matches!(d(facts(false, false, Owner::Host)), Step::Refuse(Errno::NoDev, _)));
+        assert!(matches!(decide(Request::Remove(-1), me(1, 16), |_| unreachable!()), Step::Refuse(Errno::Inval, _)));
+        // Removal is allowed at the limit: it lowers the count.
+        assert_eq!(decide(Request::Remove(7), me(16, 16), |_| facts(true, false, Owner::Ns(ME))), Step::Remove(7));
+    }
+
+    #[test]
+    fn counts_whole_loop_disks_only() {
+        use crate::registry::tests::{disk, part};
+        let mut r = Registry::new([disk(0, "loop0"), part(1, "loop0p1", 0), disk(1, "loop1")], &[]);
+        r.assign(DevId::new(Kind::Block, 7, 0), ME).unwrap();
+        assert_eq!(owned_loops(&r, ME), [(DevId::new(Kind::Block, 7, 0), Some(0))]);
+        assert_eq!(owned_loops(&r, OTHER), []);
+    }
+}
