@@ -71,9 +71,6 @@ pub enum Errno {
 /// What to do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Ask the kernel for its free device (`LOOP_CTL_GET_FREE`, which makes
-    /// one when none is free), then decide again with [`after_get_free`].
-    AskKernel,
     /// Make a new device (`LOOP_CTL_ADD`): loopN, or any free index.
     Create(Option<u32>),
     /// Give the existing, detached, host-owned loopN to the caller.
@@ -117,10 +114,14 @@ pub fn decide(req: Request, caller: Caller, facts: impl Fn(u32) -> Facts) -> Ste
     let full = || Step::Refuse(Errno::NoSpc, format!("the namespace has {have} loop devices, the limit is {limit}"));
     match req {
         // Its own free device first: asking again gives the same answer,
-        // as it does natively, and costs nothing against the limit.
+        // as it does natively, and costs nothing against the limit. Else a
+        // device made for it, never one of the host's free ones: a host
+        // tool could attach that one (free to the kernel) while the
+        // namespace prepares it, and the namespace would own the host's
+        // file. The host's free devices stay the host's.
         Request::GetFree if own_free.is_some() => Step::Answer(own_free.expect("checked")),
         Request::GetFree if have >= limit => full(),
-        Request::GetFree => Step::AskKernel,
+        Request::GetFree => Step::Create(None),
         Request::Add(_) if have >= limit => full(),
         Request::Add(None) => Step::Create(None),
         Request::Add(Some(n)) => {
@@ -145,18 +146,6 @@ pub fn decide(req: Request, caller: Caller, facts: impl Fn(u32) -> Facts) -> Ste
                 Owner::Host => Step::Refuse(Errno::Perm, format!("loop{n} is not the namespace's")),
             }
         }
-    }
-}
-
-/// After `LOOP_CTL_GET_FREE` named loopN for `ns`: its own detached device
-/// is answered as it is; the host's detached one is taken; one that
-/// another namespace holds (detached but allocated, so free to the kernel)
-/// is not free to this one: a new device is made instead.
-pub fn after_get_free(n: u32, f: Facts, ns: NsId) -> Step {
-    match (f.owner, f.bound) {
-        (Owner::Ns(o), false) if o == ns => Step::Answer(n),
-        (Owner::Host, false) => Step::Take(n),
-        _ => Step::Create(None),
     }
 }
 
@@ -187,20 +176,14 @@ mod tests {
     }
 
     #[test]
-    fn get_free_asks_the_kernel_below_the_limit_only() {
+    fn get_free_gives_its_own_free_device_or_a_new_one_below_the_limit() {
         let none = |_| panic!("no facts needed");
-        assert_eq!(decide(Request::GetFree, me(0, 16), none), Step::AskKernel);
+        assert_eq!(decide(Request::GetFree, me(0, 16), none), Step::Create(None));
         assert!(matches!(decide(Request::GetFree, me(16, 16), none), Step::Refuse(Errno::NoSpc, _)));
         assert!(matches!(decide(Request::Add(Some(3)), me(2, 2), none), Step::Refuse(Errno::NoSpc, _)));
         // At the limit, its own free device is still the answer.
         let at_limit = Caller { own_free: Some(9), ..me(16, 16) };
         assert_eq!(decide(Request::GetFree, at_limit, none), Step::Answer(9));
-        assert_eq!(after_get_free(4, facts(true, false, Owner::Host), ME), Step::Take(4));
-        assert_eq!(after_get_free(4, facts(true, false, Owner::Ns(OTHER)), ME), Step::Create(None));
-        // Its own free device: the same answer as the kernel's, nothing new.
-        assert_eq!(after_get_free(4, facts(true, false, Owner::Ns(ME)), ME), Step::Answer(4));
-        // Bound meanwhile by the host: not free any more.
-        assert_eq!(after_get_free(4, facts(true, true, Owner::Host), ME), Step::Create(None));
     }
 
     #[test]

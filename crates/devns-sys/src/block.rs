@@ -8,7 +8,6 @@ use rustix::io;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
 const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const BLKRRPART: libc::c_ulong = 0x125F;
 const BLKPG: libc::c_ulong = 0x1269;
 
@@ -18,12 +17,6 @@ fn ioctl_int(fd: impl AsFd, cmd: libc::c_ulong, arg: libc::c_ulong) -> io::Resul
     // read or written), and `fd` is open for the call.
     let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), cmd, arg) };
     if r < 0 { Err(last_errno()) } else { Ok(r as u32) }
-}
-
-/// `LOOP_CTL_GET_FREE` on a loop-control fd: the index of a detached loop
-/// device (made when none is free).
-pub fn get_free(ctl: impl AsFd) -> io::Result<u32> {
-    ioctl_int(ctl, LOOP_CTL_GET_FREE, 0)
 }
 
 /// `LOOP_CTL_ADD`: makes loopN (`None`: the lowest free index); its index.

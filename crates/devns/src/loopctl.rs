@@ -177,49 +177,35 @@ pub fn serve(ledger: &mut dyn Ledger, ns: NsId, pid: i32, req: Request) -> Resul
     let owned = loopctl::owned_loops(reg, ns);
     let own_free = owned.iter().filter_map(|(_, n)| *n).filter(|n| !host.facts(*n, reg).bound).min();
     let caller = loopctl::Caller { ns, have: owned.len(), limit: ledger.loop_limit(), own_free };
-    let mut step = loopctl::decide(req, caller, |n| host.facts(n, reg));
-    // GET_FREE asks the kernel once, then takes or creates.
-    for _ in 0..2 {
-        let host = ledger.loop_host().expect("checked");
-        let n = match step {
-            Step::AskKernel => {
-                let n = devns_sys::block::get_free(&host.ctl)?;
-                step = loopctl::after_get_free(n, host.facts(n, ledger.registry()), ns);
-                continue;
-            }
-            Step::Refuse(e, why) => {
-                return Err(crate::agent::refused(pid, Some(ns), "ioctl(loop-control)", &why, errno(e)));
-            }
-            Step::Remove(n) => {
-                let dev = host.dev_of(n).ok_or(Errno::NODEV)?;
-                devns_sys::block::remove(&host.ctl, n)?;
-                ledger.forget(ns, LoopDev { index: n, dev, created: true });
-                return Ok(0);
-            }
-            Step::Answer(n) => return Ok(n),
-            Step::Create(ix) => devns_sys::block::add(&host.ctl, ix)?,
-            Step::Take(n) => n,
-        };
-        let made = !matches!(step, Step::Take(_));
-        let dev = host.device(n);
-        let Some(dev) = dev.filter(|d| loopctl::is_loop(d.id)) else {
-            tracing::warn!(index = n, "a loop device vanished before it could be given");
-            return Err(Errno::NODEV);
-        };
-        // What GET_FREE named may have been made by the kernel just now:
-        // then the registry has not heard of it yet.
-        let created = made || ledger.registry().device(dev.id).is_none();
-        let l = LoopDev { index: n, dev: dev.id, created };
-        if let Err(e) = ledger.take(ns, l, dev) {
-            tracing::error!(ns = %ns, dev = %l.dev, error = %e, "cannot give a loop device");
-            if made {
-                let _ = devns_sys::block::remove(&ledger.loop_host().expect("checked").ctl, n);
-            }
-            return Err(Errno::IO);
+    let step = loopctl::decide(req, caller, |n| host.facts(n, reg));
+    let n = match step {
+        Step::Refuse(e, why) => {
+            return Err(crate::agent::refused(pid, Some(ns), "ioctl(loop-control)", &why, errno(e)));
         }
-        return Ok(n);
+        Step::Answer(n) => return Ok(n),
+        Step::Remove(n) => {
+            let dev = host.dev_of(n).ok_or(Errno::NODEV)?;
+            devns_sys::block::remove(&host.ctl, n)?;
+            ledger.forget(ns, LoopDev { index: n, dev, created: true });
+            return Ok(0);
+        }
+        Step::Create(ix) => devns_sys::block::add(&host.ctl, ix)?,
+        Step::Take(n) => n,
+    };
+    let created = !matches!(step, Step::Take(_));
+    let Some(dev) = host.device(n).filter(|d| loopctl::is_loop(d.id)) else {
+        tracing::warn!(index = n, "a loop device vanished before it could be given");
+        return Err(Errno::NODEV);
+    };
+    let l = LoopDev { index: n, dev: dev.id, created };
+    if let Err(e) = ledger.take(ns, l, dev) {
+        tracing::error!(ns = %ns, dev = %l.dev, error = %e, "cannot give a loop device");
+        if created {
+            let _ = devns_sys::block::remove(&ledger.loop_host().expect("checked").ctl, n);
+        }
+        return Err(Errno::IO);
     }
-    Err(Errno::AGAIN)
+    Ok(n)
 }
 
 /// Whether `fd` (a caller's, fetched) is a loop-control to mediate: the

@@ -20,14 +20,6 @@ impl Drop for Zram {
 
 /// A loop device added with LOOP_CTL_ADD; removed on drop.
 struct AddedLoop(u64);
-const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
-const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
-fn loop_ctl(op: libc::c_ulong, n: u64) -> i32 {
-    let ctl = std::fs::File::open("/dev/loop-control").unwrap();
-    // SAFETY: the loop-control ioctls take the device number by value; `ctl`
-    // is open for the duration of the call.
-    unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), op, n) }
-}
 impl AddedLoop {
     fn new() -> AddedLoop {
         // A number nobody uses: high, and different per test process.

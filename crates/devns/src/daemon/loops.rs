@@ -91,10 +91,10 @@ impl Ledger for Daemon {
 
     fn forget(&mut self, ns: NsId, l: LoopDev) {
         let name = self.registry.device(l.dev).map(|d| d.name.clone()).unwrap_or_default();
-        self.announce_device(ns, l.dev, "remove");
-        let parts: Vec<DevId> = self.registry.devices().filter(|d| d.parent == Some(l.dev)).map(|d| d.id).collect();
-        for d in parts.into_iter().chain([l.dev]) {
-            self.registry.remove_device(d);
+        // Gone from the view now; the kernel's `remove` events (on their
+        // way) go to the namespace that had the devices.
+        for d in self.registry.remove_disk(l.dev) {
+            self.departed.insert(d, ns);
         }
         self.state.forget_device(l.dev);
         if let Err(e) = self.save_ns(&[ns]) {

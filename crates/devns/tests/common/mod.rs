@@ -276,15 +276,18 @@ impl Loop {
             child.stdin.take().unwrap().write_all(b"label: dos\n,4MiB,L\n").unwrap();
             assert!(child.wait().unwrap().success(), "sfdisk failed");
         }
-        let before: Vec<String> = (0..4096).map(|i| format!("loop{i}")).filter(|n| loop_exists(n)).collect();
-        let mut args = vec!["-f", "--show"];
+        // A device of its own (LOOP_CTL_ADD of any free index): `losetup
+        // -f` could take a device a container is just being given, which
+        // is free to the kernel until the container attaches it.
+        let n = loop_ctl(LOOP_CTL_ADD, u64::MAX);
+        assert!(n >= 0, "LOOP_CTL_ADD: {}", std::io::Error::last_os_error());
+        let name = format!("loop{n}");
+        let mut args = vec![format!("/dev/{name}"), img.to_string_lossy().into_owned()];
         if partitioned {
-            args.push("-P");
+            args.push("-P".into());
         }
-        let path = sh(Command::new("losetup").args(&args).arg(&img));
-        let name = path.trim_start_matches("/dev/").to_owned();
-        let created = !before.contains(&name);
-        let l = Loop { name, created, _dir: dir };
+        let l = Loop { name, created: true, _dir: dir };
+        sh(Command::new("losetup").args(&args));
         let part = Path::new("/sys/block").join(&l.name).join(l.partition());
         if partitioned && !part.exists() {
             // A kernel without partition table parsers (this VM's has none:
@@ -306,14 +309,21 @@ impl Drop for Loop {
         let _ = Command::new("losetup").args(["-d", &format!("/dev/{}", self.name)]).status();
         if self.created
             && let Some(n) = self.name.strip_prefix("loop").and_then(|n| n.parse::<u64>().ok())
-            && let Ok(ctl) = std::fs::File::open("/dev/loop-control")
         {
-            const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
-            // SAFETY: LOOP_CTL_REMOVE takes the device number by value; `ctl`
-            // is an open loop-control fd for the duration of the call.
-            unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), LOOP_CTL_REMOVE, n) };
+            loop_ctl(LOOP_CTL_REMOVE, n);
         }
     }
+}
+
+pub const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
+pub const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
+
+/// A loop-control ioctl by host root; its result (-1 on error).
+pub fn loop_ctl(op: libc::c_ulong, n: u64) -> i32 {
+    let ctl = std::fs::File::open("/dev/loop-control").expect("/dev/loop-control");
+    // SAFETY: the loop-control ioctls take the device number by value; `ctl`
+    // is open for the duration of the call.
+    unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&ctl), op, n) }
 }
 
 /// A `devns daemon` of this test's own (socket and state dir in its temp

@@ -1,0 +1,400 @@
+//! Loop devices for unprivileged containers, against the real kernel, as
+//! root, with unmodified util-linux and e2fsprogs inside: the mediated
+//! `loop-control`, ownership of what a namespace allocates, the limit, and
+//! cleanup when a namespace dies (also while the daemon is down).
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// Backing files a container can reach (below the target dir: the
+/// container's `/tmp` is its own), writable by its root; removed on drop.
+struct Images {
+    dir: PathBuf,
+}
+
+impl Images {
+    fn new(tag: &str) -> Images {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(marker(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        Images { dir }
+    }
+
+    /// An 8 MiB image (with one partition when `partitioned`).
+    fn make(&self, name: &str, partitioned: bool) -> String {
+        let img = self.dir.join(name);
+        std::fs::File::create(&img).and_then(|f| f.set_len(8 << 20)).unwrap();
+        if partitioned {
+            let mut c = std::process::Command::new("sfdisk");
+            c.args(["-q", img.to_str().unwrap()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null());
+            let mut child = c.spawn().expect("sfdisk");
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"label: dos\n,4MiB,L\n").unwrap();
+            assert!(child.wait().unwrap().success());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o666)).unwrap();
+        img.to_string_lossy().into_owned()
+    }
+
+    /// Loop devices on the host bound to one of these files.
+    fn bound(&self) -> Vec<String> {
+        let mine = self.dir.to_string_lossy().into_owned();
+        host_loops()
+            .into_iter()
+            .filter(|n| {
+                std::fs::read_to_string(format!("/sys/class/block/{n}/loop/backing_file"))
+                    .is_ok_and(|f| f.starts_with(&mine))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The host's loop devices (whole disks).
+fn host_loops() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.strip_prefix("loop").is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit())))
+        .collect();
+    v.sort();
+    v
+}
+
+fn exists(name: &str) -> bool {
+    Path::new("/sys/class/block").join(name).exists()
+}
+
+/// One loop device as it is now: its name and the kernel's sequence number
+/// of the disk (a new device at the same index, which a concurrent test may
+/// make at once, has another).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Disk {
+    name: String,
+    seq: String,
+}
+
+impl Disk {
+    fn of(path: &str) -> Disk {
+        let name = path.trim_start_matches("/dev/").to_owned();
+        let seq = std::fs::read_to_string(format!("/sys/class/block/{name}/diskseq")).expect("a loop device");
+        Disk { name, seq }
+    }
+
+    /// This very device is gone from the host.
+    fn gone(&self) -> bool {
+        std::fs::read_to_string(format!("/sys/class/block/{}/diskseq", self.name)).map_or(true, |s| s != self.seq)
+    }
+}
+
+/// The host's minor of block device `name`.
+fn minor_of(name: &str) -> u32 {
+    let st = std::fs::read_to_string(format!("/sys/class/block/{name}/dev")).unwrap();
+    st.trim().split(':').nth(1).unwrap().parse().unwrap()
+}
+
+/// A shell line that runs loop-control ioctls from inside a container with
+/// this test binary (see `ioctl_child`); prints `OP=RESULT` lines.
+fn ioctls(ops: &str) -> String {
+    let me = std::env::current_exe().unwrap();
+    format!(
+        "DEVNS_LOOP_OPS={ops} {} --exact ioctl_child --nocapture --test-threads 1 2>/dev/null | grep -o 'op [^ ]*'",
+        me.display()
+    )
+}
+
+/// Runs inside containers: `DEVNS_LOOP_OPS` is a list of `CMD:ARG` (CMD
+/// one of add, remove, get_free) done on `/dev/loop-control`, or of
+/// `file=PATH` to use another file for those after it.
+#[test]
+fn ioctl_child() {
+    let Ok(ops) = std::env::var("DEVNS_LOOP_OPS") else { return };
+    let mut file = "/dev/loop-control".to_owned();
+    for op in ops.split(',') {
+        if let Some(f) = op.strip_prefix("file=") {
+            file = f.to_owned();
+            continue;
+        }
+        let (cmd, arg) = op.split_once(':').unwrap_or((op, "0"));
+        let nr: libc::c_ulong = match cmd {
+            "add" => 0x4C80,
+            "remove" => 0x4C81,
+            "get_free" => 0x4C82,
+            _ => panic!("unknown op {cmd}"),
+        };
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
+        let arg: i64 = arg.parse().unwrap();
+        // SAFETY: the loop-control ioctls take their argument by value;
+        // `f` is open for the call.
+        let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), nr, arg as libc::c_ulong) };
+        let r = if r < 0 { -std::io::Error::last_os_error().raw_os_error().unwrap() } else { r };
+        println!("op {op}={r}");
+    }
+}
+
+#[test]
+fn util_linux_gets_loop_devices_that_only_its_namespace_sees() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let imgs = Images::new("util");
+    let (plain, parted) = (imgs.make("plain.img", false), imgs.make("parted.img", true));
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let mut b = shell_container(&env, &["--name", "b"]);
+
+    assert_eq!(a.sh("ls -l /dev/loop-control | cut -c1"), ["c"]);
+    let d = a.sh(&format!("d=$(losetup -f --show {plain}); echo $d"));
+    let dev = d[0].trim_start_matches("/dev/").to_owned();
+    assert!(dev.starts_with("loop"), "{d:?}");
+    assert_eq!(a.sh("mkfs.ext4 -q $d; echo $?"), ["0"]);
+    assert_eq!(a.sh("blkid -o value -s TYPE $d"), ["ext4"]);
+    // The kernel here has no partition parsers: partx adds what -P would.
+    let p = a.sh(&format!("p=$(losetup -P -f --show {parted}); [ -e ${{p}}p1 ] || partx -a $p; echo $p"));
+    let pdev = p[0].trim_start_matches("/dev/").to_owned();
+    assert_ne!(pdev, dev);
+    let mut want = vec!["loop-control".to_owned(), dev.clone(), pdev.clone(), format!("{pdev}p1")];
+    want.sort();
+    assert_eq!(sorted(a.sh("ls /dev | grep ^loop")), want);
+    assert_eq!(a.sh("sfdisk --dump $p | grep -c start="), ["1"]);
+    let listed = a.sh("losetup -a");
+    assert_eq!(listed.len(), 2, "only its own: {listed:?}");
+    assert!(listed.iter().any(|l| l.contains("plain.img")) && listed.iter().any(|l| l.contains("parted.img")));
+    // The host sees them as A's.
+    let owned: Vec<(String, String)> = env
+        .owned()
+        .iter()
+        .map(|o| (o["name"].as_str().unwrap().to_owned(), o["owner"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    for n in [&dev, &pdev, &format!("{pdev}p1")] {
+        assert!(owned.iter().any(|(name, _)| name == n), "{n} owned: {owned:?}");
+    }
+
+    // B sees none of it, and can neither open, make, reconfigure nor remove A's.
+    assert_eq!(b.sh("ls /dev | grep ^loop"), ["loop-control"]);
+    assert_eq!(b.sh("losetup -a | wc -l"), ["0"]);
+    let (maj_min, n) = (minor_of(&dev), dev.trim_start_matches("loop").to_owned());
+    assert_eq!(b.sh(&format!("mknod /tmp/x b 7 {maj_min} 2>/dev/null; echo $?")), ["1"]);
+    assert_eq!(b.sh(&format!("losetup -c /dev/{dev} 2>/dev/null; echo $?")), ["1"]);
+    assert_eq!(
+        b.sh(&ioctls(&format!("remove:{n},add:{n}"))),
+        [format!("op remove:{n}={}", -libc::EPERM), format!("op add:{n}={}", -libc::EEXIST)]
+    );
+    // B's own device is another one.
+    let bd = b.sh("losetup -f");
+    assert!(bd.len() == 1 && bd[0] != d[0] && bd[0] != p[0], "{bd:?}");
+    assert!(!Disk::of(&dev).gone(), "B's attempts changed nothing");
+    assert_eq!(imgs.bound().len(), 2);
+
+    // A detaches and removes its own; a bound one the kernel keeps (EBUSY).
+    let (da, pa, ba) = (Disk::of(&dev), Disk::of(&pdev), Disk::of(&bd[0]));
+    assert_eq!(a.sh(&ioctls(&format!("remove:{n}"))), [format!("op remove:{n}={}", -libc::EBUSY)]);
+    assert_eq!(a.sh("losetup -d $d; echo $?; losetup -d $p; echo $?"), ["0", "0"]);
+    assert_eq!(a.sh(&ioctls(&format!("remove:{n}"))), [format!("op remove:{n}=0")]);
+    assert!(da.gone(), "removed on the host");
+    assert_eq!(a.sh("ls /dev | grep ^loop"), ["loop-control", &pdev]);
+    drop((a, b));
+    eventually("A's and B's loop devices removed", || pa.gone() && ba.gone());
+    assert!(imgs.bound().is_empty());
+}
+
+#[test]
+fn a_stand_alone_run_gets_loop_devices_and_removes_them_at_its_end() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let imgs = Images::new("alone");
+    let parted = imgs.make("parted.img", true);
+    let script = format!(
+        "p=$(losetup -P -f --show {parted}) || exit 9; [ -e ${{p}}p1 ] || partx -a $p; echo $p; \
+         mkfs.ext4 -q ${{p}}p1 && blkid -o value -s TYPE ${{p}}p1; ls /dev | grep ^loop; \
+         losetup -d $p; sleep 0.2; ls /dev | grep ^loop; losetup -f --show {parted}; cat /sys/class/block/${{p#/dev/}}/diskseq"
+    );
+    let o = env.run(&["--", "sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    let p = lines[0].trim_start_matches("/dev/");
+    assert_eq!(lines[1], "ext4");
+    assert_eq!(lines[2..5], ["loop-control", p, &format!("{p}p1")]);
+    // Detached: the partition left the view with the kernel's event.
+    assert_eq!(lines[5..7], ["loop-control", p]);
+    // Its own free device again, not a new one.
+    assert_eq!(lines[7], lines[0]);
+    assert!(Disk { name: p.to_owned(), seq: format!("{}\n", lines[8]) }.gone(), "removed when the run ended");
+    assert!(imgs.bound().is_empty());
+    assert_eq!(env.recorded_namespaces(), 0);
+}
+
+#[test]
+fn add_of_an_unowned_free_device_lends_it_and_other_files_are_not_loop_control() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    // A free device of the host's, at a number nobody else uses.
+    let mut n = 800 + (std::process::id() as u64 % 100);
+    while loop_ctl(LOOP_CTL_ADD, n) < 0 {
+        n += 1;
+    }
+    let name = format!("loop{n}");
+    let lent = Disk::of(&name);
+    // A number nobody uses, that /dev/null must not make.
+    let far = 900_000 + std::process::id() % 100_000;
+    let mut a = shell_container(&env, &["--name", "a"]);
+    assert_eq!(
+        a.sh(&ioctls(&format!("add:{n},file=/dev/null,get_free:0,add:{far}"))),
+        [
+            format!("op add:{n}={n}"),
+            format!("op get_free:0={}", -libc::ENOTTY),
+            format!("op add:{far}={}", -libc::ENOTTY)
+        ]
+    );
+    assert!(a.sh("ls /dev").contains(&name));
+    drop(a);
+    // Lent, not made for it: back to the host, still there.
+    eventually("returned to the host", || env.owned().is_empty());
+    assert!(!lent.gone(), "the host's device stays");
+    assert!(!exists(&format!("loop{far}")));
+    loop_ctl(LOOP_CTL_REMOVE, n);
+}
+
+#[test]
+fn the_limit_answers_enospc_and_says_why() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    std::fs::write(env.config(), "loop_limit = 2\n").unwrap();
+    let imgs = Images::new("limit");
+    let img = imgs.make("a.img", false);
+    let script = format!(
+        "losetup -f --show {img} >/dev/null && losetup -f --show {img} >/dev/null && echo two; \
+         losetup -f --show {img} 2>/dev/null; echo third=$?; {}",
+        ioctls("get_free:0")
+    );
+    let o = env.run(&["--", "sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["two", "third=1", &format!("op get_free:0={}", -libc::ENOSPC)]);
+    assert!(stderr.contains("the limit is 2"), "{stderr}");
+    assert!(imgs.bound().is_empty());
+}
+
+/// The host pid of a `devns run`'s container init.
+fn init_of(c: &Container) -> i32 {
+    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.pid())).unwrap();
+    kids.split_whitespace().next().expect("a container init").parse().unwrap()
+}
+
+#[test]
+fn two_hundred_killed_containers_leave_no_loop_device_behind() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let imgs = Images::new("life");
+    let (plain, parted) = (imgs.make("plain.img", false), imgs.make("parted.img", true));
+    let state = env.state_dir().to_string_lossy().into_owned();
+    let mine = || host_mounts().into_iter().filter(|l| l.contains(&state)).collect::<Vec<_>>();
+    let mounts = mine();
+    let script = format!(
+        "for i in 1 2; do losetup -f --show {plain} || exit 1; done; \
+         p=$(losetup -P -f --show {parted}) || exit 1; [ -e ${{p}}p1 ] || partx -a $p || exit 1; echo $p; \
+         ls /dev | grep -c '^loop[0-9]'; echo ready; sleep 1000"
+    );
+    let mut taken = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let mut c = env.spawn(&["--", "sh", "-c", &script]);
+        let lines: Vec<String> = c.lines_until("ready");
+        assert_eq!(lines.len(), 4, "lifecycle {i}: {lines:?}");
+        assert_eq!(lines[3], "4", "three loop devices and a partition in the view: {lines:?}");
+        taken.extend(lines[..3].iter().map(|l| Disk::of(l)));
+        let init = rustix::process::Pid::from_raw(init_of(&c)).unwrap();
+        rustix::process::kill_process(init, rustix::process::Signal::KILL).unwrap();
+        let _ = c.child.wait();
+    }
+    eventually("every loop device of the containers removed", || taken.iter().all(Disk::gone));
+    assert!(imgs.bound().is_empty(), "bound to a test's file: {:?}", imgs.bound());
+    eventually("no leftover mount", || mine() == mounts);
+    assert!(env.owned().is_empty());
+}
+
+#[test]
+fn loops_of_a_namespace_that_died_while_the_daemon_was_down_go_at_its_restart() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut d = Daemon::start(&env);
+    let imgs = Images::new("down");
+    let img = imgs.make("a.img", false);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let bound = Disk::of(&a.sh(&format!("losetup -f --show {img}"))[0]);
+    // `losetup -f` alone only asks; A has no free device, so one is made
+    // for it on asking, A's all the same.
+    let free = Disk::of(&a.sh("losetup -f")[0]);
+    d.kill9();
+    let init = rustix::process::Pid::from_raw(init_of(&a)).unwrap();
+    rustix::process::kill_process(init, rustix::process::Signal::KILL).unwrap();
+    let _ = a.child.wait();
+    assert!(!bound.gone(), "nobody cleans while the daemon is down");
+    let _d = Daemon::start(&env);
+    eventually("removed at restart", || bound.gone() && free.gone());
+    assert!(imgs.bound().is_empty());
+    assert!(env.owned().is_empty());
+    drop(a);
+}
+
+#[test]
+fn loop_allocation_is_announced_to_the_owner_like_a_hotplug() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let imgs = Images::new("events");
+    let img = imgs.make("a.img", false);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let mut b = shell_container(&env, &["--name", "b"]);
+    a.sh("udevadm monitor --kernel >/tmp/ev 2>&1 & sleep 0.5");
+    // B's allocation reaches B alone.
+    let bd = b.sh("losetup -f")[0].trim_start_matches("/dev/").to_owned();
+    let d = a.sh(&format!("d=$(losetup -f --show {img}); echo $d; losetup -d $d"));
+    let dev = d[0].trim_start_matches("/dev/").to_owned();
+    let n = dev.trim_start_matches("loop");
+    assert_eq!(a.sh(&ioctls(&format!("remove:{n}"))), [format!("op remove:{n}=0")]);
+    // "KERNEL[ts] ACTION /devices/virtual/block/loopN (block)"
+    let actions = |a: &mut Container| -> Vec<(String, String)> {
+        a.sh("cat /tmp/ev")
+            .iter()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 4 && f[0].starts_with("KERNEL[")).then(|| (f[1].to_owned(), f[2].to_owned()))
+            })
+            .collect()
+    };
+    let mut seen = actions(&mut a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.iter().any(|(act, _)| act == "remove") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        seen = actions(&mut a);
+    }
+    assert!(seen.iter().all(|(_, p)| p.ends_with(&format!("/{dev}"))), "only A's device: {seen:?} (B has {bd})");
+    let acts: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(acts.first(), Some(&"add"), "{acts:?}");
+    assert_eq!(acts.last(), Some(&"remove"), "{acts:?}");
+    assert!(acts.iter().filter(|a| **a == "change").count() >= 2, "attach and detach: {acts:?}");
+}
