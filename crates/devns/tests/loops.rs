@@ -8,16 +8,26 @@ use common::*;
 use std::path::{Path, PathBuf};
 
 /// Backing files a container can reach (below the target dir: the
-/// container's `/tmp` is its own), writable by its root; removed on drop.
+/// container's `/tmp` is its own), writable by its root; removed on drop,
+/// with the loop devices the test saw containers take, should a failing
+/// test leave them (its daemon may be gone before it could clean up).
 struct Images {
     dir: PathBuf,
+    seen: std::cell::RefCell<Vec<Disk>>,
 }
 
 impl Images {
     fn new(tag: &str) -> Images {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(marker(tag));
         std::fs::create_dir_all(&dir).unwrap();
-        Images { dir }
+        Images { dir, seen: Default::default() }
+    }
+
+    /// A container's device, as it is now (see [`Disk`]); remembered.
+    fn disk(&self, path: &str) -> Disk {
+        let d = Disk::of(path);
+        self.seen.borrow_mut().push(d.clone());
+        d
     }
 
     /// An 8 MiB image (with one partition when `partitioned`).
@@ -53,6 +63,18 @@ impl Images {
 
 impl Drop for Images {
     fn drop(&mut self) {
+        // Still there only when the test failed: this very device (same
+        // sequence number), detached and removed; then any device still
+        // bound to one of these files.
+        for d in self.seen.borrow().iter().filter(|d| !d.gone()) {
+            let _ = std::process::Command::new("losetup").args(["-d", &format!("/dev/{}", d.name)]).status();
+            if let Some(n) = d.name.strip_prefix("loop").and_then(|n| n.parse().ok()) {
+                loop_ctl(LOOP_CTL_REMOVE, n);
+            }
+        }
+        for n in self.bound() {
+            let _ = std::process::Command::new("losetup").args(["-d", &format!("/dev/{n}")]).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -196,7 +218,7 @@ fn util_linux_gets_loop_devices_that_only_its_namespace_sees() {
     assert_eq!(imgs.bound().len(), 2);
 
     // A detaches and removes its own; a bound one the kernel keeps (EBUSY).
-    let (da, pa, ba) = (Disk::of(&dev), Disk::of(&pdev), Disk::of(&bd[0]));
+    let (da, pa, ba) = (imgs.disk(&dev), imgs.disk(&pdev), imgs.disk(&bd[0]));
     assert_eq!(a.sh(&ioctls(&format!("remove:{n}"))), [format!("op remove:{n}={}", -libc::EBUSY)]);
     assert_eq!(a.sh("losetup -d $d; echo $?; losetup -d $p; echo $?"), ["0", "0"]);
     assert_eq!(a.sh(&ioctls(&format!("remove:{n}"))), [format!("op remove:{n}=0")]);
@@ -321,7 +343,7 @@ fn two_hundred_killed_containers_leave_no_loop_device_behind() {
         let lines: Vec<String> = c.lines_until("ready");
         assert_eq!(lines.len(), 4, "lifecycle {i}: {lines:?}");
         assert_eq!(lines[3], "4", "three loop devices and a partition in the view: {lines:?}");
-        taken.extend(lines[..3].iter().map(|l| Disk::of(l)));
+        taken.extend(lines[..3].iter().map(|l| imgs.disk(l)));
         let init = rustix::process::Pid::from_raw(init_of(&c)).unwrap();
         rustix::process::kill_process(init, rustix::process::Signal::KILL).unwrap();
         let _ = c.child.wait();
@@ -342,10 +364,10 @@ fn loops_of_a_namespace_that_died_while_the_daemon_was_down_go_at_its_restart() 
     let imgs = Images::new("down");
     let img = imgs.make("a.img", false);
     let mut a = shell_container(&env, &["--name", "a"]);
-    let bound = Disk::of(&a.sh(&format!("losetup -f --show {img}"))[0]);
+    let bound = imgs.disk(&a.sh(&format!("losetup -f --show {img}"))[0]);
     // `losetup -f` alone only asks; A has no free device, so one is made
     // for it on asking, A's all the same.
-    let free = Disk::of(&a.sh("losetup -f")[0]);
+    let free = imgs.disk(&a.sh("losetup -f")[0]);
     d.kill9();
     let init = rustix::process::Pid::from_raw(init_of(&a)).unwrap();
     rustix::process::kill_process(init, rustix::process::Signal::KILL).unwrap();

@@ -307,6 +307,10 @@ impl Daemon {
                 if let Some(ns) = self.departed.remove(&dev) {
                     self.announce(ns, buf);
                 }
+                if crate::discover::exists(dev) {
+                    tracing::debug!(dev = %dev, "a late remove event: a new device has its numbers");
+                    return;
+                }
                 let Some(name) = self.registry.device(dev).map(|d| d.name.clone()) else { return };
                 let holders = self.registry.holders(dev, &all);
                 let owner = self.registry.owner(dev);
