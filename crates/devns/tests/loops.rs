@@ -217,6 +217,12 @@ fn util_linux_gets_loop_devices_that_only_its_namespace_sees() {
     assert!(!Disk::of(&dev).gone(), "B's attempts changed nothing");
     assert_eq!(imgs.bound().len(), 2);
 
+    // Partition edits need CAP_SYS_ADMIN in its namespace, as natively.
+    let nocaps = "setpriv --bounding-set=-all --inh-caps=-all partx -d $p 2>/dev/null; echo $?";
+    assert_eq!(a.sh(nocaps), ["1"]);
+    assert!(a.sh("ls /dev").contains(&format!("{pdev}p1")), "nothing changed");
+    assert_eq!(a.sh("partx -d $p; echo $?; ls /dev | grep -c ^loop"), ["0", "3"]);
+
     // A detaches and removes its own; a bound one the kernel keeps (EBUSY).
     let (da, pa, ba) = (imgs.disk(&dev), imgs.disk(&pdev), imgs.disk(&bd[0]));
     assert_eq!(a.sh(&ioctls(&format!("remove:{n}"))), [format!("op remove:{n}={}", -libc::EBUSY)]);
