@@ -148,18 +148,30 @@ impl Creds {
         self.cap_eff & (1 << cap) != 0
     }
 
-    /// Parses `/proc/PID/status`; `None` if a needed line is missing.
+    /// Parses `/proc/PID/status` in one pass (the agent reads it at every
+    /// call); `None` if a needed line is missing or malformed, or a group
+    /// is not a number.
     pub fn parse_status(text: &str) -> Option<Creds> {
-        let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
         // Uid:/Gid: are real, effective, saved, filesystem.
-        let fs = |name: &str| field(name)?.split_whitespace().nth(3)?.parse().ok();
-        Some(Creds {
-            fsuid: fs("Uid:")?,
-            fsgid: fs("Gid:")?,
-            groups: field("Groups:")?.split_whitespace().filter_map(|g| g.parse().ok()).collect(),
-            umask: u32::from_str_radix(field("Umask:")?, 8).ok()?,
-            cap_eff: u64::from_str_radix(field("CapEff:")?, 16).ok()?,
-        })
+        let fs = |v: &str| v.split_whitespace().nth(3)?.parse().ok();
+        let (mut fsuid, mut fsgid, mut groups, mut umask, mut cap_eff) = (None, None, None, None, None);
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else { continue };
+            let value = value.trim();
+            match key {
+                "Umask" => umask = Some(u32::from_str_radix(value, 8).ok()?),
+                "Uid" => fsuid = Some(fs(value)?),
+                "Gid" => fsgid = Some(fs(value)?),
+                "Groups" => groups = Some(value.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?),
+                "CapEff" => {
+                    cap_eff = Some(u64::from_str_radix(value, 16).ok()?);
+                    // The last one needed: what follows is of no interest.
+                    break;
+                }
+                _ => {}
+            }
+        }
+        Some(Creds { fsuid: fsuid?, fsgid: fsgid?, groups: groups?, umask: umask?, cap_eff: cap_eff? })
     }
 }
 

@@ -81,3 +81,18 @@ pub fn wait_pidfd(pidfd: &OwnedFd) -> io::Result<i32> {
         }
     }
 }
+
+/// Copies `buf.len()` bytes of thread `tid`'s memory at `addr` into `buf`
+/// (`process_vm_readv`, which rustix lacks); returns how many were read,
+/// fewer when the range runs into an unmapped or unreadable page. Reads the
+/// thread's current address space, with the page protections a syscall of
+/// its own would meet (unlike `/proc/PID/mem`, which forces its way in).
+pub fn read_memory(tid: i32, addr: u64, buf: &mut [u8]) -> rustix::io::Result<usize> {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes `buf`, writable for its whole length through
+    // the call; `remote` is only an address in the other process, which the
+    // kernel checks itself; one iovec each.
+    let n = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
+    if n < 0 { Err(crate::last_errno()) } else { Ok(n as usize) }
+}

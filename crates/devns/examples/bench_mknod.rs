@@ -591,34 +591,6 @@ fn child_of(ppid: i32) -> Option<i32> {
     None
 }
 
-/// Restores host root's filesystem identity on drop, as the agent does.
-struct Restore(rustix::thread::CapabilitySet);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        devns_sys::creds::set_fsuid(0);
-        devns_sys::creds::set_fsgid(0);
-        let _ = devns_sys::creds::set_groups(&[]);
-        if let Ok(mut now) = rustix::thread::capabilities(None) {
-            now.effective = self.0;
-            let _ = rustix::thread::set_capabilities(None, now);
-        }
-    }
-}
-
-/// The agent's `AsCaller::become_`, call for call.
-fn become_caller(c: &devns_core::seccomp::Creds) -> Result<Restore> {
-    let caps = rustix::thread::capabilities(None)?;
-    devns_sys::creds::set_groups(&c.groups)?;
-    devns_sys::creds::set_fsgid(c.fsgid);
-    devns_sys::creds::set_fsuid(c.fsuid);
-    let guard = Restore(caps.effective);
-    let mut now = rustix::thread::capabilities(None)?;
-    now.effective |= rustix::thread::CapabilitySet::MKNOD;
-    rustix::thread::set_capabilities(None, now)?;
-    Ok(guard)
-}
-
 fn time_step(mut f: impl FnMut() -> Result<()>) -> Result<Stats> {
     let mut samples = Vec::with_capacity(REPLAY);
     for i in 0..REPLAY + WARMUP {
@@ -631,67 +603,57 @@ fn time_step(mut f: impl FnMut() -> Result<()>) -> Result<Stats> {
     Ok(stats(&samples))
 }
 
-/// The syscalls devns's agent makes for one trapped `mknod` of `c 1:3`
-/// (`mknod` in `crates/devns/src/agent.rs`), made by this process, step by step, against a
-/// container's process that waits on its stdin: where the agent's time goes
-/// when nothing else is going on. (The fds, the allocations and the
-/// `SECCOMP_IOCTL_NOTIF_ID_VALID` ioctl are left out.)
+/// The steps devns's agent takes for one trapped `mknod` of `c 1:3`
+/// (`crates/devns/src/agent/`), made by this process with the agent's own
+/// code, one step at a time, against a container's process that waits on
+/// its stdin: where the agent's time goes when nothing else is going on.
+/// (Closing fds and the `SECCOMP_IOCTL_NOTIF_ID_VALID` ioctl are left out.)
 fn replay(env: &Env) -> Result<Vec<(&'static str, Stats)>> {
+    use devns::agent::{AsCaller, Base, Kept, MNT_ID_UNIQUE};
     use rustix::fs::{OFlags, ResolveFlags};
     let mut p = container(env, 1, Make::Null)?;
     let init = child_of(p.child.id() as i32).context("no container init under devns run")?;
     let pid = child_of(init).context("no command under the container's init")?;
+    let tid = u32::try_from(pid)?;
     let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let proc_dir = rustix::fs::open(format!("/proc/{pid}"), dir_flags, Mode::empty())?;
-    let mem = rustix::fs::openat(&proc_dir, "mem", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-    let root = rustix::fs::openat(&proc_dir, "root", dir_flags, Mode::empty())?;
     // A path somewhere in the middle of a page of its stack: the agent reads
     // to the end of the page.
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     let stack = maps.lines().find(|l| l.ends_with("[stack]")).context("no [stack] in its maps")?;
     let end = stack.split(['-', ' ']).nth(1).and_then(|h| u64::from_str_radix(h, 16).ok()).context("bad maps")?;
     let addr = end - 4096 + 2048;
-    let status = |proc_dir: &rustix::fd::OwnedFd| -> Result<devns_core::seccomp::Creds> {
-        let fd = rustix::fs::openat(proc_dir, "status", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-        let mut buf = vec![0u8; 8192];
-        let n = rustix::io::read(&fd, &mut buf)?;
-        devns_core::seccomp::Creds::parse_status(&String::from_utf8_lossy(&buf[..n])).context("bad status")
-    };
-    let creds = status(&proc_dir)?;
+    let mut kept = Kept::default();
+    let creds = kept.caller(tid)?.creds;
+    let root = kept.caller(tid)?.dir("root")?;
     let parent = rustix::fs::openat2(&root, "/tmp", dir_flags, Mode::empty(), ResolveFlags::IN_ROOT)?;
+    // The agent's thread's identity (this thread's, without groups now).
+    let base = Base::of_this_thread()?;
     let mut steps: Vec<(&'static str, Stats)> = Vec::new();
     steps.push((
-        "open `/proc/PID` and its `mem`",
+        "its credentials: the kept `status` read afresh (`pread`) and parsed",
+        time_step(|| kept.caller(tid).map(drop).map_err(Into::into))?,
+    ));
+    steps.push((
+        "read the path from its memory (`process_vm_readv`, 2 KiB)",
         time_step(|| {
-            let d = rustix::fs::open(format!("/proc/{pid}"), dir_flags, Mode::empty())?;
-            rustix::fs::openat(&d, "mem", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+            let _ = kept.caller(tid)?.read_str(addr, 4096);
             Ok(())
         })?,
     ));
     steps.push((
-        "read the path from its memory (`pread` of `mem`, 2 KiB)",
+        "its user namespace (`readlinkat` of the kept `ns/user`, compared)",
         time_step(|| {
-            let mut chunk = vec![0u8; 4096 - (addr % 4096) as usize];
-            ensure!(rustix::io::pread(&mem, &mut chunk, addr)? > 0, "read nothing");
+            kept.caller(tid)?.user_ns()?;
             Ok(())
         })?,
     ));
     steps.push((
-        "open its `root`",
+        "open its `root` (from the kept `/proc/TID`)",
         time_step(|| {
-            rustix::fs::openat(&proc_dir, "root", dir_flags, Mode::empty())?;
+            kept.caller(tid)?.dir("root")?;
             Ok(())
         })?,
     ));
-    steps.push((
-        "its user namespace (open `ns/user`, `NS_GET_ID`)",
-        time_step(|| {
-            let fd = rustix::fs::openat(&proc_dir, "ns/user", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-            devns_sys::ns::ns_id(&fd)?;
-            Ok(())
-        })?,
-    ));
-    steps.push(("its credentials (open, read, parse `status`)", time_step(|| status(&proc_dir).map(drop))?));
     steps.push((
         "resolve `/tmp` in its root (`openat2`, `RESOLVE_IN_ROOT`)",
         time_step(|| {
@@ -706,24 +668,23 @@ fn replay(env: &Env) -> Result<Vec<(&'static str, Stats)>> {
         })?,
     ));
     steps.push((
-        "checks on that directory (2 `fstat`, `fstatvfs`, `statx`)",
+        "checks on that directory (`statx`, `fstat` of the view, `fstatvfs`)",
         time_step(|| {
+            let at = rustix::fs::statx(&parent, "", AtFlags::EMPTY_PATH, MNT_ID_UNIQUE)?;
             rustix::fs::fstat(&root)?;
-            rustix::fs::fstat(&parent)?;
-            rustix::fs::fstatvfs(&parent)?;
-            rustix::fs::statx(&parent, "", AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::MNT_ID)?;
+            ensure!(devns::agent::nodes_work_in(&parent, &at), "nodes do not work in its /tmp");
             Ok(())
         })?,
     ));
     steps.push((
-        "take on its fs credentials and back (`capget`/`capset`, `setgroups`, `setfsuid`/`gid`)",
-        time_step(|| become_caller(&creds).map(drop))?,
+        "take on its identity and back (`setfsgid`, `setfsuid`, `capset`, `umask`, and back)",
+        time_step(|| AsCaller::become_(&creds, &base).map(drop).map_err(Into::into))?,
     ));
     let node = rustix::fs::makedev(1, 3);
     let mode = Mode::from_raw_mode(0o600);
     let mut samples = Vec::with_capacity(REPLAY);
     for i in 0..REPLAY + WARMUP {
-        let guard = become_caller(&creds)?;
+        let guard = AsCaller::become_(&creds, &base)?;
         let t = Instant::now();
         rustix::fs::mknodat(&parent, NODE, FileType::CharacterDevice, mode, node)?;
         let dt = t.elapsed();

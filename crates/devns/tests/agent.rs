@@ -51,6 +51,38 @@ fn mknod_of_visible_devices_works_and_of_others_is_refused() {
     assert!(b.sh("ls /dev").contains(&other.name), "B keeps its device");
 }
 
+/// The node is checked and owned as the caller's own would be: its fsuid,
+/// fsgid and supplementary groups against the directory's permissions and
+/// `setgid` bit, and its umask alone (not devns's) on the mode.
+#[test]
+fn mknod_is_checked_and_owned_as_the_caller_with_its_groups_and_umask() {
+    if !privileged() {
+        return;
+    }
+    // devns's own umask must not reach the container's nodes: make it one
+    // that would show (this test runs in a process of its own).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o027));
+    let env = Env::new();
+    let as_user = "setpriv --reuid 1000 --regid 1000 --inh-caps +mknod --ambient-caps +mknod";
+    let script = format!(
+        "mkdir /tmp/g && chown 0:1234 /tmp/g && chmod 2770 /tmp/g; \
+         umask 022; {as_user} --groups 1234 mknod /tmp/g/n c 1 3 && stat -c '%u %g %a' /tmp/g/n; \
+         {as_user} --clear-groups mknod /tmp/g/m c 1 3 2>&1 | grep -q 'Permission denied' && echo no-group-eacces; \
+         [ -e /tmp/g/m ] || echo nothing-made; \
+         umask 0; mknod /tmp/z c 1 5 && stat -c '%a %u %g' /tmp/z; \
+         umask 0; mknod -m 0604 /tmp/w c 1 5 && stat -c '%a' /tmp/w"
+    );
+    let o = env.run(&["--", "sh", "-c", &script]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<String> = out(&o).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        ["1000 1234 644", "no-group-eacces", "nothing-made", "666 0 0", "604"],
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 #[test]
 fn mknod_where_nodes_cannot_work_is_refused_and_errors_are_native() {
     if !privileged() {

@@ -174,7 +174,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let listener = container::start(&mine, &[for_child.as_fd(), tmp.as_fd()])?;
     // The container's /tmp is the container's alone.
     drop((mine, tmp, for_child));
-    let _ = devns_sys::seccomp::set_sync_wakeup(&listener);
+    let listener = crate::agent::Listener::new(listener).context("cannot serve the container's seccomp listener")?;
     tracing::info!(ns = %ns, pid = pid.as_raw_nonzero().get(), "started");
     let mut policy = RunPolicy {
         ns,
@@ -416,7 +416,7 @@ impl Ledger for RunPolicy<'_> {
 fn supervise(
     child: &mut ChildGuard,
     signals: &SignalFd,
-    mut agent: Option<(OwnedFd, &mut RunPolicy<'_>)>,
+    mut agent: Option<(crate::agent::Listener, &mut RunPolicy<'_>)>,
     uevents: Option<&OwnedFd>,
 ) -> Result<i32> {
     let pidfd = child.pidfd.as_ref().expect("not yet waited").as_fd();
@@ -429,7 +429,7 @@ fn supervise(
             fds.push(PollFd::new(u, PollFlags::IN));
         }
         if let Some((l, _)) = &agent {
-            fds.push(PollFd::new(l, PollFlags::IN));
+            fds.push(PollFd::from_borrowed_fd(l.fd(), PollFlags::IN));
         }
         match poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -437,7 +437,10 @@ fn supervise(
         }
         let revents: Vec<PollFlags> = fds.iter().map(|f| f.revents()).collect();
         drop(fds);
-        while let Some(si) = signals.read().context("reading signals")? {
+        // Only when there are some: most wake-ups are the agent's.
+        while revents[1].contains(PollFlags::IN)
+            && let Some(si) = signals.read().context("reading signals")?
+        {
             // A terminal's signals reach the command directly (same process
             // group); relaying them too would deliver them twice.
             if !si.from_kernel()
@@ -458,7 +461,7 @@ fn supervise(
                 agent = None;
             } else if r.contains(PollFlags::IN) {
                 let (l, policy) = agent.as_mut().expect("polled");
-                crate::agent::handle(l.as_fd(), *policy);
+                l.handle(*policy);
             }
         }
         if revents[0].contains(PollFlags::IN) {

@@ -54,8 +54,11 @@ impl Daemon {
                 if !devns_sys::seccomp::is_listener(&l) {
                     return Reply::err("bad request: the fd passed with listen is not a seccomp listener");
                 }
-                let _ = devns_sys::seccomp::set_sync_wakeup(&l);
-                let token = self.watch(&l, super::Target::Agent(0));
+                let l = match crate::agent::Listener::new(l) {
+                    Ok(l) => l,
+                    Err(e) => return Reply::err(format!("cannot serve the seccomp listener: {e}")),
+                };
+                let token = self.watch(l.fd(), super::Target::Agent(0));
                 self.targets.insert(token, super::Target::Agent(token));
                 self.listeners.insert(token, l);
                 Ok(json!("listening"))

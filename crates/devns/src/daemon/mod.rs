@@ -83,7 +83,7 @@ pub struct Daemon {
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
     /// seccomp listeners whose trapped calls this daemon answers, by token.
-    listeners: BTreeMap<u64, OwnedFd>,
+    listeners: BTreeMap<u64, crate::agent::Listener>,
     /// One epoll set, each fd registered once: a loop iteration costs the
     /// same with 1 view or 1,000.
     ep: OwnedFd,
@@ -430,9 +430,9 @@ impl Daemon {
                             self.targets.remove(&token);
                             self.listeners.remove(&key);
                         } else if flags.contains(EventFlags::IN)
-                            && let Some(l) = self.listeners.remove(&key)
+                            && let Some(mut l) = self.listeners.remove(&key)
                         {
-                            crate::agent::handle(rustix::fd::AsFd::as_fd(&l), self);
+                            l.handle(self);
                             self.listeners.insert(key, l);
                         }
                     }

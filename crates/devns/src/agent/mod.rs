@@ -1,0 +1,163 @@
+//! The seccomp agent: answers the calls a container's filter traps —
+//! `mknod`/`mknodat` of devices, `mount`, `fsopen`, and the `ioctl`s of
+//! `loop-control` and of partition editing — by doing them itself after its
+//! own checks, one notification at a time, from the loop that owns the
+//! listener (no thread or process per call).
+//!
+//! Each notification: read what the call needs of the caller once (its
+//! credentials, namespace, arguments), check `SECCOMP_IOCTL_NOTIF_ID_VALID`
+//! (so what was read was the caller's), decide from the registry, act with
+//! the caller's credentials on paths resolved inside the caller's root,
+//! answer with the errno a native call would give. A call the policy
+//! refuses is never continued.
+
+mod caller;
+mod ioctl;
+mod mknod;
+mod mount;
+
+// For bench_mknod's replay of one call, step by step: the real code.
+pub use caller::{Caller, Kept};
+pub use mknod::{AsCaller, Base, MNT_ID_UNIQUE, nodes_work_in};
+
+use devns_core::DevId;
+use devns_core::registry::NsId;
+use devns_core::seccomp::{NR_FSOPEN, NR_IOCTL, NR_MKNOD, NR_MKNODAT, NR_MOUNT};
+use devns_sys::seccomp::NotifResp;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::io::Errno;
+
+/// What the agent asks of devns: who may have which node, the views, and
+/// the changes loop-control and partition edits make.
+pub trait Policy {
+    fn may_have(&self, ns: NsId, dev: DevId) -> bool;
+    fn view(&self, ns: NsId) -> Option<BorrowedFd<'_>>;
+    /// Whether `ns` owns the whole disk `dev`.
+    fn owns(&self, ns: NsId, dev: DevId) -> bool;
+    /// A `LOOP_CTL_*` call of `ns`'s process `pid`: its value or errno.
+    fn loop_control(&mut self, ns: NsId, pid: i32, req: devns_core::loopctl::Request) -> Result<u32, Errno>;
+    /// The partitions of `ns`'s disk `dev` changed: registry and view follow.
+    fn partitions_changed(&mut self, ns: NsId, dev: DevId);
+}
+
+/// Longest path the agent reads from a caller (`PATH_MAX`).
+const PATH_MAX: usize = 4096;
+
+/// The filter for containers, in the kernel's form.
+pub fn filter() -> Vec<devns_sys::seccomp::SockFilter> {
+    devns_core::seccomp::filter()
+        .into_iter()
+        .map(|i| devns_sys::seccomp::SockFilter { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
+        .collect()
+}
+
+/// The answer to one call.
+enum Answer {
+    /// Return value 0 or -errno, as the emulated call.
+    Done(Result<(), Errno>),
+    /// A return value other than 0 (a loop device's index).
+    Value(u32),
+    /// Not ours: let the kernel run the call as it is.
+    Continue,
+    /// The caller is gone; nobody to answer.
+    Gone,
+}
+
+/// A seccomp listener the agent answers, with what it keeps between calls:
+/// the `/proc` files of the thread that called last, and the identity of
+/// the agent's own thread that each call made as a caller returns to.
+pub struct Listener {
+    fd: OwnedFd,
+    last: Kept,
+    base: Base,
+}
+
+impl Listener {
+    /// Serves `fd` from the calling thread, which must be the thread that
+    /// calls [`Listener::handle`]: it takes on callers' credentials for
+    /// their `mknod`s, and from now on carries no supplementary groups.
+    pub fn new(fd: OwnedFd) -> Result<Listener, Errno> {
+        let _ = devns_sys::seccomp::set_sync_wakeup(&fd);
+        Ok(Listener { fd, last: Kept::default(), base: Base::of_this_thread()? })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Handles one pending notification.
+    pub fn handle(&mut self, policy: &mut dyn Policy) {
+        let listener = self.fd.as_fd();
+        let n = match devns_sys::seccomp::recv(listener) {
+            Ok(n) => n,
+            // Interrupted, or the caller died between poll and recv.
+            Err(_) => return,
+        };
+        let nr = n.data.nr as u32;
+        let device = if nr == NR_MKNOD || nr == NR_MKNODAT { mknod::device_of(&n) } else { None };
+        let answer = if (nr == NR_MKNOD || nr == NR_MKNODAT) && device.is_none() {
+            Answer::Continue
+        } else {
+            match self.last.caller(n.pid) {
+                Err(e) => unreadable(listener, n.id, n.pid, e),
+                Ok(c) => match (nr, device) {
+                    (NR_MKNOD | NR_MKNODAT, Some(dev)) => mknod::mknod(listener, &n, c, dev, &*policy, &self.base),
+                    (NR_MOUNT, _) => mount::mount(listener, &n, c, &*policy),
+                    (NR_FSOPEN, _) => mount::fsopen(&n, c),
+                    (NR_IOCTL, _) => ioctl::ioctl(listener, &n, c, policy),
+                    _ => Answer::Done(Err(Errno::NOSYS)),
+                },
+            }
+        };
+        let resp = match answer {
+            Answer::Gone => return,
+            Answer::Continue => NotifResp { id: n.id, val: 0, error: 0, flags: devns_sys::seccomp::FLAG_CONTINUE },
+            Answer::Done(Ok(())) => NotifResp { id: n.id, val: 0, error: 0, flags: 0 },
+            Answer::Value(v) => NotifResp { id: n.id, val: i64::from(v), error: 0, flags: 0 },
+            Answer::Done(Err(e)) => NotifResp { id: n.id, val: 0, error: -e.raw_os_error(), flags: 0 },
+        };
+        // ENOENT: the caller died meanwhile; nothing else can go wrong here.
+        let _ = devns_sys::seccomp::send(listener, &resp);
+    }
+}
+
+/// After the reads: the caller's namespace when the thread read was the
+/// caller all along (`SECCOMP_IOCTL_NOTIF_ID_VALID`), else what to answer.
+fn confirm(listener: BorrowedFd<'_>, n: &devns_sys::seccomp::Notif, ns: Result<NsId, Errno>) -> Result<NsId, Answer> {
+    if !devns_sys::seccomp::id_valid(listener, n.id) {
+        return Err(Answer::Gone);
+    }
+    ns.map_err(|e| unreadable(listener, n.id, n.pid, e))
+}
+
+/// What a call gets whose caller's `/proc` files could not be read: none
+/// when it is gone, else a refusal (it must not wait forever).
+fn unreadable(listener: BorrowedFd<'_>, id: u64, pid: u32, e: Errno) -> Answer {
+    if !devns_sys::seccomp::id_valid(listener, id) {
+        return Answer::Gone;
+    }
+    let why = format!("cannot read the caller's /proc files: {e}");
+    refuse(pid as i32, None, "trapped call", &why, Errno::PERM)
+}
+
+/// A refusal as the agent answers it, logged.
+fn refuse(pid: i32, ns: Option<NsId>, call: &str, why: &str, errno: Errno) -> Answer {
+    Answer::Done(Err(refused(pid, ns, call, why, errno)))
+}
+
+/// Rate-limited log of a refusal (a container cannot flood the host's
+/// log); returns the errno to answer with.
+pub(crate) fn refused(pid: i32, ns: Option<NsId>, call: &str, why: &str, errno: Errno) -> Errno {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LOGGED: AtomicU64 = AtomicU64::new(0);
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if WINDOW.swap(now, Ordering::Relaxed) != now {
+        LOGGED.store(0, Ordering::Relaxed);
+    }
+    if LOGGED.fetch_add(1, Ordering::Relaxed) < 20 {
+        let ns = ns.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        tracing::warn!(pid, ns = %ns, call, errno = %errno, "refused: {why}");
+    }
+    errno
+}
