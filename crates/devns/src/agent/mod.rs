@@ -95,19 +95,15 @@ impl Listener {
         };
         let nr = n.data.nr as u32;
         let device = if nr == NR_MKNOD || nr == NR_MKNODAT { mknod::device_of(&n) } else { None };
-        let answer = if (nr == NR_MKNOD || nr == NR_MKNODAT) && device.is_none() {
-            Answer::Continue
-        } else {
-            match self.last.caller(n.pid) {
-                Err(e) => unreadable(listener, n.id, n.pid, e),
-                Ok(c) => match (nr, device) {
-                    (NR_MKNOD | NR_MKNODAT, Some(dev)) => mknod::mknod(listener, &n, c, dev, &*policy, &self.base),
-                    (NR_MOUNT, _) => mount::mount(listener, &n, c, &*policy),
-                    (NR_FSOPEN, _) => mount::fsopen(&n, c),
-                    (NR_IOCTL, _) => ioctl::ioctl(listener, &n, c, policy),
-                    _ => Answer::Done(Err(Errno::NOSYS)),
-                },
-            }
+        let answer = match (nr, device, self.last.caller(n.pid)) {
+            // A FIFO, socket or file: the kernel's, whoever asks.
+            (NR_MKNOD | NR_MKNODAT, None, _) => Answer::Continue,
+            (_, _, Err(e)) => unreadable(listener, n.id, n.pid, e),
+            (_, Some(dev), Ok(c)) => mknod::mknod(listener, &n, c, dev, &*policy, &self.base),
+            (NR_MOUNT, _, Ok(c)) => mount::mount(listener, &n, c, &*policy),
+            (NR_FSOPEN, _, Ok(c)) => mount::fsopen(&n, c),
+            (NR_IOCTL, _, Ok(c)) => ioctl::ioctl(listener, &n, c, policy),
+            _ => Answer::Done(Err(Errno::NOSYS)),
         };
         let resp = match answer {
             Answer::Gone => return,
