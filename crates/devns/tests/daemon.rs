@@ -330,8 +330,12 @@ fn attach_brings_an_existing_namespace_under_devns() {
     let env = Env::new();
     let _d = Daemon::start(&env);
     let mark = marker("attach");
+    // Its own cgroup (made by the runtime, here the test), where devns
+    // attaches its device program.
+    let cg = TestCgroup::new("attach");
     // A user-namespaced process made by util-linux, not by devns.
-    let mut p = std::process::Command::new("unshare")
+    let mut p = cg
+        .command("unshare")
         .args([
             "--user",
             "--map-root-user",
@@ -350,6 +354,7 @@ fn attach_brings_an_existing_namespace_under_devns() {
     eventually("the process is in its user namespace", || {
         std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
     });
+    eventually("the process is in its cgroup", || cgroup_pids(&cg.path).contains(&(pid as i32)));
     let out = devns_ok(&env, &["attach", "--pid", &pid.to_string(), "--name", "ext"]);
     assert!(out.starts_with("id:"), "{out}");
     let dev: Vec<String> = sorted(
