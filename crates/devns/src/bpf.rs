@@ -245,6 +245,16 @@ impl AccessPolicy {
         Ok(())
     }
 
+    /// Takes devns's program off its cgroup, which stays (the operator
+    /// turned the layer off while the namespace lives).
+    pub fn detach(self) -> Result<(), PolicyError> {
+        sys::prog_detach(&self.prog, &self.cgroup_fd, sys::BPF_CGROUP_DEVICE).map_err(|source| PolicyError::Detach {
+            cgroup: self.cgroup.clone(),
+            prog: self.prog_id,
+            source,
+        })
+    }
+
     /// Ends the policy of a namespace that is gone. The map is emptied
     /// first (so that a process still in the cgroup, or a cgroup that
     /// cannot be removed yet, is denied every device); then a cgroup devns

@@ -499,3 +499,29 @@ fn a_daemon_killed_and_restarted_keeps_enforcing_and_updates_the_same_map() {
     assert_eq!(a.open(node.path()), "opened");
     assert_eq!(policy_of(&env, "a").read().unwrap(), expected_map(&[(1, major, minor)]));
 }
+
+#[test]
+fn a_daemon_restarted_with_the_layer_off_detaches_its_programs_and_still_removes_its_cgroups() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut d = Daemon::start(&env);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let l = AddedLoop::new();
+    let (major, minor) = block_numbers(&l.name());
+    let shared = SharedDir::new("off");
+    let node = shared.node("disk", 'b', major, minor);
+    assert!(refused(&a.open(node.path())));
+    let rec = record_of(&env, "a").cgroup.unwrap();
+    let cg = devns::cgroup::open(Path::new(&rec.path)).unwrap();
+    d.kill9();
+    std::fs::write(env.config(), "device_policy = false\n").unwrap();
+    let _d = Daemon::start(&env);
+    // A map nobody would update any more decides nothing.
+    assert_eq!(devns_sys::bpf::prog_query(&cg, devns_sys::bpf::BPF_CGROUP_DEVICE).unwrap(), Vec::<u32>::new());
+    assert_eq!(a.open(node.path()), "opened");
+    a.send("exit\n");
+    let _ = a.wait();
+    eventually("its cgroup is removed at its death", || !Path::new(&rec.path).exists());
+}

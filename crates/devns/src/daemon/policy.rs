@@ -64,7 +64,15 @@ impl Daemon {
     /// in its cgroup (the same map, now shadowed from the kernel's
     /// contents), or, when it is not there, a new one attached to it.
     pub(super) fn recover_policy(&mut self, id: NsId, rec: &CgroupRecord) -> Option<AccessPolicy> {
-        self.cgroups.as_ref()?;
+        if self.cgroups.is_none() {
+            // Turned off since: a map nobody updates any more must not
+            // go on deciding. The cgroup stays until the namespace dies.
+            match AccessPolicy::recover(rec).and_then(AccessPolicy::detach) {
+                Ok(()) => tracing::warn!(ns = %id, "device_policy is off: devns's device program detached"),
+                Err(e) => tracing::error!(ns = %id, error = %e, "device_policy is off, but its program stays"),
+            }
+            return None;
+        }
         match AccessPolicy::recover(rec) {
             Ok(p) => Some(p),
             Err(e) => {
