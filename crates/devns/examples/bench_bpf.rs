@@ -156,6 +156,8 @@ struct Row {
     base_allow: (f64, f64),
     base_revoke: (f64, f64),
     base_load: (f64, f64),
+    alone_allow: (f64, f64),
+    alone_revoke: (f64, f64),
 }
 
 fn driver() -> Result<()> {
@@ -201,6 +203,7 @@ fn driver() -> Result<()> {
         let fill: std::collections::BTreeMap<Key, u32> = fillers(n).into_iter().collect();
         policy.apply_desired(&fill)?;
         let (mut da, mut dr, mut ba, mut br, mut bl) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut ca, mut cr) = (vec![], vec![]);
         let with: Vec<(Key, u32)> = fill.iter().map(|(k, v)| (*k, *v)).chain([(CHANGING, ACC_ALL)]).collect();
         let without: Vec<(Key, u32)> = fill.iter().map(|(k, v)| (*k, *v)).collect();
         let base_cg = work.base_cg.take().expect("opened");
@@ -251,6 +254,21 @@ fn driver() -> Result<()> {
                     }
                 }
             }
+            // Control: devns's changes alone, without the baseline's
+            // program loads between them (which leave caches cold).
+            for i in 0..WARMUP + SAMPLES {
+                interrupted()?;
+                let t = Instant::now();
+                sys::map_update(&map, &k, &v)?;
+                let a = t.elapsed().as_nanos() as u64;
+                let t = Instant::now();
+                sys::map_delete(&map, &k)?;
+                let r = t.elapsed().as_nanos() as u64;
+                if i >= WARMUP {
+                    ca.push(a);
+                    cr.push(r);
+                }
+            }
             Ok(())
         })();
         work.base_cg = Some(base_cg);
@@ -262,13 +280,19 @@ fn driver() -> Result<()> {
             base_allow: common::p50_p99(ba),
             base_revoke: common::p50_p99(br),
             base_load: common::p50_p99(bl),
+            alone_allow: common::p50_p99(ca),
+            alone_revoke: common::p50_p99(cr),
         };
         println!(
-            "N={n:>4}: devns allow {:.1} / {:.1}, revoke {:.1} / {:.1}; baseline allow {:.0} / {:.0}, revoke {:.0} / {:.0} (load alone {:.0} / {:.0})",
+            "N={n:>4}: devns allow {:.1} / {:.1}, revoke {:.1} / {:.1} (alone: {:.1} / {:.1}, {:.1} / {:.1}); baseline allow {:.0} / {:.0}, revoke {:.0} / {:.0} (load alone {:.0} / {:.0})",
             row.devns_allow.0,
             row.devns_allow.1,
             row.devns_revoke.0,
             row.devns_revoke.1,
+            row.alone_allow.0,
+            row.alone_allow.1,
+            row.alone_revoke.0,
+            row.alone_revoke.1,
             row.base_allow.0,
             row.base_allow.1,
             row.base_revoke.0,
@@ -280,12 +304,12 @@ fn driver() -> Result<()> {
     }
     println!();
     println!(
-        "| N | devns: allow µs | devns: revoke µs | baseline: allow µs | baseline: revoke µs | baseline: load alone µs | ratio allow | ratio revoke |"
+        "| N | devns: allow µs | devns: revoke µs | baseline: allow µs | baseline: revoke µs | ratio allow | ratio revoke | baseline: load alone µs | devns alone: allow / revoke µs |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            "| {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} / {:.1} |",
             r.n,
             r.devns_allow.0,
             r.devns_allow.1,
@@ -295,12 +319,14 @@ fn driver() -> Result<()> {
             r.base_allow.1,
             r.base_revoke.0,
             r.base_revoke.1,
-            r.base_load.0,
-            r.base_load.1,
             r.base_allow.0 / r.devns_allow.0,
             r.base_allow.1 / r.devns_allow.1,
             r.base_revoke.0 / r.devns_revoke.0,
             r.base_revoke.1 / r.devns_revoke.1,
+            r.base_load.0,
+            r.base_load.1,
+            r.alone_allow.0,
+            r.alone_revoke.0,
         );
     }
     drop(policy);
