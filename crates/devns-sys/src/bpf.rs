@@ -71,7 +71,9 @@ fn owned(fd: i64) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
-fn raw(fd: impl AsFd) -> u32 {
+/// The number of `fd`, which the caller keeps open (borrowed, not taken:
+/// an owned fd passed to a wrapper by value lives until the wrapper returns).
+fn raw<F: AsFd>(fd: &F) -> u32 {
     fd.as_fd().as_raw_fd() as u32
 }
 
@@ -134,7 +136,7 @@ struct ElemAttr {
 /// map's own; the kernel reads that many bytes.
 pub fn map_update(map: impl AsFd, key: &[u8], value: &[u8]) -> Result<(), BpfError> {
     let mut a = ElemAttr {
-        map_fd: raw(map),
+        map_fd: raw(&map),
         key: key.as_ptr() as u64,
         value: value.as_ptr() as u64,
         flags: BPF_ANY,
@@ -148,7 +150,7 @@ pub fn map_update(map: impl AsFd, key: &[u8], value: &[u8]) -> Result<(), BpfErr
 
 /// Removes `key`; `Ok(false)` when it was not there.
 pub fn map_delete(map: impl AsFd, key: &[u8]) -> Result<bool, BpfError> {
-    let mut a = ElemAttr { map_fd: raw(map), key: key.as_ptr() as u64, ..Default::default() };
+    let mut a = ElemAttr { map_fd: raw(&map), key: key.as_ptr() as u64, ..Default::default() };
     // SAFETY: the kernel reads key_size bytes at `key`, which outlives the call.
     match unsafe { sys_bpf(BPF_MAP_DELETE_ELEM, "BPF_MAP_DELETE_ELEM", &mut a) } {
         Ok(_) => Ok(true),
@@ -160,8 +162,12 @@ pub fn map_delete(map: impl AsFd, key: &[u8]) -> Result<bool, BpfError> {
 /// The value at `key` (`value.len()` bytes, the map's value size), or
 /// `Ok(false)` when there is none.
 pub fn map_lookup(map: impl AsFd, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
-    let mut a =
-        ElemAttr { map_fd: raw(map), key: key.as_ptr() as u64, value: value.as_mut_ptr() as u64, ..Default::default() };
+    let mut a = ElemAttr {
+        map_fd: raw(&map),
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
     // SAFETY: the kernel reads key_size bytes at `key` and writes
     // value_size bytes at `value`; the caller passes the map's sizes, and
     // both buffers outlive the call.
@@ -176,7 +182,7 @@ pub fn map_lookup(map: impl AsFd, key: &[u8], value: &mut [u8]) -> Result<bool, 
 /// after the last.
 pub fn map_next_key(map: impl AsFd, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool, BpfError> {
     let mut a = ElemAttr {
-        map_fd: raw(map),
+        map_fd: raw(&map),
         key: key.map_or(0, |k| k.as_ptr() as u64),
         value: next.as_mut_ptr() as u64,
         ..Default::default()
@@ -269,8 +275,8 @@ struct AttachAttr {
 /// Attaches `prog` to the cgroup open at `cgroup` (a directory fd).
 pub fn prog_attach(prog: impl AsFd, cgroup: impl AsFd, attach_type: u32, flags: u32) -> Result<(), BpfError> {
     let mut a = AttachAttr {
-        target_fd: raw(cgroup),
-        attach_bpf_fd: raw(prog),
+        target_fd: raw(&cgroup),
+        attach_bpf_fd: raw(&prog),
         attach_type,
         attach_flags: flags,
         ..Default::default()
@@ -281,7 +287,7 @@ pub fn prog_attach(prog: impl AsFd, cgroup: impl AsFd, attach_type: u32, flags: 
 
 /// Detaches exactly `prog` from the cgroup open at `cgroup`.
 pub fn prog_detach(prog: impl AsFd, cgroup: impl AsFd, attach_type: u32) -> Result<(), BpfError> {
-    let mut a = AttachAttr { target_fd: raw(cgroup), attach_bpf_fd: raw(prog), attach_type, ..Default::default() };
+    let mut a = AttachAttr { target_fd: raw(&cgroup), attach_bpf_fd: raw(&prog), attach_type, ..Default::default() };
     // SAFETY: PROG_DETACH holds fds, no pointer.
     unsafe { sys_bpf(BPF_PROG_DETACH, "BPF_PROG_DETACH", &mut a) }.map(drop)
 }
@@ -308,7 +314,7 @@ pub const MAX_QUERY: usize = 64;
 pub fn prog_query(cgroup: impl AsFd, attach_type: u32) -> Result<Vec<u32>, BpfError> {
     let mut ids = vec![0u32; MAX_QUERY];
     let mut a = QueryAttr {
-        target_fd: raw(cgroup),
+        target_fd: raw(&cgroup),
         attach_type,
         prog_ids: ids.as_mut_ptr() as u64,
         prog_cnt: ids.len() as u32,
@@ -417,7 +423,7 @@ pub fn prog_info(prog: impl AsFd) -> Result<ProgInfo, BpfError> {
     let mut maps = [0u32; MAX_MAPS];
     let mut info = ProgInfoRaw { nr_map_ids: MAX_MAPS as u32, map_ids: maps.as_mut_ptr() as u64, ..Default::default() };
     let mut a = InfoAttr {
-        bpf_fd: raw(prog),
+        bpf_fd: raw(&prog),
         info_len: size_of::<ProgInfoRaw>() as u32,
         info: &mut info as *mut ProgInfoRaw as u64,
     };
@@ -433,7 +439,7 @@ pub fn prog_info(prog: impl AsFd) -> Result<ProgInfo, BpfError> {
 pub fn map_info(map: impl AsFd) -> Result<MapInfo, BpfError> {
     let mut info = MapInfoRaw::default();
     let mut a = InfoAttr {
-        bpf_fd: raw(map),
+        bpf_fd: raw(&map),
         info_len: size_of::<MapInfoRaw>() as u32,
         info: &mut info as *mut MapInfoRaw as u64,
     };

@@ -149,6 +149,18 @@ fn swap_program(cg: &OwnedFd, current: &mut Option<OwnedFd>, rules: &[(Key, u32)
     Ok(load)
 }
 
+/// devns's change and its change back: allowing the changing device in
+/// the map, then removing it; the two times in ns.
+fn map_change(map: &OwnedFd) -> Result<(u64, u64)> {
+    let (k, v) = (CHANGING.to_bytes(), ACC_ALL.to_ne_bytes());
+    let t = Instant::now();
+    sys::map_update(map, &k, &v)?;
+    let allow = t.elapsed().as_nanos() as u64;
+    let t = Instant::now();
+    sys::map_delete(map, &k)?;
+    Ok((allow, t.elapsed().as_nanos() as u64))
+}
+
 struct Row {
     n: usize,
     devns_allow: (f64, f64),
@@ -229,12 +241,7 @@ fn driver() -> Result<()> {
                 for step in 0..2 {
                     // Rotate which way goes first.
                     if (i + step) % 2 == 0 {
-                        let t = Instant::now();
-                        sys::map_update(&map, &k, &v)?;
-                        let a = t.elapsed().as_nanos() as u64;
-                        let t = Instant::now();
-                        sys::map_delete(&map, &k)?;
-                        let r = t.elapsed().as_nanos() as u64;
+                        let (a, r) = map_change(&map)?;
                         if keep {
                             da.push(a);
                             dr.push(r);
@@ -258,12 +265,7 @@ fn driver() -> Result<()> {
             // program loads between them (which leave caches cold).
             for i in 0..WARMUP + SAMPLES {
                 interrupted()?;
-                let t = Instant::now();
-                sys::map_update(&map, &k, &v)?;
-                let a = t.elapsed().as_nanos() as u64;
-                let t = Instant::now();
-                sys::map_delete(&map, &k)?;
-                let r = t.elapsed().as_nanos() as u64;
+                let (a, r) = map_change(&map)?;
                 if i >= WARMUP {
                     ca.push(a);
                     cr.push(r);

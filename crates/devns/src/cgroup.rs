@@ -127,6 +127,13 @@ pub fn move_pid(path: &Path, pid: i32) -> Result<(), CgroupError> {
     })
 }
 
+/// The processes in cgroup `path` itself (`cgroup.procs`).
+pub fn procs(path: &Path) -> Result<Vec<i32>, CgroupError> {
+    let file = path.join("cgroup.procs");
+    let text = std::fs::read_to_string(&file).map_err(|source| CgroupError::Read { path: file, source })?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
 /// Whether cgroup `path` or one below it has a process (`cgroup.events`).
 pub fn populated(path: &Path) -> bool {
     std::fs::read_to_string(path.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l == "populated 1"))

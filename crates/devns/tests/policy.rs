@@ -14,47 +14,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A zram device this test added; removed on drop.
-struct Zram(u32);
-
-impl Zram {
-    fn new() -> Zram {
-        let n = std::fs::read_to_string("/sys/class/zram-control/hot_add").expect("zram hot_add");
-        Zram(n.trim().parse().unwrap())
-    }
-    fn name(&self) -> String {
-        format!("zram{}", self.0)
-    }
-}
-
-impl Drop for Zram {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/sys/class/zram-control/hot_remove", self.0.to_string());
-    }
-}
-
-/// A loop device added with LOOP_CTL_ADD (no backing file); removed on drop.
-struct AddedLoop(u64);
-
-impl AddedLoop {
-    fn new() -> AddedLoop {
-        let mut n = 400 + (std::process::id() as u64 % 400);
-        while loop_ctl(LOOP_CTL_ADD, n) < 0 {
-            n += 1;
-        }
-        AddedLoop(n)
-    }
-    fn name(&self) -> String {
-        format!("loop{}", self.0)
-    }
-}
-
-impl Drop for AddedLoop {
-    fn drop(&mut self) {
-        loop_ctl(LOOP_CTL_REMOVE, self.0);
-    }
-}
-
 /// The host pid of the init of a `devns run` (its only child).
 fn init_of(c: &Container) -> i32 {
     let pid = c.pid();
@@ -89,6 +48,23 @@ fn expected_map(owned: &[(u32, u32, u32)]) -> BTreeMap<Key, u32> {
         m.insert(Key { ty: *ty, major: *major, minor: *minor }, ACC_ALL);
     }
     m
+}
+
+/// A new loop device the daemon knows, and a node of it (mode 0666) on a
+/// filesystem containers share with the host (`shared`, named `tag`).
+fn loop_with_node(env: &Env, tag: &str) -> (AddedLoop, SharedDir, Node) {
+    let l = AddedLoop::new();
+    eventually("loop known to the daemon", || devns_ok(env, &["ls"]).contains(&l.name()));
+    let (major, minor) = block_numbers(&l.name());
+    let shared = SharedDir::new(tag);
+    let node = shared.node("disk", 'b', major, minor);
+    (l, shared, node)
+}
+
+/// Namespace `name`'s recorded cgroup, and its program's and map's ids.
+fn cgroup_and_ids(env: &Env, name: &str) -> (devns_core::state::CgroupRecord, (u32, u32)) {
+    let rec = record_of(env, name).cgroup.expect("a cgroup in the record");
+    (rec, policy_of(env, name).ids())
 }
 
 /// Waits (bounded: the kernel frees programs and maps asynchronously)
@@ -139,11 +115,7 @@ fn a_node_on_a_shared_host_filesystem_follows_the_same_rule() {
     let env = Env::new();
     let _d = Daemon::start(&env);
     let mut a = shell_container(&env, &["--name", "a"]);
-    let l = AddedLoop::new();
-    eventually("loop known to the daemon", || devns_ok(&env, &["ls"]).contains(&l.name()));
-    let (major, minor) = block_numbers(&l.name());
-    let shared = SharedDir::new("shared");
-    let node = shared.node("disk", 'b', major, minor);
+    let (l, shared, node) = loop_with_node(&env, "shared");
     let mem = shared.node("mem", 'c', 1, 1);
     assert!(a.sh("ls /dev").iter().all(|n| *n != l.name()), "not in the view");
     assert!(refused(&a.open(node.path())), "not assigned: EPERM");
@@ -197,10 +169,9 @@ fn program_map_and_cgroup_are_gone_when_the_container_dies() {
     let env = Env::new();
     // Stand-alone: devns run is its own keeper.
     let mut c = shell_container(&env, &["--name", "solo"]);
-    let rec = record_of(&env, "solo").cgroup.expect("a cgroup in the record");
+    let (rec, ids) = cgroup_and_ids(&env, "solo");
     assert!(rec.created && Path::new(&rec.path).is_dir());
     assert!(cgroup_pids(Path::new(&rec.path)).contains(&init_of(&c)), "its init is in it");
-    let ids = policy_of(&env, "solo").ids();
     c.send("exit\n");
     let _ = c.wait();
     assert!(!Path::new(&rec.path).exists(), "the cgroup is removed when the run ends");
@@ -209,8 +180,7 @@ fn program_map_and_cgroup_are_gone_when_the_container_dies() {
     // Through the daemon, and killed.
     let _d = Daemon::start(&env);
     let c = shell_container(&env, &["--name", "managed"]);
-    let rec = record_of(&env, "managed").cgroup.expect("a cgroup in the record");
-    let ids = policy_of(&env, "managed").ids();
+    let (rec, ids) = cgroup_and_ids(&env, "managed");
     drop(c);
     eventually("the daemon removed the cgroup", || !Path::new(&rec.path).exists());
     gone_from_the_kernel(ids);
@@ -223,8 +193,7 @@ fn a_killed_stand_alone_run_s_cgroup_goes_with_the_next_devns_command() {
     }
     let env = Env::new();
     let mut c = shell_container(&env, &["--name", "killed"]);
-    let rec = record_of(&env, "killed").cgroup.expect("a cgroup in the record");
-    let ids = policy_of(&env, "killed").ids();
+    let (rec, ids) = cgroup_and_ids(&env, "killed");
     // SIGKILL: no cleanup of its own; its container dies with it.
     let _ = c.child.kill();
     let _ = c.child.wait();
@@ -366,10 +335,7 @@ fn a_runtime_s_own_program_still_decides_and_is_never_detached() {
     assert!(attached.contains(&theirs_id));
     // Both must allow: null (both do), zero (devns does, the runtime not),
     // a loop device (the runtime does, devns not).
-    let l = AddedLoop::new();
-    let (major, minor) = block_numbers(&l.name());
-    let shared = SharedDir::new("runtime");
-    let disk = shared.node("disk", 'b', major, minor);
+    let (_l, _shared, disk) = loop_with_node(&env, "runtime");
     assert_eq!(p.open("/dev/null"), "opened");
     assert!(refused(&p.open("/dev/zero")), "the runtime's program still decides");
     assert!(refused(&p.open(disk.path())), "devns's program decides");
@@ -384,7 +350,7 @@ fn a_runtime_s_own_program_still_decides_and_is_never_detached() {
 }
 
 #[test]
-fn attach_refuses_a_process_in_devns_s_own_cgroup() {
+fn attach_refuses_a_cgroup_that_holds_devns_or_a_host_process() {
     if !privileged() {
         return;
     }
@@ -405,6 +371,25 @@ fn attach_refuses_a_process_in_devns_s_own_cgroup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("which holds devns itself"), "{err}");
     assert_eq!(devns_ok(&env, &["ns", "ls", "--json"]).trim(), "[]", "nothing recorded");
+
+    // A cgroup of its own that also holds a host process: refused too.
+    let cg = TestCgroup::new("mixed");
+    let mut host = cg.command("sh").args(["-c", "sleep 1000", &mark]).spawn().unwrap();
+    let mut p =
+        cg.command("unshare").args(["--user", "--map-root-user", "sh", "-c", "sleep 1000", &mark]).spawn().unwrap();
+    let pid = p.id();
+    eventually("the process is in its user namespace", || {
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
+    });
+    let out = env.devns().args(["attach", "--pid", &pid.to_string()]).output().unwrap();
+    for c in [&mut host, &mut p] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("of the host's user namespace"), "{err}");
+    assert_eq!(devns_ok(&env, &["ns", "ls", "--json"]).trim(), "[]", "nothing recorded");
+    assert_eq!(devns_sys::bpf::prog_query(devns::cgroup::open(&cg.path).unwrap(), 6).unwrap(), Vec::<u32>::new());
 }
 
 #[test]
@@ -477,11 +462,7 @@ fn a_daemon_killed_and_restarted_keeps_enforcing_and_updates_the_same_map() {
     let env = Env::new();
     let mut d = Daemon::start(&env);
     let mut a = shell_container(&env, &["--name", "a"]);
-    let l = AddedLoop::new();
-    eventually("loop known to the daemon", || devns_ok(&env, &["ls"]).contains(&l.name()));
-    let (major, minor) = block_numbers(&l.name());
-    let shared = SharedDir::new("restart");
-    let node = shared.node("disk", 'b', major, minor);
+    let (l, shared, node) = loop_with_node(&env, "restart");
     devns_ok(&env, &["assign", &l.name(), "--to", "a"]);
     let ids = policy_of(&env, "a").ids();
     assert_eq!(a.open(node.path()), "opened");
@@ -497,6 +478,7 @@ fn a_daemon_killed_and_restarted_keeps_enforcing_and_updates_the_same_map() {
     assert_eq!(policy_of(&env, "a").ids(), ids, "the same program and map");
     devns_ok(&env, &["assign", &l.name(), "--to", "a"]);
     assert_eq!(a.open(node.path()), "opened");
+    let (major, minor) = block_numbers(&l.name());
     assert_eq!(policy_of(&env, "a").read().unwrap(), expected_map(&[(1, major, minor)]));
 }
 
@@ -508,10 +490,7 @@ fn a_daemon_restarted_with_the_layer_off_detaches_its_programs_and_still_removes
     let env = Env::new();
     let mut d = Daemon::start(&env);
     let mut a = shell_container(&env, &["--name", "a"]);
-    let l = AddedLoop::new();
-    let (major, minor) = block_numbers(&l.name());
-    let shared = SharedDir::new("off");
-    let node = shared.node("disk", 'b', major, minor);
+    let (_l, _shared, node) = loop_with_node(&env, "off");
     assert!(refused(&a.open(node.path())));
     let rec = record_of(&env, "a").cgroup.unwrap();
     let cg = devns::cgroup::open(Path::new(&rec.path)).unwrap();

@@ -33,6 +33,18 @@ impl Daemon {
                     path.display()
                 );
             }
+            // Every process of a cgroup is under its programs: one of the
+            // host's own would be policed by a container's map.
+            let host_ns = self.host_ns;
+            let of_host = crate::cgroup::procs(&path)?
+                .into_iter()
+                .find(|p| crate::host::user_ns_of(*p).is_ok_and(|n| n == host_ns));
+            if let Some(p) = of_host {
+                bail!(
+                    "cgroup {} of process {pid} also holds process {p} of the host's user namespace: its device policy would apply to it; run the container in a cgroup of its own, or set device_policy = false",
+                    path.display()
+                );
+            }
             (path, false)
         };
         let rec = CgroupRecord { path: path.to_string_lossy().into_owned(), created, prog_id: None };

@@ -660,3 +660,47 @@ pub fn policy_of(env: &Env, name: &str) -> devns::bpf::AccessPolicy {
     let rec = record_of(env, name).cgroup.unwrap_or_else(|| panic!("{name} has no cgroup in its record"));
     devns::bpf::AccessPolicy::recover(&rec).expect("the policy is in the kernel")
 }
+
+/// A zram device this test added (`hot_add`); removed on drop.
+pub struct Zram(pub u32);
+
+impl Zram {
+    pub fn new() -> Zram {
+        let n = std::fs::read_to_string("/sys/class/zram-control/hot_add").expect("zram hot_add");
+        Zram(n.trim().parse().unwrap())
+    }
+
+    pub fn name(&self) -> String {
+        format!("zram{}", self.0)
+    }
+}
+
+impl Drop for Zram {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/class/zram-control/hot_remove", self.0.to_string());
+    }
+}
+
+/// A loop device added with LOOP_CTL_ADD (no backing file); removed on drop.
+pub struct AddedLoop(pub u64);
+
+impl AddedLoop {
+    pub fn new() -> AddedLoop {
+        // A number nobody uses: high, and different per test process.
+        let mut n = 400 + (std::process::id() as u64 % 400);
+        while loop_ctl(LOOP_CTL_ADD, n) < 0 {
+            n += 1;
+        }
+        AddedLoop(n)
+    }
+
+    pub fn name(&self) -> String {
+        format!("loop{}", self.0)
+    }
+}
+
+impl Drop for AddedLoop {
+    fn drop(&mut self) {
+        loop_ctl(LOOP_CTL_REMOVE, self.0);
+    }
+}
