@@ -180,6 +180,8 @@ fn driver() -> Result<()> {
         }
         Ok(())
     };
+    // A cgroup2 mount devns might make (on a host without one) goes with it.
+    common::private_mount_ns()?;
     let h = devns::cgroup::Hierarchy::find_or_mount(Path::new("/run/devns"))?;
     let top = h.of("self")?.join(format!("devns-bench-bpf-{}", std::process::id()));
     let dir = PathBuf::from(format!("/var/tmp/devns-bench-bpf-{}", std::process::id()));

@@ -394,16 +394,8 @@ impl RunPolicy<'_> {
     fn reconcile(&mut self) -> Result<()> {
         let plan = devns_core::view::plan(&self.registry.view_devices(self.ns), &self.uids, &self.gids, self.overflow);
         let (registry, ns) = (&self.registry, self.ns);
-        let view =
-            view::reconcile(&self.view, &plan, |d| registry.visible_in(d, ns)).map(drop).map_err(anyhow::Error::from);
-        let map = match self.access.as_deref_mut() {
-            Some(a) => a.reconcile(&plan).map(drop).map_err(anyhow::Error::from),
-            None => Ok(()),
-        };
-        for e in [&view, &map].into_iter().filter_map(|r| r.as_ref().err()) {
-            tracing::error!(ns = %self.ns, error = %e, "reconcile failed");
-        }
-        view.and(map)
+        let view = Some(self.view.as_fd());
+        crate::bpf::reconcile_view_and_map(ns, view, self.access.as_deref_mut(), &plan, |d| registry.visible_in(d, ns))
     }
 }
 

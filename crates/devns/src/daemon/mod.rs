@@ -345,20 +345,8 @@ impl Daemon {
         let Some(ns) = self.nss.get_mut(&id) else { return Ok(()) };
         let plan = devns_core::view::plan(&self.registry.view_devices(id), &ns.uids, &ns.gids, self.overflow);
         let reg = &self.registry;
-        let view = match &ns.view {
-            Some(v) => {
-                crate::view::reconcile(v, &plan, |d| reg.visible_in(d, id)).map(drop).map_err(anyhow::Error::from)
-            }
-            None => Ok(()),
-        };
-        let map = match ns.access.as_mut() {
-            Some(a) => a.reconcile(&plan).map(drop).map_err(anyhow::Error::from),
-            None => Ok(()),
-        };
-        for e in [&view, &map].into_iter().filter_map(|r| r.as_ref().err()) {
-            tracing::error!(ns = %id, error = %format!("{e:#}"), "reconcile failed");
-        }
-        view.and(map)
+        let view = ns.view.as_ref().map(rustix::fd::AsFd::as_fd);
+        crate::bpf::reconcile_view_and_map(id, view, ns.access.as_mut(), &plan, |d| reg.visible_in(d, id))
     }
 
     fn reconcile_all(&mut self) {
