@@ -90,19 +90,18 @@ fn a_host_node_bind_mounted_from_outside_opens_only_while_assigned() {
     let env = Env::new();
     let _d = Daemon::start(&env);
     let mut a = shell_container(&env, &["--name", "a"]);
-    let z = Zram::new();
-    let (major, minor) = block_numbers(&z.name());
-    eventually("zram known to the daemon", || devns_ok(&env, &["ls"]).contains(&z.name()));
-    let shared = SharedDir::new("bind");
-    let node = shared.node("zram", 'b', major, minor);
+    // A loop device (numbered per test process): zram numbers are shared
+    // by concurrent tests, and a reused number can hide a device's events.
+    let (l, _shared, node) = loop_with_node(&env, "bind");
+    let (major, minor) = block_numbers(&l.name());
     a.sh("touch /tmp/bound");
     bind_into(init_of(&a), node.path(), "/tmp/bound");
     assert_eq!(a.sh("stat -c %t:%T /tmp/bound"), [format!("{major:x}:{minor:x}")], "the node is there");
     assert!(refused(&a.open("/tmp/bound")), "not assigned: EPERM");
 
-    devns_ok(&env, &["assign", &z.name(), "--to", "a"]);
+    devns_ok(&env, &["assign", &l.name(), "--to", "a"]);
     assert_eq!(a.open("/tmp/bound"), "opened", "assigned: opens, nothing restarted");
-    devns_ok(&env, &["release", &z.name()]);
+    devns_ok(&env, &["release", &l.name()]);
     assert!(refused(&a.open("/tmp/bound")), "released: EPERM again");
     let _ = Command::new("nsenter").args(["-t", &init_of(&a).to_string(), "-m", "--", "umount", "/tmp/bound"]).status();
 }
