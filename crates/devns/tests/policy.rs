@@ -503,3 +503,18 @@ fn a_daemon_restarted_with_the_layer_off_detaches_its_programs_and_still_removes
     let _ = a.wait();
     eventually("its cgroup is removed at its death", || !Path::new(&rec.path).exists());
 }
+
+#[test]
+fn a_program_the_verifier_refuses_says_why() {
+    if !privileged() {
+        return;
+    }
+    use devns_core::bpf::Insn;
+    // Reads past the end of `struct bpf_cgroup_dev_ctx` (12 bytes).
+    let bad =
+        [Insn { code: 0x61, dst: 0, src: 1, off: 12, imm: 0 }, Insn { code: 0x95, dst: 0, src: 0, off: 0, imm: 0 }];
+    let e = devns_sys::bpf::prog_load(15, &devns_core::bpf::to_bytes(&bad), "GPL", "bad").unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, devns_sys::bpf::BpfError::Verifier { .. }), "{text}");
+    assert!(text.contains("invalid bpf_context access"), "the verifier's own words: {text}");
+}
