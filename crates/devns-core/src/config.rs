@@ -25,6 +25,15 @@ pub struct Config {
     /// Loop devices a namespace may allocate through `loop-control`.
     #[serde(default = "default_loop_limit")]
     pub loop_limit: usize,
+    /// The access layer: a cgroup and a device program per container.
+    /// Off only by the operator's explicit choice; when on, a host without
+    /// cgroup2 or BPF makes `devns run` fail rather than run without it.
+    #[serde(default = "default_device_policy")]
+    pub device_policy: bool,
+}
+
+fn default_device_policy() -> bool {
+    true
 }
 
 fn default_loop_limit() -> usize {
@@ -37,7 +46,7 @@ fn default_global() -> Vec<String> {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { global: default_global(), loop_limit: default_loop_limit() }
+        Config { global: default_global(), loop_limit: default_loop_limit(), device_policy: true }
     }
 }
 
@@ -114,6 +123,9 @@ mod tests {
         assert_eq!(c.global, ["null", "net/tun"]);
         assert_eq!(c.loop_limit, 16);
         assert_eq!(Config::parse("loop_limit = 2\n", "c.toml").unwrap().loop_limit, 2);
+        assert!(c.device_policy, "the access layer is on unless turned off");
+        assert!(!Config::parse("device_policy = false\n", "c.toml").unwrap().device_policy);
+        assert!(Config::parse("device_policy = \"no\"\n", "c.toml").is_err());
         let e = Config::parse("loop_limit = -1\n", "c.toml").unwrap_err();
         assert_eq!(e.line.map(|l| l.0), Some(1), "{e}");
     }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bpf;
 pub mod config;
 pub mod device;
 pub mod idmap;

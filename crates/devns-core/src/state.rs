@@ -44,6 +44,24 @@ pub struct NsRecord {
     /// detached and removed when it dies.
     #[serde(default)]
     pub loops: Vec<LoopDev>,
+    /// Its device access policy's cgroup (absent in records of devns
+    /// before the access layer, and when the policy is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupRecord>,
+}
+
+/// Where a namespace's device program is attached: so that a namespace
+/// that died while its keeper was away still gets its cgroup removed, or
+/// (in a cgroup devns did not make) exactly its own program detached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupRecord {
+    /// The cgroup's directory on the host.
+    pub path: String,
+    /// devns made it (and removes it); else it is the process's own.
+    pub created: bool,
+    /// The id of the program devns attached there, once it is.
+    #[serde(default)]
+    pub prog_id: Option<u32>,
 }
 
 impl NsRecord {
@@ -163,6 +181,7 @@ impl State {
             gid_base,
             devices,
             loops: Vec::new(),
+            cgroup: None,
         });
         Ok(self.namespaces.last().expect("just pushed"))
     }
@@ -331,5 +350,19 @@ mod tests {
         assert_eq!(reg.owner(LOOP1), Owner::Ns(NsId(6)));
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn records_without_a_cgroup_stay_readable_and_new_ones_round_trip() {
+        let old = r#"{"id":5,"name":null,"keeper":null,"members":[],"uid_base":null,"gid_base":null,"devices":["b:7:0"],"loops":[]}"#;
+        let r: NsRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.id, r.cgroup.clone()), (Some(NsId(5)), None));
+        assert!(!serde_json::to_string(&r).unwrap().contains("cgroup"));
+        let with = NsRecord {
+            cgroup: Some(CgroupRecord { path: "/sys/fs/cgroup/devns-5".into(), created: true, prog_id: Some(9) }),
+            ..r
+        };
+        let back: NsRecord = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
     }
 }

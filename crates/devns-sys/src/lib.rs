@@ -3,6 +3,7 @@
 //! relies on; nothing here makes a decision.
 
 pub mod block;
+pub mod bpf;
 pub mod creds;
 pub mod mount;
 pub mod net;

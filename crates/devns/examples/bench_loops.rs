@@ -166,15 +166,8 @@ impl Drop for Work {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
-/// p50 and p99 in µs.
-fn stats(mut v: Vec<u64>) -> (f64, f64) {
-    v.sort_unstable();
-    (percentile(&v, 0.5), percentile(&v, 0.99))
+fn stats(v: Vec<u64>) -> (f64, f64) {
+    common::p50_p99(v)
 }
 
 fn run_child(cmd: &mut Command) -> Result<Vec<u64>> {

@@ -5,6 +5,8 @@
 //! kernel's mount API.
 
 pub mod agent;
+pub mod bpf;
+pub mod cgroup;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -6,39 +6,6 @@ use common::*;
 use serde_json::json;
 use std::path::Path;
 
-fn zram_hot_add() -> u32 {
-    std::fs::read_to_string("/sys/class/zram-control/hot_add").expect("zram hot_add").trim().parse().unwrap()
-}
-
-/// A zram device this test added; removed on drop.
-struct Zram(u32);
-impl Drop for Zram {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/sys/class/zram-control/hot_remove", self.0.to_string());
-    }
-}
-
-/// A loop device added with LOOP_CTL_ADD; removed on drop.
-struct AddedLoop(u64);
-impl AddedLoop {
-    fn new() -> AddedLoop {
-        // A number nobody uses: high, and different per test process.
-        let mut n = 400 + (std::process::id() as u64 % 400);
-        while loop_ctl(LOOP_CTL_ADD, n) < 0 {
-            n += 1;
-        }
-        AddedLoop(n)
-    }
-    fn name(&self) -> String {
-        format!("loop{}", self.0)
-    }
-}
-impl Drop for AddedLoop {
-    fn drop(&mut self) {
-        loop_ctl(LOOP_CTL_REMOVE, self.0);
-    }
-}
-
 /// Kills this test's processes, found by their marker.
 fn kill_marked(mark: &str) {
     for pid in processes_with(mark) {
@@ -66,7 +33,7 @@ fn hotplug_reaches_exactly_the_right_views() {
     let _b = shell_container(&env, &["--name", "b"]);
 
     // A host-owned zram device: in no view; assigned: in a's only; removed: gone.
-    let z = Zram(zram_hot_add());
+    let z = Zram::new();
     let zname = format!("zram{}", z.0);
     eventually("zram known to the daemon", || devns_ok(&env, &["ls"]).contains(&zname));
     assert!(!view_names(&env, "a").contains(&zname) && !view_names(&env, "b").contains(&zname));
@@ -330,8 +297,12 @@ fn attach_brings_an_existing_namespace_under_devns() {
     let env = Env::new();
     let _d = Daemon::start(&env);
     let mark = marker("attach");
+    // Its own cgroup (made by the runtime, here the test), where devns
+    // attaches its device program.
+    let cg = TestCgroup::new("attach");
     // A user-namespaced process made by util-linux, not by devns.
-    let mut p = std::process::Command::new("unshare")
+    let mut p = cg
+        .command("unshare")
         .args([
             "--user",
             "--map-root-user",
@@ -350,6 +321,7 @@ fn attach_brings_an_existing_namespace_under_devns() {
     eventually("the process is in its user namespace", || {
         std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
     });
+    eventually("the process is in its cgroup", || cgroup_pids(&cg.path).contains(&(pid as i32)));
     let out = devns_ok(&env, &["attach", "--pid", &pid.to_string(), "--name", "ext"]);
     assert!(out.starts_with("id:"), "{out}");
     let dev: Vec<String> = sorted(
@@ -397,7 +369,7 @@ fn events_stream_ownership_hotplug_and_namespaces() {
     assert_eq!((e["event"].as_str(), e["ns"].as_str()), (Some("assign"), Some(ns.as_str())), "{e}");
     devns_ok(&env, &["release", &lp.name]);
     assert_eq!(next(&|e| e["device"] == name.as_str() && e["event"] != "add")["event"], "release");
-    let z = Zram(zram_hot_add());
+    let z = Zram::new();
     let zname = format!("zram{}", z.0);
     assert_eq!(next(&|e| e["device"] == zname.as_str())["event"], "add");
     drop(z);
@@ -437,7 +409,7 @@ fn each_device_s_uevents_reach_its_owner_and_nobody_else() {
     assert_eq!(b.line(), format!("add {}", lb.name));
     // A host event of a's device (its partition going and coming back)
     // reaches a as the kernel sent it; a host device's (zram) reaches nobody.
-    let z = Zram(zram_hot_add());
+    let z = Zram::new();
     drop(z);
     assert!(std::process::Command::new("partx").args(["-d", &format!("/dev/{disk}")]).status().unwrap().success());
     assert_eq!(a.line(), format!("remove {part}"));

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 /// The single stderr line of a failed run.
 fn one_error_line(o: &Output) -> String {
@@ -15,15 +15,25 @@ fn one_error_line(o: &Output) -> String {
     err.trim_end().to_owned()
 }
 
-/// Runs `f` and checks that nothing of it remains afterwards.
-fn leaves_nothing(env: &Env, marker: &str, f: impl FnOnce() -> Output) -> Output {
+/// Runs `f` (given a cgroup to start devns in, as its container's cgroup
+/// is made below devns's own) and checks that nothing of it remains
+/// afterwards.
+fn leaves_nothing(env: &Env, marker: &str, f: impl FnOnce(&TestCgroup) -> Output) -> Output {
     let mounts = env.host_mounts();
     let owned_before = env.owned();
-    let o = f();
+    let cg = TestCgroup::new("errors");
+    let o = f(&cg);
     assert_eq!(env.host_mounts(), mounts, "the host's mount table changed");
     assert_eq!(env.owned(), owned_before, "ownership changed");
     assert!(processes_with(marker).is_empty(), "a process of the failed run is still there");
+    assert_eq!(cg.children(), Vec::<std::path::PathBuf>::new(), "a cgroup of the failed run is still there");
     o
+}
+
+/// `devns run ARGS` to completion, started in cgroup `cg`.
+fn run_in(env: &Env, cg: &TestCgroup, args: &[&str]) -> Output {
+    let mut c = cg.command(env!("CARGO_BIN_EXE_devns"));
+    env.devns_env(&mut c).arg("run").args(args).stdin(Stdio::null()).output().expect("spawn devns")
 }
 
 #[test]
@@ -43,7 +53,7 @@ fn unknown_device() {
             "devns: invalid device name \"../etc\": expected a /dev path, MAJ:MIN, c:MAJ:MIN, b:MAJ:MIN or a name such as loop3",
         ),
     ] {
-        let o = leaves_nothing(&env, &m, || env.run(&["--dev", spec, "--", "sh", "-c", "true", &m]));
+        let o = leaves_nothing(&env, &m, |cg| run_in(&env, cg, &["--dev", spec, "--", "sh", "-c", "true", &m]));
         assert_eq!(o.status.code(), Some(125));
         assert_eq!(one_error_line(&o), msg);
     }
@@ -60,7 +70,7 @@ fn device_owned_by_another_namespace() {
     let mut a = env.spawn(&["--name", "first", "--dev", &lp.name, "--", "sh", "-c", "echo ready; read x"]);
     assert_eq!(a.line(), "ready");
     let m = marker("owned");
-    let o = leaves_nothing(&env, &m, || env.run(&["--dev", &lp.name, "--", "sh", "-c", "true", &m]));
+    let o = leaves_nothing(&env, &m, |cg| run_in(&env, cg, &["--dev", &lp.name, "--", "sh", "-c", "true", &m]));
     let line = one_error_line(&o);
     assert!(
         line.starts_with(&format!("devns: device {} is already owned by namespace id:", lp.name))
@@ -68,7 +78,7 @@ fn device_owned_by_another_namespace() {
         "{line}"
     );
     // A partition follows its disk and cannot be given on its own.
-    let o = leaves_nothing(&env, &m, || env.run(&["--dev", &lp.partition(), "--", "sh", "-c", "true", &m]));
+    let o = leaves_nothing(&env, &m, |cg| run_in(&env, cg, &["--dev", &lp.partition(), "--", "sh", "-c", "true", &m]));
     assert_eq!(
         one_error_line(&o),
         format!(
@@ -90,7 +100,7 @@ fn not_root() {
     }
     let env = Env::new();
     let m = marker("notroot");
-    let o = leaves_nothing(&env, &m, || {
+    let o = leaves_nothing(&env, &m, |_| {
         env.devns().args(["run", "--", "sh", "-c", "true", &m]).uid(65534).gid(65534).output().unwrap()
     });
     assert_eq!(one_error_line(&o), "devns: devns run must run as root on the host; you are uid 65534");
@@ -112,8 +122,8 @@ fn user_namespaces_unavailable() {
         jail = jail.display(),
         devns = env!("CARGO_BIN_EXE_devns"),
     );
-    let o = leaves_nothing(&env, &m, || {
-        env.devns_env(Command::new("unshare").args(["--mount", "--propagation", "private", "--", "sh", "-c", &script]))
+    let o = leaves_nothing(&env, &m, |cg| {
+        env.devns_env(cg.command("unshare").args(["--mount", "--propagation", "private", "--", "sh", "-c", &script]))
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -132,7 +142,7 @@ fn command_that_cannot_be_executed() {
     let env = Env::new();
     let m = marker("noexec");
     let missing = format!("/nonexistent/{m}");
-    let o = leaves_nothing(&env, &m, || env.run(&["--", &missing]));
+    let o = leaves_nothing(&env, &m, |cg| run_in(&env, cg, &["--", &missing]));
     assert_eq!(o.status.code(), Some(127));
     assert_eq!(
         one_error_line(&o),
@@ -141,7 +151,7 @@ fn command_that_cannot_be_executed() {
 
     // A host file without execute permission (not under /tmp, which is
     // private inside), with the marker as its argument.
-    let o = leaves_nothing(&env, &m, || env.run(&["--", "/etc/passwd", &m]));
+    let o = leaves_nothing(&env, &m, |cg| run_in(&env, cg, &["--", "/etc/passwd", &m]));
     assert_eq!(o.status.code(), Some(126));
     assert!(one_error_line(&o).contains("Permission denied"));
     assert_eq!(env.recorded_namespaces(), 0);
@@ -155,7 +165,7 @@ fn bad_config_names_file_line_and_problem() {
     let env = Env::new();
     std::fs::write(env.config(), "# devns policy\nglobal = [\"null\",\n   \"zero\" \"full\"]\n").unwrap();
     let m = marker("config");
-    let o = leaves_nothing(&env, &m, || env.run(&["--", "sh", "-c", "true", &m]));
+    let o = leaves_nothing(&env, &m, |cg| run_in(&env, cg, &["--", "sh", "-c", "true", &m]));
     let line = one_error_line(&o);
     let want = format!("devns: bad config file {}: line 3, column ", env.config().display());
     assert!(line.starts_with(&want), "{line}");
@@ -175,8 +185,73 @@ fn bad_rootfs() {
     }
     let env = Env::new();
     let m = marker("rootfs");
-    let o = leaves_nothing(&env, &m, || env.run(&["--rootfs", "/nonexistent/rootfs", "--", "sh", "-c", "true", &m]));
+    let o = leaves_nothing(&env, &m, |cg| {
+        run_in(&env, cg, &["--rootfs", "/nonexistent/rootfs", "--", "sh", "-c", "true", &m])
+    });
     assert_eq!(one_error_line(&o), "devns: bad --rootfs /nonexistent/rootfs: No such file or directory (os error 2)");
-    let o = leaves_nothing(&env, &m, || env.run(&["--rootfs", "/etc/passwd", "--", "sh", "-c", "true", &m]));
+    let o = leaves_nothing(&env, &m, |cg| run_in(&env, cg, &["--rootfs", "/etc/passwd", "--", "sh", "-c", "true", &m]));
     assert!(one_error_line(&o).starts_with("devns: bad --rootfs /etc/passwd: not a directory"));
+}
+
+#[test]
+fn device_policy_that_cannot_be_attached() {
+    if !privileged() {
+        return;
+    }
+    // An ancestor's program attached without BPF_F_ALLOW_MULTI forbids
+    // any other below it: the run fails, says why, and leaves nothing.
+    let env = Env::new();
+    let m = marker("exclusive");
+    let o = leaves_nothing(&env, &m, |cg| {
+        let allow_all = [
+            devns_core::bpf::Insn { code: 0xb7, dst: 0, src: 0, off: 0, imm: 1 },
+            devns_core::bpf::Insn { code: 0x95, dst: 0, src: 0, off: 0, imm: 0 },
+        ];
+        let prog = devns_sys::bpf::prog_load(15, &devns_core::bpf::to_bytes(&allow_all), "GPL", "exclusive").unwrap();
+        let fd = devns::cgroup::open(&cg.path).unwrap();
+        devns_sys::bpf::prog_attach(&prog, &fd, devns_sys::bpf::BPF_CGROUP_DEVICE, 0).unwrap();
+        let o = run_in(&env, cg, &["--", "sh", "-c", "true", &m]);
+        devns_sys::bpf::prog_detach(&prog, &fd, devns_sys::bpf::BPF_CGROUP_DEVICE).unwrap();
+        o
+    });
+    let line = one_error_line(&o);
+    assert!(line.starts_with("devns: cannot set up the device access policy"), "{line}");
+    assert!(line.contains("device_policy = false") && line.contains("cannot attach the device program"), "{line}");
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(env.recorded_namespaces(), 0);
+
+    // Turned off by the operator: the run goes on without the layer.
+    std::fs::write(env.config(), "device_policy = false\n").unwrap();
+    let o = leaves_nothing(&env, &m, |cg| run_in(&env, cg, &["--", "grep", "^0::", "/proc/self/cgroup"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("/devns-"), "no cgroup of its own");
+}
+
+#[test]
+fn a_host_without_a_cgroup2_mount_gets_one_under_the_state_dir() {
+    if !privileged() {
+        return;
+    }
+    // In a private mount namespace with cgroup2 unmounted, devns mounts the
+    // hierarchy itself (below its state dir) and the policy works as usual.
+    let env = Env::new();
+    let m = marker("nocgroup2");
+    let root = cgroup_root();
+    let shared = SharedDir::new("nocgroup2");
+    let mem = shared.node("mem", 'c', 1, 1);
+    let script = format!(
+        "umount -l {root} && ! grep -q ' - cgroup2 ' /proc/self/mountinfo && exec {devns} run -- sh -c 'grep ^0:: /proc/self/cgroup; head -c1 {mem} 2>&1; echo {m}'",
+        root = root.display(),
+        devns = env!("CARGO_BIN_EXE_devns"),
+        mem = mem.path(),
+    );
+    let o = leaves_nothing(&env, &m, |cg| {
+        env.devns_env(cg.command("unshare").args(["--mount", "--propagation", "private", "--", "sh", "-c", &script]))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("/devns-") && out.contains("Operation not permitted"), "{out}");
 }

@@ -214,3 +214,13 @@ pub fn private_mount_ns() -> Result<()> {
     rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
         .context("making / private")
 }
+
+/// p50 and p99 (nearest rank) of nanosecond samples, in µs (NaN for none).
+pub fn p50_p99(mut v: Vec<u64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    v.sort_unstable();
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
+    (at(0.5), at(0.99))
+}

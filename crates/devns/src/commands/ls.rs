@@ -49,11 +49,12 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let store = Store::open(&global.state_dir)?;
     // Reading prunes namespaces whose devns process has gone, as every
     // writer does, so what is shown is what holds.
-    store.update::<_, anyhow::Error>(|state| {
-        state.prune(host::record_alive);
+    let dead = store.update::<_, anyhow::Error>(|state| {
+        let dead = state.prune(host::record_alive);
         state.apply(&mut registry);
-        Ok(())
+        Ok(dead)
     })?;
+    super::run::clean_dead(None, dead);
     let rows: Vec<Row<'_>> = registry
         .devices()
         .map(|d| Row {

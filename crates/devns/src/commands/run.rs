@@ -69,18 +69,41 @@ struct ClaimGuard<'a> {
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         match self.store.update::<_, anyhow::Error>(|s| Ok(s.remove_by_keeper(self.keeper))) {
-            Ok(Some(r)) => clean_loops(self.loop_host.as_ref(), &r.loops),
+            Ok(Some(r)) => clean_dead(self.loop_host.as_ref(), vec![r]),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "could not release this run's devices in the state file"),
         }
     }
 }
 
-/// Detaches and removes loop devices of a namespace that is gone.
-fn clean_loops(host: Option<&LoopHost>, loops: &[LoopDev]) {
-    let (Some(host), false) = (host, loops.is_empty()) else { return };
-    for l in host.cleanup(loops, std::time::Duration::from_secs(1)) {
-        tracing::warn!(dev = %l.dev, "a loop device is still in use: left to detach at its last close");
+/// How long the end of a run waits for its cgroup to empty.
+const CGROUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Undoes what records of namespaces that are gone still hold: their
+/// loop devices are detached and removed, their device policies ended
+/// (cgroup removed, or devns's program detached). `host` is opened here
+/// when `None` and a record needs it.
+pub fn clean_dead(host: Option<&LoopHost>, dead: Vec<devns_core::state::NsRecord>) {
+    let opened;
+    let host = match host {
+        Some(h) => Some(h),
+        None if dead.iter().any(|r| !r.loops.is_empty()) => {
+            opened = LoopHost::open();
+            opened.as_ref()
+        }
+        None => None,
+    };
+    for r in dead {
+        if let (Some(host), false) = (host, r.loops.is_empty()) {
+            for l in host.cleanup(&r.loops, std::time::Duration::from_secs(1)) {
+                tracing::warn!(dev = %l.dev, "a loop device is still in use: left to detach at its last close");
+            }
+        }
+        if let Some(c) = &r.cgroup
+            && let Some(busy) = crate::bpf::log_close(r.label(), crate::bpf::close_recorded(c, CGROUP_PATIENCE))
+        {
+            tracing::warn!(cgroup = %busy.display(), "a dead namespace's cgroup still has processes: left (its map is empty: they may open no device)");
+        }
     }
 }
 
@@ -128,6 +151,14 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let rootfs = args.rootfs.as_deref().map(container::prepare_rootfs).transpose()?;
 
     let store = Store::open(&global.state_dir)?;
+    // The access layer is a security boundary: without cgroup2 (or BPF,
+    // found when the program is loaded) the run fails, unless the
+    // operator turned the layer off.
+    let cgroups = if cfg.device_policy {
+        Some(crate::cgroup::Hierarchy::find_or_mount(&global.state_dir).context(POLICY_HINT)?)
+    } else {
+        None
+    };
     let keeper = host::current_keeper()?;
     let (uid_ranges, gid_ranges) = (host::subid_ranges("/etc/subuid"), host::subid_ranges("/etc/subgid"));
     let loop_host = LoopHost::open();
@@ -136,9 +167,9 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let uevents = crate::uevents::socket()
         .map_err(|e| tracing::warn!(error = %e, "no uevents: partitions appear only through partx"))
         .ok();
-    let mut dead_loops = Vec::new();
+    let mut dead = Vec::new();
     let ids = store.update::<_, anyhow::Error>(|state| {
-        dead_loops = state.prune(host::record_alive).into_iter().flat_map(|r| r.loops).collect();
+        dead = state.prune(host::record_alive);
         state.apply(&mut registry);
         let claim = Claim {
             id: None,
@@ -151,15 +182,28 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         let r = state.claim(claim, &registry, &uid_ranges, &gid_ranges)?;
         Ok((r.uid_base.expect("allocated"), r.gid_base.expect("allocated")))
     });
-    clean_loops(loop_host.as_ref(), &dead_loops);
+    clean_dead(loop_host.as_ref(), dead);
     let (uid_base, gid_base) = ids?;
     let claim = ClaimGuard { store: &store, keeper, loop_host };
+    // Declared before the child, so dropped after it is gone: its cgroup
+    // can be removed only once it is empty.
+    let mut access = AccessGuard(None);
 
     let (signals, mine, pid, mut child) = spawn(&args, rootfs.as_ref())?;
     let uids = IdMap::single(uid_base, BLOCK);
     let gids = IdMap::single(gid_base, BLOCK);
     let ns = container::map_ids(pid, &uids, &gids)?;
-    let (view, tmp) = build_mounts(&store, keeper, ns, &mut registry, &uids, &gids)?;
+    let cgroup = cgroups.as_ref().map(|h| h.for_namespace(ns)).transpose().context(POLICY_HINT)?;
+    let (view, tmp) = build_mounts(&store, keeper, ns, &mut registry, &uids, &gids, cgroup.as_deref())?;
+    if let Some(path) = &cgroup {
+        let plan = devns_core::view::plan(&registry.view_devices(ns), &uids, &gids, host::overflow_ids());
+        access.0 = Some(start_policy(path, &plan, pid).context(POLICY_HINT)?);
+        let rec = access.0.as_ref().map(|a| a.record());
+        store.update::<_, anyhow::Error>(|state| {
+            state.by_keeper_mut(keeper).context("this run's record vanished from the state file")?.cgroup = rec;
+            Ok(())
+        })?;
+    }
     // The container gets a clone; the keeper keeps the view detached, so
     // that the agent can clone it again for `mount -t devtmpfs` (a mount in
     // another namespace cannot be cloned).
@@ -188,8 +232,50 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         store: &store,
         keeper,
         loop_host: claim.loop_host.as_ref(),
+        access: access.0.as_mut(),
     };
     supervise(&mut child, &signals, Some((listener, &mut policy)), uevents.as_ref())
+}
+
+/// What a failure of the access layer's setup says besides its cause.
+const POLICY_HINT: &str = "cannot set up the device access policy (a cgroup v2 and a BPF device program: set device_policy = false in the config to run without this security layer)";
+
+/// A run's device policy, ended when the run ends (after its child).
+struct AccessGuard(Option<crate::bpf::AccessPolicy>);
+
+impl Drop for AccessGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let path = p.cgroup().to_owned();
+            if let Some(busy) = crate::bpf::log_close(path.display(), p.close(CGROUP_PATIENCE)) {
+                tracing::warn!(cgroup = %busy.display(), "the run's cgroup still has processes: left (its map is empty)");
+            }
+        }
+    }
+}
+
+/// Makes the container's cgroup at `path`, its map (filled from the
+/// view's `plan`) and program, attaches the program, and moves the
+/// container's first process (waiting on its channel) in. Undone on drop
+/// of the result, or here when a step fails.
+fn start_policy(
+    path: &std::path::Path,
+    plan: &devns_core::view::ViewPlan,
+    pid: Pid,
+) -> Result<crate::bpf::AccessPolicy> {
+    crate::cgroup::create(path)?;
+    let made = (|| {
+        let mut p = crate::bpf::AccessPolicy::new(path, true)?;
+        p.reconcile(plan)?;
+        p.attach()?;
+        crate::cgroup::move_pid(path, pid.as_raw_nonzero().get())?;
+        Ok::<_, crate::bpf::PolicyError>(p)
+    })();
+    made.map_err(|e| {
+        // The child is not in it: nothing to wait for.
+        let _ = crate::cgroup::remove(path, std::time::Duration::ZERO);
+        e.into()
+    })
 }
 
 /// `devns run` with a daemon: the daemon gives the namespace its ids,
@@ -258,10 +344,18 @@ fn build_mounts(
     registry: &mut Registry,
     uids: &IdMap,
     gids: &IdMap,
+    cgroup: Option<&std::path::Path>,
 ) -> Result<(OwnedFd, OwnedFd)> {
     store.update::<_, anyhow::Error>(|state| {
         let rec = state.by_keeper_mut(keeper).context("this run's record vanished from the state file")?;
         rec.id = Some(ns);
+        // Recorded before it exists, so that it is removed however this
+        // run ends from here on.
+        rec.cgroup = cgroup.map(|p| devns_core::state::CgroupRecord {
+            path: p.to_string_lossy().into_owned(),
+            created: true,
+            prog_id: None,
+        });
         for d in rec.devices.clone() {
             registry.assign(d, ns)?;
         }
@@ -291,14 +385,17 @@ struct RunPolicy<'a> {
     store: &'a Store,
     keeper: Keeper,
     loop_host: Option<&'a LoopHost>,
+    access: Option<&'a mut crate::bpf::AccessPolicy>,
 }
 
 impl RunPolicy<'_> {
-    fn reconcile(&self) {
+    /// The one reconcile step: the view, then the device map, from the
+    /// same plan. A failure is logged and returned.
+    fn reconcile(&mut self) -> Result<()> {
         let plan = devns_core::view::plan(&self.registry.view_devices(self.ns), &self.uids, &self.gids, self.overflow);
-        if let Err(e) = view::reconcile(&self.view, &plan, |d| self.registry.visible_in(d, self.ns)) {
-            tracing::warn!(error = %e, "reconcile failed");
-        }
+        let (registry, ns) = (&self.registry, self.ns);
+        let view = Some(self.view.as_fd());
+        crate::bpf::reconcile_view_and_map(ns, view, self.access.as_deref_mut(), &plan, |d| registry.visible_in(d, ns))
     }
 }
 
@@ -368,7 +465,7 @@ impl crate::agent::Policy for RunPolicy<'_> {
 
     fn partitions_changed(&mut self, _ns: NsId, disk: devns_core::DevId) {
         discover::refresh_partitions(&mut self.registry, disk, &self.global_names);
-        self.reconcile();
+        let _ = self.reconcile();
     }
 }
 
@@ -395,7 +492,11 @@ impl Ledger for RunPolicy<'_> {
             })
             .map_err(|e| e.to_string())?;
         self.registry.assign(l.dev, ns).map_err(|e| e.to_string())?;
-        self.reconcile();
+        if let Err(e) = self.reconcile() {
+            // Not given: view and map go back to what they were.
+            self.forget(ns, l);
+            return Err(format!("{e:#}"));
+        }
         Ok(())
     }
 
@@ -407,7 +508,7 @@ impl Ledger for RunPolicy<'_> {
             tracing::error!(error = %e, "cannot save after a loop device was removed");
         }
         self.registry.remove_disk(l.dev);
-        self.reconcile();
+        let _ = self.reconcile();
     }
 }
 

@@ -208,12 +208,16 @@ impl Daemon {
         let ns = self.find_ns(to)?;
         self.state.assign(dev, ns, &self.registry)?;
         self.registry.assign(dev, ns)?;
-        self.reconcile(ns);
-        self.commit(&[ns], |d| {
+        let undo = move |d: &mut Self| {
             let _ = d.state.release(dev, &d.registry);
             d.registry.release(dev);
             d.reconcile(ns);
-        })?;
+        };
+        if let Err(e) = self.reconcile_checked(ns) {
+            undo(self);
+            return Err(e.context(format!("cannot give {name} to {ns}")));
+        }
+        self.commit(&[ns], undo)?;
         self.announce_device(ns, dev, "add");
         self.emit(Event::device("assign", &name, dev, Some(ns.to_string())));
         Ok(json!({ "device": dev.to_string(), "owner": ns.to_string() }))
@@ -223,12 +227,16 @@ impl Daemon {
         let (dev, name) = self.device(device)?;
         let ns = self.state.release(dev, &self.registry)?;
         self.registry.release(dev);
-        self.reconcile(ns);
-        self.commit(&[ns], |d| {
+        let undo = move |d: &mut Self| {
             let _ = d.state.assign(dev, ns, &d.registry);
             let _ = d.registry.assign(dev, ns);
             d.reconcile(ns);
-        })?;
+        };
+        if let Err(e) = self.reconcile_checked(ns) {
+            undo(self);
+            return Err(e.context(format!("cannot take {name} from {ns}")));
+        }
+        self.commit(&[ns], undo)?;
         self.announce_device(ns, dev, "remove");
         self.emit(Event::device("release", &name, dev, Some(ns.to_string())));
         Ok(json!({ "device": dev.to_string(), "owner": "host" }))

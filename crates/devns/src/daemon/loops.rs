@@ -73,13 +73,16 @@ impl Ledger for Daemon {
         self.registry.add_device(dev, &self.cfg.global);
         self.state.add_loop(ns, l, &self.registry).map_err(|e| e.to_string())?;
         self.registry.assign(l.dev, ns).map_err(|e| e.to_string())?;
-        self.reconcile(ns);
-        self.commit(&[ns], |d| {
+        let undo = move |d: &mut Self| {
             let _ = d.state.release(l.dev, &d.registry);
             d.registry.release(l.dev);
             d.reconcile(ns);
-        })
-        .map_err(|e| e.to_string())?;
+        };
+        if let Err(e) = self.reconcile_checked(ns) {
+            undo(self);
+            return Err(format!("{e:#}"));
+        }
+        self.commit(&[ns], undo).map_err(|e| e.to_string())?;
         // A device the registry knew gets no kernel event now: announce it.
         // A new one's `add` is on its way from the kernel and is forwarded.
         if known {
@@ -121,6 +124,7 @@ impl Daemon {
     }
 
     pub(super) fn retry_busy_loops(&mut self) {
+        self.retry_busy_cgroups();
         if self.busy_loops.is_empty() {
             return;
         }

@@ -8,6 +8,7 @@ mod conn;
 mod handle;
 mod loops;
 mod nslife;
+mod policy;
 
 use crate::config;
 use crate::discover;
@@ -64,6 +65,9 @@ struct Ns {
     /// A uevent socket in the namespace's network namespace, through which
     /// its devices' events reach it (none when it shares the host's).
     uevents: Option<OwnedFd>,
+    /// Its device access policy (none when the layer is off, and for a
+    /// runtime's container known only by its listener).
+    access: Option<crate::bpf::AccessPolicy>,
 }
 
 pub struct Daemon {
@@ -97,6 +101,11 @@ pub struct Daemon {
     /// Devices that left their namespace's view with the kernel's
     /// `remove` event still to come: it is forwarded there.
     departed: BTreeMap<devns_core::DevId, NsId>,
+    /// The cgroup2 hierarchy, when the access layer is on.
+    cgroups: Option<crate::cgroup::Hierarchy>,
+    /// Dead namespaces' cgroups with a process still inside: retried
+    /// until the deadline (their maps are empty meanwhile).
+    busy_cgroups: Vec<(PathBuf, Instant)>,
 }
 
 /// Registers `fd` in the epoll set `ep` as `target`; returns its token.
@@ -165,6 +174,15 @@ pub fn run(opts: Options) -> Result<()> {
     let views_dir = nslife::prepare_views_dir(store.dir())?;
     let registry = Registry::new(discover::host_devices()?, &cfg.global);
     let host_ns = host::user_ns_of(rustix::process::getpid().as_raw_nonzero().get())?;
+    // A security layer: missing, the daemon does not start (unless the
+    // operator turned it off).
+    let cgroups = if cfg.device_policy {
+        Some(crate::cgroup::Hierarchy::find_or_mount(store.dir()).context(
+            "the device access policy needs a cgroup2 hierarchy (set device_policy = false in the config to run without this security layer)",
+        )?)
+    } else {
+        None
+    };
     let mut d = Daemon {
         cfg,
         store,
@@ -186,6 +204,8 @@ pub fn run(opts: Options) -> Result<()> {
         loop_host: crate::loopctl::LoopHost::open(),
         busy_loops: Vec::new(),
         departed: BTreeMap::new(),
+        cgroups,
+        busy_cgroups: Vec::new(),
     };
     d.startup()?;
     // Only now, ready: the socket starts accepting.
@@ -271,6 +291,7 @@ impl Daemon {
                 if !host::keeper_alive(&k) {
                     self.state.remove_id(id);
                     self.clean_loops(r.loops.clone());
+                    self.close_recorded_policy(id, r.cgroup.as_ref());
                 }
                 continue;
             }
@@ -284,7 +305,8 @@ impl Daemon {
             let pid = members[0].keeper.pid;
             let (uids, gids) = nslife::read_maps(pid)?;
             let uevents = nslife::uevent_sender(pid);
-            self.nss.insert(id, Ns { view: None, uids, gids, members, uevents });
+            let access = r.cgroup.as_ref().and_then(|c| self.recover_policy(id, c));
+            self.nss.insert(id, Ns { view: None, uids, gids, members, uevents, access });
             self.sync_members(id);
         }
         for d in self.state.apply(&mut self.registry) {
@@ -310,15 +332,21 @@ impl Daemon {
         Ok(())
     }
 
-    /// Applies the registry to one namespace's view.
+    /// Applies the registry to one namespace's view and device map
+    /// (failures are logged).
     fn reconcile(&mut self, id: NsId) {
-        let Some(ns) = self.nss.get(&id) else { return };
-        let Some(view) = &ns.view else { return };
+        let _ = self.reconcile_checked(id);
+    }
+
+    /// The one reconcile step of a namespace: its view, then its device
+    /// map, from the same plan. A failure is logged and returned, so that
+    /// a change can be refused rather than left half-applied.
+    fn reconcile_checked(&mut self, id: NsId) -> Result<()> {
+        let Some(ns) = self.nss.get_mut(&id) else { return Ok(()) };
         let plan = devns_core::view::plan(&self.registry.view_devices(id), &ns.uids, &ns.gids, self.overflow);
         let reg = &self.registry;
-        if let Err(e) = crate::view::reconcile(view, &plan, |d| reg.visible_in(d, id)) {
-            tracing::warn!(ns = %id, error = %e, "reconcile failed");
-        }
+        let view = ns.view.as_ref().map(rustix::fd::AsFd::as_fd);
+        crate::bpf::reconcile_view_and_map(id, view, ns.access.as_mut(), &plan, |d| reg.visible_in(d, id))
     }
 
     fn reconcile_all(&mut self) {
@@ -387,7 +415,7 @@ impl Daemon {
         let mut events = Vec::with_capacity(256);
         loop {
             let now = Instant::now();
-            let retry = self.busy_loops.first().map(|_| now + loops::RETRY);
+            let retry = (!self.busy_loops.is_empty() || !self.busy_cgroups.is_empty()).then(|| now + loops::RETRY);
             let next_deadline = self.conns.values().filter_map(|c| c.deadline).chain(retry).min();
             let timeout = next_deadline.map(|d| {
                 let left = d.saturating_duration_since(now);

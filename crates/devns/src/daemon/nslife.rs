@@ -260,7 +260,9 @@ impl Daemon {
         let loops = self.state.by_id(id).map(|r| r.loops.clone()).unwrap_or_default();
         self.clean_loops(loops);
         unmount_view(&self.views_dir, id);
-        self.nss.remove(&id);
+        let access = self.nss.remove(&id).and_then(|n| n.access);
+        let rec = self.state.by_id(id).and_then(|r| r.cgroup.clone());
+        self.end_policy(id, access, rec.as_ref());
         self.targets.retain(|_, t| !matches!(t, super::Target::Member(n, _) if *n == id));
         let released = self.registry.release_ns(id);
         self.state.remove_id(id);
@@ -325,12 +327,13 @@ impl Daemon {
                 self.registry.assign(*d, id)?;
             }
             let uevents = uevent_sender(pid);
-            self.nss.insert(
-                id,
-                Ns { view: None, uids, gids, members: vec![Member { keeper, pidfd, watched: false }], uevents },
-            );
+            let members = vec![Member { keeper, pidfd, watched: false }];
+            self.nss.insert(id, Ns { view: None, uids, gids, members, uevents, access: None });
             self.watch_members(id);
             self.make_view(id)?;
+            // Its cgroup, filled and attached, with the process moved in
+            // before the process is told to go on.
+            self.start_policy(id, pid, true)?;
             self.save_ns(&[id])?;
             self.view_clone(id)
         })();
@@ -366,10 +369,20 @@ impl Daemon {
                 Claim { id: Some(id), name, keeper: None, members: vec![keeper], devices: &[], allocate_ids: false };
             self.state.claim(claim, &self.registry, &[], &[])?;
             let uevents = uevent_sender(pid);
-            self.nss.insert(id, Ns { view: None, uids, gids, members: vec![], uevents });
-            if let Err(e) = self.make_view(id) {
+            self.nss.insert(id, Ns { view: None, uids, gids, members: vec![], uevents, access: None });
+            // The policy is in force before the view is mounted.
+            if let Err(e) = self.make_view(id).and_then(|()| self.start_policy(id, pid, false)) {
                 self.forget_ns(id);
                 return Err(e);
+            }
+        } else if let (Some(h), Some(a)) = (&self.cgroups, self.nss.get(&id).and_then(|n| n.access.as_ref())) {
+            let theirs = h.of(&pid.to_string())?;
+            if theirs != a.cgroup() {
+                bail!(
+                    "process {pid} is in cgroup {}, but its namespace's device policy is in {}",
+                    theirs.display(),
+                    a.cgroup().display()
+                );
             }
         }
         let ns = self.nss.get_mut(&id).expect("present");

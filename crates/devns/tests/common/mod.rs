@@ -105,15 +105,14 @@ impl Env {
 
     /// A container that keeps running: stdin and stdout piped.
     pub fn spawn(&self, args: &[&str]) -> Container {
-        let mut child = self
-            .devns()
-            .arg("run")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn devns");
+        Container::spawn(self.devns().arg("run").args(args))
+    }
+}
+
+impl Container {
+    /// Starts `cmd` with stdin and stdout piped (stderr kept for errors).
+    pub fn spawn(cmd: &mut Command) -> Container {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -387,6 +386,21 @@ impl Drop for Env {
     /// Dropped after the test's daemons and containers (it is made first):
     /// the daemons' host mounts of views go with the state dir.
     fn drop(&mut self) {
+        // A test's daemon is killed right after its containers, before it
+        // could end their device policies (a restarted daemon would): what
+        // the records still name is ended here.
+        for sub in ["ns", "runs"] {
+            for e in std::fs::read_dir(self.state_dir().join(sub)).into_iter().flatten().flatten() {
+                let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+                let Ok(r) = serde_json::from_str::<devns_core::state::NsRecord>(&text) else { continue };
+                if let Some(c) = &r.cgroup {
+                    let (busy, errors) = devns::bpf::close_recorded(c, Duration::from_secs(10));
+                    if busy.is_some() || !errors.is_empty() {
+                        eprintln!("a test's cgroup {} could not be removed: {errors:?}", c.path);
+                    }
+                }
+            }
+        }
         let views = self.state_dir().join("views");
         if views.exists() {
             let _ = Command::new("umount").args(["-R", "-l"]).arg(&views).stderr(Stdio::null()).status();
@@ -470,5 +484,223 @@ pub fn eventually(what: &str, f: impl Fn() -> bool) {
     while !f() {
         assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---- the access layer ---------------------------------------------------------
+
+/// Where the cgroup2 hierarchy is mounted on this host.
+pub fn cgroup_root() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    devns::cgroup::find_cgroup2(&mi).expect("a cgroup2 mount")
+}
+
+/// Cgroups named `devns-*` anywhere below `dir`.
+pub fn devns_cgroups_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            if e.file_name().to_string_lossy().starts_with("devns-") {
+                out.push(e.path());
+            }
+            out.extend(devns_cgroups_below(&e.path()));
+        }
+    }
+    out
+}
+
+/// A cgroup of a test's own (below the root), for processes the test
+/// starts; on drop its processes are killed and it is removed, with
+/// everything below it.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> TestCgroup {
+        let path = cgroup_root().join(format!("devnstest-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&path).expect("create a test cgroup");
+        TestCgroup { path }
+    }
+
+    /// `cmd ARGS` started inside this cgroup (it moves itself in, then execs).
+    pub fn command(&self, cmd: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""]).arg(&self.path).arg(cmd);
+        c
+    }
+
+    /// The cgroups below this one.
+    pub fn children(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.path)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // cgroup.kill takes every process below, as a failing test may
+        // leave some; then the tree goes, deepest first.
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        if let Err(e) = devns::cgroup::remove(&self.path, Duration::from_secs(10)) {
+            eprintln!("test cgroup left behind: {e}");
+        }
+    }
+}
+
+/// A device node of `kind` ('b' or 'c') MAJ:MIN at `path`, mode 0666, so
+/// that only the device policy can refuse an open; removed on drop.
+pub struct Node(pub PathBuf);
+
+impl Node {
+    pub fn new(path: PathBuf, kind: char, major: u32, minor: u32) -> Node {
+        let ft = if kind == 'b' { rustix::fs::FileType::BlockDevice } else { rustix::fs::FileType::CharacterDevice };
+        let _ = std::fs::remove_file(&path);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            ft,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        )
+        .expect("mknod");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        Node(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A directory on the host's root filesystem, which containers started
+/// without `--rootfs` reach as it is (their `/tmp` is their own); removed
+/// on drop.
+pub struct SharedDir(pub PathBuf);
+
+impl SharedDir {
+    pub fn new(tag: &str) -> SharedDir {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(marker(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        SharedDir(dir)
+    }
+
+    /// A node of block or char device `kind:major:minor` here.
+    pub fn node(&self, name: &str, kind: char, major: u32, minor: u32) -> Node {
+        Node::new(self.0.join(name), kind, major, minor)
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `b`/`c`, major and minor of host block device `name` (sysfs).
+pub fn block_numbers(name: &str) -> (u32, u32) {
+    let t = std::fs::read_to_string(format!("/sys/class/block/{name}/dev")).expect("a block device");
+    let (a, b) = t.trim().split_once(':').unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+impl Container {
+    /// Opens `path` for reading in the container: `opened`, or the error.
+    pub fn open(&mut self, path: &str) -> String {
+        let out = self.sh(&format!("( exec 3<{path} ) 2>&1 && echo opened"));
+        out.join(" ")
+    }
+}
+
+/// Whether an [`Container::open`] answer is the device policy's refusal.
+pub fn refused(answer: &str) -> bool {
+    answer.contains("Operation not permitted")
+}
+
+/// The host pids of the processes in cgroup `path`.
+pub fn cgroup_pids(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+/// The state record of namespace `name` (daemon's or a stand-alone run's).
+pub fn record_of(env: &Env, name: &str) -> devns_core::state::NsRecord {
+    for sub in ["ns", "runs"] {
+        for e in std::fs::read_dir(env.state_dir().join(sub)).into_iter().flatten().flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+            let Ok(r) = serde_json::from_str::<devns_core::state::NsRecord>(&text) else { continue };
+            if r.name.as_deref() == Some(name) {
+                return r;
+            }
+        }
+    }
+    panic!("no record of namespace {name}");
+}
+
+/// Namespace `name`'s device policy, found in the kernel as devns finds it
+/// after a restart (from the cgroup its record names).
+pub fn policy_of(env: &Env, name: &str) -> devns::bpf::AccessPolicy {
+    let rec = record_of(env, name).cgroup.unwrap_or_else(|| panic!("{name} has no cgroup in its record"));
+    devns::bpf::AccessPolicy::recover(&rec).expect("the policy is in the kernel")
+}
+
+/// A zram device this test added (`hot_add`); removed on drop.
+pub struct Zram(pub u32);
+
+impl Zram {
+    pub fn new() -> Zram {
+        let n = std::fs::read_to_string("/sys/class/zram-control/hot_add").expect("zram hot_add");
+        Zram(n.trim().parse().unwrap())
+    }
+
+    pub fn name(&self) -> String {
+        format!("zram{}", self.0)
+    }
+}
+
+impl Drop for Zram {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/class/zram-control/hot_remove", self.0.to_string());
+    }
+}
+
+/// A loop device added with LOOP_CTL_ADD (no backing file); removed on drop.
+pub struct AddedLoop(pub u64);
+
+impl AddedLoop {
+    pub fn new() -> AddedLoop {
+        // A number nobody uses: high, and different per test process.
+        let mut n = 400 + (std::process::id() as u64 % 400);
+        while loop_ctl(LOOP_CTL_ADD, n) < 0 {
+            n += 1;
+        }
+        AddedLoop(n)
+    }
+
+    pub fn name(&self) -> String {
+        format!("loop{}", self.0)
+    }
+}
+
+impl Drop for AddedLoop {
+    fn drop(&mut self) {
+        loop_ctl(LOOP_CTL_REMOVE, self.0);
     }
 }

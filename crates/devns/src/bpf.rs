@@ -1,0 +1,339 @@
+//! The access layer as the kernel holds it: one hash map and one device
+//! program per namespace, attached to its cgroup with `BPF_F_ALLOW_MULTI`
+//! (a runtime's own program still runs: every program must allow). A
+//! change of ownership is a map update made by the reconcile step, before
+//! the change is acknowledged; the program is never reloaded.
+//!
+//! After a restart the map is found again without bpffs: the programs
+//! attached to the cgroup (`BPF_PROG_QUERY`), devns's own by its id and
+//! name, its map by the id the program reports.
+
+use crate::cgroup::{self, CgroupError};
+use devns_core::bpf::{self as core, Key, MapDelta};
+use devns_core::state::CgroupRecord;
+use devns_core::view::ViewPlan;
+use devns_sys::bpf::{self as sys, BpfError};
+use rustix::fd::OwnedFd;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Most entries a namespace's map holds. Its entries are the devices of
+/// its view plus 9 for ptys; a view is bounded far below this (devices
+/// are the host's, loop devices limited per namespace). The map is not
+/// preallocated (`BPF_F_NO_PREALLOC`), so the bound costs nothing until used.
+pub const MAX_ENTRIES: u32 = 65_536;
+/// The program's license string (no GPL-only helper is used).
+const LICENSE: &str = "Apache-2.0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot create the device map for {cgroup}: {source}")]
+    Map { cgroup: PathBuf, source: BpfError },
+    #[error("cannot load the device program for {cgroup}: {source}")]
+    Load { cgroup: PathBuf, source: BpfError },
+    #[error("cannot attach the device program to {cgroup}: {source}")]
+    Attach { cgroup: PathBuf, source: BpfError },
+    #[error("cannot detach devns's device program (id {prog}) from {cgroup}: {source}")]
+    Detach { cgroup: PathBuf, prog: u32, source: BpfError },
+    #[error("cannot read the device programs of {cgroup}: {source}")]
+    Query { cgroup: PathBuf, source: BpfError },
+    #[error("cgroup {cgroup} has no device program of devns's{}", .prog.map(|p| format!(" (id {p})")).unwrap_or_default())]
+    NotFound { cgroup: PathBuf, prog: Option<u32> },
+    #[error("the map (id {map}) of {cgroup}'s device program is not devns's: {why}")]
+    Foreign { cgroup: PathBuf, map: u32, why: String },
+    #[error("cannot {op} {key} in the device map (id {map}) of {cgroup}: {source}")]
+    Update { cgroup: PathBuf, map: u32, op: &'static str, key: Key, source: BpfError },
+    #[error("cannot read the device map (id {map}) of {cgroup}: {source}")]
+    Read { cgroup: PathBuf, map: u32, source: BpfError },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+/// A namespace's device policy: its cgroup, program and map, and a shadow
+/// of what the map holds (what devns wrote, or read back at a restart).
+pub struct AccessPolicy {
+    cgroup: PathBuf,
+    created: bool,
+    cgroup_fd: OwnedFd,
+    prog: OwnedFd,
+    prog_id: u32,
+    map: OwnedFd,
+    map_id: u32,
+    attached: bool,
+    shadow: BTreeMap<Key, u32>,
+}
+
+/// A new, empty device map.
+pub fn new_map(cgroup: &Path) -> Result<OwnedFd, PolicyError> {
+    sys::map_create(
+        sys::BPF_MAP_TYPE_HASH,
+        core::KEY_SIZE,
+        core::VALUE_SIZE,
+        MAX_ENTRIES,
+        sys::BPF_F_NO_PREALLOC,
+        core::MAP_NAME,
+    )
+    .map_err(|source| PolicyError::Map { cgroup: cgroup.to_owned(), source })
+}
+
+/// Loads devns's device program over `map`.
+pub fn load_program(cgroup: &Path, map: &OwnedFd) -> Result<OwnedFd, PolicyError> {
+    let insns = core::to_bytes(&core::program(rustix::fd::AsRawFd::as_raw_fd(map)));
+    sys::prog_load(sys::BPF_PROG_TYPE_CGROUP_DEVICE, &insns, LICENSE, core::PROG_NAME)
+        .map_err(|source| PolicyError::Load { cgroup: cgroup.to_owned(), source })
+}
+
+/// Everything `map` holds.
+pub fn read_map(map: &OwnedFd) -> Result<BTreeMap<Key, u32>, BpfError> {
+    let mut out = BTreeMap::new();
+    let mut key = [0u8; 12];
+    let mut prev: Option<[u8; 12]> = None;
+    // Bounded: a map never holds more than its max_entries.
+    for _ in 0..=MAX_ENTRIES {
+        if !sys::map_next_key(map, prev.as_ref().map(|k| &k[..]), &mut key)? {
+            break;
+        }
+        let mut v = [0u8; 4];
+        // A key deleted between the two calls is skipped.
+        if sys::map_lookup(map, &key, &mut v)? {
+            out.insert(Key::from_bytes(key), u32::from_ne_bytes(v));
+        }
+        prev = Some(key);
+    }
+    Ok(out)
+}
+
+fn ids(prog: &OwnedFd, map: &OwnedFd) -> Result<(u32, u32), BpfError> {
+    Ok((sys::prog_info(prog)?.id, sys::map_info(map)?.id))
+}
+
+impl AccessPolicy {
+    /// A new map and program for cgroup `cgroup` (made by devns when
+    /// `created`), not attached yet: fill the map first.
+    pub fn new(cgroup: &Path, created: bool) -> Result<AccessPolicy, PolicyError> {
+        let cgroup_fd = cgroup::open(cgroup)?;
+        let map = new_map(cgroup)?;
+        let prog = load_program(cgroup, &map)?;
+        let (prog_id, map_id) =
+            ids(&prog, &map).map_err(|source| PolicyError::Query { cgroup: cgroup.to_owned(), source })?;
+        Ok(AccessPolicy {
+            cgroup: cgroup.to_owned(),
+            created,
+            cgroup_fd,
+            prog,
+            prog_id,
+            map,
+            map_id,
+            attached: false,
+            shadow: BTreeMap::new(),
+        })
+    }
+
+    /// Attaches the program to the cgroup (`BPF_F_ALLOW_MULTI`, so that
+    /// programs already there, and those of the cgroup's ancestors, still
+    /// decide too).
+    pub fn attach(&mut self) -> Result<(), PolicyError> {
+        sys::prog_attach(&self.prog, &self.cgroup_fd, sys::BPF_CGROUP_DEVICE, sys::BPF_F_ALLOW_MULTI)
+            .map_err(|source| PolicyError::Attach { cgroup: self.cgroup.clone(), source })?;
+        self.attached = true;
+        Ok(())
+    }
+
+    /// devns's program on `rec`'s cgroup, found again (after a restart):
+    /// the program whose id the record names (or, in a record written
+    /// before it knew the id, the one named `devns`), and its map, whose
+    /// contents become the shadow.
+    pub fn recover(rec: &CgroupRecord) -> Result<AccessPolicy, PolicyError> {
+        let cgroup = PathBuf::from(&rec.path);
+        let cgroup_fd = cgroup::open(&cgroup)?;
+        let query = |source| PolicyError::Query { cgroup: cgroup.clone(), source };
+        let not_found = || PolicyError::NotFound { cgroup: cgroup.clone(), prog: rec.prog_id };
+        let mut found = None;
+        for id in sys::prog_query(&cgroup_fd, sys::BPF_CGROUP_DEVICE).map_err(query)? {
+            if rec.prog_id.is_some_and(|p| p != id) {
+                continue;
+            }
+            let Ok(fd) = sys::prog_fd_by_id(id) else { continue };
+            let info = sys::prog_info(&fd).map_err(query)?;
+            if info.name == core::PROG_NAME && info.prog_type == sys::BPF_PROG_TYPE_CGROUP_DEVICE {
+                found = Some((fd, info));
+                break;
+            }
+        }
+        let (prog, info) = found.ok_or_else(not_found)?;
+        let map_id = *info.map_ids.first().ok_or_else(not_found)?;
+        let map = sys::map_fd_by_id(map_id).map_err(query)?;
+        let m = sys::map_info(&map).map_err(query)?;
+        let want = (sys::BPF_MAP_TYPE_HASH, core::KEY_SIZE, core::VALUE_SIZE);
+        if (m.map_type, m.key_size, m.value_size) != want || m.name != core::MAP_NAME {
+            let why = format!("type {}, key {} B, value {} B, name {:?}", m.map_type, m.key_size, m.value_size, m.name);
+            return Err(PolicyError::Foreign { cgroup, map: map_id, why });
+        }
+        let shadow =
+            read_map(&map).map_err(|source| PolicyError::Read { cgroup: cgroup.clone(), map: map_id, source })?;
+        Ok(AccessPolicy {
+            cgroup,
+            created: rec.created,
+            cgroup_fd,
+            prog,
+            prog_id: info.id,
+            map,
+            map_id,
+            attached: true,
+            shadow,
+        })
+    }
+
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// The program's and the map's ids.
+    pub fn ids(&self) -> (u32, u32) {
+        (self.prog_id, self.map_id)
+    }
+
+    /// What the namespace's state record keeps of it.
+    pub fn record(&self) -> CgroupRecord {
+        CgroupRecord {
+            path: self.cgroup.to_string_lossy().into_owned(),
+            created: self.created,
+            prog_id: Some(self.prog_id),
+        }
+    }
+
+    /// What the map holds, as devns wrote it.
+    pub fn entries(&self) -> &BTreeMap<Key, u32> {
+        &self.shadow
+    }
+
+    /// The map as the kernel holds it now.
+    pub fn read(&self) -> Result<BTreeMap<Key, u32>, PolicyError> {
+        read_map(&self.map).map_err(|source| PolicyError::Read {
+            cgroup: self.cgroup.clone(),
+            map: self.map_id,
+            source,
+        })
+    }
+
+    /// Brings the map to what the view `plan` allows; the number of
+    /// entries written or removed. Removals go first, so that a failure
+    /// half-way never leaves more allowed than either state.
+    pub fn reconcile(&mut self, plan: &ViewPlan) -> Result<usize, PolicyError> {
+        self.apply_desired(&core::map_plan(plan))
+    }
+
+    /// Brings the map to `desired`.
+    pub fn apply_desired(&mut self, desired: &BTreeMap<Key, u32>) -> Result<usize, PolicyError> {
+        let delta = core::diff(&self.shadow, desired);
+        self.apply(&delta)?;
+        Ok(delta.len())
+    }
+
+    fn apply(&mut self, delta: &MapDelta) -> Result<(), PolicyError> {
+        let err =
+            |op, key, source| PolicyError::Update { cgroup: self.cgroup.clone(), map: self.map_id, op, key, source };
+        for k in &delta.delete {
+            sys::map_delete(&self.map, &k.to_bytes()).map_err(|e| err("remove", *k, e))?;
+            self.shadow.remove(k);
+        }
+        for (k, v) in &delta.put {
+            sys::map_update(&self.map, &k.to_bytes(), &v.to_ne_bytes()).map_err(|e| err("write", *k, e))?;
+            self.shadow.insert(*k, *v);
+        }
+        Ok(())
+    }
+
+    /// Takes devns's program off its cgroup, which stays (the operator
+    /// turned the layer off while the namespace lives).
+    pub fn detach(self) -> Result<(), PolicyError> {
+        sys::prog_detach(&self.prog, &self.cgroup_fd, sys::BPF_CGROUP_DEVICE).map_err(|source| PolicyError::Detach {
+            cgroup: self.cgroup.clone(),
+            prog: self.prog_id,
+            source,
+        })
+    }
+
+    /// Ends the policy of a namespace that is gone. The map is emptied
+    /// first (so that a process still in the cgroup, or a cgroup that
+    /// cannot be removed yet, is denied every device); then a cgroup devns
+    /// made is removed (which frees program and map once devns's fds are
+    /// closed), or, in a cgroup devns did not make, exactly its own program
+    /// is detached. Returns the cgroup still to remove when a process is
+    /// still inside after `patience`. Every step runs; errors are returned
+    /// together.
+    pub fn close(mut self, patience: Duration) -> (Option<PathBuf>, Vec<PolicyError>) {
+        let mut errors = Vec::new();
+        if let Err(e) = self.apply_desired(&BTreeMap::new()) {
+            errors.push(e);
+        }
+        let mut busy = None;
+        if self.created {
+            match cgroup::remove(&self.cgroup, patience) {
+                Ok(()) => {}
+                Err(CgroupError::Busy { .. }) => busy = Some(self.cgroup.clone()),
+                Err(e) => errors.push(e.into()),
+            }
+        } else if self.attached {
+            match sys::prog_detach(&self.prog, &self.cgroup_fd, sys::BPF_CGROUP_DEVICE) {
+                // Gone with its cgroup already.
+                Ok(()) | Err(BpfError::Call { source: rustix::io::Errno::NOENT, .. }) => {}
+                Err(source) => {
+                    errors.push(PolicyError::Detach { cgroup: self.cgroup.clone(), prog: self.prog_id, source })
+                }
+            }
+        }
+        (busy, errors)
+    }
+}
+
+/// The one reconcile step of a namespace, shared by the daemon and a
+/// stand-alone run: its view (when it has one here), then its device map
+/// (when it has a policy), both from the same `plan`. Each failure is
+/// logged; the first is returned, so that a change can be refused rather
+/// than acknowledged half-applied.
+pub fn reconcile_view_and_map(
+    ns: devns_core::NsId,
+    view: Option<rustix::fd::BorrowedFd<'_>>,
+    access: Option<&mut AccessPolicy>,
+    plan: &ViewPlan,
+    visible: impl Fn(devns_core::DevId) -> bool,
+) -> anyhow::Result<()> {
+    let view = view.map_or(Ok(()), |v| crate::view::reconcile(v, plan, visible).map(drop).map_err(anyhow::Error::from));
+    let map = access.map_or(Ok(()), |a| a.reconcile(plan).map(drop).map_err(anyhow::Error::from));
+    for e in [&view, &map].into_iter().filter_map(|r| r.as_ref().err()) {
+        tracing::error!(ns = %ns, error = %format!("{e:#}"), "reconcile failed");
+    }
+    view.and(map)
+}
+
+/// Ends the policy of a namespace whose keeper died: what its record
+/// names, found again (see [`AccessPolicy::recover`]) and closed. A cgroup
+/// that is gone already needs nothing; one devns made is removed even if
+/// its program cannot be found.
+pub fn close_recorded(rec: &CgroupRecord, patience: Duration) -> (Option<PathBuf>, Vec<PolicyError>) {
+    let path = Path::new(&rec.path);
+    if !path.exists() {
+        return (None, vec![]);
+    }
+    match AccessPolicy::recover(rec) {
+        Ok(p) => p.close(patience),
+        Err(e) if rec.created => match cgroup::remove(path, patience) {
+            Ok(()) => (None, vec![]),
+            Err(CgroupError::Busy { .. }) => (Some(path.to_owned()), vec![e]),
+            Err(e2) => (None, vec![e, e2.into()]),
+        },
+        // Not ours to remove, and no program of ours there.
+        Err(PolicyError::NotFound { .. }) => (None, vec![]),
+        Err(e) => (None, vec![e]),
+    }
+}
+
+/// Logs what [`AccessPolicy::close`] or [`close_recorded`] could not do.
+pub fn log_close(ns: impl std::fmt::Display, (busy, errors): (Option<PathBuf>, Vec<PolicyError>)) -> Option<PathBuf> {
+    for e in errors {
+        tracing::error!(ns = %ns, error = %e, "device policy teardown");
+    }
+    busy
+}

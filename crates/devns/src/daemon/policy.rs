@@ -1,0 +1,147 @@
+//! The daemon's side of the access layer: each namespace's device policy
+//! made (a cgroup of its own for `devns run`, the process's own cgroup for
+//! `attach`), found again at a restart, and ended at its death.
+
+use super::Daemon;
+use crate::bpf::{AccessPolicy, close_recorded, log_close};
+use anyhow::{Context, Result, bail};
+use devns_core::registry::NsId;
+use devns_core::state::CgroupRecord;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long a dead namespace's cgroup is waited for, at once and in all.
+const PATIENCE_NOW: Duration = Duration::from_millis(20);
+const PATIENCE: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    /// Gives namespace `id` (process `pid`, not yet running anything of
+    /// its own) a device policy: in a new cgroup below the daemon's
+    /// (`create`), or in the cgroup `pid` is in. The map is filled from the
+    /// view's plan and the program attached before `pid` is moved in (or,
+    /// in its own cgroup, before the call returns). Recorded in the state.
+    pub(super) fn start_policy(&mut self, id: NsId, pid: i32, create: bool) -> Result<()> {
+        let Some(h) = self.cgroups.clone() else { return Ok(()) };
+        let (path, created) = if create {
+            (h.for_namespace(id)?, true)
+        } else {
+            let path = h.of(&pid.to_string())?;
+            let own = h.of("self")?;
+            if own.starts_with(&path) {
+                bail!(
+                    "process {pid} is in cgroup {}, which holds devns itself: its device policy would apply to the host; run it in a cgroup of its own, or set device_policy = false",
+                    path.display()
+                );
+            }
+            // Every process of a cgroup is under its programs: one of the
+            // host's own would be policed by a container's map.
+            let host_ns = self.host_ns;
+            let of_host = crate::cgroup::procs(&path)?
+                .into_iter()
+                .find(|p| crate::host::user_ns_of(*p).is_ok_and(|n| n == host_ns));
+            if let Some(p) = of_host {
+                bail!(
+                    "cgroup {} of process {pid} also holds process {p} of the host's user namespace: its device policy would apply to it; run the container in a cgroup of its own, or set device_policy = false",
+                    path.display()
+                );
+            }
+            (path, false)
+        };
+        let rec = CgroupRecord { path: path.to_string_lossy().into_owned(), created, prog_id: None };
+        // Recorded first: whatever happens from here, a restart finds it.
+        if let Some(r) = self.state.by_id_mut(id) {
+            r.cgroup = Some(rec);
+        }
+        self.save_ns(&[id])?;
+        if created {
+            crate::cgroup::create(&path)?;
+        }
+        let policy = AccessPolicy::new(&path, created)?;
+        self.nss.get_mut(&id).context("namespace vanished")?.access = Some(policy);
+        self.reconcile_checked(id)?;
+        let ns = self.nss.get_mut(&id).context("namespace vanished")?;
+        let a = ns.access.as_mut().expect("just set");
+        a.attach()?;
+        let rec = a.record();
+        if created {
+            crate::cgroup::move_pid(&path, pid)?;
+        }
+        if let Some(r) = self.state.by_id_mut(id) {
+            r.cgroup = Some(rec);
+        }
+        Ok(())
+    }
+
+    /// The policy of a live namespace `id` after a restart: found again
+    /// in its cgroup (the same map, now shadowed from the kernel's
+    /// contents), or, when it is not there, a new one attached to it.
+    pub(super) fn recover_policy(&mut self, id: NsId, rec: &CgroupRecord) -> Option<AccessPolicy> {
+        if self.cgroups.is_none() {
+            // Turned off since: a map nobody updates any more must not
+            // go on deciding. The cgroup stays until the namespace dies.
+            match AccessPolicy::recover(rec).and_then(AccessPolicy::detach) {
+                Ok(()) => tracing::warn!(ns = %id, "device_policy is off: devns's device program detached"),
+                Err(e) => tracing::error!(ns = %id, error = %e, "device_policy is off, but its program stays"),
+            }
+            return None;
+        }
+        match AccessPolicy::recover(rec) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(ns = %id, error = %e, "device policy not found again: attaching a new one");
+                let path = Path::new(&rec.path);
+                let fresh = AccessPolicy::new(path, rec.created).and_then(|mut p| p.attach().map(|()| p));
+                match fresh {
+                    Ok(p) => {
+                        if let Some(r) = self.state.by_id_mut(id) {
+                            r.cgroup = Some(p.record());
+                        }
+                        Some(p)
+                    }
+                    Err(e) => {
+                        tracing::error!(ns = %id, error = %e, "namespace has no device policy");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends `id`'s policy (a namespace that is gone): the live one, or
+    /// what `rec` names when the daemon holds none.
+    pub(super) fn end_policy(&mut self, id: NsId, live: Option<AccessPolicy>, rec: Option<&CgroupRecord>) {
+        let result = match (live, rec) {
+            (Some(p), _) => p.close(PATIENCE_NOW),
+            (None, Some(rec)) => close_recorded(rec, PATIENCE_NOW),
+            (None, None) => return,
+        };
+        if let Some(busy) = log_close(id, result) {
+            tracing::debug!(ns = %id, cgroup = %busy.display(), "cgroup still has processes; retrying");
+            self.busy_cgroups.push((busy, Instant::now() + PATIENCE));
+        }
+    }
+
+    /// A stand-alone run's record whose keeper died while the daemon was down.
+    pub(super) fn close_recorded_policy(&mut self, id: NsId, rec: Option<&CgroupRecord>) {
+        self.end_policy(id, None, rec);
+    }
+
+    pub(super) fn retry_busy_cgroups(&mut self) {
+        if self.busy_cgroups.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.busy_cgroups.retain(|(path, deadline)| match crate::cgroup::try_remove(path) {
+            Ok(true) => false,
+            Ok(false) if *deadline <= now => {
+                tracing::warn!(cgroup = %path.display(), "a dead namespace's cgroup still has processes: left (its map is empty: they may open no device)");
+                false
+            }
+            Ok(false) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot remove a dead namespace's cgroup");
+                false
+            }
+        });
+    }
+}
