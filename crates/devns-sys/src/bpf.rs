@@ -39,6 +39,8 @@ pub enum BpfError {
     Verifier { source: Errno, log: String },
     #[error("bad argument to bpf({cmd}): {what}")]
     Arg { cmd: &'static str, what: &'static str },
+    #[error("map {id} is not the map expected: {found}, not {want}")]
+    Mismatch { id: u32, found: String, want: String },
 }
 
 impl BpfError {
@@ -46,7 +48,7 @@ impl BpfError {
     pub fn errno(&self) -> Option<Errno> {
         match self {
             BpfError::Call { source, .. } | BpfError::Verifier { source, .. } => Some(*source),
-            BpfError::Arg { .. } => None,
+            BpfError::Arg { .. } | BpfError::Mismatch { .. } => None,
         }
     }
 }
@@ -98,26 +100,105 @@ struct MapCreateAttr {
     map_name: [u8; BPF_OBJ_NAME_LEN],
 }
 
-/// A new map.
-pub fn map_create(
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    flags: u32,
-    name: &str,
-) -> Result<OwnedFd, BpfError> {
-    let mut a = MapCreateAttr {
-        map_type,
-        key_size,
-        value_size,
-        max_entries,
-        map_flags: flags,
-        map_name: name_bytes(name),
-        ..Default::default()
-    };
-    // SAFETY: MAP_CREATE holds no pointer.
-    unsafe { sys_bpf(BPF_MAP_CREATE, "BPF_MAP_CREATE", &mut a) }.map(owned)
+/// A hash map with keys of `K` bytes and values of `V` bytes, as the kernel
+/// holds it: made with those sizes, or found by id and checked to have
+/// them. The element calls take buffers of exactly `K` and `V` bytes, so
+/// the kernel never reads or writes past one (it goes by the map's sizes).
+pub struct Map<const K: usize, const V: usize> {
+    fd: OwnedFd,
+}
+
+impl<const K: usize, const V: usize> AsFd for Map<K, V> {
+    fn as_fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl<const K: usize, const V: usize> Map<K, V> {
+    /// A new hash map of at most `max_entries` elements.
+    pub fn create_hash(max_entries: u32, flags: u32, name: &str) -> Result<Self, BpfError> {
+        let mut a = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_HASH,
+            key_size: K as u32,
+            value_size: V as u32,
+            max_entries,
+            map_flags: flags,
+            map_name: name_bytes(name),
+            ..Default::default()
+        };
+        // SAFETY: MAP_CREATE holds no pointer.
+        let fd = unsafe { sys_bpf(BPF_MAP_CREATE, "BPF_MAP_CREATE", &mut a) }.map(owned)?;
+        Ok(Map { fd })
+    }
+
+    /// The map with id `id`, if it is a hash map of these sizes; with what
+    /// the kernel says of it.
+    pub fn by_id(id: u32) -> Result<(Self, MapInfo), BpfError> {
+        let fd = map_fd_by_id(id)?;
+        let info = map_info(&fd)?;
+        if (info.map_type, info.key_size, info.value_size) != (BPF_MAP_TYPE_HASH, K as u32, V as u32) {
+            return Err(BpfError::Mismatch {
+                id,
+                found: format!("type {}, key {} B, value {} B", info.map_type, info.key_size, info.value_size),
+                want: format!("a hash map, key {K} B, value {V} B"),
+            });
+        }
+        Ok((Map { fd }, info))
+    }
+
+    pub fn info(&self) -> Result<MapInfo, BpfError> {
+        map_info(&self.fd)
+    }
+
+    fn elem(&self, key: *const u8, value: u64, flags: u64) -> ElemAttr {
+        ElemAttr { map_fd: raw(&self.fd), key: key as u64, value, flags, ..Default::default() }
+    }
+
+    /// Writes `value` at `key` (created or replaced).
+    pub fn update(&self, key: &[u8; K], value: &[u8; V]) -> Result<(), BpfError> {
+        let mut a = self.elem(key.as_ptr(), value.as_ptr() as u64, BPF_ANY);
+        // SAFETY: the kernel reads the map's key size (K) at `key` and its
+        // value size (V) at `value`, buffers of exactly those lengths that
+        // outlive the call.
+        unsafe { sys_bpf(BPF_MAP_UPDATE_ELEM, "BPF_MAP_UPDATE_ELEM", &mut a) }.map(drop)
+    }
+
+    /// Removes `key`; `Ok(false)` when it was not there.
+    pub fn delete(&self, key: &[u8; K]) -> Result<bool, BpfError> {
+        let mut a = self.elem(key.as_ptr(), 0, 0);
+        // SAFETY: the kernel reads K bytes at `key`, which outlives the call.
+        found(unsafe { sys_bpf(BPF_MAP_DELETE_ELEM, "BPF_MAP_DELETE_ELEM", &mut a) })
+    }
+
+    /// The value at `key`, if there is one.
+    pub fn lookup(&self, key: &[u8; K]) -> Result<Option<[u8; V]>, BpfError> {
+        let mut value = [0u8; V];
+        let mut a = self.elem(key.as_ptr(), value.as_mut_ptr() as u64, 0);
+        // SAFETY: the kernel reads K bytes at `key` and writes V bytes at
+        // `value`, buffers of those lengths that outlive the call.
+        let there = found(unsafe { sys_bpf(BPF_MAP_LOOKUP_ELEM, "BPF_MAP_LOOKUP_ELEM", &mut a) })?;
+        Ok(there.then_some(value))
+    }
+
+    /// The key after `key` (the first one for `None`); `None` after the last.
+    pub fn next_key(&self, key: Option<&[u8; K]>) -> Result<Option<[u8; K]>, BpfError> {
+        let mut next = [0u8; K];
+        let mut a = self.elem(key.map_or(std::ptr::null(), |k| k.as_ptr()), next.as_mut_ptr() as u64, 0);
+        // SAFETY: the kernel reads K bytes at `key` (none for NULL) and
+        // writes K bytes at `next`, buffers of that length that outlive
+        // the call.
+        let there = found(unsafe { sys_bpf(BPF_MAP_GET_NEXT_KEY, "BPF_MAP_GET_NEXT_KEY", &mut a) })?;
+        Ok(there.then_some(next))
+    }
+}
+
+/// An element call's answer, with `ENOENT` (no such key) as `false`.
+fn found(r: Result<i64, BpfError>) -> Result<bool, BpfError> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(BpfError::Call { source: Errno::NOENT, .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// `bpf_attr` for the element commands.
@@ -130,71 +211,6 @@ struct ElemAttr {
     /// `value` or `next_key`.
     value: u64,
     flags: u64,
-}
-
-/// Writes `value` at `key` (created or replaced). The sizes must be the
-/// map's own; the kernel reads that many bytes.
-pub fn map_update(map: impl AsFd, key: &[u8], value: &[u8]) -> Result<(), BpfError> {
-    let mut a = ElemAttr {
-        map_fd: raw(&map),
-        key: key.as_ptr() as u64,
-        value: value.as_ptr() as u64,
-        flags: BPF_ANY,
-        ..Default::default()
-    };
-    // SAFETY: the kernel reads key_size bytes at `key` and value_size at
-    // `value` (the map's sizes, which the caller's slices are: `map_update`
-    // is used on maps whose sizes its callers made); both outlive the call.
-    unsafe { sys_bpf(BPF_MAP_UPDATE_ELEM, "BPF_MAP_UPDATE_ELEM", &mut a) }.map(drop)
-}
-
-/// Removes `key`; `Ok(false)` when it was not there.
-pub fn map_delete(map: impl AsFd, key: &[u8]) -> Result<bool, BpfError> {
-    let mut a = ElemAttr { map_fd: raw(&map), key: key.as_ptr() as u64, ..Default::default() };
-    // SAFETY: the kernel reads key_size bytes at `key`, which outlives the call.
-    match unsafe { sys_bpf(BPF_MAP_DELETE_ELEM, "BPF_MAP_DELETE_ELEM", &mut a) } {
-        Ok(_) => Ok(true),
-        Err(BpfError::Call { source: Errno::NOENT, .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// The value at `key` (`value.len()` bytes, the map's value size), or
-/// `Ok(false)` when there is none.
-pub fn map_lookup(map: impl AsFd, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
-    let mut a = ElemAttr {
-        map_fd: raw(&map),
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: the kernel reads key_size bytes at `key` and writes
-    // value_size bytes at `value`; the caller passes the map's sizes, and
-    // both buffers outlive the call.
-    match unsafe { sys_bpf(BPF_MAP_LOOKUP_ELEM, "BPF_MAP_LOOKUP_ELEM", &mut a) } {
-        Ok(_) => Ok(true),
-        Err(BpfError::Call { source: Errno::NOENT, .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// The key after `key` (the first with `None`) into `next`; `Ok(false)`
-/// after the last.
-pub fn map_next_key(map: impl AsFd, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool, BpfError> {
-    let mut a = ElemAttr {
-        map_fd: raw(&map),
-        key: key.map_or(0, |k| k.as_ptr() as u64),
-        value: next.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: the kernel reads key_size bytes at `key` (or none for NULL)
-    // and writes key_size bytes at `next`: the caller's buffers, of the
-    // map's key size, outlive the call.
-    match unsafe { sys_bpf(BPF_MAP_GET_NEXT_KEY, "BPF_MAP_GET_NEXT_KEY", &mut a) } {
-        Ok(_) => Ok(true),
-        Err(BpfError::Call { source: Errno::NOENT, .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// `bpf_attr` for `BPF_PROG_LOAD`, up to `expected_attach_type`.

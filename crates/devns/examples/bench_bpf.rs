@@ -151,13 +151,13 @@ fn swap_program(cg: &OwnedFd, current: &mut Option<OwnedFd>, rules: &[(Key, u32)
 
 /// devns's change and its change back: allowing the changing device in
 /// the map, then removing it; the two times in ns.
-fn map_change(map: &OwnedFd) -> Result<(u64, u64)> {
+fn map_change(map: &devns::bpf::DeviceMap) -> Result<(u64, u64)> {
     let (k, v) = (CHANGING.to_bytes(), ACC_ALL.to_ne_bytes());
     let t = Instant::now();
-    sys::map_update(map, &k, &v)?;
+    map.update(&k, &v)?;
     let allow = t.elapsed().as_nanos() as u64;
     let t = Instant::now();
-    sys::map_delete(map, &k)?;
+    map.delete(&k)?;
     Ok((allow, t.elapsed().as_nanos() as u64))
 }
 
@@ -208,7 +208,7 @@ fn driver() -> Result<()> {
     policy.attach()?;
     work.probers.push(Prober::start(&cg_devns)?);
     work.probers.push(Prober::start(&cg_base)?);
-    let map = devns_sys::bpf::map_fd_by_id(policy.ids().1)?;
+    let (map, _) = devns::bpf::DeviceMap::by_id(policy.ids().1)?;
     let (k, v) = (CHANGING.to_bytes(), ACC_ALL.to_ne_bytes());
     println!("one change of a device policy, {SAMPLES} samples per way, direction and N; p50 / p99 in µs");
     let mut rows = Vec::new();
@@ -229,11 +229,11 @@ fn driver() -> Result<()> {
                 Ok(pd.open(&node)? == "EPERM" && pb.open(&node)? == "EPERM")
             };
             ensure!(refused(pd, pb)?, "N={n}: not refused before the change");
-            sys::map_update(&map, &k, &v)?;
+            map.update(&k, &v)?;
             swap_program(&base_cg, &mut work.base_prog, &with)?;
             let (d, b) = (pd.open(&node)?, pb.open(&node)?);
             ensure!(d == "ok" && b == "ok", "N={n}: after the change devns says {d}, the baseline {b}");
-            sys::map_delete(&map, &k)?;
+            map.delete(&k)?;
             swap_program(&base_cg, &mut work.base_prog, &without)?;
             ensure!(refused(pd, pb)?, "N={n}: not refused after the change back");
 

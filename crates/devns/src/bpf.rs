@@ -58,45 +58,37 @@ pub struct AccessPolicy {
     cgroup_fd: OwnedFd,
     prog: OwnedFd,
     prog_id: u32,
-    map: OwnedFd,
+    map: DeviceMap,
     map_id: u32,
     attached: bool,
     shadow: BTreeMap<Key, u32>,
 }
 
+/// A device map: `(type, major, minor)` keys, access-mask values.
+pub type DeviceMap = sys::Map<{ core::KEY_SIZE as usize }, { core::VALUE_SIZE as usize }>;
+
 /// A new, empty device map.
-pub fn new_map(cgroup: &Path) -> Result<OwnedFd, PolicyError> {
-    sys::map_create(
-        sys::BPF_MAP_TYPE_HASH,
-        core::KEY_SIZE,
-        core::VALUE_SIZE,
-        MAX_ENTRIES,
-        sys::BPF_F_NO_PREALLOC,
-        core::MAP_NAME,
-    )
-    .map_err(|source| PolicyError::Map { cgroup: cgroup.to_owned(), source })
+pub fn new_map(cgroup: &Path) -> Result<DeviceMap, PolicyError> {
+    DeviceMap::create_hash(MAX_ENTRIES, sys::BPF_F_NO_PREALLOC, core::MAP_NAME)
+        .map_err(|source| PolicyError::Map { cgroup: cgroup.to_owned(), source })
 }
 
 /// Loads devns's device program over `map`.
-pub fn load_program(cgroup: &Path, map: &OwnedFd) -> Result<OwnedFd, PolicyError> {
-    let insns = core::to_bytes(&core::program(rustix::fd::AsRawFd::as_raw_fd(map)));
+pub fn load_program(cgroup: &Path, map: &DeviceMap) -> Result<OwnedFd, PolicyError> {
+    let insns = core::to_bytes(&core::program(rustix::fd::AsRawFd::as_raw_fd(&rustix::fd::AsFd::as_fd(map))));
     sys::prog_load(sys::BPF_PROG_TYPE_CGROUP_DEVICE, &insns, LICENSE, core::PROG_NAME)
         .map_err(|source| PolicyError::Load { cgroup: cgroup.to_owned(), source })
 }
 
 /// Everything `map` holds.
-pub fn read_map(map: &OwnedFd) -> Result<BTreeMap<Key, u32>, BpfError> {
+pub fn read_map(map: &DeviceMap) -> Result<BTreeMap<Key, u32>, BpfError> {
     let mut out = BTreeMap::new();
-    let mut key = [0u8; 12];
-    let mut prev: Option<[u8; 12]> = None;
+    let mut prev = None;
     // Bounded: a map never holds more than its max_entries.
     for _ in 0..=MAX_ENTRIES {
-        if !sys::map_next_key(map, prev.as_ref().map(|k| &k[..]), &mut key)? {
-            break;
-        }
-        let mut v = [0u8; 4];
+        let Some(key) = map.next_key(prev.as_ref())? else { break };
         // A key deleted between the two calls is skipped.
-        if sys::map_lookup(map, &key, &mut v)? {
+        if let Some(v) = map.lookup(&key)? {
             out.insert(Key::from_bytes(key), u32::from_ne_bytes(v));
         }
         prev = Some(key);
@@ -104,8 +96,8 @@ pub fn read_map(map: &OwnedFd) -> Result<BTreeMap<Key, u32>, BpfError> {
     Ok(out)
 }
 
-fn ids(prog: &OwnedFd, map: &OwnedFd) -> Result<(u32, u32), BpfError> {
-    Ok((sys::prog_info(prog)?.id, sys::map_info(map)?.id))
+fn ids(prog: &OwnedFd, map: &DeviceMap) -> Result<(u32, u32), BpfError> {
+    Ok((sys::prog_info(prog)?.id, map.info()?.id))
 }
 
 impl AccessPolicy {
@@ -163,11 +155,15 @@ impl AccessPolicy {
         }
         let (prog, info) = found.ok_or_else(not_found)?;
         let map_id = *info.map_ids.first().ok_or_else(not_found)?;
-        let map = sys::map_fd_by_id(map_id).map_err(query)?;
-        let m = sys::map_info(&map).map_err(query)?;
-        let want = (sys::BPF_MAP_TYPE_HASH, core::KEY_SIZE, core::VALUE_SIZE);
-        if (m.map_type, m.key_size, m.value_size) != want || m.name != core::MAP_NAME {
-            let why = format!("type {}, key {} B, value {} B, name {:?}", m.map_type, m.key_size, m.value_size, m.name);
+        let (map, m) = match DeviceMap::by_id(map_id) {
+            Ok(found) => found,
+            Err(e @ BpfError::Mismatch { .. }) => {
+                return Err(PolicyError::Foreign { cgroup, map: map_id, why: e.to_string() });
+            }
+            Err(e) => return Err(query(e)),
+        };
+        if m.name != core::MAP_NAME {
+            let why = format!("it is named {:?}", m.name);
             return Err(PolicyError::Foreign { cgroup, map: map_id, why });
         }
         let shadow =
@@ -235,11 +231,11 @@ impl AccessPolicy {
         let err =
             |op, key, source| PolicyError::Update { cgroup: self.cgroup.clone(), map: self.map_id, op, key, source };
         for k in &delta.delete {
-            sys::map_delete(&self.map, &k.to_bytes()).map_err(|e| err("remove", *k, e))?;
+            self.map.delete(&k.to_bytes()).map_err(|e| err("remove", *k, e))?;
             self.shadow.remove(k);
         }
         for (k, v) in &delta.put {
-            sys::map_update(&self.map, &k.to_bytes(), &v.to_ne_bytes()).map_err(|e| err("write", *k, e))?;
+            self.map.update(&k.to_bytes(), &v.to_ne_bytes()).map_err(|e| err("write", *k, e))?;
             self.shadow.insert(*k, *v);
         }
         Ok(())

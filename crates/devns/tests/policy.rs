@@ -223,7 +223,7 @@ fn bpf_child() {
     show("map_by_id", devns_sys::bpf::map_fd_by_id(map.parse().unwrap()).map(drop));
     let fd = devns::cgroup::open(Path::new(cg)).unwrap();
     show("query", devns_sys::bpf::prog_query(&fd, devns_sys::bpf::BPF_CGROUP_DEVICE).map(drop));
-    show("map_create", devns_sys::bpf::map_create(1, 12, 4, 8, 0, "x").map(drop));
+    show("map_create", devns::bpf::DeviceMap::create_hash(8, 0, "x").map(drop));
     let deny_all = devns_core::bpf::to_bytes(&devns_core::bpf::inline_program(&[]));
     show("prog_load", devns_sys::bpf::prog_load(15, &deny_all, "GPL", "x").map(drop));
 }
