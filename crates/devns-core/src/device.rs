@@ -109,12 +109,39 @@ pub struct Device {
     /// Owner and group of the host's node, as host ids.
     pub uid: u32,
     pub gid: u32,
+    /// A block device's `DISKSEQ`: the kernel's number for what the disk
+    /// holds now, never reused while the host is up (a new disk, and each
+    /// new medium of a disk, such as every attach of a loop device, gets a
+    /// new one). It tells a late event of a gone disk from the disk that
+    /// has its numbers now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diskseq: Option<u64>,
 }
 
 impl Device {
     pub fn is_partition(&self) -> bool {
         self.devtype == Some(DevType::Partition)
     }
+}
+
+/// Whether a `remove` event carrying `DISKSEQ` `event` is of the disk the
+/// registry knows with `known`. Sequence numbers only grow (a disk's own
+/// media changes, such as a loop device's detach, give it larger ones),
+/// so the known disk's removal carries at least the number it was known
+/// with; a smaller one is a late event of an older disk that had the same
+/// device numbers. Without numbers to compare (character devices), it is.
+pub fn removes_known(known: Option<u64>, event: Option<u64>) -> bool {
+    match (known, event) {
+        (Some(k), Some(e)) => e >= k,
+        _ => true,
+    }
+}
+
+/// The `DISKSEQ` to remember of a disk after one of its `add`/`change`
+/// events: the event's own, not what sysfs shows when the event is read
+/// (by then it may be a newer disk's, whose events are still to come).
+pub fn diskseq_after(event: Option<u64>, sysfs: Option<u64>) -> Option<u64> {
+    event.or(sysfs)
 }
 
 #[cfg(test)]
@@ -128,6 +155,19 @@ mod tests {
         assert_eq!(id.to_string(), "b:7:3");
         assert_eq!("b:7:3".parse::<DevId>(), Ok(id));
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"b:7:3\"");
+    }
+
+    #[test]
+    fn a_remove_is_of_the_known_disk_unless_it_is_older() {
+        assert!(removes_known(Some(7), Some(7)));
+        // Detached since it was known: a larger number, the same disk.
+        assert!(removes_known(Some(7), Some(9)));
+        // A late event of the disk that had these numbers before.
+        assert!(!removes_known(Some(7), Some(6)));
+        // Nothing to compare: the known device.
+        assert!(removes_known(None, Some(8)) && removes_known(Some(7), None) && removes_known(None, None));
+        assert_eq!(diskseq_after(Some(5), Some(6)), Some(5));
+        assert_eq!(diskseq_after(None, Some(6)), Some(6));
     }
 
     #[test]

@@ -247,6 +247,7 @@ pub(crate) mod tests {
             mode: 0o600,
             uid: 0,
             gid: 0,
+            diskseq: None,
         }
     }
 

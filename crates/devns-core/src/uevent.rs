@@ -65,7 +65,19 @@ pub fn device_from_sysfs(
         mode,
         uid: 0,
         gid: 0,
+        diskseq: diskseq(&f)?,
     }))
+}
+
+/// `DISKSEQ`, when the fields have one; a malformed one is an error.
+fn diskseq(f: &BTreeMap<&str, &str>) -> Result<Option<u64>, UeventError> {
+    match f.get("DISKSEQ") {
+        None => Ok(None),
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            v.parse().map(Some).map_err(|_| UeventError::Missing("DISKSEQ"))
+        }
+        Some(_) => Err(UeventError::Missing("DISKSEQ")),
+    }
 }
 
 /// What happened to a device, per a kernel uevent.
@@ -88,6 +100,8 @@ pub struct Uevent {
     /// The device, when the event names one (`MAJOR`/`MINOR`).
     pub dev: Option<DevId>,
     pub devname: Option<String>,
+    /// A block device's `DISKSEQ` at the time of the event.
+    pub diskseq: Option<u64>,
     pub raw: String,
 }
 
@@ -126,7 +140,8 @@ pub fn parse_netlink(buf: &[u8]) -> Result<Uevent, UeventError> {
         Some(n) => return Err(UeventError::BadName((*n).to_owned())),
         None => None,
     };
-    Ok(Uevent { action, devpath: devpath.to_owned(), subsystem, dev, devname, raw: rest.to_owned() })
+    let diskseq = diskseq(&f)?;
+    Ok(Uevent { action, devpath: devpath.to_owned(), subsystem, dev, devname, diskseq, raw: rest.to_owned() })
 }
 
 /// A uevent datagram as the kernel writes one, for announcing a device to
@@ -185,6 +200,7 @@ mod tests {
         assert!(d.is_partition());
         assert_eq!(d.parent, Some(DevId::new(Kind::Block, 7, 0)));
         assert_eq!(d.mode, 0o600);
+        assert_eq!(d.diskseq, Some(9));
     }
 
     #[test]
@@ -206,6 +222,14 @@ mod tests {
             Err(UeventError::BadMode(_))
         ));
         assert_eq!(parse_fields(&"A=b\n".repeat(1000)), Err(UeventError::TooLarge));
+        for seq in ["", "-1", "x", "1 ", "99999999999999999999999"] {
+            let text = format!("MAJOR=7\nMINOR=3\nDEVNAME=loop3\nDISKSEQ={seq}\n");
+            assert_eq!(
+                device_from_sysfs(Kind::Block, &text, "", None),
+                Err(UeventError::Missing("DISKSEQ")),
+                "{seq:?}"
+            );
+        }
     }
 
     proptest! {
@@ -223,8 +247,13 @@ mod tests {
         assert_eq!(ev.dev, Some(DevId::new(Kind::Block, 7, 8)));
         assert_eq!(ev.devname.as_deref(), Some("loop8"));
         assert_eq!(ev.devpath, "/devices/virtual/block/loop8");
-        let zram = b"remove@/devices/virtual/block/zram1\0ACTION=remove\0DEVPATH=/devices/virtual/block/zram1\0SUBSYSTEM=block\0MAJOR=253\0MINOR=1\0DEVNAME=zram1\0";
-        assert_eq!(parse_netlink(zram).unwrap().action, Action::Remove);
+        assert_eq!(ev.diskseq, None);
+        let zram = b"remove@/devices/virtual/block/zram1\0ACTION=remove\0DEVPATH=/devices/virtual/block/zram1\0SUBSYSTEM=block\0MAJOR=253\0MINOR=1\0DEVNAME=zram1\0DISKSEQ=31\0";
+        let ev = parse_netlink(zram).unwrap();
+        assert_eq!((ev.action, ev.diskseq), (Action::Remove, Some(31)));
+        let bad =
+            b"remove@/devices/virtual/block/zram1\0ACTION=remove\0DEVPATH=/devices/virtual/block/zram1\0DISKSEQ=3x\0";
+        assert_eq!(parse_netlink(bad), Err(UeventError::Missing("DISKSEQ")));
     }
 
     #[test]

@@ -101,15 +101,6 @@ pub fn refresh_partitions(registry: &mut Registry, disk: DevId, global_names: &[
     gone
 }
 
-/// Whether a device with these numbers is on the host now. The kernel
-/// removes `/sys/dev/KIND/MAJ:MIN` before it sends a device's `remove`
-/// uevent, so when the link is there as the event is read, a new device
-/// has taken the numbers (loop and partition numbers are reused at once).
-pub fn exists(id: DevId) -> bool {
-    let kind = if id.kind == Kind::Char { "char" } else { "block" };
-    Path::new(&format!("/sys/dev/{kind}/{}:{}", id.major, id.minor)).exists()
-}
-
 /// Every device of the host that has a node.
 pub fn host_devices() -> Result<Vec<Device>, DiscoverError> {
     devices_under(Path::new("/sys/dev"), Path::new("/dev"))

@@ -58,6 +58,38 @@ fn hotplug_reaches_exactly_the_right_views() {
     });
 }
 
+/// A disk removed and made again with the same numbers before the daemon
+/// has read its `remove` (here: while the daemon is stopped) is a new disk:
+/// the host's, not the old one's owner's; the owner's view and device map
+/// lose it with the `remove`, whatever sysfs shows by then.
+#[test]
+fn a_disk_made_again_with_the_numbers_of_an_assigned_one_is_the_host_s() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let d = Daemon::start(&env);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let l = AddedLoop::new();
+    let name = l.name();
+    eventually("loop known to the daemon", || devns_ok(&env, &["ls"]).contains(&name));
+    devns_ok(&env, &["assign", &name, "--to", "a"]);
+    assert_eq!(a.sh(&format!("[ -b /dev/{name} ] && echo there")), ["there"]);
+    {
+        let _stopped = Stopped::new(d.pid());
+        assert!(loop_ctl(LOOP_CTL_REMOVE, l.0) >= 0, "remove {name}");
+        assert!(loop_ctl(LOOP_CTL_ADD, l.0) >= 0, "make {name} again");
+    }
+    let owned_by_a = || env.owned().iter().any(|o| o["name"] == name.as_str());
+    eventually("the new disk is nobody's", || !owned_by_a());
+    eventually("gone from a's view", || !view_names(&env, "a").contains(&name));
+    assert_eq!(a.sh(&format!("[ -e /dev/{name} ] || echo gone")), ["gone"]);
+    assert!(devns_ok(&env, &["ls"]).contains(&name), "the host has the new one");
+    // And it stays the host's: the new disk's own events give it no owner.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!owned_by_a());
+}
+
 #[test]
 fn assign_and_release_are_seen_inside_with_partitions_and_hotplugged_partitions() {
     if !privileged() {

@@ -300,3 +300,27 @@ fn network_is_loopback_only_unless_host() {
     let bad = env.run(&["--net", "bridge", "--", "true"]);
     assert!(!bad.status.success());
 }
+
+/// A stand-alone run's disk that leaves the host is no longer its own: a
+/// disk the host makes with the same numbers (here while the run's keeper,
+/// its agent, is stopped, so that it reads the `remove` late) is not in
+/// its view nor its claim.
+#[test]
+fn a_disk_made_again_with_the_numbers_of_a_run_s_own_is_not_the_run_s() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let l = AddedLoop::new();
+    let name = l.name();
+    let mut c = shell_container(&env, &["--dev", &name]);
+    assert_eq!(c.sh(&format!("[ -b /dev/{name} ] && echo there")), ["there"]);
+    assert!(env.owned().iter().any(|o| o["name"] == name.as_str()));
+    {
+        let _stopped = Stopped::new(c.pid());
+        assert!(loop_ctl(LOOP_CTL_REMOVE, l.0) >= 0, "remove {name}");
+        assert!(loop_ctl(LOOP_CTL_ADD, l.0) >= 0, "make {name} again");
+    }
+    eventually("the new disk is nobody's", || !env.owned().iter().any(|o| o["name"] == name.as_str()));
+    assert_eq!(c.sh(&format!("[ -e /dev/{name} ] || echo gone")), ["gone"]);
+}

@@ -405,9 +405,39 @@ impl RunPolicy<'_> {
     fn drain_uevents(&mut self, sock: &OwnedFd) {
         use crate::agent::Policy;
         let mut disks = std::collections::BTreeSet::new();
+        let mut gone = Vec::new();
         let lost = crate::uevents::drain(sock, |buf| {
             let Ok(ev) = devns_core::uevent::parse_netlink(buf) else { return };
             let Some(id) = ev.dev.filter(|d| d.kind == devns_core::Kind::Block) else { return };
+            // One of its disks left the host (not a newer disk that has its
+            // numbers now): it is no longer the namespace's, whatever the
+            // host makes with those numbers next.
+            if ev.action == devns_core::uevent::Action::Remove
+                && self.registry.owner(id) == devns_core::Owner::Ns(self.ns)
+                && self
+                    .registry
+                    .device(id)
+                    .is_some_and(|d| !d.is_partition() && devns_core::device::removes_known(d.diskseq, ev.diskseq))
+            {
+                // Out of the registry at once, so that a new disk with its
+                // numbers later in this batch is the host's.
+                self.registry.remove_disk(id);
+                gone.push(id);
+                return;
+            }
+            // Its disk as the event has it: a new medium (each attach of a
+            // loop device) brings a new DISKSEQ.
+            if ev.action != devns_core::uevent::Action::Remove
+                && self.registry.device(id).is_some_and(|d| !d.is_partition())
+            {
+                let sys = std::path::Path::new("/sys").join(ev.devpath.trim_start_matches('/'));
+                if let Some(mut d) = discover::read_device(&sys, devns_core::Kind::Block, std::path::Path::new("/dev"))
+                    && d.id == id
+                {
+                    d.diskseq = devns_core::device::diskseq_after(ev.diskseq, d.diskseq);
+                    self.registry.add_device(d, &self.global_names);
+                }
+            }
             let disk = match self.registry.device(id) {
                 Some(d) => d.parent.unwrap_or(id),
                 None => {
@@ -422,6 +452,11 @@ impl RunPolicy<'_> {
         });
         if matches!(lost, crate::uevents::Drained::Lost) {
             disks.extend(self.registry.devices().filter(|d| !d.is_partition()).map(|d| d.id));
+        }
+        for disk in gone {
+            tracing::info!(dev = %disk, "an owned disk left the host: no longer the namespace's");
+            disks.remove(&disk);
+            self.drop_disk(disk);
         }
         for disk in disks {
             if self.owns(self.ns, disk) {
@@ -501,13 +536,21 @@ impl Ledger for RunPolicy<'_> {
     }
 
     fn forget(&mut self, _ns: NsId, l: LoopDev) {
+        self.drop_disk(l.dev);
+    }
+}
+
+impl RunPolicy<'_> {
+    /// A disk of the namespace's that is gone from the host: out of its
+    /// claim, the registry, the view and the device map.
+    fn drop_disk(&mut self, disk: devns_core::DevId) {
         if let Err(e) = self.store.update::<_, anyhow::Error>(|s| {
-            s.forget_device(l.dev);
+            s.forget_device(disk);
             Ok(())
         }) {
-            tracing::error!(error = %e, "cannot save after a loop device was removed");
+            tracing::error!(error = %e, dev = %disk, "cannot save after a disk of the namespace was removed");
         }
-        self.registry.remove_disk(l.dev);
+        self.registry.remove_disk(disk);
         let _ = self.reconcile();
     }
 }

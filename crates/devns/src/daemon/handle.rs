@@ -288,10 +288,13 @@ impl Daemon {
         match ev.action {
             Action::Add | Action::Change => {
                 let sys = std::path::Path::new("/sys").join(ev.devpath.trim_start_matches('/'));
-                let Some(d) = crate::discover::read_device(&sys, kind, std::path::Path::new("/dev")) else { return };
+                let Some(mut d) = crate::discover::read_device(&sys, kind, std::path::Path::new("/dev")) else {
+                    return;
+                };
                 if d.id != dev {
                     return;
                 }
+                d.diskseq = devns_core::device::diskseq_after(ev.diskseq, d.diskseq);
                 let name = d.name.clone();
                 let known = self.registry.device(dev).is_some();
                 self.registry.add_device(d, &self.cfg.global);
@@ -318,8 +321,15 @@ impl Daemon {
                 if let Some(ns) = self.departed.remove(&dev) {
                     self.announce(ns, buf);
                 }
-                if crate::discover::exists(dev) {
-                    tracing::debug!(dev = %dev, "a late remove event: a new device has its numbers");
+                // The disk the registry knows by these numbers may be a newer
+                // one than the event's (a loop device removed and made again
+                // for another namespace before its `remove` came): that one
+                // stays. Anything else is what the event says is gone, even
+                // if the host made a new device with its numbers meanwhile:
+                // that one is the host's, with an `add` of its own to come.
+                let known = self.registry.device(dev).and_then(|d| d.diskseq);
+                if !devns_core::device::removes_known(known, ev.diskseq) {
+                    tracing::debug!(dev = %dev, "a late remove event: a newer disk has its numbers");
                     return;
                 }
                 let Some(name) = self.registry.device(dev).map(|d| d.name.clone()) else { return };

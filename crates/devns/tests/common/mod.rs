@@ -704,3 +704,28 @@ impl Drop for AddedLoop {
         loop_ctl(LOOP_CTL_REMOVE, self.0);
     }
 }
+
+/// A process of the test's own stopped (`SIGSTOP`, and seen stopped) until
+/// dropped, when it goes on (`SIGCONT`), also when the test fails.
+pub struct Stopped(pub i32);
+
+impl Stopped {
+    pub fn new(pid: i32) -> Stopped {
+        let p = rustix::process::Pid::from_raw(pid).expect("a pid");
+        rustix::process::kill_process(p, rustix::process::Signal::STOP).expect("SIGSTOP");
+        let stopped = Stopped(pid);
+        eventually("the process stopped", || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+        });
+        stopped
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(p) = rustix::process::Pid::from_raw(self.0) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::CONT);
+        }
+    }
+}
