@@ -95,25 +95,30 @@ fn exists(name: &str) -> bool {
     Path::new("/sys/class/block").join(name).exists()
 }
 
-/// One loop device as it is now: its name and the kernel's sequence number
-/// of the disk (a new device at the same index, which a concurrent test may
-/// make at once, has another).
+/// One loop device: its name and the inode of its sysfs directory, which
+/// is the device's for its life (a new device at the same index, which a
+/// concurrent test may make at once, has another; attaching and detaching
+/// keep it, unlike the disk's sequence number).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Disk {
     name: String,
-    seq: String,
+    ino: u64,
+}
+
+fn sysfs_ino(name: &str) -> Option<u64> {
+    rustix::fs::stat(format!("/sys/class/block/{name}")).ok().map(|s| s.st_ino)
 }
 
 impl Disk {
     fn of(path: &str) -> Disk {
         let name = path.trim_start_matches("/dev/").to_owned();
-        let seq = std::fs::read_to_string(format!("/sys/class/block/{name}/diskseq")).expect("a loop device");
-        Disk { name, seq }
+        let ino = sysfs_ino(&name).expect("a loop device");
+        Disk { name, ino }
     }
 
-    /// This very device is gone from the host.
+    /// This very device is gone from the host (not merely detached).
     fn gone(&self) -> bool {
-        std::fs::read_to_string(format!("/sys/class/block/{}/diskseq", self.name)).map_or(true, |s| s != self.seq)
+        sysfs_ino(&self.name) != Some(self.ino)
     }
 }
 
@@ -246,7 +251,7 @@ fn a_stand_alone_run_gets_loop_devices_and_removes_them_at_its_end() {
     let script = format!(
         "p=$(losetup -P -f --show {parted}) || exit 9; [ -e ${{p}}p1 ] || partx -a $p; echo $p; \
          mkfs.ext4 -q ${{p}}p1 && blkid -o value -s TYPE ${{p}}p1; ls /dev | grep ^loop; \
-         losetup -d $p; sleep 0.2; ls /dev | grep ^loop; losetup -f --show {parted}; cat /sys/class/block/${{p#/dev/}}/diskseq"
+         losetup -d $p; sleep 0.2; ls /dev | grep ^loop; losetup -f --show {parted}; stat -L -c %i /sys/class/block/${{p#/dev/}}"
     );
     let o = env.run(&["--", "sh", "-c", &script]);
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -259,7 +264,8 @@ fn a_stand_alone_run_gets_loop_devices_and_removes_them_at_its_end() {
     assert_eq!(lines[5..7], ["loop-control", p]);
     // Its own free device again, not a new one.
     assert_eq!(lines[7], lines[0]);
-    assert!(Disk { name: p.to_owned(), seq: format!("{}\n", lines[8]) }.gone(), "removed when the run ended");
+    let ino = lines[8].parse().expect("an inode number");
+    assert!(Disk { name: p.to_owned(), ino }.gone(), "removed when the run ended");
     assert!(imgs.bound().is_empty());
     assert_eq!(env.recorded_namespaces(), 0);
 }
@@ -400,6 +406,7 @@ fn loop_allocation_is_announced_to_the_owner_like_a_hotplug() {
     a.sh("udevadm monitor --kernel >/tmp/ev 2>&1 & sleep 0.5");
     // B's allocation reaches B alone.
     let bd = b.sh("losetup -f")[0].trim_start_matches("/dev/").to_owned();
+    let b_disk = imgs.disk(&bd);
     let d = a.sh(&format!("d=$(losetup -f --show {img}); echo $d; losetup -d $d"));
     let dev = d[0].trim_start_matches("/dev/").to_owned();
     let n = dev.trim_start_matches("loop");
@@ -425,4 +432,6 @@ fn loop_allocation_is_announced_to_the_owner_like_a_hotplug() {
     assert_eq!(acts.first(), Some(&"add"), "{acts:?}");
     assert_eq!(acts.last(), Some(&"remove"), "{acts:?}");
     assert!(acts.iter().filter(|a| **a == "change").count() >= 2, "attach and detach: {acts:?}");
+    drop(b);
+    eventually("B's device removed with B", || b_disk.gone());
 }

@@ -409,12 +409,18 @@ fn loop_devices_from_loop_control_open_for_their_owner_only() {
     let name = dev[0].trim_start_matches("/dev/").to_owned();
     assert!(name.starts_with("loop"), "{dev:?}");
     let _guard = DetachOnDrop(name.clone());
+    // Its sysfs directory's inode is this device's alone (a new one at the
+    // same index, which another test may make at once, has another).
+    let ino = || rustix::fs::stat(format!("/sys/class/block/{name}")).ok().map(|s| s.st_ino);
+    let this = ino();
     assert_eq!(a.open(&dev[0]), "opened", "its own loop device opens");
     let (major, minor) = block_numbers(&name);
     let node = shared.node("theirs", 'b', major, minor);
     assert_eq!(a.open(node.path()), "opened");
     assert!(refused(&b.open(node.path())), "another container's loop device does not");
     a.sh(&format!("losetup -d {}", dev[0]));
+    drop((a, b));
+    eventually("A's loop device removed with A", || ino() != this);
 }
 
 /// Detaches and removes a loop device a container took, should the test
@@ -425,6 +431,9 @@ impl Drop for DetachOnDrop {
     fn drop(&mut self) {
         if Path::new("/sys/class/block").join(&self.0).exists() {
             let _ = Command::new("losetup").args(["-d", &format!("/dev/{}", self.0)]).stderr(Stdio::null()).status();
+            if let Some(n) = self.0.strip_prefix("loop").and_then(|n| n.parse::<u64>().ok()) {
+                loop_ctl(LOOP_CTL_REMOVE, n);
+            }
         }
     }
 }
