@@ -379,22 +379,46 @@ fn events_stream_ownership_hotplug_and_namespaces() {
     let mut ev = std::process::Command::new(env!("CARGO_BIN_EXE_devns"));
     env.devns_env(&mut ev);
     let mut ev = ev.args(["events", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(ev.stdout.take().unwrap()));
-    // Other tests hot-plug devices meanwhile: skip events of theirs.
-    let mut next = |want: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = ev.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(&l) else { continue };
+            if tx.send(e).is_err() {
+                return;
+            }
+        }
+    });
+    // Other tests hot-plug devices meanwhile: skip events of theirs. An
+    // event that never comes fails the test instead of hanging it.
+    let next_within = |want: &dyn Fn(&serde_json::Value) -> bool, wait: std::time::Duration| {
+        let deadline = std::time::Instant::now() + wait;
         loop {
-            let e: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-            if want(&e) {
-                return e;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(e) if want(&e) => return Some(e),
+                Ok(_) => {}
+                Err(_) => return None,
             }
         }
     };
-    // The subscription is in place once the first event arrives: make one.
+    let next = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        next_within(want, std::time::Duration::from_secs(10)).expect("an awaited event within 10 s")
+    };
+    let lp = Loop::new(false);
+    let name = lp.name.clone();
+    eventually("loop known to the daemon", || devns_ok(&env, &["ls"]).contains(&name));
+    // The subscription takes effect some time after `devns events` starts:
+    // it is in place once one of the events it keeps asking for arrives.
+    let is_global_off = |e: &serde_json::Value| e["event"] == "global" && e["device"] == name.as_str();
+    let subscribed = (0..100).any(|_| {
+        devns_ok(&env, &["global", &name, "off"]);
+        next_within(&is_global_off, std::time::Duration::from_millis(100)).is_some()
+    });
+    assert!(subscribed, "the events stream never showed a global flag change");
     let mut a = shell_container(&env, &["--name", "a"]);
     let first = next(&|e| e["event"] == "ns-new");
     let ns = first["ns"].as_str().unwrap().to_owned();
-    let lp = Loop::new(false);
-    let name = lp.name.clone();
     // A loop device that existed before is not "added"; assign is ours.
     devns_ok(&env, &["assign", &lp.name, "--to", "a"]);
     let e = next(&|e| e["device"] == name.as_str() && e["event"] != "add");
