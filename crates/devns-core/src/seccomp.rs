@@ -148,31 +148,61 @@ impl Creds {
         self.cap_eff & (1 << cap) != 0
     }
 
-    /// Parses `/proc/PID/status` in one pass (the agent reads it at every
-    /// call); `None` if a needed line is missing or malformed, or a group
-    /// is not a number.
+    /// Parses `/proc/PID/status`; `None` if a needed line is missing or
+    /// malformed, or a group is not a number.
     pub fn parse_status(text: &str) -> Option<Creds> {
+        Creds::parse_status_bytes(text.as_bytes())
+    }
+
+    /// [`Creds::parse_status`] on the bytes as read: one pass that looks
+    /// only at the lines that can matter (by their first byte) and stops
+    /// after `CapEff`, since the agent parses this at every call.
+    pub fn parse_status_bytes(text: &[u8]) -> Option<Creds> {
         // Uid:/Gid: are real, effective, saved, filesystem.
-        let fs = |v: &str| v.split_whitespace().nth(3)?.parse().ok();
+        let fs = |v: &[u8]| u32::try_from(number(fields(v).nth(3)?, 10)?).ok();
         let (mut fsuid, mut fsgid, mut groups, mut umask, mut cap_eff) = (None, None, None, None, None);
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once(':') else { continue };
-            let value = value.trim();
-            match key {
-                "Umask" => umask = Some(u32::from_str_radix(value, 8).ok()?),
-                "Uid" => fsuid = Some(fs(value)?),
-                "Gid" => fsgid = Some(fs(value)?),
-                "Groups" => groups = Some(value.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?),
-                "CapEff" => {
-                    cap_eff = Some(u64::from_str_radix(value, 16).ok()?);
-                    // The last one needed: what follows is of no interest.
-                    break;
-                }
-                _ => {}
+        for line in text.split(|b| *b == b'\n') {
+            if !matches!(line.first(), Some(b'U' | b'G' | b'C')) {
+                continue;
+            }
+            // A key's first line counts (the kernel writes each once).
+            if let Some(v) = line.strip_prefix(b"Umask:").filter(|_| umask.is_none()) {
+                umask = Some(u32::try_from(number(trim(v), 8)?).ok()?);
+            } else if let Some(v) = line.strip_prefix(b"Uid:").filter(|_| fsuid.is_none()) {
+                fsuid = Some(fs(v)?);
+            } else if let Some(v) = line.strip_prefix(b"Gid:").filter(|_| fsgid.is_none()) {
+                fsgid = Some(fs(v)?);
+            } else if let Some(v) = line.strip_prefix(b"Groups:").filter(|_| groups.is_none()) {
+                let g: Option<Vec<u32>> = fields(v).map(|g| u32::try_from(number(g, 10)?).ok()).collect();
+                groups = Some(g?);
+            } else if let Some(v) = line.strip_prefix(b"CapEff:") {
+                cap_eff = Some(number(trim(v), 16)?);
+                // The last one needed: what follows is of no interest.
+                break;
             }
         }
         Some(Creds { fsuid: fsuid?, fsgid: fsgid?, groups: groups?, umask: umask?, cap_eff: cap_eff? })
     }
+}
+
+/// The whitespace-separated fields of a `status` value.
+fn fields(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b' ' || *b == b'\t').filter(|f| !f.is_empty())
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    v.trim_ascii()
+}
+
+/// An unsigned number of `radix` digits only, no sign, no overflow.
+fn number(v: &[u8], radix: u32) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, b| {
+        let d = char::from(*b).to_digit(radix)?;
+        n.checked_mul(u64::from(radix))?.checked_add(u64::from(d))
+    })
 }
 
 #[cfg(test)]
@@ -228,6 +258,66 @@ mod tests {
         fn every_input_ends_in_allow_or_notify(nr in any::<u32>(), arch in any::<u32>(), args in any::<[u64; 6]>()) {
             let r = run(&filter(), nr, arch, args);
             prop_assert!(r == Some(RET_ALLOW) || r == Some(RET_USER_NOTIF));
+        }
+    }
+
+    /// The straightforward parse, as a model for the fast one.
+    fn model(text: &str) -> Option<Creds> {
+        let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        let fs = |name: &str| field(name)?.split_whitespace().nth(3)?.parse().ok();
+        let hex_or_oct = |name: &str, radix| {
+            let v = field(name)?;
+            (!v.is_empty() && v.chars().all(|c| c.is_digit(radix))).then_some(())?;
+            u64::from_str_radix(v, radix).ok()
+        };
+        Some(Creds {
+            fsuid: fs("Uid:")?,
+            fsgid: fs("Gid:")?,
+            groups: field("Groups:")?.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?,
+            umask: u32::try_from(hex_or_oct("Umask:", 8)?).ok()?,
+            cap_eff: hex_or_oct("CapEff:", 16)?,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_parse_agrees_with_the_model(
+            uids in proptest::collection::vec(any::<u32>(), 4),
+            groups in proptest::collection::vec(any::<u32>(), 0..6),
+            umask in 0u32..0o1000,
+            cap in any::<u64>(),
+            junk in "[A-Za-z]{1,8}:\\t[ -~]{0,20}",
+            mangle in 0usize..6,
+        ) {
+            let g: Vec<String> = groups.iter().map(u32::to_string).collect();
+            let u: Vec<String> = uids.iter().map(u32::to_string).collect();
+            let mut lines = vec![
+                "Name:\tsh".to_owned(),
+                format!("Umask:\t{umask:04o}"),
+                "State:\tS (sleeping)".to_owned(),
+                format!("Uid:\t{}", u.join("\t")),
+                format!("Gid:\t{}", u.join("\t")),
+                junk,
+                format!("Groups:\t{} ", g.join(" ")),
+                "CapPrm:\t000001ffffffffff".to_owned(),
+                format!("CapEff:\t{cap:016x}"),
+                "Seccomp:\t2".to_owned(),
+            ];
+            // Sometimes a needed line is missing or broken.
+            match mangle {
+                1 => { lines.remove(1); }
+                2 => lines[3] = "Uid:\t1\t2".to_owned(),
+                3 => lines[6] = "Groups:\t1 x".to_owned(),
+                4 => lines[8] = "CapEff:\tzz".to_owned(),
+                _ => {}
+            }
+            let text = lines.join("\n");
+            prop_assert_eq!(Creds::parse_status(&text), model(&text));
+        }
+
+        #[test]
+        fn the_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Creds::parse_status_bytes(&bytes);
         }
     }
 

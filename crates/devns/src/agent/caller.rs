@@ -49,7 +49,7 @@ impl Thread {
             // At offset 0, proc regenerates the file: the caller's now.
             let n = rustix::io::pread(&self.status, &mut buf[..], 0)?;
             if n < buf.len() {
-                return Creds::parse_status(&String::from_utf8_lossy(&buf[..n])).ok_or(Errno::IO);
+                return Creds::parse_status_bytes(&buf[..n]).ok_or(Errno::IO);
             }
             if buf.len() >= STATUS_MAX {
                 return Err(Errno::IO);
