@@ -124,6 +124,21 @@ pub struct Actual {
     pub found: Found,
 }
 
+/// `paths` with every parent directory of each (`net/tun` brings `net`),
+/// parents first.
+pub fn with_parents<'p>(paths: &[&'p str]) -> std::collections::BTreeSet<&'p str> {
+    let mut all = std::collections::BTreeSet::new();
+    for p in paths {
+        let mut at = 0;
+        while let Some(i) = p[at..].find('/') {
+            all.insert(&p[..at + i]);
+            at += i + 1;
+        }
+        all.insert(*p);
+    }
+    all
+}
+
 /// One step that brings a live view to its plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -180,6 +195,12 @@ mod tests {
         let mut v: Vec<&str> = p.entries.iter().map(Entry::path).filter(|p| !p.contains('/')).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_path_brings_its_parent_directories() {
+        let got: Vec<&str> = with_parents(&["net/tun", "loop3", "a/b/c"]).into_iter().collect();
+        assert_eq!(got, ["a", "a/b", "a/b/c", "loop3", "net", "net/tun"]);
     }
 
     #[test]

@@ -28,29 +28,3 @@ pub fn set_groups(groups: &[u32]) -> io::Result<()> {
     let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
     if r < 0 { Err(last_errno()) } else { Ok(()) }
 }
-
-/// The thread's real uid and gid set to others for as long as this lives
-/// (effective and saved ids stay, so do the capabilities): what the kernel
-/// puts in `SCM_CREDENTIALS` of what the thread sends.
-pub struct RealIds;
-
-fn setres(nr: libc::c_long, r: u32) -> libc::c_long {
-    // SAFETY: setresuid/setresgid take three integers (-1: unchanged) and
-    // touch no memory; the raw call changes only this thread.
-    unsafe { libc::syscall(nr, r as libc::c_long, -1 as libc::c_long, -1 as libc::c_long) }
-}
-
-impl RealIds {
-    pub fn set(uid: u32, gid: u32) -> RealIds {
-        setres(libc::SYS_setresgid, gid);
-        setres(libc::SYS_setresuid, uid);
-        RealIds
-    }
-}
-
-impl Drop for RealIds {
-    fn drop(&mut self) {
-        setres(libc::SYS_setresuid, 0);
-        setres(libc::SYS_setresgid, 0);
-    }
-}

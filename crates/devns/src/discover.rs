@@ -52,6 +52,36 @@ pub fn read_device(sys_dir: &Path, kind: Kind, dev_root: &Path) -> Option<Device
     Some(dev)
 }
 
+/// A device as its `add` or `change` event describes it: the event carries
+/// the fields of sysfs's `uevent` file as they were when it was sent (sysfs
+/// may show a newer device with the same numbers by the time it is read),
+/// so only the host node's mode and owner are looked up, and a partition's
+/// disk: by the disk's name in `disk_named` (the registry), else in sysfs.
+pub fn device_from_event(
+    ev: &uevent::Uevent,
+    kind: Kind,
+    dev_root: &Path,
+    disk_named: impl Fn(&str) -> Option<DevId>,
+) -> Option<Device> {
+    // A partition's sysfs directory sits in its disk's: `.../loop0/loop0p1`.
+    let disk_dir = ev.devpath.rsplit_once('/').map(|(dir, _)| dir)?;
+    let parent = || {
+        let name = disk_dir.rsplit_once('/').map_or(disk_dir, |(_, n)| n);
+        disk_named(name).or_else(|| read_dev_file(&Path::new("/sys").join(&disk_dir[1..]).join("dev"), kind))
+    };
+    let is_partition = ev.raw.split('\0').any(|f| f == "DEVTYPE=partition");
+    let parent = if is_partition { parent() } else { None };
+    let mut dev = match uevent::device_from_sysfs(kind, &ev.raw, &ev.subsystem, parent) {
+        Ok(d) => d?,
+        Err(e) => {
+            tracing::debug!(devpath = %ev.devpath, error = %e, "skipping a device's event");
+            return None;
+        }
+    };
+    apply_host_node(&mut dev, dev_root);
+    Some(dev)
+}
+
 /// Takes mode and owner from the host's node when it is this very device:
 /// udev rules may have changed them since the kernel's `DEVMODE`.
 fn apply_host_node(dev: &mut Device, dev_root: &Path) {

@@ -75,6 +75,56 @@ pub fn reconcile(root: impl AsFd, plan: &ViewPlan, visible: impl Fn(DevId) -> bo
     Ok(ops.len())
 }
 
+/// The reconcile step for a view in which only the entries at `paths` can
+/// differ from `plan` (a device that has just become visible): the same
+/// diff, over what is at those paths and their parent directories, without
+/// reading the rest of the view. Returns how many steps it took.
+pub fn reconcile_paths(
+    root: impl AsFd,
+    plan: &ViewPlan,
+    visible: impl Fn(DevId) -> bool,
+    paths: &[&str],
+) -> Result<usize, ViewError> {
+    let root = root.as_fd();
+    let wanted = devns_core::view::with_parents(paths);
+    let scoped = ViewPlan {
+        root_uid: plan.root_uid,
+        root_gid: plan.root_gid,
+        entries: plan.entries.iter().filter(|e| wanted.contains(e.path())).cloned().collect(),
+    };
+    let mut actual = Vec::with_capacity(wanted.len());
+    for path in &wanted {
+        let err = |step| move |source| ViewError::Entry { path: (*path).to_owned(), step, source };
+        let (parent, name) = match parent_of(root, path) {
+            Ok(p) => p,
+            // Its directory is not there (or is no directory): neither is it.
+            Err(io::Errno::NOENT | io::Errno::NOTDIR) => continue,
+            Err(e) => return Err(err("open parent")(e)),
+        };
+        let dir = parent.as_ref().map_or(root, |p| p.as_fd());
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(io::Errno::NOENT) => continue,
+            Err(e) => return Err(err("stat")(e)),
+        };
+        actual.push(Actual { path: (*path).to_owned(), found: found_of(&st) });
+    }
+    let ops = diff(&scoped, &actual, visible);
+    apply(root, &ops)?;
+    Ok(ops.len())
+}
+
+/// What a stat of a view's entry shows, as the diff sees it.
+fn found_of(st: &rustix::fs::Stat) -> Found {
+    let dev = |k| DevId::new(k, rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => Found::Dir,
+        FileType::CharacterDevice => Found::Node(dev(devns_core::Kind::Char)),
+        FileType::BlockDevice => Found::Node(dev(devns_core::Kind::Block)),
+        _ => Found::Other,
+    }
+}
+
 /// The parent directory of `path` below `root`, and its last component. The
 /// view is the container's to change, so the walk follows no symlink and
 /// never leaves the view's filesystem.
@@ -191,18 +241,18 @@ fn scan_dir(dir: OwnedFd, prefix: &str, depth: usize, full: bool, out: &mut Vec<
         } else {
             None
         };
-        let ft = stat.as_ref().map_or(dtype, |st| FileType::from_raw_mode(st.st_mode));
-        let dev =
-            |k, st: &rustix::fs::Stat| DevId::new(k, rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
-        let (found, target) = match (ft, &stat) {
-            (FileType::Directory, _) => (Found::Dir, None),
-            (FileType::CharacterDevice, Some(st)) => (Found::Node(dev(devns_core::Kind::Char, st)), None),
-            (FileType::BlockDevice, Some(st)) => (Found::Node(dev(devns_core::Kind::Block, st)), None),
-            (FileType::Symlink, _) if full => {
-                let t = rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).ok();
-                (Found::Other, t.map(|t| t.to_string_lossy().into_owned()))
+        let (found, target) = match (&stat, dtype) {
+            (Some(st), _) => {
+                let found = found_of(st);
+                let symlink = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
+                let target = (full && symlink)
+                    .then(|| rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).ok())
+                    .flatten()
+                    .map(|t| t.to_string_lossy().into_owned());
+                (found, target)
             }
-            _ => (Found::Other, None),
+            (None, FileType::Directory) => (Found::Dir, None),
+            (None, _) => (Found::Other, None),
         };
         let is_dir = found == Found::Dir;
         out.push(Scanned { actual: Actual { path: path.clone(), found }, stat, target });

@@ -395,7 +395,8 @@ impl RunPolicy<'_> {
         let plan = devns_core::view::plan(&self.registry.view_devices(self.ns), &self.uids, &self.gids, self.overflow);
         let (registry, ns) = (&self.registry, self.ns);
         let view = Some(self.view.as_fd());
-        crate::bpf::reconcile_view_and_map(ns, view, self.access.as_deref_mut(), &plan, |d| registry.visible_in(d, ns))
+        let visible = |d| registry.visible_in(d, ns);
+        crate::bpf::reconcile_view_and_map(ns, view, self.access.as_deref_mut(), &plan, visible, crate::bpf::Scope::All)
     }
 }
 

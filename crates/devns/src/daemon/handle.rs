@@ -287,23 +287,26 @@ impl Daemon {
         let all: Vec<NsId> = self.nss.keys().copied().collect();
         match ev.action {
             Action::Add | Action::Change => {
-                let sys = std::path::Path::new("/sys").join(ev.devpath.trim_start_matches('/'));
-                let Some(mut d) = crate::discover::read_device(&sys, kind, std::path::Path::new("/dev")) else {
-                    return;
+                let reg = &self.registry;
+                let disk_named = |n: &str| {
+                    reg.devices().find(|d| d.name == n && d.id.kind == kind && !d.is_partition()).map(|d| d.id)
                 };
+                let dev_root = std::path::Path::new("/dev");
+                let Some(d) = crate::discover::device_from_event(&ev, kind, dev_root, disk_named) else { return };
                 if d.id != dev {
                     return;
                 }
-                d.diskseq = devns_core::device::diskseq_after(ev.diskseq, d.diskseq);
                 let name = d.name.clone();
                 let known = self.registry.device(dev).is_some();
                 self.registry.add_device(d, &self.cfg.global);
                 if let Some(on) = self.state.global.get(&dev).copied() {
                     self.registry.set_global(dev, on);
                 }
+                // Visible now (or still) at its path: nothing else in those
+                // views can have changed with it.
                 let holders = self.registry.holders(dev, &all);
                 for ns in &holders {
-                    self.reconcile(*ns);
+                    let _ = self.reconcile_in(*ns, crate::bpf::Scope::Paths(&[name.as_str()]));
                 }
                 // The owner hears of its own device, as it would on a host:
                 // the kernel's event as it came (global devices: nobody's).
@@ -343,13 +346,20 @@ impl Daemon {
                     self.state.forget_device(dev);
                     let _ = self.save();
                 }
+                // As the kernel does: its node goes, then the event. The node
+                // at its own path goes first; the owner hears; then the sweep
+                // of the rest of each view (for nodes a container made of it
+                // elsewhere), which is the larger part.
                 for ns in &holders {
-                    self.reconcile(*ns);
+                    let _ = self.reconcile_in(*ns, crate::bpf::Scope::Paths(&[name.as_str()]));
                 }
                 if let Owner::Ns(n) = owner
                     && !was_global
                 {
                     self.announce(n, buf);
+                }
+                for ns in &holders {
+                    self.reconcile(*ns);
                 }
                 self.emit(Event::device("remove", &name, dev, owner.ns().map(|n| n.to_string())));
             }

@@ -342,11 +342,16 @@ impl Daemon {
     /// map, from the same plan. A failure is logged and returned, so that
     /// a change can be refused rather than left half-applied.
     fn reconcile_checked(&mut self, id: NsId) -> Result<()> {
+        self.reconcile_in(id, crate::bpf::Scope::All)
+    }
+
+    /// The reconcile step where only `scope` of the view can be out of date.
+    fn reconcile_in(&mut self, id: NsId, scope: crate::bpf::Scope<'_>) -> Result<()> {
         let Some(ns) = self.nss.get_mut(&id) else { return Ok(()) };
         let plan = devns_core::view::plan(&self.registry.view_devices(id), &ns.uids, &ns.gids, self.overflow);
         let reg = &self.registry;
         let view = ns.view.as_ref().map(rustix::fd::AsFd::as_fd);
-        crate::bpf::reconcile_view_and_map(id, view, ns.access.as_mut(), &plan, |d| reg.visible_in(d, id))
+        crate::bpf::reconcile_view_and_map(id, view, ns.access.as_mut(), &plan, |d| reg.visible_in(d, id), scope)
     }
 
     fn reconcile_all(&mut self) {

@@ -204,9 +204,25 @@ impl Daemon {
         let req = devns_core::uevent::kernel_send_request(payload);
         let to = rustix::net::netlink::SocketAddrNetlink::new(0, 0);
         let (root_uid, root_gid) = (ns.uids.carry(0, self.overflow.0), ns.gids.carry(0, self.overflow.1));
-        let sent = {
-            let _as_root = devns_sys::creds::RealIds::set(root_uid, root_gid);
-            rustix::net::sendto(sock, &req, rustix::net::SendFlags::DONTWAIT, &to)
+        // The credentials it goes out with, stated for this one message
+        // (host root may state any), rather than taken on and given back.
+        let creds = rustix::net::UCred {
+            pid: rustix::process::getpid(),
+            uid: rustix::process::Uid::from_raw(root_uid),
+            gid: rustix::process::Gid::from_raw(root_gid),
+        };
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+        let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+        let sent = if cmsg.push(rustix::net::SendAncillaryMessage::ScmCredentials(creds)) {
+            rustix::net::sendmsg_addr(
+                sock,
+                &to,
+                &[std::io::IoSlice::new(&req)],
+                &mut cmsg,
+                rustix::net::SendFlags::DONTWAIT,
+            )
+        } else {
+            Err(rustix::io::Errno::NOBUFS)
         };
         if let Err(e) = sent {
             tracing::debug!(ns = %id, error = %e, "cannot deliver a uevent");
