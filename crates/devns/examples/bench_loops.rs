@@ -252,7 +252,9 @@ fn driver() -> Result<()> {
 /// until the daemon has removed both, against host root removing two such
 /// devices itself.
 fn cleanup_latency(devns: &Path, img: &str, with_env: &dyn Fn(&mut Command, &str)) -> Result<()> {
-    let seq = |n: &str| std::fs::read_to_string(format!("/sys/class/block/{n}/diskseq")).ok();
+    // A device's identity for its life: its sysfs directory's inode (a new
+    // device at the index has another; a detach, unlike DISKSEQ, keeps it).
+    let ino = |n: &str| rustix::fs::stat(format!("/sys/class/block/{n}")).ok().map(|s| s.st_ino);
     let (mut theirs, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..CLEANUPS {
         let script = format!("losetup -f --show {img}; losetup -f; echo ready; exec sleep 1000");
@@ -270,7 +272,7 @@ fn cleanup_latency(devns: &Path, img: &str, with_env: &dyn Fn(&mut Command, &str
             devs.push(l.trim_start_matches("/dev/").to_owned());
         }
         ensure!(devs.len() == 2, "the container printed {devs:?}");
-        let seqs: Vec<(String, Option<String>)> = devs.iter().map(|d| (d.clone(), seq(d))).collect();
+        let inos: Vec<(String, Option<u64>)> = devs.iter().map(|d| (d.clone(), ino(d))).collect();
         let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))?;
         let init: i32 = kids.split_whitespace().next().context("no container init")?.parse()?;
         let t = Instant::now();
@@ -278,7 +280,7 @@ fn cleanup_latency(devns: &Path, img: &str, with_env: &dyn Fn(&mut Command, &str
             rustix::process::Pid::from_raw(init).context("pid")?,
             rustix::process::Signal::KILL,
         )?;
-        while seqs.iter().any(|(d, s)| seq(d) == *s) {
+        while inos.iter().any(|(d, i)| ino(d) == *i) {
             ensure!(t.elapsed() < Duration::from_secs(10), "the container's devices are still there after 10 s");
             std::thread::sleep(Duration::from_micros(200));
         }
