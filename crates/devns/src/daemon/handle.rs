@@ -213,7 +213,7 @@ impl Daemon {
             d.registry.release(dev);
             d.reconcile(ns);
         };
-        if let Err(e) = self.reconcile_checked(ns) {
+        if let Err(e) = self.reconcile_newly_visible(ns, dev) {
             undo(self);
             return Err(e.context(format!("cannot give {name} to {ns}")));
         }

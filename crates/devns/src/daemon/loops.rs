@@ -78,7 +78,7 @@ impl Ledger for Daemon {
             d.registry.release(l.dev);
             d.reconcile(ns);
         };
-        if let Err(e) = self.reconcile_checked(ns) {
+        if let Err(e) = self.reconcile_newly_visible(ns, l.dev) {
             undo(self);
             return Err(format!("{e:#}"));
         }

@@ -345,6 +345,15 @@ impl Daemon {
         self.reconcile_in(id, crate::bpf::Scope::All)
     }
 
+    /// The reconcile step after `dev` (and with it its partitions) became
+    /// visible in `id`'s view: only their paths there can be out of date.
+    fn reconcile_newly_visible(&mut self, id: NsId, dev: devns_core::DevId) -> Result<()> {
+        let names: Vec<String> =
+            self.registry.devices().filter(|d| d.id == dev || d.parent == Some(dev)).map(|d| d.name.clone()).collect();
+        let paths: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.reconcile_in(id, crate::bpf::Scope::Paths(&paths))
+    }
+
     /// The reconcile step where only `scope` of the view can be out of date.
     fn reconcile_in(&mut self, id: NsId, scope: crate::bpf::Scope<'_>) -> Result<()> {
         let Some(ns) = self.nss.get_mut(&id) else { return Ok(()) };
