@@ -183,10 +183,15 @@ fn bind_view(plan: &ViewPlan, dir: &Path, opts: &CString) -> Result<()> {
     let root = rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
     for e in &plan.entries {
         match e {
-            Entry::Node { path, .. } => {
+            Entry::Node { path, dev, .. } => {
                 let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC;
                 drop(rustix::fs::openat(&root, path.as_str(), flags, Mode::from_raw_mode(0o644))?);
-                rustix::mount::mount_bind(Path::new("/dev").join(path), dir.join(path))?;
+                // The host's node of the same device: the view's loop-control
+                // is a stand-in, the null device, not the host's loop-control.
+                let stand_in =
+                    path == devns_core::view::LOOP_CONTROL && *dev == devns_core::view::LOOP_CONTROL_STAND_IN;
+                let host = if stand_in { Path::new("/dev/null").to_owned() } else { Path::new("/dev").join(path) };
+                rustix::mount::mount_bind(host, dir.join(path))?;
             }
             other => devns::view::apply(&root, &[devns_core::view::Op::Create(other.clone())])?,
         }
