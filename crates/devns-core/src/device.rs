@@ -137,13 +137,6 @@ pub fn removes_known(known: Option<u64>, event: Option<u64>) -> bool {
     }
 }
 
-/// The `DISKSEQ` to remember of a disk after one of its `add`/`change`
-/// events: the event's own, not what sysfs shows when the event is read
-/// (by then it may be a newer disk's, whose events are still to come).
-pub fn diskseq_after(event: Option<u64>, sysfs: Option<u64>) -> Option<u64> {
-    event.or(sysfs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,8 +159,6 @@ mod tests {
         assert!(!removes_known(Some(7), Some(6)));
         // Nothing to compare: the known device.
         assert!(removes_known(None, Some(8)) && removes_known(Some(7), None) && removes_known(None, None));
-        assert_eq!(diskseq_after(Some(5), Some(6)), Some(5));
-        assert_eq!(diskseq_after(None, Some(6)), Some(6));
     }
 
     #[test]

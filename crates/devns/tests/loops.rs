@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-/// Backing files a container can reach (below the target dir: the
-/// container's `/tmp` is its own), writable by its root; removed on drop,
+/// Backing files a container can reach (see [`reachable_dir`]),
+/// writable by its root; removed on drop,
 /// with the loop devices the test saw containers take, should a failing
 /// test leave them (its daemon may be gone before it could clean up).
 struct Images {
@@ -18,9 +18,7 @@ struct Images {
 
 impl Images {
     fn new(tag: &str) -> Images {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(marker(tag));
-        std::fs::create_dir_all(&dir).unwrap();
-        Images { dir, seen: Default::default() }
+        Images { dir: reachable_dir(tag), seen: Default::default() }
     }
 
     /// A container's device, as it is now (see [`Disk`]); remembered.
@@ -105,20 +103,16 @@ struct Disk {
     ino: u64,
 }
 
-fn sysfs_ino(name: &str) -> Option<u64> {
-    rustix::fs::stat(format!("/sys/class/block/{name}")).ok().map(|s| s.st_ino)
-}
-
 impl Disk {
     fn of(path: &str) -> Disk {
         let name = path.trim_start_matches("/dev/").to_owned();
-        let ino = sysfs_ino(&name).expect("a loop device");
+        let ino = block_ino(&name).expect("a loop device");
         Disk { name, ino }
     }
 
     /// This very device is gone from the host (not merely detached).
     fn gone(&self) -> bool {
-        sysfs_ino(&self.name) != Some(self.ino)
+        block_ino(&self.name) != Some(self.ino)
     }
 }
 
@@ -128,14 +122,17 @@ fn minor_of(name: &str) -> u32 {
     st.trim().split(':').nth(1).unwrap().parse().unwrap()
 }
 
-/// A shell line that runs loop-control ioctls from inside a container with
-/// this test binary (see `ioctl_child`); prints `OP=RESULT` lines.
-fn ioctls(ops: &str) -> String {
-    let me = std::env::current_exe().unwrap();
-    format!(
-        "DEVNS_LOOP_OPS={ops} {} --exact ioctl_child --nocapture --test-threads 1 2>/dev/null | grep -o 'op [^ ]*'",
-        me.display()
-    )
+impl Images {
+    /// A shell line that runs loop-control ioctls from inside a container
+    /// with this test binary (see `ioctl_child`, copied here, where the
+    /// container reaches it); prints `OP=RESULT` lines.
+    fn ioctls(&self, ops: &str) -> String {
+        let me = copy_exe_to(&self.dir);
+        format!(
+            "DEVNS_LOOP_OPS={ops} {} --exact ioctl_child --nocapture --test-threads 1 2>/dev/null | grep -o 'op [^ ]*'",
+            me.display()
+        )
+    }
 }
 
 /// Runs inside containers: `DEVNS_LOOP_OPS` is a list of `CMD:ARG` (CMD
@@ -213,7 +210,7 @@ fn util_linux_gets_loop_devices_that_only_its_namespace_sees() {
     assert_eq!(b.sh(&format!("mknod /tmp/x b 7 {maj_min} 2>/dev/null; echo $?")), ["1"]);
     assert_eq!(b.sh(&format!("losetup -c /dev/{dev} 2>/dev/null; echo $?")), ["1"]);
     assert_eq!(
-        b.sh(&ioctls(&format!("remove:{n},add:{n}"))),
+        b.sh(&imgs.ioctls(&format!("remove:{n},add:{n}"))),
         [format!("op remove:{n}={}", -libc::EPERM), format!("op add:{n}={}", -libc::EEXIST)]
     );
     // B's own device is another one.
@@ -230,9 +227,9 @@ fn util_linux_gets_loop_devices_that_only_its_namespace_sees() {
 
     // A detaches and removes its own; a bound one the kernel keeps (EBUSY).
     let (da, pa, ba) = (imgs.disk(&dev), imgs.disk(&pdev), imgs.disk(&bd[0]));
-    assert_eq!(a.sh(&ioctls(&format!("remove:{n}"))), [format!("op remove:{n}={}", -libc::EBUSY)]);
+    assert_eq!(a.sh(&imgs.ioctls(&format!("remove:{n}"))), [format!("op remove:{n}={}", -libc::EBUSY)]);
     assert_eq!(a.sh("losetup -d $d; echo $?; losetup -d $p; echo $?"), ["0", "0"]);
-    assert_eq!(a.sh(&ioctls(&format!("remove:{n}"))), [format!("op remove:{n}=0")]);
+    assert_eq!(a.sh(&imgs.ioctls(&format!("remove:{n}"))), [format!("op remove:{n}=0")]);
     assert!(da.gone(), "removed on the host");
     assert_eq!(a.sh("ls /dev | grep ^loop"), ["loop-control", &pdev]);
     drop((a, b));
@@ -277,6 +274,7 @@ fn add_of_an_unowned_free_device_lends_it_and_other_files_are_not_loop_control()
     }
     let env = Env::new();
     let _d = Daemon::start(&env);
+    let imgs = Images::new("lend");
     // A free device of the host's, at a number nobody else uses.
     let mut n = 800 + (std::process::id() as u64 % 100);
     while loop_ctl(LOOP_CTL_ADD, n) < 0 {
@@ -288,7 +286,7 @@ fn add_of_an_unowned_free_device_lends_it_and_other_files_are_not_loop_control()
     let far = 900_000 + std::process::id() % 100_000;
     let mut a = shell_container(&env, &["--name", "a"]);
     assert_eq!(
-        a.sh(&ioctls(&format!("add:{n},file=/dev/null,get_free:0,add:{far}"))),
+        a.sh(&imgs.ioctls(&format!("add:{n},file=/dev/null,get_free:0,add:{far}"))),
         [
             format!("op add:{n}={n}"),
             format!("op get_free:0={}", -libc::ENOTTY),
@@ -316,7 +314,7 @@ fn the_limit_answers_enospc_and_says_why() {
     let script = format!(
         "losetup -f --show {img} >/dev/null && losetup -f --show {img} >/dev/null && echo two; \
          losetup -f --show {img} 2>/dev/null; echo third=$?; {}",
-        ioctls("get_free:0")
+        imgs.ioctls("get_free:0")
     );
     let o = env.run(&["--", "sh", "-c", &script]);
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -410,7 +408,7 @@ fn loop_allocation_is_announced_to_the_owner_like_a_hotplug() {
     let d = a.sh(&format!("d=$(losetup -f --show {img}); echo $d; losetup -d $d"));
     let dev = d[0].trim_start_matches("/dev/").to_owned();
     let n = dev.trim_start_matches("loop");
-    assert_eq!(a.sh(&ioctls(&format!("remove:{n}"))), [format!("op remove:{n}=0")]);
+    assert_eq!(a.sh(&imgs.ioctls(&format!("remove:{n}"))), [format!("op remove:{n}=0")]);
     // "KERNEL[ts] ACTION /devices/virtual/block/loopN (block)"
     let actions = |a: &mut Container| -> Vec<(String, String)> {
         a.sh("cat /tmp/ev")

@@ -260,7 +260,7 @@ fn the_container_can_neither_change_nor_leave_its_policy() {
     assert!(cgroup_pids(mine).len() >= 2, "still in its cgroup");
     // bpf(2) is the host's: a user namespace gets EPERM for every command.
     let (prog, map) = policy_of(&env, "c").ids();
-    let me = std::env::current_exe().unwrap();
+    let me = shared.exe();
     let out = c.sh(&format!(
         "DEVNS_BPF_CHILD={prog}:{map}:{} {} --exact bpf_child --nocapture --test-threads 1 2>/dev/null | grep -o 'bpf [^ ]*'",
         mine.display(),
@@ -409,10 +409,7 @@ fn loop_devices_from_loop_control_open_for_their_owner_only() {
     let name = dev[0].trim_start_matches("/dev/").to_owned();
     assert!(name.starts_with("loop"), "{dev:?}");
     let _guard = DetachOnDrop(name.clone());
-    // Its sysfs directory's inode is this device's alone (a new one at the
-    // same index, which another test may make at once, has another).
-    let ino = || rustix::fs::stat(format!("/sys/class/block/{name}")).ok().map(|s| s.st_ino);
-    let this = ino();
+    let this = block_ino(&name);
     assert_eq!(a.open(&dev[0]), "opened", "its own loop device opens");
     let (major, minor) = block_numbers(&name);
     let node = shared.node("theirs", 'b', major, minor);
@@ -420,7 +417,7 @@ fn loop_devices_from_loop_control_open_for_their_owner_only() {
     assert!(refused(&b.open(node.path())), "another container's loop device does not");
     a.sh(&format!("losetup -d {}", dev[0]));
     drop((a, b));
-    eventually("A's loop device removed with A", || ino() != this);
+    eventually("A's loop device removed with A", || block_ino(&name) != this);
 }
 
 /// Detaches and removes a loop device a container took, should the test

@@ -25,7 +25,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::mount::MountAttrFlags;
 use rustix::process::{Pid, Signal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -430,14 +430,10 @@ impl RunPolicy<'_> {
             // loop device) brings a new DISKSEQ.
             if ev.action != devns_core::uevent::Action::Remove
                 && self.registry.device(id).is_some_and(|d| !d.is_partition())
+                && let Some(d) = discover::device_from_event(&ev, devns_core::Kind::Block, Path::new("/dev"), |_| None)
+                && d.id == id
             {
-                let sys = std::path::Path::new("/sys").join(ev.devpath.trim_start_matches('/'));
-                if let Some(mut d) = discover::read_device(&sys, devns_core::Kind::Block, std::path::Path::new("/dev"))
-                    && d.id == id
-                {
-                    d.diskseq = devns_core::device::diskseq_after(ev.diskseq, d.diskseq);
-                    self.registry.add_device(d, &self.global_names);
-                }
+                self.registry.add_device(d, &self.global_names);
             }
             let disk = match self.registry.device(id) {
                 Some(d) => d.parent.unwrap_or(id),

@@ -244,6 +244,27 @@ pub fn marker(tag: &str) -> String {
     format!("devns-test-{tag}-{}", std::process::id())
 }
 
+/// This test binary copied into `dir` (once), where its containers reach
+/// it: the checkout may be below `/tmp`, which a container cannot see.
+pub fn copy_exe_to(dir: &Path) -> PathBuf {
+    let to = dir.join("test-binary");
+    if !to.exists() {
+        let me = std::env::current_exe().expect("this test's binary");
+        std::fs::copy(&me, &to).unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", me.display(), to.display()));
+    }
+    to
+}
+
+/// A new directory of this test's that its containers reach at the same
+/// path: on the host's root filesystem (where device nodes work), outside
+/// `/tmp` (a container's `/tmp` is its own, hiding the host's, and so a
+/// checkout below `/tmp` with it). The caller removes it.
+pub fn reachable_dir(tag: &str) -> PathBuf {
+    let dir = Path::new("/var/tmp").join(marker(tag));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
 fn sh(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -592,11 +613,15 @@ pub struct SharedDir(pub PathBuf);
 
 impl SharedDir {
     pub fn new(tag: &str) -> SharedDir {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(marker(tag));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = reachable_dir(tag);
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         SharedDir(dir)
+    }
+
+    /// This test binary, copied here once, to run inside containers.
+    pub fn exe(&self) -> PathBuf {
+        copy_exe_to(&self.0)
     }
 
     /// A node of block or char device `kind:major:minor` here.
@@ -728,4 +753,11 @@ impl Drop for Stopped {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::CONT);
         }
     }
+}
+
+/// The inode of a block device's sysfs directory: the device's for its
+/// life (a new device at the same index, which a concurrent test may make
+/// at once, has another; attaching and detaching keep it, unlike DISKSEQ).
+pub fn block_ino(name: &str) -> Option<u64> {
+    rustix::fs::stat(format!("/sys/class/block/{name}")).ok().map(|s| s.st_ino)
 }
