@@ -275,12 +275,11 @@ fn add_of_an_unowned_free_device_lends_it_and_other_files_are_not_loop_control()
     let env = Env::new();
     let _d = Daemon::start(&env);
     let imgs = Images::new("lend");
-    // A free device of the host's, at a number nobody else uses.
-    let mut n = 800 + (std::process::id() as u64 % 100);
-    while loop_ctl(LOOP_CTL_ADD, n) < 0 {
-        n += 1;
-    }
-    let name = format!("loop{n}");
+    // A free device of the host's, at a number nobody else uses; removed at
+    // the end, also when the test fails.
+    let host_loop = AddedLoop::new();
+    let n = host_loop.0;
+    let name = host_loop.name();
     let lent = Disk::of(&name);
     // A number nobody uses, that /dev/null must not make.
     let far = 900_000 + std::process::id() % 100_000;
@@ -299,7 +298,6 @@ fn add_of_an_unowned_free_device_lends_it_and_other_files_are_not_loop_control()
     eventually("returned to the host", || env.owned().is_empty());
     assert!(!lent.gone(), "the host's device stays");
     assert!(!exists(&format!("loop{far}")));
-    loop_ctl(LOOP_CTL_REMOVE, n);
 }
 
 #[test]

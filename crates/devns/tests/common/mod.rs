@@ -408,20 +408,18 @@ impl Drop for Env {
     /// the daemons' host mounts of views go with the state dir.
     fn drop(&mut self) {
         // A test's daemon is killed right after its containers, before it
-        // could end their device policies (a restarted daemon would): what
-        // the records still name is ended here.
+        // could end what they had (a restarted daemon would): the loop
+        // devices and device policies the records still name are ended here,
+        // by the cleanup the next devns command does for dead runs.
+        let mut dead = Vec::new();
         for sub in ["ns", "runs"] {
             for e in std::fs::read_dir(self.state_dir().join(sub)).into_iter().flatten().flatten() {
                 let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
                 let Ok(r) = serde_json::from_str::<devns_core::state::NsRecord>(&text) else { continue };
-                if let Some(c) = &r.cgroup {
-                    let (busy, errors) = devns::bpf::close_recorded(c, Duration::from_secs(10));
-                    if busy.is_some() || !errors.is_empty() {
-                        eprintln!("a test's cgroup {} could not be removed: {errors:?}", c.path);
-                    }
-                }
+                dead.push(r);
             }
         }
+        devns::commands::run::clean_dead(None, dead);
         let views = self.state_dir().join("views");
         if views.exists() {
             let _ = Command::new("umount").args(["-R", "-l"]).arg(&views).stderr(Stdio::null()).status();
