@@ -16,6 +16,24 @@ pub fn ns_id(nsfd: impl AsFd) -> io::Result<u64> {
     unsafe { ioctl(nsfd, Getter::<NS_GET_ID, u64>::new()) }
 }
 
+/// `NS_GET_PARENT` (`_IO(0xb7, 0x2)`, `nsfs.h`): the parent of a user (or
+/// pid) namespace. rustix has no wrapper.
+const NS_GET_PARENT: rustix::ioctl::Opcode = opcode::none(0xb7, 0x2);
+
+/// An nsfs fd for the parent of the user namespace `nsfd`; `EPERM` for the
+/// initial one (and for any whose parent is outside the caller's reach).
+pub fn ns_parent(nsfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
+    use rustix::fd::FromRawFd;
+    let fd = nsfd.as_fd();
+    // SAFETY: this ioctl takes no argument and returns a new fd or -1.
+    let ret = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), NS_GET_PARENT as _, 0) };
+    if ret < 0 {
+        return Err(crate::last_errno());
+    }
+    // SAFETY: a non-negative return is a new fd that nothing else owns.
+    Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(ret) })
+}
+
 /// `PIDFD_GET_USER_NAMESPACE` (`_IO(0xFF, 9)`, `linux/pidfd.h`, Linux 6.11):
 /// the user namespace of the process behind a pidfd, without going through
 /// a pid. rustix has no wrapper.
