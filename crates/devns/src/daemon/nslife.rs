@@ -42,13 +42,19 @@ pub(super) fn reopen_members(ks: &[Keeper]) -> Vec<Member> {
     ks.iter().filter_map(reopen).collect()
 }
 
-/// A process of namespace `id` found in /proc (other than `skip`), to watch.
+/// A process of namespace `id` or of one nested in it found in /proc
+/// (other than `skip`), to watch: a process that moved into a nested user
+/// namespace keeps the view and the devices, so it keeps the namespace.
 pub(super) fn adopt_from_proc(id: NsId, skip: &[i32]) -> Vec<Member> {
-    let Some(pid) = host::find_ns_member(id, skip) else { return vec![] };
-    let Some(start_time) = host::start_time(pid) else { return vec![] };
-    let m = reopen(&Keeper { pid, start_time });
-    // The process may have left the namespace (setns) between the two reads.
-    m.filter(|_| host::user_ns_of(pid).is_ok_and(|n| n == id)).into_iter().collect()
+    let census = host::census();
+    for pid in census.members(id).filter(|p| !skip.contains(p)) {
+        let Some(start_time) = host::start_time(pid) else { continue };
+        // Asked again of the pidfd: the pid may name another process by now.
+        if let Some(m) = reopen(&Keeper { pid, start_time }).filter(|m| host::pidfd_within(&m.pidfd, id)) {
+            return vec![m];
+        }
+    }
+    vec![]
 }
 
 pub(super) fn read_maps(pid: i32) -> Result<(IdMap, IdMap)> {
