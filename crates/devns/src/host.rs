@@ -163,6 +163,8 @@ pub fn kill_leftovers(r: &NsRecord) -> bool {
         crate::cgroup::wait_empty(cg, KILL_PATIENCE);
     }
     let Some(id) = r.id else { return own_cgroup(r).is_none_or(|cg| !crate::cgroup::populated(cg)) };
+    // Logged once per look, however many rounds a forking survivor costs.
+    tracing::info!(ns = %r.label(), "processes of a run outlived its keeper or its init: killing them");
     loop {
         let left: Vec<i32> = census().members(id).collect();
         let in_cgroup = own_cgroup(r).is_some_and(crate::cgroup::populated);
@@ -173,7 +175,6 @@ pub fn kill_leftovers(r: &NsRecord) -> bool {
             tracing::warn!(ns = %r.label(), processes = left.len(), "processes of a dead run survive SIGKILL: its record, ids and cgroup are kept");
             return false;
         }
-        tracing::info!(ns = %r.label(), processes = left.len(), "killing what is left of a dead run's namespace");
         let mut fds = Vec::new();
         for pid in left {
             let Some(p) = rustix::process::Pid::from_raw(pid) else { continue };
@@ -247,5 +248,18 @@ mod tests {
         assert!(keeper_alive(&me));
         assert!(!keeper_alive(&Keeper { start_time: me.start_time + 1, ..me }));
         assert!(!keeper_alive(&Keeper { pid: i32::MAX, ..me }));
+    }
+
+    #[test]
+    fn the_census_finds_this_process_in_its_own_namespace_and_no_other() {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let own = user_ns_of(me).unwrap();
+        let c = census();
+        assert!(c.members(own).any(|p| p == me));
+        assert!(!c.members(NsId(u64::MAX)).any(|p| p == me));
+        let pidfd =
+            rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty()).unwrap();
+        assert!(pidfd_within(&pidfd, own));
+        assert!(!pidfd_within(&pidfd, NsId(u64::MAX)));
     }
 }
