@@ -213,7 +213,7 @@ fn outsider(init: i32, cgroup: Option<&str>, mark: &str) -> (std::process::Child
 /// did) is killed by the next devns command, before the run's ids are
 /// handed out again: with its cgroup (`cgroup.kill`), or, with the access
 /// layer off, by pidfd; nested user namespaces count as the namespace's.
-fn what_outlives_a_killed_run_dies_before_its_ids_are_reused(policy: bool) {
+fn what_outlives_a_killed_run_dies_before_its_ids_are_reused(policy: bool, daemon: bool) {
     let env = Env::new();
     if !policy {
         std::fs::write(env.config(), "device_policy = false\n").unwrap();
@@ -231,6 +231,9 @@ fn what_outlives_a_killed_run_dies_before_its_ids_are_reused(policy: bool) {
     let fd = KillAll(vec![fd]);
     let _ = c.child.kill();
     let _ = c.child.wait();
+    // The next devns command: a stand-alone run, or a daemon starting up
+    // (and then giving ids to a run).
+    let _d = daemon.then(|| Daemon::start(&env));
     let mut next = env.spawn(&["--", "sh", "-c", "cat /proc/self/uid_map; read x"]);
     let new_map = next.line().split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
@@ -243,9 +246,11 @@ fn what_outlives_a_killed_run_dies_before_its_ids_are_reused(policy: bool) {
     next.send("\n");
     assert_eq!(next.wait().0, 0);
     if let Some(p) = cgroup {
-        assert!(!Path::new(&p).exists(), "the old container's cgroup is gone");
+        eventually("the old container's cgroup is gone", || !Path::new(&p).exists());
     }
-    assert_eq!(env.recorded_namespaces(), 0);
+    if !daemon {
+        assert_eq!(env.recorded_namespaces(), 0);
+    }
 }
 
 #[test]
@@ -253,7 +258,7 @@ fn what_outlives_a_killed_run_dies_with_its_cgroup_before_its_ids_are_reused() {
     if !privileged() {
         return;
     }
-    what_outlives_a_killed_run_dies_before_its_ids_are_reused(true);
+    what_outlives_a_killed_run_dies_before_its_ids_are_reused(true, false);
 }
 
 #[test]
@@ -261,7 +266,15 @@ fn what_outlives_a_killed_run_without_a_cgroup_is_killed_by_pidfd_before_its_ids
     if !privileged() {
         return;
     }
-    what_outlives_a_killed_run_dies_before_its_ids_are_reused(false);
+    what_outlives_a_killed_run_dies_before_its_ids_are_reused(false, false);
+}
+
+#[test]
+fn what_outlives_a_killed_run_dies_when_a_daemon_starts_before_its_ids_are_reused() {
+    if !privileged() {
+        return;
+    }
+    what_outlives_a_killed_run_dies_before_its_ids_are_reused(true, true);
 }
 
 /// The record of namespace `name`, if there is one.
