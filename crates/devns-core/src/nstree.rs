@@ -1,4 +1,4 @@
-//! The tree of user namespaces as one scan of `/proc` saw it, and the one
+//! The tree of user namespaces as one pass over `/proc` saw it, and the one
 //! question liveness asks of it: is a process's namespace the recorded one
 //! or nested in it? A process that moved into a nested user namespace
 //! keeps everything the outer one gave it (its view, its files, its ids),
@@ -23,10 +23,6 @@ impl NsTree {
         self.parent.insert(ns, parent);
     }
 
-    pub fn knows(&self, ns: NsId) -> bool {
-        self.parent.contains_key(&ns)
-    }
-
     /// Whether `ns` is `root` or a descendant of it. A chain that ends in
     /// an unknown parent, loops, or is deeper than the kernel allows says
     /// no.
@@ -42,20 +38,6 @@ impl NsTree {
             }
         }
         false
-    }
-}
-
-/// The live processes of one scan, each with its user namespace.
-#[derive(Clone, Debug, Default)]
-pub struct Census {
-    pub procs: Vec<(i32, NsId)>,
-    pub tree: NsTree,
-}
-
-impl Census {
-    /// The processes of namespace `root` or of one nested in it.
-    pub fn members(&self, root: NsId) -> impl Iterator<Item = i32> + '_ {
-        self.procs.iter().filter(move |(_, ns)| self.tree.within(*ns, root)).map(|(pid, _)| *pid)
     }
 }
 
@@ -102,16 +84,5 @@ mod tests {
         let t = tree(&chain);
         assert!(t.within(NsId(30), NsId(1)));
         assert!(!t.within(NsId(41), NsId(1)), "deeper than the kernel allows");
-    }
-
-    #[test]
-    fn members_are_the_processes_of_the_namespace_and_those_nested_in_it() {
-        let c = Census {
-            procs: vec![(10, NsId(1)), (11, NsId(2)), (12, NsId(3)), (13, NsId(5))],
-            tree: tree(&[(1, None), (2, Some(1)), (3, Some(2)), (5, Some(1))]),
-        };
-        assert_eq!(c.members(NsId(2)).collect::<Vec<_>>(), [11, 12]);
-        assert_eq!(c.members(NsId(3)).collect::<Vec<_>>(), [12]);
-        assert_eq!(c.members(NsId(9)).count(), 0);
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use devns_core::NsId;
-use devns_core::nstree::{Census, NsTree};
+use devns_core::nstree::NsTree;
 use devns_core::state::{Fate, Keeper, NsRecord, Seen, State};
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
@@ -101,23 +101,20 @@ fn is_zombie(pid: i32) -> bool {
     stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_some_and(|s| s == "Z" || s == "X")
 }
 
-/// Every live process of the host with its user namespace, and the tree
-/// of those namespaces: one pass over `/proc`.
-pub fn census() -> Census {
+/// The pids `/proc` lists.
+fn proc_pids() -> impl Iterator<Item = i32> {
+    fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// The live processes of user namespace `id` or of one nested in it, as
+/// one pass over `/proc` finds them (lazily: a caller that needs one
+/// stops there). Each namespace is learnt once per pass.
+pub fn members_of(id: NsId) -> impl Iterator<Item = i32> {
     let mut cache = NsCache::default();
-    let own = open_user_ns(rustix::process::getpid().as_raw_nonzero().get()).and_then(|fd| cache.learn(fd));
-    let mut procs = Vec::new();
-    for pid in
-        fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok())
-    {
-        let Some(ns) = open_user_ns(pid).and_then(|fd| cache.learn(fd)) else { continue };
-        // Only a namespaced process's state matters (and costs a read).
-        if Some(ns) != own && is_zombie(pid) {
-            continue;
-        }
-        procs.push((pid, ns));
-    }
-    Census { procs, tree: cache.tree }
+    proc_pids().filter(move |&pid| {
+        let ns = open_user_ns(pid).and_then(|fd| cache.learn(fd));
+        ns.is_some_and(|ns| cache.tree.within(ns, id)) && !is_zombie(pid)
+    })
 }
 
 /// Whether the process behind `pidfd` is in user namespace `id` or one
@@ -134,15 +131,14 @@ fn own_cgroup(r: &NsRecord) -> Option<&Path> {
     r.cgroup.as_ref().filter(|c| c.created).map(|c| Path::new(&c.path))
 }
 
-/// What is left of the namespace of `r`; `scan` is the census of `/proc`,
-/// taken here if it is needed and not taken yet.
-pub fn seen(r: &NsRecord, scan: &mut Option<Census>) -> Seen {
+/// What is left of the namespace of `r`.
+pub fn seen(r: &NsRecord) -> Seen {
     let keeper_runs = r.keeper.as_ref().is_some_and(keeper_alive);
     let member_runs = r.members.iter().any(keeper_alive);
     let processes_left = !keeper_runs
         && !member_runs
         && (own_cgroup(r).is_some_and(crate::cgroup::populated)
-            || r.id.is_some_and(|id| scan.get_or_insert_with(census).members(id).next().is_some()));
+            || r.id.is_some_and(|id| members_of(id).next().is_some()));
     Seen { keeper_alive: keeper_runs, member_alive: member_runs, processes_left }
 }
 
@@ -166,7 +162,7 @@ pub fn kill_leftovers(r: &NsRecord) -> bool {
     // Logged once per look, however many rounds a forking survivor costs.
     tracing::info!(ns = %r.label(), "processes of a run outlived its keeper or its init: killing them");
     loop {
-        let left: Vec<i32> = census().members(id).collect();
+        let left: Vec<i32> = members_of(id).collect();
         let in_cgroup = own_cgroup(r).is_some_and(crate::cgroup::populated);
         if left.is_empty() && !in_cgroup {
             return true;
@@ -207,17 +203,16 @@ fn wait_exited(fds: &[OwnedFd], deadline: Instant) {
 /// Forgets the records of namespaces of which nothing is left, and
 /// returns them (to be cleaned up). A stand-alone run whose keeper is gone
 /// but whose processes are not has them killed first, and stays recorded
-/// (its ids, devices and cgroup its own) while any survives. One scan of
-/// `/proc` at most, and only when some keeper or member is gone.
+/// (its ids, devices and cgroup its own) while any survives. `/proc` is
+/// looked at only for records whose keeper and members are gone.
 pub fn settle(state: &mut State) -> Vec<NsRecord> {
-    let mut scan: Option<Census> = None;
-    state.prune(|r| !may_free(r, &mut scan))
+    state.prune(|r| !may_free(r))
 }
 
 /// Whether the record `r` may be freed: nothing of its namespace is left,
 /// or what was left of a dead run was killed now.
-pub fn may_free(r: &NsRecord, scan: &mut Option<Census>) -> bool {
-    match r.fate(seen(r, scan)) {
+pub fn may_free(r: &NsRecord) -> bool {
+    match r.fate(seen(r)) {
         Fate::Keep => false,
         Fate::Free => true,
         Fate::Kill => kill_leftovers(r),
@@ -254,9 +249,8 @@ mod tests {
     fn the_census_finds_this_process_in_its_own_namespace_and_no_other() {
         let me = rustix::process::getpid().as_raw_nonzero().get();
         let own = user_ns_of(me).unwrap();
-        let c = census();
-        assert!(c.members(own).any(|p| p == me));
-        assert!(!c.members(NsId(u64::MAX)).any(|p| p == me));
+        assert!(members_of(own).any(|p| p == me));
+        assert!(!members_of(NsId(u64::MAX)).any(|p| p == me));
         let pidfd =
             rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty()).unwrap();
         assert!(pidfd_within(&pidfd, own));

@@ -76,7 +76,7 @@ impl Drop for ClaimGuard<'_> {
             let held = s.by_keeper_mut(self.keeper).is_some_and(|r| {
                 // This run is over: its keeper no longer counts.
                 let over = devns_core::state::NsRecord { keeper: None, members: vec![], ..r.clone() };
-                host::seen(&over, &mut None).processes_left && !host::kill_leftovers(r)
+                host::seen(&over).processes_left && !host::kill_leftovers(r)
             });
             Ok(if held { None } else { s.remove_by_keeper(self.keeper) })
         };

@@ -290,7 +290,7 @@ impl Daemon {
                 // A stand-alone run's namespace: its keeper owns its view.
                 // Once the keeper is gone, what is left of it is killed
                 // before its record is let go (else it is kept).
-                if host::may_free(&r, &mut None) {
+                if host::may_free(&r) {
                     self.state.remove_id(id);
                     self.clean_loops(r.loops.clone());
                     self.close_recorded_policy(id, r.cgroup.as_ref());

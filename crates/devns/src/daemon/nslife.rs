@@ -46,8 +46,7 @@ pub(super) fn reopen_members(ks: &[Keeper]) -> Vec<Member> {
 /// (other than `skip`), to watch: a process that moved into a nested user
 /// namespace keeps the view and the devices, so it keeps the namespace.
 pub(super) fn adopt_from_proc(id: NsId, skip: &[i32]) -> Vec<Member> {
-    let census = host::census();
-    for pid in census.members(id).filter(|p| !skip.contains(p)) {
+    for pid in host::members_of(id).filter(|p| !skip.contains(p)) {
         let Some(start_time) = host::start_time(pid) else { continue };
         // Asked again of the pidfd: the pid may name another process by now.
         if let Some(m) = reopen(&Keeper { pid, start_time }).filter(|m| host::pidfd_within(&m.pidfd, id)) {
