@@ -137,7 +137,7 @@ pub fn seen(r: &NsRecord) -> Seen {
     let member_runs = r.members.iter().any(keeper_alive);
     let processes_left = !keeper_runs
         && !member_runs
-        && (own_cgroup(r).is_some_and(crate::cgroup::populated)
+        && (r.cgroup.as_ref().is_some_and(|c| crate::cgroup::populated(Path::new(&c.path)))
             || r.id.is_some_and(|id| members_of(id).next().is_some()));
     Seen { keeper_alive: keeper_runs, member_alive: member_runs, processes_left }
 }

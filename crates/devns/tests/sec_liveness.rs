@@ -361,3 +361,69 @@ fn an_attached_namespace_lives_while_a_process_nested_in_it_does() {
     eventually("x released", || devns_ok(&env, &["ns", "ls", "--json"]).trim() == "[]");
     assert!(env.owned().is_empty());
 }
+
+/// A daemon's `devns run` whose init has ended while a process is left,
+/// either in a user namespace nested in its own (joined from outside: its
+/// pid namespace's end does not take it) or only in its cgroup (under its
+/// device policy): the daemon keeps its ids, devices and cgroup until
+/// that process is gone too.
+fn a_daemon_s_run_lives_while_a_process_is_left(nested: bool) {
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let lp = AddedLoop::new();
+    let mark = marker("left");
+    let mut c = env.spawn(&["--name", "y", "--dev", &lp.name(), "--", "sh", "-c", "echo ready; read x"]);
+    assert_eq!(c.line(), "ready");
+    let rec = record_of(&env, "y");
+    let cgroup = rec.cgroup.clone().expect("a cgroup").path;
+    let _gone = KillCgroup(cgroup.clone().into());
+    let init = init_of(&c);
+    let (mut child, fd) = if nested {
+        outsider(init, Some(&cgroup), &mark)
+    } else {
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "echo $$ > \"$0/cgroup.procs\" && echo in && exec sleep 1000", &cgroup])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(c.stdout.take().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), "in");
+        let fd = pidfd(c.id() as i32).unwrap();
+        (c, fd)
+    };
+    let left = child.id() as i32;
+    let fd = KillAll(vec![fd]);
+    c.send("\n");
+    assert_eq!(c.wait().0, 0);
+    eventually("the daemon watches the process left (or let go of y)", || {
+        try_record_of(&env, "y").is_none_or(|r| r.members.iter().all(|m| m.pid != init))
+    });
+    let r = try_record_of(&env, "y").expect("y is kept while a process of it is left");
+    assert_eq!(r.members.iter().map(|m| m.pid).collect::<Vec<_>>(), [left]);
+    assert_eq!((r.uid_base, r.gid_base), (rec.uid_base, rec.gid_base), "its ids stay its own");
+    let owner = format!("id:{}", r.id.expect("an id").0);
+    assert!(env.owned().iter().any(|d| d["name"] == lp.name().as_str() && d["owner"] == owner.as_str()));
+    assert!(Path::new(&cgroup).exists());
+    let _ = rustix::process::pidfd_send_signal(&fd.0[0], rustix::process::Signal::KILL);
+    let _ = child.wait();
+    eventually("y released", || devns_ok(&env, &["ns", "ls", "--json"]).trim() == "[]");
+    assert!(env.owned().is_empty());
+    eventually("y's cgroup is gone", || !Path::new(&cgroup).exists());
+}
+
+#[test]
+fn a_daemon_s_run_lives_while_a_process_nested_in_its_namespace_does() {
+    if !privileged() {
+        return;
+    }
+    a_daemon_s_run_lives_while_a_process_is_left(true);
+}
+
+#[test]
+fn a_daemon_s_run_lives_while_a_process_is_left_in_its_cgroup() {
+    if !privileged() {
+        return;
+    }
+    a_daemon_s_run_lives_while_a_process_is_left(false);
+}

@@ -298,7 +298,8 @@ impl Daemon {
                 continue;
             }
             let members = nslife::reopen_members(&r.members);
-            let members = if members.is_empty() { nslife::adopt_from_proc(id, &[]) } else { members };
+            let cgroup = r.cgroup.as_ref().map(|c| Path::new(&c.path));
+            let members = if members.is_empty() { nslife::adopt_from_proc(id, cgroup, &[]) } else { members };
             if members.is_empty() {
                 tracing::info!(ns = %id, "namespace died while the daemon was down: releasing its devices");
                 self.forget_ns(id);
