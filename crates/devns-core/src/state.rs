@@ -76,6 +76,49 @@ impl NsRecord {
     }
 }
 
+/// What the shell saw of a record's namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Its stand-alone keeper still runs.
+    pub keeper_alive: bool,
+    /// One of its watched members still runs.
+    pub member_alive: bool,
+    /// Some process is left in its user namespace or one nested in it, or
+    /// in the cgroup devns made for it.
+    pub processes_left: bool,
+}
+
+/// What becomes of a record whose keeper or members may be gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// It lives: its ids, devices and cgroup stay its own.
+    Keep,
+    /// Its keeper is gone but processes are left: they are killed first,
+    /// and the record is freed only once none is (else kept, and tried
+    /// again at the next look).
+    Kill,
+    /// Nothing of it is left: ids, devices, loops and cgroup are freed.
+    Free,
+}
+
+impl NsRecord {
+    /// A record is freed only when nothing of its namespace is left. A
+    /// stand-alone run's namespace is devns's own making: what outlives
+    /// its keeper is killed. The daemon's (attached, or provisioned and
+    /// watched) live on while any of their processes does, whichever it is.
+    pub fn fate(&self, seen: Seen) -> Fate {
+        if seen.keeper_alive || seen.member_alive {
+            Fate::Keep
+        } else if !seen.processes_left {
+            Fate::Free
+        } else if self.keeper.is_some() {
+            Fate::Kill
+        } else {
+            Fate::Keep
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub namespaces: Vec<NsRecord>,
@@ -115,7 +158,7 @@ pub struct Claim<'a> {
 
 impl State {
     /// Forgets the namespaces `alive` says are gone; returns them.
-    pub fn prune(&mut self, alive: impl Fn(&NsRecord) -> bool) -> Vec<NsRecord> {
+    pub fn prune(&mut self, mut alive: impl FnMut(&NsRecord) -> bool) -> Vec<NsRecord> {
         let (live, dead) = std::mem::take(&mut self.namespaces).into_iter().partition(|r| alive(r));
         self.namespaces = live;
         dead
@@ -350,6 +393,36 @@ mod tests {
         assert_eq!(reg.owner(LOOP1), Owner::Ns(NsId(6)));
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn a_record_is_freed_only_when_nothing_of_its_namespace_is_left() {
+        let reg = sample();
+        let mut s = State::default();
+        let run = s.claim(claim(None, K1, &[]), &reg, &[], &[]).unwrap().clone();
+        let attached = NsRecord { keeper: None, members: vec![K2], ..run.clone() };
+        let seen = |keeper_alive, member_alive, processes_left| Seen { keeper_alive, member_alive, processes_left };
+        for r in [&run, &attached] {
+            assert_eq!(r.fate(seen(true, false, true)), Fate::Keep);
+            assert_eq!(r.fate(seen(false, true, false)), Fate::Keep);
+            assert_eq!(r.fate(seen(false, false, false)), Fate::Free);
+        }
+        // Processes outlived the keeper of a run: killed before anything
+        // is freed. A daemon's namespace with processes left lives on.
+        assert_eq!(run.fate(seen(false, false, true)), Fate::Kill);
+        assert_eq!(attached.fate(seen(false, false, true)), Fate::Keep);
+    }
+
+    #[test]
+    fn a_kept_record_keeps_its_block_from_the_next_claim() {
+        let reg = sample();
+        let mut s = State::default();
+        s.claim(claim(None, K1, &[]), &reg, &[], &[]).unwrap();
+        // Its keeper is gone, but its namespace could not be emptied yet.
+        let dead = s.prune(|r| r.fate(Seen { processes_left: true, ..Seen::default() }) != Fate::Free);
+        assert!(dead.is_empty());
+        let next = s.claim(claim(None, K2, &[]), &reg, &[], &[]).unwrap();
+        assert_eq!(next.uid_base, Some(165_536), "the block of a record that is kept is not handed out");
     }
 
     #[test]

@@ -16,6 +16,29 @@ pub fn ns_id(nsfd: impl AsFd) -> io::Result<u64> {
     unsafe { ioctl(nsfd, Getter::<NS_GET_ID, u64>::new()) }
 }
 
+/// `NS_GET_PARENT` (`_IO(0xb7, 0x2)`, `nsfs.h`): the parent of a user (or
+/// pid) namespace. rustix has no wrapper.
+const NS_GET_PARENT: rustix::ioctl::Opcode = opcode::none(0xb7, 0x2);
+
+/// An nsfs fd for the parent of the user namespace `nsfd`; `EPERM` for the
+/// initial one (and for any whose parent is outside the caller's reach).
+pub fn ns_parent(nsfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
+    new_fd_ioctl(nsfd.as_fd(), NS_GET_PARENT)
+}
+
+/// An ioctl that takes no argument and returns a new fd.
+fn new_fd_ioctl(fd: rustix::fd::BorrowedFd<'_>, op: rustix::ioctl::Opcode) -> io::Result<rustix::fd::OwnedFd> {
+    use rustix::fd::FromRawFd;
+    // SAFETY: `op` is one of this module's ioctls that take no argument and
+    // return a new fd or -1.
+    let ret = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), op as _, 0) };
+    if ret < 0 {
+        return Err(crate::last_errno());
+    }
+    // SAFETY: a non-negative return is a new fd that nothing else owns.
+    Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(ret) })
+}
+
 /// `PIDFD_GET_USER_NAMESPACE` (`_IO(0xFF, 9)`, `linux/pidfd.h`, Linux 6.11):
 /// the user namespace of the process behind a pidfd, without going through
 /// a pid. rustix has no wrapper.
@@ -23,15 +46,7 @@ const PIDFD_GET_USER_NAMESPACE: rustix::ioctl::Opcode = opcode::none(0xFF, 9);
 
 /// An nsfs fd for the user namespace of the process behind `pidfd`.
 pub fn pidfd_user_ns(pidfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
-    use rustix::fd::FromRawFd;
-    let fd = pidfd.as_fd();
-    // SAFETY: this ioctl takes no argument and returns a new fd or -1.
-    let ret = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), PIDFD_GET_USER_NAMESPACE as _, 0) };
-    if ret < 0 {
-        return Err(crate::last_errno());
-    }
-    // SAFETY: a non-negative return is a new fd that nothing else owns.
-    Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(ret) })
+    new_fd_ioctl(pidfd.as_fd(), PIDFD_GET_USER_NAMESPACE)
 }
 
 /// `SO_PEERPIDFD` (Linux 6.5): a pidfd for the process at the other end of

@@ -24,6 +24,8 @@ pub enum CgroupError {
     Move { pid: i32, path: PathBuf, source: std::io::Error },
     #[error("cannot remove cgroup {path}: {source}")]
     Remove { path: PathBuf, source: std::io::Error },
+    #[error("cannot kill the processes of cgroup {path}: {source}")]
+    Kill { path: PathBuf, source: std::io::Error },
     #[error("cgroup {path} still has processes after {waited:?}")]
     Busy { path: PathBuf, waited: Duration },
 }
@@ -137,6 +139,44 @@ pub fn procs(path: &Path) -> Result<Vec<i32>, CgroupError> {
 /// Whether cgroup `path` or one below it has a process (`cgroup.events`).
 pub fn populated(path: &Path) -> bool {
     std::fs::read_to_string(path.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
+}
+
+/// The processes in cgroup `path` and every cgroup below it (a cgroup
+/// that vanished meanwhile has none).
+pub fn procs_tree(path: &Path) -> Vec<i32> {
+    let mut out = procs(path).unwrap_or_default();
+    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(procs_tree(&e.path()));
+        }
+    }
+    out
+}
+
+/// SIGKILLs every process in cgroup `path` and below, at once and with no
+/// pid involved (`cgroup.kill`, Linux 5.14): one that forks meanwhile
+/// cannot escape it. A cgroup that is gone already has nothing to kill.
+pub fn kill(path: &Path) -> Result<(), CgroupError> {
+    match std::fs::write(path.join("cgroup.kill"), "1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.exists() => Ok(()),
+        Err(source) => Err(CgroupError::Kill { path: path.to_owned(), source }),
+    }
+}
+
+/// Waits up to `patience` until no process is left in cgroup `path` or
+/// below it; whether none is.
+pub fn wait_empty(path: &Path, patience: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if !path.exists() || !populated(path) {
+            return true;
+        }
+        if start.elapsed() >= patience {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// One try at removing cgroup `path` with the cgroups below it, deepest

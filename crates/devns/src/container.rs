@@ -211,9 +211,13 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
     // Only now: a change of credentials clears the parent-death signal. Had
     // the keeper died before this, the final status message finds it gone.
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).context("PR_SET_PDEATHSIG")?;
-    // The credential change also made init non-dumpable, which would hide
-    // /proc/1 from the container's own root; init holds nothing of the host.
-    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable).context("PR_SET_DUMPABLE")?;
+    // The credential change also made init non-dumpable, and so it stays:
+    // its memory belongs to the host's user namespace (devns forked it
+    // without an exec), so the container's root can neither ptrace it nor
+    // write its /proc/1/mem, and cannot clear this parent-death signal to
+    // outlive its keeper. (The cost: /proc/1's files are host root's.)
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("PR_SET_DUMPABLE")?;
     rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
         .context("cannot make the mount namespace private")?;
     let root = match plan.rootfs {

@@ -1,8 +1,14 @@
 //! Small facts about the host and this process.
 
 use anyhow::{Context, Result, bail};
-use devns_core::state::Keeper;
+use devns_core::NsId;
+use devns_core::nstree::NsTree;
+use devns_core::state::{Fate, Keeper, NsRecord, Seen, State};
+use rustix::fd::OwnedFd;
+use std::collections::HashMap;
 use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// devns acts as the host's root: uid 0 in the initial user namespace.
 pub fn require_host_root(what: &str) -> Result<()> {
@@ -37,12 +43,6 @@ pub fn keeper_alive(k: &Keeper) -> bool {
     start_time(k.pid) == Some(k.start_time)
 }
 
-/// Whether a recorded namespace may still be alive: its keeper runs, or one
-/// of its watched members does. (The daemon confirms a "no" against /proc.)
-pub fn record_alive(r: &devns_core::state::NsRecord) -> bool {
-    r.keeper.as_ref().is_some_and(keeper_alive) || r.members.iter().any(keeper_alive)
-}
-
 /// The pid behind a pidfd, from `/proc/self/fdinfo` (`None` once it died).
 pub fn pid_of_pidfd(pidfd: impl rustix::fd::AsFd) -> Option<i32> {
     use std::os::fd::AsRawFd;
@@ -58,14 +58,165 @@ pub fn user_ns_of(pid: i32) -> std::io::Result<devns_core::NsId> {
     Ok(devns_core::NsId(devns_sys::ns::ns_id(&fd)?))
 }
 
-/// A process, other than those in `skip`, whose user namespace is `id`:
-/// how the daemon confirms against /proc that a namespace is really gone.
-pub fn find_ns_member(id: devns_core::NsId, skip: &[i32]) -> Option<i32> {
-    let dir = fs::read_dir("/proc").ok()?;
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| !skip.contains(pid))
-        .find(|pid| user_ns_of(*pid).is_ok_and(|ns| ns == id))
+/// User namespaces by nsfs inode (unique among live namespaces), learnt
+/// once per scan: most processes share a few namespaces.
+#[derive(Default)]
+struct NsCache {
+    by_ino: HashMap<u64, NsId>,
+    tree: NsTree,
+}
+
+impl NsCache {
+    /// The id of user namespace `nsfd`, its ancestors learnt up to the
+    /// first one already known (`NS_GET_PARENT` fails at the initial one).
+    fn learn(&mut self, nsfd: OwnedFd) -> Option<NsId> {
+        self.learn_at(nsfd, 0)
+    }
+
+    fn learn_at(&mut self, nsfd: OwnedFd, depth: usize) -> Option<NsId> {
+        let ino = rustix::fs::fstat(&nsfd).ok()?.st_ino;
+        if let Some(id) = self.by_ino.get(&ino) {
+            return Some(*id);
+        }
+        let id = NsId(devns_sys::ns::ns_id(&nsfd).ok()?);
+        self.by_ino.insert(ino, id);
+        let parent = match devns_sys::ns::ns_parent(&nsfd) {
+            Ok(p) if depth < devns_core::nstree::MAX_DEPTH => self.learn_at(p, depth + 1),
+            _ => None,
+        };
+        self.tree.insert(id, parent);
+        Some(id)
+    }
+}
+
+fn open_user_ns(pid: i32) -> Option<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(format!("/proc/{pid}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()
+}
+
+/// Whether `/proc/PID` is a zombie (or dead): it runs nothing, holds no
+/// file, and waits only to be reaped.
+fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_some_and(|s| s == "Z" || s == "X")
+}
+
+/// The pids `/proc` lists.
+fn proc_pids() -> impl Iterator<Item = i32> {
+    fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// The live processes of user namespace `id` or of one nested in it, as
+/// one pass over `/proc` finds them (lazily: a caller that needs one
+/// stops there). Each namespace is learnt once per pass.
+pub fn members_of(id: NsId) -> impl Iterator<Item = i32> {
+    let mut cache = NsCache::default();
+    proc_pids().filter(move |&pid| {
+        let ns = open_user_ns(pid).and_then(|fd| cache.learn(fd));
+        ns.is_some_and(|ns| cache.tree.within(ns, id)) && !is_zombie(pid)
+    })
+}
+
+/// Whether the process behind `pidfd` is in user namespace `id` or one
+/// nested in it (asked of the pidfd: it cannot name another process).
+pub fn pidfd_within(pidfd: impl rustix::fd::AsFd, id: NsId) -> bool {
+    let mut cache = NsCache::default();
+    let ns = devns_sys::ns::pidfd_user_ns(pidfd).ok().and_then(|fd| cache.learn(fd));
+    ns.is_some_and(|ns| cache.tree.within(ns, id))
+}
+
+/// A cgroup devns made for the record's namespace (one it did not make
+/// holds whatever its owner put there).
+fn own_cgroup(r: &NsRecord) -> Option<&Path> {
+    r.cgroup.as_ref().filter(|c| c.created).map(|c| Path::new(&c.path))
+}
+
+/// What is left of the namespace of `r`.
+pub fn seen(r: &NsRecord) -> Seen {
+    let keeper_runs = r.keeper.as_ref().is_some_and(keeper_alive);
+    let member_runs = r.members.iter().any(keeper_alive);
+    let processes_left = !keeper_runs
+        && !member_runs
+        && (r.cgroup.as_ref().is_some_and(|c| crate::cgroup::populated(Path::new(&c.path)))
+            || r.id.is_some_and(|id| members_of(id).next().is_some()));
+    Seen { keeper_alive: keeper_runs, member_alive: member_runs, processes_left }
+}
+
+/// How long the processes left of a dead run get to die at each look.
+const KILL_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Kills what is left of the namespace of `r` (a stand-alone run whose
+/// keeper is gone): its cgroup with `cgroup.kill`, then every process of
+/// its user namespace or one nested in it by pidfd (never by a bare pid:
+/// the pidfd is checked to be in the namespace before the signal), until
+/// none is left or `KILL_PATIENCE` is up. Whether none is left.
+pub fn kill_leftovers(r: &NsRecord) -> bool {
+    let deadline = Instant::now() + KILL_PATIENCE;
+    if let Some(cg) = own_cgroup(r) {
+        if let Err(e) = crate::cgroup::kill(cg) {
+            tracing::warn!(ns = %r.label(), error = %e, "cannot kill a dead run's cgroup");
+        }
+        crate::cgroup::wait_empty(cg, KILL_PATIENCE);
+    }
+    let Some(id) = r.id else { return own_cgroup(r).is_none_or(|cg| !crate::cgroup::populated(cg)) };
+    // Logged once per look, however many rounds a forking survivor costs.
+    tracing::info!(ns = %r.label(), "processes of a run outlived its keeper or its init: killing them");
+    loop {
+        let left: Vec<i32> = members_of(id).collect();
+        let in_cgroup = own_cgroup(r).is_some_and(crate::cgroup::populated);
+        if left.is_empty() && !in_cgroup {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(ns = %r.label(), processes = left.len(), "processes of a dead run survive SIGKILL: its record, ids and cgroup are kept");
+            return false;
+        }
+        let mut fds = Vec::new();
+        for pid in left {
+            let Some(p) = rustix::process::Pid::from_raw(pid) else { continue };
+            let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else { continue };
+            if pidfd_within(&fd, id) && rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL).is_ok() {
+                fds.push(fd);
+            }
+        }
+        if let Some(cg) = own_cgroup(r) {
+            let _ = crate::cgroup::kill(cg);
+        }
+        wait_exited(&fds, deadline);
+    }
+}
+
+/// Waits until every pidfd in `fds` is readable (its process exited), or
+/// `deadline`.
+fn wait_exited(fds: &[OwnedFd], deadline: Instant) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    for fd in fds {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let t = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+        let mut p = [PollFd::new(fd, PollFlags::IN)];
+        let _ = rustix::io::retry_on_intr(|| poll(&mut p, Some(&t)));
+    }
+    // A killed process may stay a zombie a moment: seen as gone next look.
+    std::thread::sleep(Duration::from_millis(2));
+}
+
+/// Forgets the records of namespaces of which nothing is left, and
+/// returns them (to be cleaned up). A stand-alone run whose keeper is gone
+/// but whose processes are not has them killed first, and stays recorded
+/// (its ids, devices and cgroup its own) while any survives. `/proc` is
+/// looked at only for records whose keeper and members are gone.
+pub fn settle(state: &mut State) -> Vec<NsRecord> {
+    state.prune(|r| !may_free(r))
+}
+
+/// Whether the record `r` may be freed: nothing of its namespace is left,
+/// or what was left of a dead run was killed now.
+pub fn may_free(r: &NsRecord) -> bool {
+    match r.fate(seen(r)) {
+        Fate::Keep => false,
+        Fate::Free => true,
+        Fate::Kill => kill_leftovers(r),
+    }
 }
 
 /// Root's subordinate id ranges in `/etc/subuid`-format `file`.
@@ -92,5 +243,17 @@ mod tests {
         assert!(keeper_alive(&me));
         assert!(!keeper_alive(&Keeper { start_time: me.start_time + 1, ..me }));
         assert!(!keeper_alive(&Keeper { pid: i32::MAX, ..me }));
+    }
+
+    #[test]
+    fn the_census_finds_this_process_in_its_own_namespace_and_no_other() {
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let own = user_ns_of(me).unwrap();
+        assert!(members_of(own).any(|p| p == me));
+        assert!(!members_of(NsId(u64::MAX)).any(|p| p == me));
+        let pidfd =
+            rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty()).unwrap();
+        assert!(pidfd_within(&pidfd, own));
+        assert!(!pidfd_within(&pidfd, NsId(u64::MAX)));
     }
 }

@@ -267,7 +267,7 @@ fn rootfs_is_used_as_root() {
         "/bin/busybox",
         "sh",
         "-c",
-        "/bin/busybox cat /etc/marker; /bin/busybox ls -A /dev; /bin/busybox ls /proc/1/ns >/dev/null && echo proc-ok",
+        "/bin/busybox cat /etc/marker; /bin/busybox ls -A /dev; /bin/busybox ls /proc/self/ns >/dev/null && echo proc-ok",
     ]);
     assert_ok(&o);
     let out = stdout(&o);

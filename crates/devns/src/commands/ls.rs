@@ -50,7 +50,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     // Reading prunes namespaces whose devns process has gone, as every
     // writer does, so what is shown is what holds.
     let dead = store.update::<_, anyhow::Error>(|state| {
-        let dead = state.prune(host::record_alive);
+        let dead = host::settle(state);
         state.apply(&mut registry);
         Ok(dead)
     })?;

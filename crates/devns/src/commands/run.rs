@@ -68,7 +68,19 @@ struct ClaimGuard<'a> {
 
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
-        match self.store.update::<_, anyhow::Error>(|s| Ok(s.remove_by_keeper(self.keeper))) {
+        // Its ids and devices are freed only once nothing of its namespace
+        // is left (a process that joined it from outside survives the pid
+        // namespace): what is left is killed first, and if something
+        // survives even that, the record stays for the next command.
+        let ended = |s: &mut devns_core::state::State| {
+            let held = s.by_keeper_mut(self.keeper).is_some_and(|r| {
+                // This run is over: its keeper no longer counts.
+                let over = devns_core::state::NsRecord { keeper: None, members: vec![], ..r.clone() };
+                host::seen(&over).processes_left && !host::kill_leftovers(r)
+            });
+            Ok(if held { None } else { s.remove_by_keeper(self.keeper) })
+        };
+        match self.store.update::<_, anyhow::Error>(ended) {
             Ok(Some(r)) => clean_dead(self.loop_host.as_ref(), vec![r]),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "could not release this run's devices in the state file"),
@@ -169,7 +181,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         .ok();
     let mut dead = Vec::new();
     let ids = store.update::<_, anyhow::Error>(|state| {
-        dead = state.prune(host::record_alive);
+        dead = host::settle(state);
         state.apply(&mut registry);
         let claim = Claim {
             id: None,
@@ -247,6 +259,11 @@ impl Drop for AccessGuard {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
             let path = p.cgroup().to_owned();
+            // The container's init is reaped: whatever is still in its
+            // cgroup outlived it, and goes with the run.
+            if let Err(e) = crate::cgroup::kill(&path) {
+                tracing::warn!(error = %e, "cannot kill what is left in the run's cgroup");
+            }
             if let Some(busy) = crate::bpf::log_close(path.display(), p.close(CGROUP_PATIENCE)) {
                 tracing::warn!(cgroup = %busy.display(), "the run's cgroup still has processes: left (its map is empty)");
             }

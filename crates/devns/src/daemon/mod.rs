@@ -286,9 +286,11 @@ impl Daemon {
                 self.state.namespaces.retain(|x| x.id.is_some() || x.keeper != r.keeper);
                 continue;
             };
-            if let Some(k) = r.keeper {
+            if r.keeper.is_some() {
                 // A stand-alone run's namespace: its keeper owns its view.
-                if !host::keeper_alive(&k) {
+                // Once the keeper is gone, what is left of it is killed
+                // before its record is let go (else it is kept).
+                if host::may_free(&r) {
                     self.state.remove_id(id);
                     self.clean_loops(r.loops.clone());
                     self.close_recorded_policy(id, r.cgroup.as_ref());
@@ -296,7 +298,8 @@ impl Daemon {
                 continue;
             }
             let members = nslife::reopen_members(&r.members);
-            let members = if members.is_empty() { nslife::adopt_from_proc(id, &[]) } else { members };
+            let cgroup = r.cgroup.as_ref().map(|c| Path::new(&c.path));
+            let members = if members.is_empty() { nslife::adopt_from_proc(id, cgroup, &[]) } else { members };
             if members.is_empty() {
                 tracing::info!(ns = %id, "namespace died while the daemon was down: releasing its devices");
                 self.forget_ns(id);

@@ -42,13 +42,30 @@ pub(super) fn reopen_members(ks: &[Keeper]) -> Vec<Member> {
     ks.iter().filter_map(reopen).collect()
 }
 
-/// A process of namespace `id` found in /proc (other than `skip`), to watch.
-pub(super) fn adopt_from_proc(id: NsId, skip: &[i32]) -> Vec<Member> {
-    let Some(pid) = host::find_ns_member(id, skip) else { return vec![] };
-    let Some(start_time) = host::start_time(pid) else { return vec![] };
-    let m = reopen(&Keeper { pid, start_time });
-    // The process may have left the namespace (setns) between the two reads.
-    m.filter(|_| host::user_ns_of(pid).is_ok_and(|n| n == id)).into_iter().collect()
+/// A process of namespace `id` or of one nested in it found in /proc
+/// (other than `skip`), else one left in its recorded `cgroup` (or below
+/// it), to watch: a process that moved into a nested user namespace keeps
+/// the view and the devices, and one in the cgroup is under its policy, so
+/// either keeps the namespace.
+pub(super) fn adopt_from_proc(id: NsId, cgroup: Option<&Path>, skip: &[i32]) -> Vec<Member> {
+    let pinned = |pid: i32| {
+        let start_time = host::start_time(pid)?;
+        reopen(&Keeper { pid, start_time })
+    };
+    for pid in host::members_of(id).filter(|p| !skip.contains(p)) {
+        // Asked again of the pidfd: the pid may name another process by now.
+        if let Some(m) = pinned(pid).filter(|m| host::pidfd_within(&m.pidfd, id)) {
+            return vec![m];
+        }
+    }
+    let Some(cg) = cgroup else { return vec![] };
+    for pid in crate::cgroup::procs_tree(cg).into_iter().filter(|p| !skip.contains(p)) {
+        // Listed again once the pidfd pins it.
+        if let Some(m) = pinned(pid).filter(|_| crate::cgroup::procs_tree(cg).contains(&pid)) {
+            return vec![m];
+        }
+    }
+    vec![]
 }
 
 pub(super) fn read_maps(pid: i32) -> Result<(IdMap, IdMap)> {
@@ -297,7 +314,8 @@ impl Daemon {
         let Some(ns) = self.nss.get_mut(&id) else { return };
         ns.members.retain(|m| m.keeper.pid != pid);
         if ns.members.is_empty() {
-            let adopted = adopt_from_proc(id, &[pid]);
+            let cgroup = self.state.by_id(id).and_then(|r| r.cgroup.as_ref()).map(|c| PathBuf::from(&c.path));
+            let adopted = adopt_from_proc(id, cgroup.as_deref(), &[pid]);
             if adopted.is_empty() {
                 tracing::info!(ns = %id, "last process gone: releasing its devices and view");
                 self.forget_ns(id);
