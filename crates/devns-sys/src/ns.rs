@@ -58,3 +58,21 @@ pub fn peer_pidfd(sock: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
     // SAFETY: getsockopt(SO_PEERPIDFD) stored a new fd that nothing else owns.
     Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// `NS_GET_PARENT` (`_IO(0xb7, 0x2)`, `linux/nsfs.h`): the parent of a
+/// user or pid namespace. rustix has no wrapper.
+const NS_GET_PARENT: rustix::ioctl::Opcode = opcode::none(0xb7, 0x2);
+
+/// An nsfs fd for the parent of the user or pid namespace `nsfd`; `EPERM`
+/// above the caller's own, or for the initial one.
+pub fn parent(nsfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
+    use rustix::fd::FromRawFd;
+    let fd = nsfd.as_fd();
+    // SAFETY: this ioctl takes no argument and returns a new fd or -1.
+    let ret = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), NS_GET_PARENT as _, 0) };
+    if ret < 0 {
+        return Err(crate::last_errno());
+    }
+    // SAFETY: a non-negative return is a new fd that nothing else owns.
+    Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(ret) })
+}
