@@ -369,3 +369,27 @@ fn magic_links_never_lead_a_node_outside_the_root() {
     let counts: Vec<String> = got.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
     assert_eq!(counts, ["600 1", "200 in-root"], "{got}\n{}", err(&o));
 }
+
+/// A user namespace nested in the container's makes global nodes on the
+/// container's own filesystems (they end with it, as the nested one's
+/// processes do), and on no other.
+#[test]
+fn a_nested_namespace_makes_global_nodes_on_the_container_s_filesystems_only() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let on_host = Gone(Path::new("/var/tmp").join(marker("nested-node")));
+    let script = format!(
+        "unshare -U -r sh -c 'mknod /tmp/n c 1 3 && echo x > /tmp/n && echo tmp-ok; \
+         mknod /dev/n c 1 5 && head -c1 /dev/n | od -An -tx1; \
+         mknod {} c 1 3 2>&1; echo host=$?'",
+        on_host.0.display()
+    );
+    let o = env.run(&["--", "sh", "-c", &script]);
+    let got = out(&o);
+    assert!(!on_host.0.exists(), "a node stayed on the host: {got}");
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[..2], ["tmp-ok", " 00"], "{got}\n{}", err(&o));
+    assert!(lines[2].contains("Operation not permitted") && lines[3] == "host=1", "{got}");
+}

@@ -68,7 +68,7 @@ pub(super) fn mknod(
         dev,
         cap_mknod: c.creds.has_cap(CAP_MKNOD),
         may_have: policy.may_have(ns, dev),
-        place: place_of(&parent, policy, ns),
+        place: place_of(&parent, policy, kept_ancestor(&c, policy, ns)),
         // Unknown counts as nodev: nothing is made where it is not known.
         nodev: rustix::fs::fstatvfs(&parent).map_or(true, |s| s.f_flag.contains(StatVfsMountFlags::NODEV)),
     };
@@ -106,6 +106,26 @@ fn place_of(dir: &OwnedFd, policy: &dyn Policy, ns: NsId) -> nodes::Place {
     } else {
         nodes::Place::Other
     }
+}
+
+/// The namespace whose filesystems may hold the caller's nodes: its own,
+/// or for a namespace nested in one devns keeps, that one (whose
+/// filesystems end with it, as the nested one's processes do).
+fn kept_ancestor(c: &Caller<'_>, policy: &dyn Policy, ns: NsId) -> NsId {
+    if policy.view(ns).is_some() {
+        return ns;
+    }
+    let Ok(mut fd) = c.open_at("ns/user", OFlags::RDONLY) else { return ns };
+    // User namespaces nest 32 deep at most.
+    for _ in 0..33 {
+        let Ok(up) = devns_sys::ns::parent(&fd) else { return ns };
+        let Ok(id) = devns_sys::ns::ns_id(&up) else { return ns };
+        if policy.view(NsId(id)).is_some() {
+            return NsId(id);
+        }
+        fd = up;
+    }
+    ns
 }
 
 /// What a native `mknod` of a device answers where devns makes none: the
