@@ -23,10 +23,16 @@ const PIDFD_GET_USER_NAMESPACE: rustix::ioctl::Opcode = opcode::none(0xFF, 9);
 
 /// An nsfs fd for the user namespace of the process behind `pidfd`.
 pub fn pidfd_user_ns(pidfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
+    new_fd_ioctl(pidfd, PIDFD_GET_USER_NAMESPACE)
+}
+
+/// An ioctl `op` without argument that answers a new fd.
+fn new_fd_ioctl(fd: impl AsFd, op: rustix::ioctl::Opcode) -> io::Result<rustix::fd::OwnedFd> {
     use rustix::fd::FromRawFd;
-    let fd = pidfd.as_fd();
-    // SAFETY: this ioctl takes no argument and returns a new fd or -1.
-    let ret = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), PIDFD_GET_USER_NAMESPACE as _, 0) };
+    let fd = fd.as_fd();
+    // SAFETY: `op` is one of this module's ioctls that take no argument and
+    // return a new fd or -1.
+    let ret = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), op as _, 0) };
     if ret < 0 {
         return Err(crate::last_errno());
     }
@@ -66,13 +72,5 @@ const NS_GET_PARENT: rustix::ioctl::Opcode = opcode::none(0xb7, 0x2);
 /// An nsfs fd for the parent of the user or pid namespace `nsfd`; `EPERM`
 /// above the caller's own, or for the initial one.
 pub fn parent(nsfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
-    use rustix::fd::FromRawFd;
-    let fd = nsfd.as_fd();
-    // SAFETY: this ioctl takes no argument and returns a new fd or -1.
-    let ret = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), NS_GET_PARENT as _, 0) };
-    if ret < 0 {
-        return Err(crate::last_errno());
-    }
-    // SAFETY: a non-negative return is a new fd that nothing else owns.
-    Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(ret) })
+    new_fd_ioctl(nsfd, NS_GET_PARENT)
 }

@@ -344,15 +344,7 @@ fn magic_links_never_lead_a_node_outside_the_root() {
     }
     let env = Env::new();
     let root = busybox_rootfs(env.dir.path());
-    let outside = env.dir.path().join("outside");
-    std::fs::create_dir(&outside).unwrap();
-    // A host directory fd the container inherits: not close-on-exec.
-    let dirfd = rustix::fs::open(
-        &outside,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-        rustix::fs::Mode::empty(),
-    )
-    .unwrap();
+    let (outside, dirfd) = inherited_dir(&env);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&dirfd);
     let script = format!(
         "b=/bin/busybox; for i in $($b seq 200); do $b mknod /proc/self/fd/{fd}/n$i c 1 3 2>/dev/null; echo $?; \

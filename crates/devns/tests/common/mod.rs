@@ -777,3 +777,14 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh");
     root
 }
+
+/// A new directory `outside` in the test's dir, and an fd of it that a
+/// container started now inherits (not close-on-exec): what a host
+/// process may leave open to a container.
+pub fn inherited_dir(env: &Env) -> (PathBuf, rustix::fd::OwnedFd) {
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY;
+    let fd = rustix::fs::open(&outside, flags, rustix::fs::Mode::empty()).expect("open outside");
+    (outside, fd)
+}
