@@ -136,6 +136,21 @@ pub fn ids_in_pid_ns(status: &[u8], depth: usize) -> Option<(u32, u32)> {
     Some((at(&tgids)?, at(&pids)?))
 }
 
+/// Whether a process whose `/proc/PID/status` is `status` has real,
+/// effective and saved uid `fsuid` and gids `fsgid`: the kernel then lets
+/// a caller with that fsuid and fsgid follow its magic links without
+/// `CAP_SYS_PTRACE` (`__ptrace_may_access`, `PTRACE_MODE_FSCREDS`).
+pub fn ids_match(status: &[u8], fsuid: u32, fsgid: u32) -> bool {
+    let all = |key: &[u8], id: u32| {
+        status.split(|b| *b == b'\n').find_map(|l| l.strip_prefix(key)).is_some_and(|line| {
+            let text = std::str::from_utf8(line).unwrap_or("");
+            let ids: Vec<Option<u32>> = text.split_ascii_whitespace().take(3).map(|n| n.parse().ok()).collect();
+            ids.len() == 3 && ids.iter().all(|i| *i == Some(id))
+        })
+    };
+    all(b"Uid:", fsuid) && all(b"Gid:", fsgid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +206,16 @@ mod tests {
         assert_eq!(ids_in_pid_ns(status, 3), None, "above the host's");
         assert_eq!(ids_in_pid_ns(b"NStgid:\t1\n", 0), None, "no NSpid");
         assert_eq!(ids_in_pid_ns(b"NStgid:\tx\nNSpid:\t1\n", 0), None);
+    }
+
+    #[test]
+    fn ids_match_only_when_real_effective_and_saved_all_do() {
+        let st = |u: &str, g: &str| format!("Name:\tsh\nUid:\t{u}\nGid:\t{g}\n").into_bytes();
+        assert!(ids_match(&st("5\t5\t5\t5", "6\t6\t6\t6"), 5, 6));
+        assert!(ids_match(&st("5\t5\t5\t0", "6\t6\t6\t1"), 5, 6), "the target's fs ids do not count");
+        assert!(!ids_match(&st("5\t0\t5\t5", "6\t6\t6\t6"), 5, 6));
+        assert!(!ids_match(&st("5\t5\t5\t5", "6\t6\t7\t6"), 5, 6));
+        assert!(!ids_match(b"Uid:\t5\t5\t5\t5\n", 5, 6), "no Gid line");
+        assert!(!ids_match(&st("5\t5", "6\t6"), 5, 6));
     }
 }

@@ -331,6 +331,21 @@ fn proc_self_paths_answer_as_natively() {
     let works: Vec<&str> =
         lines.iter().filter(|l| l[3] == "works").map(|l| dirs[l[0].parse::<usize>().unwrap()]).collect();
     assert_eq!(works, &dirs[..7], "{got}\n{}", err(&o));
+    // Another process's magic links, for a caller with CAP_MKNOD alone: of
+    // its own user's process as natively (made), of root's as natively
+    // (EACCES: it may not trace it).
+    let as_user = "setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps +mknod --ambient-caps +mknod";
+    let script = format!(
+        "{as_user} sh -c 'sleep 100 & s=$!; for d in /proc/$s/root/tmp /proc/1/root/tmp; do \
+         mkfifo $d/f 2>&1; mknod $d/n c 1 3 2>&1; done; kill $s' | sed 's/.*: //'; ls /tmp"
+    );
+    let o = env.run(&["--", "sh", "-c", &script]);
+    assert_eq!(
+        out(&o).lines().collect::<Vec<_>>(),
+        ["Permission denied", "Permission denied", "f", "n"],
+        "{}",
+        err(&o)
+    );
 }
 
 /// The walk through magic links stays inside the caller's root: a

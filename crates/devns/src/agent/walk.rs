@@ -11,9 +11,10 @@
 //! Each component is opened `O_PATH | O_NOFOLLOW` from the directory held
 //! so far and looked at through its own fd (no name is looked up twice);
 //! `..` stops at the caller's root; a magic link is followed by the kernel
-//! for the agent, and only of a process of the caller's user namespace or
-//! one below it (which its root may trace: elsewhere the caller's own
-//! lookup fails with `EACCES`). Where the walk ends up is checked to lie
+//! for the agent, and only of the caller's own process, or of another in
+//! its user namespace or one below it when it has `CAP_SYS_PTRACE` there
+//! (what lets its root trace them: elsewhere the caller's own lookup fails
+//! with `EACCES`, and so does this walk). Where the walk ends up is checked to lie
 //! inside the caller's root by the caller of this module, as for a dirfd.
 
 use super::caller::Caller;
@@ -29,6 +30,14 @@ const PROC_ROOT_INO: u64 = 1;
 
 fn open(dir: impl AsFd, name: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::openat(dir, name, flags | OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+}
+
+/// A `/proc` file's text (the first 16 KiB: the lines read come early).
+fn read(f: &OwnedFd) -> Result<Vec<u8>, Errno> {
+    let mut text = vec![0u8; 16 * 1024];
+    let n = rustix::io::pread(f, &mut text, 0)?;
+    text.truncate(n);
+    Ok(text)
 }
 
 fn same(a: &OwnedFd, b: &OwnedFd) -> Result<bool, Errno> {
@@ -52,8 +61,8 @@ pub(super) fn walk(c: &mut Caller<'_>, root: &OwnedFd, start: OwnedFd, path: &[u
     let mut todo: VecDeque<Vec<u8>> = components(path).collect();
     let mut links = 0;
     // The `/proc/PID` directory the walk is in, whose magic links it may
-    // meet.
-    let mut process: Option<OwnedFd> = None;
+    // meet, and whether PID is the caller's own process.
+    let mut process: Option<(OwnedFd, bool)> = None;
     while let Some(name) = todo.pop_front() {
         if name == b".." {
             if !same(&cur, root)? {
@@ -72,7 +81,8 @@ pub(super) fn walk(c: &mut Caller<'_>, root: &OwnedFd, start: OwnedFd, path: &[u
                 && rustix::fs::fstat(&cur)?.st_ino == PROC_ROOT_INO
                 && name.iter().all(u8::is_ascii_digit)
             {
-                process = Some(dup(&fd)?);
+                let own = caller_ids_in(&cur, c).is_ok_and(|(tgid, _)| tgid.to_string().as_bytes() == name);
+                process = Some((dup(&fd)?, own));
             }
             cur = fd;
             continue;
@@ -94,8 +104,8 @@ pub(super) fn walk(c: &mut Caller<'_>, root: &OwnedFd, start: OwnedFd, path: &[u
             if rustix::fs::fstat(&cur)?.st_ino != PROC_ROOT_INO {
                 // A magic link: the kernel follows it, for a process the
                 // caller may trace.
-                let Some(p) = &process else { return Err(Errno::LOOP) };
-                if !may_trace(c, p)? {
+                let Some((p, own)) = &process else { return Err(Errno::LOOP) };
+                if !own && !may_trace(c, p)? {
                     return Err(Errno::ACCESS);
                 }
                 cur = rustix::fs::openat(&cur, name.as_slice(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
@@ -128,19 +138,25 @@ fn caller_ids_in(proc_root: &OwnedFd, c: &Caller<'_>) -> Result<(u32, u32), Errn
     for depth in 0..33 {
         let s = rustix::fs::fstat(&ns)?;
         if (s.st_dev, s.st_ino) == (shown.st_dev, shown.st_ino) {
-            let status = c.open_at("status", OFlags::RDONLY)?;
-            let mut text = vec![0u8; 16 * 1024];
-            let n = rustix::io::pread(&status, &mut text, 0)?;
-            return devns_core::nodes::ids_in_pid_ns(&text[..n], depth).ok_or(Errno::NOENT);
+            let status = read(&c.open_at("status", OFlags::RDONLY)?)?;
+            return devns_core::nodes::ids_in_pid_ns(&status, depth).ok_or(Errno::NOENT);
         }
         ns = devns_sys::ns::parent(&ns).map_err(|_| Errno::NOENT)?;
     }
     Err(Errno::NOENT)
 }
 
-/// Whether the process of `/proc/PID` directory `p` is in the caller's
-/// user namespace or one below it.
+/// Whether the caller may follow the magic links of another process, that
+/// of `/proc/PID` directory `p`: one whose ids are its fs ids, or with
+/// `CAP_SYS_PTRACE` in its user namespace, one in that namespace or below.
 fn may_trace(c: &mut Caller<'_>, p: &OwnedFd) -> Result<bool, Errno> {
+    let status = read(&rustix::fs::openat(p, "status", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?)?;
+    if devns_core::nodes::ids_match(&status, c.creds.fsuid, c.creds.fsgid) {
+        return Ok(true);
+    }
+    if !c.creds.has_cap(devns_core::seccomp::CAP_SYS_PTRACE) {
+        return Ok(false);
+    }
     let mine = c.user_ns()?;
     let mut ns = rustix::fs::openat(p, "ns/user", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
     for _ in 0..33 {
