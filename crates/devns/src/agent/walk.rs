@@ -25,6 +25,9 @@ use std::collections::VecDeque;
 
 /// The kernel's limit of symlinks followed in one lookup.
 const MAX_LINKS: usize = 40;
+/// Components walked at most (a path and 40 link targets of 4 KiB could
+/// make 80,000 `..`s): the agent serves other callers too.
+const MAX_STEPS: usize = 4096;
 /// The inode of a procfs's root directory.
 const PROC_ROOT_INO: u64 = 1;
 
@@ -63,7 +66,12 @@ pub(super) fn walk(c: &mut Caller<'_>, root: &OwnedFd, start: OwnedFd, path: &[u
     // The `/proc/PID` directory the walk is in, whose magic links it may
     // meet, and whether PID is the caller's own process.
     let mut process: Option<(OwnedFd, bool)> = None;
+    let mut steps = 0;
     while let Some(name) = todo.pop_front() {
+        steps += 1;
+        if steps > MAX_STEPS {
+            return Err(Errno::LOOP);
+        }
         if name == b".." {
             if !same(&cur, root)? {
                 cur = open(&cur, b"..", OFlags::DIRECTORY)?;
