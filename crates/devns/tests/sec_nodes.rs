@@ -400,3 +400,22 @@ fn a_nested_namespace_makes_global_nodes_on_the_container_s_filesystems_only() {
     assert_eq!(lines[..2], ["tmp-ok", " 00"], "{got}\n{}", err(&o));
     assert!(lines[2].contains("Operation not permitted") && lines[3] == "host=1", "{got}");
 }
+
+/// The path is looked up with the caller's permissions: a directory it
+/// may write but not reach (below one it may not search) is as closed to
+/// its `mknod` as to its `mkfifo`, through every way of naming it.
+#[test]
+fn the_path_is_looked_up_with_the_caller_s_permissions() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let as_user = "setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps +mknod --ambient-caps +mknod";
+    let script = format!(
+        "mkdir -p /tmp/a/b && chmod 0777 /tmp/a/b && chmod 0700 /tmp/a && ln -s /tmp/a/b /tmp/l; \
+         for d in /tmp/a/b /tmp/l /proc/self/root/tmp/a/b; do \
+         {as_user} mkfifo $d/f 2>&1; {as_user} mknod $d/n c 1 3 2>&1; done | sed 's/.*: //'; ls /tmp/a/b"
+    );
+    let o = env.run(&["--", "sh", "-c", &script]);
+    assert_eq!(out(&o).lines().collect::<Vec<_>>(), ["Permission denied"; 6], "{}", err(&o));
+}

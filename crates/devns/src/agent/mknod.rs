@@ -54,7 +54,7 @@ pub(super) fn mknod(
         Err(e) => return Answer::Done(Err(e)),
     };
     // The path first, as the kernel looks it up before anything else.
-    let (parent, name) = match resolve_parent(&mut c, dirfd, &path) {
+    let (parent, name) = match resolve_parent(&mut c, base, dirfd, &path) {
         Ok(p) => p,
         Err(Errno::PERM) => {
             return refuse(c.pid, Some(ns), "mknod", "its directory lies outside its root", Errno::PERM);
@@ -217,7 +217,7 @@ pub(super) fn openat2<P: rustix::path::Arg + Copy>(
 
 /// Opens the directory that will hold `path`'s last component, resolving as
 /// the caller would but never leaving its root; returns it and the name.
-fn resolve_parent(c: &mut Caller<'_>, dirfd: i32, path: &[u8]) -> Result<(OwnedFd, Vec<u8>), Errno> {
+fn resolve_parent(c: &mut Caller<'_>, base: &Base, dirfd: i32, path: &[u8]) -> Result<(OwnedFd, Vec<u8>), Errno> {
     if path.is_empty() {
         return Err(Errno::NOENT);
     }
@@ -237,12 +237,33 @@ fn resolve_parent(c: &mut Caller<'_>, dirfd: i32, path: &[u8]) -> Result<(OwnedF
         return Err(Errno::EXIST);
     }
     let root = c.dir("root")?;
-    let parent = match resolve_dir(c, &root, dirfd, path.starts_with(b"/"), dir_part) {
+    let absolute = path.starts_with(b"/");
+    // Where a relative path starts, checked (as devns) to lie in the root.
+    let start = || -> Result<Option<(OwnedFd, String)>, Errno> {
+        if absolute {
+            return Ok(None);
+        }
+        let (base, link) = base_dir(c, dirfd)?;
+        if !inside(&base, &root)? {
+            return Err(Errno::PERM);
+        }
+        Ok(Some((base, link)))
+    };
+    let from = start()?;
+    // Looked up as the caller: its search permission on every directory
+    // on the way, as in its own lookup.
+    let looked_up = AsCaller::become_(&c.creds, base).and_then(|_as_caller| resolve_dir(c, &root, from, dir_part));
+    let parent = match looked_up {
         // Through procfs's `self` or a magic link, perhaps, which the
         // caller's own lookup follows: walked as it would walk them.
         Err(Errno::NOENT | Errno::LOOP) if !dir_part.is_empty() => {
-            let start = if path.starts_with(b"/") { c.dir("root")? } else { base_dir(c, dirfd)?.0 };
-            let dir = super::walk::walk(c, &root, start, dir_part)?;
+            let from = match start()? {
+                Some((b, _)) => b,
+                None => c.dir("root")?,
+            };
+            let creds = c.creds.clone();
+            let dir =
+                AsCaller::become_(&creds, base).and_then(|_as_caller| super::walk::walk(c, &root, from, dir_part))?;
             if !inside(&dir, &root)? {
                 return Err(Errno::PERM);
             }
@@ -254,36 +275,34 @@ fn resolve_parent(c: &mut Caller<'_>, dirfd: i32, path: &[u8]) -> Result<(OwnedF
 }
 
 /// The directory `dir_part` of a caller's path names, resolved inside its
-/// `root` by the kernel (`openat2`), from the root or the base of a
-/// relative path.
-fn resolve_dir(c: &Caller<'_>, root: &OwnedFd, dirfd: i32, absolute: bool, dir_part: &[u8]) -> Result<OwnedFd, Errno> {
+/// `root` by the kernel (`openat2`), from the root, or from `from` (with
+/// the name of its magic link) for a relative path.
+fn resolve_dir(
+    c: &Caller<'_>,
+    root: &OwnedFd,
+    from: Option<(OwnedFd, String)>,
+    dir_part: &[u8],
+) -> Result<OwnedFd, Errno> {
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-    let parent = if absolute {
-        openat2(root, if dir_part.is_empty() { &b"."[..] } else { dir_part }, flags, in_root)?
-    } else {
-        let (base, link) = base_dir(c, dirfd)?;
-        if !inside(&base, root)? {
-            return Err(Errno::PERM);
-        }
-        if dir_part.is_empty() {
-            base
-        } else {
-            match openat2(&base, dir_part, flags, ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS) {
-                // `..` above the base, or an absolute symlink: resolve the
-                // whole path from the caller's root instead.
-                Err(Errno::XDEV) => {
-                    let (base_path, root_path) = (c.link(&link)?, c.link("root")?);
-                    let (b, r) = (base_path.to_bytes(), root_path.to_bytes());
-                    let rel = if r == b"/" { b } else { b.strip_prefix(r).ok_or(Errno::PERM)? };
-                    let full = [rel, b"/", dir_part].concat();
-                    openat2(root, full.as_slice(), flags, in_root)?
-                }
-                r => r?,
-            }
-        }
+    let Some((base, link)) = from else {
+        return openat2(root, if dir_part.is_empty() { &b"."[..] } else { dir_part }, flags, in_root);
     };
-    Ok(parent)
+    if dir_part.is_empty() {
+        return Ok(base);
+    }
+    match openat2(&base, dir_part, flags, ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS) {
+        // `..` above the base, or an absolute symlink: resolve the whole
+        // path from the caller's root instead.
+        Err(Errno::XDEV) => {
+            let (base_path, root_path) = (c.link(&link)?, c.link("root")?);
+            let (b, r) = (base_path.to_bytes(), root_path.to_bytes());
+            let rel = if r == b"/" { b } else { b.strip_prefix(r).ok_or(Errno::PERM)? };
+            let full = [rel, b"/", dir_part].concat();
+            openat2(root, full.as_slice(), flags, in_root)
+        }
+        r => r,
+    }
 }
 
 /// The capabilities that a filesystem uid of 0 stands for, which the
