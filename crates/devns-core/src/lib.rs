@@ -12,6 +12,7 @@ pub mod config;
 pub mod device;
 pub mod idmap;
 pub mod loopctl;
+pub mod nodes;
 pub mod nstree;
 pub mod registry;
 pub mod seccomp;

@@ -140,6 +140,7 @@ pub struct Creds {
     pub cap_eff: u64,
 }
 
+pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_MKNOD: u32 = 27;
 

@@ -25,22 +25,27 @@ struct SockFprog {
 
 const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
 const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_uint = 1 << 3;
+/// Once the agent has received a notification, only a fatal signal ends
+/// the caller's wait (Linux 5.19): a call the agent has begun to do is
+/// answered, as a native call that cannot be interrupted would be, instead
+/// of being interrupted and restarted after the agent did it.
+const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_uint = 1 << 5;
 
 /// Installs `prog` on the calling thread (and its future children) and
 /// returns the listener fd. The caller needs `CAP_SYS_ADMIN` in its user
 /// namespace, or no_new_privs.
 pub fn install_with_listener(prog: &[SockFilter]) -> io::Result<OwnedFd> {
     let fprog = SockFprog { len: prog.len() as u16, filter: prog.as_ptr() };
-    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel
-    // copies the program before returning.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            SECCOMP_SET_MODE_FILTER,
-            SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &fprog as *const SockFprog,
-        )
+    let install = |flags: libc::c_uint| {
+        // SAFETY: `fprog` points at `prog`, which outlives the call; the
+        // kernel copies the program before returning.
+        unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fprog as *const SockFprog) }
     };
+    let mut fd = install(SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+    if fd < 0 && last_errno() == io::Errno::INVAL {
+        // A kernel before 5.19: interrupted calls may then be restarted.
+        fd = install(SECCOMP_FILTER_FLAG_NEW_LISTENER);
+    }
     if fd < 0 {
         return Err(last_errno());
     }

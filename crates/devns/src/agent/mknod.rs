@@ -3,19 +3,22 @@
 
 use super::caller::Caller;
 use super::{Answer, PATH_MAX, Policy, refuse};
+use devns_core::registry::NsId;
 use devns_core::seccomp::{self, CAP_MKNOD, Creds, NR_MKNOD};
-use devns_core::{DevId, Kind};
+use devns_core::{DevId, Kind, nodes};
 use devns_sys::seccomp::Notif;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, ResolveFlags, StatVfsMountFlags};
 use rustix::io::Errno;
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
 const AT_FDCWD: i32 = -100;
 
 /// The device `mknod`'s arguments name, or `None` for a FIFO, socket or
-/// file (which the filter lets through; a caller racing the filter with a
-/// changed mode gets the kernel's own answer).
+/// file (which the filter lets through) and for a whiteout (which the
+/// kernel lets anyone make who may write the directory): those are the
+/// kernel's to answer. The arguments are registers, which the caller
+/// cannot change between the filter, the agent and the kernel.
 pub(super) fn device_of(n: &Notif) -> Option<DevId> {
     let a = n.data.args;
     let (mode, dev) = if n.data.nr as u32 == NR_MKNOD { (a[1], a[2]) } else { (a[2], a[3]) };
@@ -25,7 +28,7 @@ pub(super) fn device_of(n: &Notif) -> Option<DevId> {
         _ => return None,
     };
     let (major, minor) = seccomp::decode_dev(dev);
-    Some(DevId::new(kind, major, minor))
+    Some(DevId::new(kind, major, minor)).filter(|d| !nodes::is_whiteout(*d))
 }
 
 pub(super) fn mknod(
@@ -50,14 +53,8 @@ pub(super) fn mknod(
         Ok(p) => p,
         Err(e) => return Answer::Done(Err(e)),
     };
-    if !c.creds.has_cap(CAP_MKNOD) {
-        return refuse(c.pid, Some(ns), "mknod", "no CAP_MKNOD in its namespace", Errno::PERM);
-    }
-    if !policy.may_have(ns, dev) {
-        let why = format!("{dev} is neither global nor owned by the namespace");
-        return refuse(c.pid, Some(ns), "mknod", &why, Errno::PERM);
-    }
-    let (parent, name) = match resolve_parent(&c, dirfd, &path) {
+    // The path first, as the kernel looks it up before anything else.
+    let (parent, name) = match resolve_parent(&mut c, base, dirfd, &path) {
         Ok(p) => p,
         Err(Errno::PERM) => {
             return refuse(c.pid, Some(ns), "mknod", "its directory lies outside its root", Errno::PERM);
@@ -67,26 +64,91 @@ pub(super) fn mknod(
             return Answer::Done(Err(e));
         }
     };
-    let Ok(at) = rustix::fs::statx(&parent, "", AtFlags::EMPTY_PATH, MNT_ID_UNIQUE) else {
-        return Answer::Done(Err(Errno::NOENT));
+    let facts = nodes::Facts {
+        dev,
+        cap_mknod: c.creds.has_cap(CAP_MKNOD),
+        may_have: policy.may_have(ns, dev),
+        place: place_of(&parent, policy, kept_ancestor(&c, policy, ns)),
+        // Unknown counts as nodev: nothing is made where it is not known.
+        nodev: rustix::fs::fstatvfs(&parent).map_or(true, |s| s.f_flag.contains(StatVfsMountFlags::NODEV)),
     };
-    let in_view = policy.view(ns).is_some_and(|v| {
-        rustix::fs::fstat(v).is_ok_and(|s| s.st_dev == rustix::fs::makedev(at.stx_dev_major, at.stx_dev_minor))
-    });
-    if !in_view && !nodes_work_in(&parent, &at) {
-        let why = "device nodes do not work on that filesystem (nodev or mounted in a user namespace)";
-        return refuse(c.pid, Some(ns), "mknod", why, Errno::PERM);
+    if let Err(why) = nodes::decide(&facts) {
+        return match native_refusal(&parent, &name, &c.creds, base) {
+            Errno::PERM => refuse(c.pid, Some(ns), "mknod", &why.to_string(), Errno::PERM),
+            // The kernel's own answer, before any question of devices.
+            e => {
+                tracing::debug!(pid = c.pid, errno = %e, %why, "mknod: answered as natively");
+                Answer::Done(Err(e))
+            }
+        };
     }
     let ft = if dev.kind == Kind::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
     let perm = Mode::from_raw_mode(mode as u32 & 0o7777);
-    let name = String::from_utf8_lossy(&name).into_owned();
     let r = match AsCaller::become_(&c.creds, base) {
         Ok(_as_caller) => {
-            rustix::fs::mknodat(&parent, name.as_str(), ft, perm, rustix::fs::makedev(dev.major, dev.minor))
+            rustix::fs::mknodat(&parent, name.as_slice(), ft, perm, rustix::fs::makedev(dev.major, dev.minor))
         }
         Err(e) => Err(e),
     };
     Answer::Done(r)
+}
+
+/// Which of the filesystems devns made for `ns` holds `dir`, if one does.
+/// A superblock is known by its device number, which no other live
+/// superblock has: the policy holds both (view and `/tmp`) open.
+fn place_of(dir: &OwnedFd, policy: &dyn Policy, ns: NsId) -> nodes::Place {
+    let Ok(at) = rustix::fs::fstat(dir) else { return nodes::Place::Other };
+    let is = |fd: Option<BorrowedFd<'_>>| fd.is_some_and(|f| rustix::fs::fstat(f).is_ok_and(|s| s.st_dev == at.st_dev));
+    if is(policy.view(ns)) {
+        nodes::Place::View
+    } else if is(policy.tmp(ns)) {
+        nodes::Place::Tmp
+    } else {
+        nodes::Place::Other
+    }
+}
+
+/// The namespace whose filesystems may hold the caller's nodes: its own,
+/// or for a namespace nested in one devns keeps, that one (whose
+/// filesystems end with it, as the nested one's processes do).
+fn kept_ancestor(c: &Caller<'_>, policy: &dyn Policy, ns: NsId) -> NsId {
+    if policy.view(ns).is_some() {
+        return ns;
+    }
+    let Ok(mut fd) = c.open_at("ns/user", OFlags::RDONLY) else { return ns };
+    // User namespaces nest 32 deep at most.
+    for _ in 0..33 {
+        let Ok(up) = devns_sys::ns::ns_parent(&fd) else { return ns };
+        let Ok(id) = devns_sys::ns::ns_id(&up) else { return ns };
+        if policy.view(NsId(id)).is_some() {
+            return NsId(id);
+        }
+        fd = up;
+    }
+    ns
+}
+
+/// What a native `mknod` of a device answers where devns makes none: the
+/// kernel's checks before the capability (the name taken, a read-only
+/// mount, the caller's own write and search permission on the directory),
+/// found out without creating anything; else `EPERM`.
+fn native_refusal(parent: &OwnedFd, name: &[u8], creds: &Creds, base: &Base) -> Errno {
+    let exists = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => true,
+        Err(Errno::NOENT) => false,
+        Err(e) => return e,
+    };
+    let read_only = rustix::fs::fstatvfs(parent).is_ok_and(|s| s.f_flag.contains(StatVfsMountFlags::RDONLY));
+    let may_write = if exists || read_only {
+        Ok(())
+    } else {
+        // The caller's own access check (its fsuid, fsgid, groups).
+        AsCaller::become_(creds, base).and_then(|_as_caller| {
+            rustix::fs::accessat(parent, ".", Access::WRITE_OK | Access::EXEC_OK, AtFlags::EACCESS)
+        })
+    };
+    let before = nodes::Before { exists, read_only, may_write: may_write.map_err(|e| e.raw_os_error()) };
+    Errno::from_raw_os_error(nodes::native_refusal(&before))
 }
 
 /// The directory a relative path of the caller starts from, and the name
@@ -137,7 +199,12 @@ fn inside(dir: &OwnedFd, root: &OwnedFd) -> Result<bool, Errno> {
 
 /// `openat2`, retried when a concurrent rename or mount anywhere on the
 /// host made a `..` walk unverifiable (EAGAIN): a native call never fails so.
-pub(super) fn openat2(dir: impl AsFd, path: &str, flags: OFlags, how: ResolveFlags) -> Result<OwnedFd, Errno> {
+pub(super) fn openat2<P: rustix::path::Arg + Copy>(
+    dir: impl AsFd,
+    path: P,
+    flags: OFlags,
+    how: ResolveFlags,
+) -> Result<OwnedFd, Errno> {
     let dir = dir.as_fd();
     let mut tries = 0;
     loop {
@@ -150,7 +217,7 @@ pub(super) fn openat2(dir: impl AsFd, path: &str, flags: OFlags, how: ResolveFla
 
 /// Opens the directory that will hold `path`'s last component, resolving as
 /// the caller would but never leaving its root; returns it and the name.
-fn resolve_parent(c: &Caller<'_>, dirfd: i32, path: &[u8]) -> Result<(OwnedFd, Vec<u8>), Errno> {
+fn resolve_parent(c: &mut Caller<'_>, base: &Base, dirfd: i32, path: &[u8]) -> Result<(OwnedFd, Vec<u8>), Errno> {
     if path.is_empty() {
         return Err(Errno::NOENT);
     }
@@ -169,93 +236,73 @@ fn resolve_parent(c: &Caller<'_>, dirfd: i32, path: &[u8]) -> Result<(OwnedFd, V
         // "/", ".", "..", or a trailing slash: what exists is EEXIST.
         return Err(Errno::EXIST);
     }
-    let dir_str = std::str::from_utf8(dir_part).map_err(|_| Errno::INVAL)?;
-    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let root = c.dir("root")?;
-    let parent = if path.starts_with(b"/") {
-        openat2(&root, if dir_str.is_empty() { "." } else { dir_str }, flags, in_root)?
-    } else {
+    let absolute = path.starts_with(b"/");
+    // Where a relative path starts, checked (as devns) to lie in the root.
+    let start = || -> Result<Option<(OwnedFd, String)>, Errno> {
+        if absolute {
+            return Ok(None);
+        }
         let (base, link) = base_dir(c, dirfd)?;
         if !inside(&base, &root)? {
             return Err(Errno::PERM);
         }
-        if dir_str.is_empty() {
-            base
-        } else {
-            match openat2(&base, dir_str, flags, ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS) {
-                // `..` above the base, or an absolute symlink: resolve the
-                // whole path from the caller's root instead.
-                Err(Errno::XDEV) => {
-                    let (base_path, root_path) = (c.link(&link)?, c.link("root")?);
-                    let (b, r) = (base_path.to_bytes(), root_path.to_bytes());
-                    let rel = if r == b"/" { b } else { b.strip_prefix(r).ok_or(Errno::PERM)? };
-                    let full = format!("{}/{}", String::from_utf8_lossy(rel), dir_str);
-                    openat2(&root, full.as_str(), flags, in_root)?
-                }
-                r => r?,
+        Ok(Some((base, link)))
+    };
+    let from = start()?;
+    // Looked up as the caller: its search permission on every directory
+    // on the way, as in its own lookup.
+    let looked_up = AsCaller::become_(&c.creds, base).and_then(|_as_caller| resolve_dir(c, &root, from, dir_part));
+    let parent = match looked_up {
+        // Through procfs's `self` or a magic link, perhaps, which the
+        // caller's own lookup follows: walked as it would walk them.
+        Err(Errno::NOENT | Errno::LOOP) if !dir_part.is_empty() => {
+            let from = match start()? {
+                Some((b, _)) => b,
+                None => c.dir("root")?,
+            };
+            let creds = c.creds.clone();
+            let dir =
+                AsCaller::become_(&creds, base).and_then(|_as_caller| super::walk::walk(c, &root, from, dir_part))?;
+            if !inside(&dir, &root)? {
+                return Err(Errno::PERM);
             }
+            dir
         }
+        r => r?,
     };
     Ok((parent, name.to_vec()))
 }
 
-/// `STATX_MNT_ID_UNIQUE` (Linux 6.8, not in rustix yet): a mount id never
-/// reused, so a remembered answer cannot be taken for a later mount's.
-const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
-pub const MNT_ID_UNIQUE: rustix::fs::StatxFlags = rustix::fs::StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
-
-/// Whether device nodes on the filesystem of `dir` (whose `statx` with
-/// [`MNT_ID_UNIQUE`] is `at`) work for the caller: not `nodev`, and not
-/// mounted inside a user namespace (whose nodes do not open there, and no
-/// interface says so). The latter is found out once per mount with a probe,
-/// then remembered.
-pub fn nodes_work_in(dir: &OwnedFd, at: &rustix::fs::Statx) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    /// Mounts remembered at most; a container making mounts without end
-    /// costs a probe each, not memory.
-    const SEEN_MAX: usize = 4096;
-    static SEEN: OnceLock<Mutex<HashMap<u64, bool>>> = OnceLock::new();
-    match rustix::fs::fstatvfs(dir) {
-        Ok(s) if s.f_flag.contains(rustix::fs::StatVfsMountFlags::NODEV) => return false,
-        Ok(_) => {}
-        Err(_) => return false,
+/// The directory `dir_part` of a caller's path names, resolved inside its
+/// `root` by the kernel (`openat2`), from the root, or from `from` (with
+/// the name of its magic link) for a relative path.
+fn resolve_dir(
+    c: &Caller<'_>,
+    root: &OwnedFd,
+    from: Option<(OwnedFd, String)>,
+    dir_part: &[u8],
+) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let Some((base, link)) = from else {
+        return openat2(root, if dir_part.is_empty() { &b"."[..] } else { dir_part }, flags, in_root);
+    };
+    if dir_part.is_empty() {
+        return Ok(base);
     }
-    // On an older kernel, probe every time rather than trust a reused id.
-    let key = (at.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(at.stx_mnt_id);
-    let seen = SEEN.get_or_init(Default::default);
-    if let Some(v) = key.and_then(|k| seen.lock().ok()?.get(&k).copied()) {
-        return v;
-    }
-    let v = probe(dir);
-    if let (Some(k), Ok(mut m)) = (key, seen.lock()) {
-        if m.len() >= SEEN_MAX {
-            m.clear();
+    match openat2(&base, dir_part, flags, ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS) {
+        // `..` above the base, or an absolute symlink: resolve the whole
+        // path from the caller's root instead.
+        Err(Errno::XDEV) => {
+            let (base_path, root_path) = (c.link(&link)?, c.link("root")?);
+            let (b, r) = (base_path.to_bytes(), root_path.to_bytes());
+            let rel = if r == b"/" { b } else { b.strip_prefix(r).ok_or(Errno::PERM)? };
+            let full = [rel, b"/", dir_part].concat();
+            openat2(root, full.as_slice(), flags, in_root)
         }
-        m.insert(k, v);
+        r => r,
     }
-    v
-}
-
-fn probe(dir: &OwnedFd) -> bool {
-    // Host root can make an inode only on a filesystem whose owning user
-    // namespace maps host root: the host's own. One mounted inside a user
-    // namespace answers EOVERFLOW, and its nodes do not open there.
-    let name = format!(".devns-probe-{}", std::process::id());
-    let null = rustix::fs::makedev(1, 3);
-    let usable =
-        match rustix::fs::mknodat(dir, name.as_str(), FileType::CharacterDevice, Mode::from_raw_mode(0o600), null) {
-            Ok(()) => {
-                let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
-                true
-            }
-            Err(Errno::OVERFLOW) => false,
-            // Read-only, full, a name in the way: the real mknod reports that.
-            Err(_) => true,
-        };
-    tracing::debug!(usable, "probed a filesystem for device nodes");
-    usable
 }
 
 /// The capabilities that a filesystem uid of 0 stands for, which the

@@ -15,10 +15,11 @@ mod caller;
 mod ioctl;
 mod mknod;
 mod mount;
+mod walk;
 
 // For bench_mknod's replay of one call, step by step: the real code.
 pub use caller::{Caller, Kept};
-pub use mknod::{AsCaller, Base, MNT_ID_UNIQUE, nodes_work_in};
+pub use mknod::{AsCaller, Base};
 
 use devns_core::DevId;
 use devns_core::registry::NsId;
@@ -32,6 +33,9 @@ use rustix::io::Errno;
 pub trait Policy {
     fn may_have(&self, ns: NsId, dev: DevId) -> bool;
     fn view(&self, ns: NsId) -> Option<BorrowedFd<'_>>;
+    /// The private `/tmp` devns made for `ns`, if it made one: with the
+    /// view, the only filesystem where the agent makes `ns`'s nodes.
+    fn tmp(&self, ns: NsId) -> Option<BorrowedFd<'_>>;
     /// Whether `ns` owns the whole disk `dev`.
     fn owns(&self, ns: NsId, dev: DevId) -> bool;
     /// A `LOOP_CTL_*` call of `ns`'s process `pid`: its value or errno.

@@ -228,14 +228,16 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     )
     .context("cannot clone the view")?;
     let listener = container::start(&mine, &[for_child.as_fd(), tmp.as_fd()])?;
-    // The container's /tmp is the container's alone.
-    drop((mine, tmp, for_child));
+    // The keeper keeps /tmp open (mounted nowhere on the host): the agent
+    // makes nodes there and on the view only.
+    drop((mine, for_child));
     let listener = crate::agent::Listener::new(listener).context("cannot serve the container's seccomp listener")?;
     tracing::info!(ns = %ns, pid = pid.as_raw_nonzero().get(), "started");
     let mut policy = RunPolicy {
         ns,
         registry,
         view,
+        tmp,
         uids,
         gids,
         overflow: host::overflow_ids(),
@@ -303,11 +305,11 @@ fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
     let pidfd = child.pidfd.as_ref().expect("not waited").as_fd();
     let req = serde_json::json!({ "op": "run", "name": args.name, "devices": args.devs });
     let reply = daemon.call(req, &[pidfd])?;
-    let view = daemon.take_fds().pop().context("the daemon sent no view")?;
-    let base = |k: &str| reply[k].as_u64().and_then(|n| u32::try_from(n).ok()).context("bad reply from the daemon");
-    let (u, g) = (base("uid_base")?.to_string(), base("gid_base")?.to_string());
-    let tmp = view::tmpfs(&[("mode", "1777"), ("uid", &u), ("gid", &g)], MountAttrFlags::MOUNT_ATTR_NOSUID)
-        .context("cannot create /tmp")?;
+    // The view and the /tmp the daemon made: the filesystems where it
+    // makes the container's nodes.
+    let mut fds = daemon.take_fds().into_iter();
+    let view = fds.next().context("the daemon sent no view")?;
+    let tmp = fds.next().context("the daemon sent no /tmp")?;
     let listener = container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
     drop((mine, tmp, view));
     // The daemon answers the container's trapped calls.
@@ -394,6 +396,8 @@ struct RunPolicy<'a> {
     ns: NsId,
     registry: Registry,
     view: OwnedFd,
+    /// Its private `/tmp`, held so that its superblock is known.
+    tmp: OwnedFd,
     uids: IdMap,
     gids: IdMap,
     overflow: (u32, u32),
@@ -487,6 +491,10 @@ impl crate::agent::Policy for RunPolicy<'_> {
 
     fn view(&self, ns: NsId) -> Option<rustix::fd::BorrowedFd<'_>> {
         (ns == self.ns).then(|| self.view.as_fd())
+    }
+
+    fn tmp(&self, ns: NsId) -> Option<rustix::fd::BorrowedFd<'_>> {
+        (ns == self.ns).then(|| self.tmp.as_fd())
     }
 
     fn owns(&self, ns: NsId, dev: devns_core::DevId) -> bool {

@@ -70,7 +70,7 @@ impl Daemon {
                 }
                 let pidfd = c.fds.remove(0);
                 return match self.provision(pidfd, name.as_deref(), &devices) {
-                    Ok((v, view)) => Reply { fds: vec![view], ..Reply::ok(v) },
+                    Ok((v, fds)) => Reply { fds, ..Reply::ok(v) },
                     Err(e) => Reply::err(format!("{e:#}")),
                 };
             }

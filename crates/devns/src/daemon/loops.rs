@@ -25,6 +25,11 @@ impl crate::agent::Policy for Daemon {
         self.nss.get(&ns)?.view.as_ref().map(|v| v.as_fd())
     }
 
+    fn tmp(&self, ns: NsId) -> Option<rustix::fd::BorrowedFd<'_>> {
+        use rustix::fd::AsFd;
+        self.nss.get(&ns)?.tmp.as_ref().map(|t| t.as_fd())
+    }
+
     fn owns(&self, ns: NsId, dev: DevId) -> bool {
         self.registry.owner(dev) == Owner::Ns(ns)
     }

@@ -59,6 +59,10 @@ enum Target {
 /// `views/`) and the processes whose pidfds tell it when to let go.
 struct Ns {
     view: Option<OwnedFd>,
+    /// The private `/tmp` the daemon made for a `devns run` (mounted
+    /// nowhere on the host; none for an attached namespace): with the
+    /// view, where the agent makes the namespace's nodes.
+    tmp: Option<OwnedFd>,
     uids: IdMap,
     gids: IdMap,
     members: Vec<Member>,
@@ -309,7 +313,7 @@ impl Daemon {
             let (uids, gids) = nslife::read_maps(pid)?;
             let uevents = nslife::uevent_sender(pid);
             let access = r.cgroup.as_ref().and_then(|c| self.recover_policy(id, c));
-            self.nss.insert(id, Ns { view: None, uids, gids, members, uevents, access });
+            self.nss.insert(id, Ns { view: None, tmp: None, uids, gids, members, uevents, access });
             self.sync_members(id);
         }
         for d in self.state.apply(&mut self.registry) {

@@ -276,6 +276,25 @@ impl Daemon {
         Ok(())
     }
 
+    /// A private `/tmp` for `id` (root's own, as the view, so that its
+    /// nodes work), kept for the agent's checks; a clone to hand over.
+    fn make_tmp(&mut self, id: NsId) -> Result<OwnedFd> {
+        let ns = self.nss.get_mut(&id).ok_or_else(|| anyhow!("unknown namespace {id}"))?;
+        let root = |m: &IdMap| m.to_host(0).ok_or_else(|| anyhow!("namespace {id} maps no root"));
+        let (u, g) = (root(&ns.uids)?.to_string(), root(&ns.gids)?.to_string());
+        let tmp = crate::view::tmpfs(
+            &[("mode", "1777"), ("uid", &u), ("gid", &g)],
+            rustix::mount::MountAttrFlags::MOUNT_ATTR_NOSUID,
+        )?;
+        let clone = rustix::mount::open_tree(
+            &tmp,
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
+        )?;
+        ns.tmp = Some(tmp);
+        Ok(clone)
+    }
+
     /// A clone of `id`'s view to hand to a container.
     pub(super) fn view_clone(&self, id: NsId) -> Result<OwnedFd> {
         let view =
@@ -331,13 +350,14 @@ impl Daemon {
 
     /// `devns run` through the daemon: the namespace of the process behind
     /// `pidfd` (a fresh child whose maps are unset) gets an id block, its
-    /// devices, and a view; returns the ids and a clone of the view.
+    /// devices, a view and a `/tmp`; returns the ids, a clone of the view
+    /// and the `/tmp`.
     pub(super) fn provision(
         &mut self,
         pidfd: OwnedFd,
         name: Option<&str>,
         devices: &[String],
-    ) -> Result<(serde_json::Value, OwnedFd)> {
+    ) -> Result<(serde_json::Value, Vec<OwnedFd>)> {
         let pid = host::pid_of_pidfd(&pidfd).ok_or_else(|| anyhow!("the process behind the pidfd is gone"))?;
         let nsfd = devns_sys::ns::pidfd_user_ns(&pidfd).context("cannot get the process's user namespace")?;
         let id = NsId(devns_sys::ns::ns_id(&nsfd)?);
@@ -355,27 +375,28 @@ impl Daemon {
         let r = self.state.claim(claim, &self.registry, &uid_ranges, &gid_ranges)?;
         let (ub, gb) = (r.uid_base.expect("allocated"), r.gid_base.expect("allocated"));
         let (uids, gids) = (IdMap::single(ub, BLOCK), IdMap::single(gb, BLOCK));
-        let result = (|| -> Result<OwnedFd> {
+        let result = (|| -> Result<Vec<OwnedFd>> {
             crate::container::write_maps(pid, &uids, &gids)?;
             for d in &devs {
                 self.registry.assign(*d, id)?;
             }
             let uevents = uevent_sender(pid);
             let members = vec![Member { keeper, pidfd, watched: false }];
-            self.nss.insert(id, Ns { view: None, uids, gids, members, uevents, access: None });
+            self.nss.insert(id, Ns { view: None, tmp: None, uids, gids, members, uevents, access: None });
             self.watch_members(id);
             self.make_view(id)?;
             // Its cgroup, filled and attached, with the process moved in
             // before the process is told to go on.
             self.start_policy(id, pid, true)?;
             self.save_ns(&[id])?;
-            self.view_clone(id)
+            let tmp = self.make_tmp(id)?;
+            Ok(vec![self.view_clone(id)?, tmp])
         })();
         match result {
-            Ok(view) => {
+            Ok(fds) => {
                 self.emit(Event::ns("ns-new", id));
                 let out = serde_json::json!({ "id": id.0, "uid_base": ub, "gid_base": gb });
-                Ok((out, view))
+                Ok((out, fds))
             }
             Err(e) => {
                 self.forget_ns(id);
@@ -403,7 +424,7 @@ impl Daemon {
                 Claim { id: Some(id), name, keeper: None, members: vec![keeper], devices: &[], allocate_ids: false };
             self.state.claim(claim, &self.registry, &[], &[])?;
             let uevents = uevent_sender(pid);
-            self.nss.insert(id, Ns { view: None, uids, gids, members: vec![], uevents, access: None });
+            self.nss.insert(id, Ns { view: None, tmp: None, uids, gids, members: vec![], uevents, access: None });
             // The policy is in force before the view is mounted.
             if let Err(e) = self.make_view(id).and_then(|()| self.start_policy(id, pid, false)) {
                 self.forget_ns(id);

@@ -759,3 +759,32 @@ impl Drop for Stopped {
 pub fn block_ino(name: &str) -> Option<u64> {
     rustix::fs::stat(format!("/sys/class/block/{name}")).ok().map(|s| s.st_ino)
 }
+
+/// A `--rootfs` below `dir` holding busybox (as `/bin/busybox` and
+/// `/bin/sh`) and the libraries it links, nothing else.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("bb-rootfs");
+    let ldd = Command::new("ldd").arg("/bin/busybox").output().expect("ldd");
+    let libs = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from))
+        .collect::<Vec<_>>();
+    for f in libs.iter().map(PathBuf::as_path).chain([Path::new("/bin/busybox")]) {
+        let to = root.join(f.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("rootfs dir");
+        std::fs::copy(f, &to).unwrap_or_else(|e| panic!("cannot copy {}: {e}", f.display()));
+    }
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh");
+    root
+}
+
+/// A new directory `outside` in the test's dir, and an fd of it that a
+/// container started now inherits (not close-on-exec): what a host
+/// process may leave open to a container.
+pub fn inherited_dir(env: &Env) -> (PathBuf, rustix::fd::OwnedFd) {
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY;
+    let fd = rustix::fs::open(&outside, flags, rustix::fs::Mode::empty()).expect("open outside");
+    (outside, fd)
+}
