@@ -151,6 +151,23 @@ pub fn ids_match(status: &[u8], fsuid: u32, fsgid: u32) -> bool {
     all(b"Uid:", fsuid) && all(b"Gid:", fsgid)
 }
 
+/// Whether the process whose `/proc/PID/status` is `status` is dumpable,
+/// told from the owner of a file in its `/proc/PID` (`status`): the kernel
+/// shows a dumpable process's as its effective ids and a non-dumpable one's as
+/// root of the user namespace of its memory (`task_dump_owner`). Only a
+/// dumpable process's magic links are followed for a container: following
+/// a non-dumpable one's needs `CAP_SYS_PTRACE` over the user namespace of
+/// its memory, which for devns's init is the host's.
+pub fn dumpable(status: &[u8], owner_uid: u32, owner_gid: u32) -> bool {
+    let effective = |key: &[u8]| {
+        status
+            .split(|b| *b == b'\n')
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|line| std::str::from_utf8(line).ok()?.split_ascii_whitespace().nth(1)?.parse::<u32>().ok())
+    };
+    effective(b"Uid:") == Some(owner_uid) && effective(b"Gid:") == Some(owner_gid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +175,15 @@ mod tests {
 
     fn facts(place: Place) -> Facts {
         Facts { dev: DevId::new(Kind::Block, 7, 3), cap_mknod: true, may_have: true, place, nodev: false }
+    }
+
+    #[test]
+    fn a_process_is_dumpable_when_its_proc_dir_has_its_effective_ids() {
+        let status = b"Name:\tinit\nUid:\t100000\t100001\t100000\t100000\nGid:\t100005\t100006\t100005\t100005\n";
+        assert!(dumpable(status, 100001, 100006));
+        assert!(!dumpable(status, 0, 0), "owned by host root: non-dumpable, memory of the host's namespace");
+        assert!(!dumpable(status, 100001, 0));
+        assert!(!dumpable(b"Name:\tx\n", 0, 0));
     }
 
     #[test]

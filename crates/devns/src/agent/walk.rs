@@ -155,10 +155,19 @@ fn caller_ids_in(proc_root: &OwnedFd, c: &Caller<'_>) -> Result<(u32, u32), Errn
 }
 
 /// Whether the caller may follow the magic links of another process, that
-/// of `/proc/PID` directory `p`: one whose ids are its fs ids, or with
+/// of `/proc/PID` directory `p`: a dumpable one (else the kernel wants
+/// `CAP_SYS_PTRACE` over the namespace of its memory, which a container
+/// is not shown to have: refused) whose ids are its fs ids, or with
 /// `CAP_SYS_PTRACE` in its user namespace, one in that namespace or below.
 fn may_trace(c: &mut Caller<'_>, p: &OwnedFd) -> Result<bool, Errno> {
-    let status = read(&rustix::fs::openat(p, "status", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?)?;
+    let file = rustix::fs::openat(p, "status", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let status = read(&file)?;
+    // A file's, not the directory's: the kernel shows `/proc/PID` itself
+    // as the process's effective ids whatever its dumpability.
+    let owner = rustix::fs::fstat(&file)?;
+    if !devns_core::nodes::dumpable(&status, owner.st_uid, owner.st_gid) {
+        return Ok(false);
+    }
     if devns_core::nodes::ids_match(&status, c.creds.fsuid, c.creds.fsgid) {
         return Ok(true);
     }
