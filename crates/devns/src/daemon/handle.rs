@@ -25,27 +25,27 @@ impl Daemon {
                 | Request::Global { .. }
                 | Request::Attach { .. }
                 | Request::Run { .. }
-                | Request::Listen
+                | Request::Listen {}
         );
         if mutating && !peer.is_admin() {
             tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a change from a caller that is not host root");
             return Reply::err("permission denied: only host root may change devns's state");
         }
         let result = match req {
-            Request::Ls => Ok(self.ls(peer.ns, peer.is_admin())),
-            Request::NsLs => Ok(self.ns_ls(peer.ns, peer.is_admin())),
+            Request::Ls {} => Ok(self.ls(peer.ns, peer.is_admin())),
+            Request::NsLs {} => Ok(self.ns_ls(peer.ns, peer.is_admin())),
             Request::View { ns } => self.view_tree(&ns, peer.ns, peer.is_admin()),
             Request::Assign { device, to } => self.assign(&device, &to),
             Request::Release { device } => self.release(&device),
             Request::Global { device, on } => self.global(&device, on),
             Request::Attach { pid, name, at } => self.attach(pid, name.as_deref(), at.as_deref().unwrap_or("/dev")),
-            Request::Events => {
+            Request::Events {} => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.subscribed = true;
                 }
                 Ok(json!("subscribed"))
             }
-            Request::Listen => {
+            Request::Listen {} => {
                 let Some(c) = self.conns.get_mut(&conn) else { return Reply::err("gone") };
                 if c.fds.is_empty() {
                     return Reply::err("bad request: listen needs a seccomp listener fd passed with the request");
