@@ -28,7 +28,9 @@ impl Daemon {
                 | Request::Listen {}
         );
         if mutating && !peer.is_admin() {
-            tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a change from a caller that is not host root");
+            if self.conn_log.allow() {
+                tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a change from a caller that is not host root");
+            }
             return Reply::err("permission denied: only host root may change devns's state");
         }
         let result = match req {
@@ -78,7 +80,9 @@ impl Daemon {
         match result {
             Ok(v) => Reply::ok(v),
             Err(e) => {
-                tracing::info!(error = %format!("{e:#}"), "request refused");
+                if peer.is_admin() || self.conn_log.allow() {
+                    tracing::info!(uid = peer.uid, pid = peer.pid, error = %format!("{e:#}"), "request refused");
+                }
                 Reply::err(format!("{e:#}"))
             }
         }

@@ -759,3 +759,23 @@ impl Drop for Stopped {
 pub fn block_ino(name: &str) -> Option<u64> {
     rustix::fs::stat(format!("/sys/class/block/{name}")).ok().map(|s| s.st_ino)
 }
+
+impl<'e> Daemon<'e> {
+    /// A daemon of this test's own started through `wrapper` (a command
+    /// that execs the rest of its arguments, such as `prlimit
+    /// --nofile=N:N` or `env VAR=VALUE`), so that its pid is the daemon's.
+    pub fn start_wrapped(env: &'e Env, wrapper: &[&str]) -> Daemon<'e> {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_devns")).arg("daemon");
+        let child = env
+            .devns_env(&mut cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn devns daemon");
+        let d = Daemon { env, child: Some(child) };
+        eventually("the daemon is ready", || std::os::unix::net::UnixStream::connect(env.socket()).is_ok());
+        d
+    }
+}
