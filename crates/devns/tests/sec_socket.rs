@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 /// Host uids of the flooding users (none of them need exist).
@@ -336,4 +337,57 @@ fn a_request_line_longer_than_the_limit_is_refused_even_when_complete() {
     let r = line_within(&big, Duration::from_secs(30)).unwrap().expect("a reply");
     assert!(r["error"].as_str().is_some_and(|e| e.contains("larger than")), "{r}");
     assert_eq!(global_null(), true, "the oversized request changed nothing");
+}
+
+/// `devns ARGS` as host uid 65534.
+fn as_nobody(env: &Env, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_devns")]).args(args);
+    env.devns_env(&mut cmd).output().expect("setpriv")
+}
+
+fn stderr(o: &Output) -> String {
+    assert!(!o.status.success(), "expected a refusal: {o:?}");
+    String::from_utf8_lossy(&o.stderr).trim().to_owned()
+}
+
+#[test]
+fn error_replies_tell_callers_that_are_not_root_nothing_of_other_namespaces() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let shared = SharedDir::new("sec-socket");
+    let devns = shared.0.join("devns");
+    std::fs::copy(env!("CARGO_BIN_EXE_devns"), &devns).unwrap();
+    // The socket, where containers reach it.
+    let sock = shared.0.join("devns.sock");
+    std::fs::hard_link(env.socket(), &sock).unwrap();
+    let _a = shell_container(&env, &["--name", "secret-a"]);
+    let mut b = shell_container(&env, &["--name", "b"]);
+    let rows: Vec<Value> = serde_json::from_str(&root_ok(&env, &["ns", "ls", "--json"])).unwrap();
+    let id_of = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap()["id"].as_str().unwrap().to_owned();
+    let (a_id, b_id) = (id_of("secret-a"), id_of("b"));
+    let a_pid = format!("pid:{}", rows.iter().find(|r| r["name"] == "secret-a").unwrap()["pids"][0]);
+
+    // A host user: a name, an id or a pid of someone else's namespace gets
+    // the answer a namespace that does not exist gets.
+    for ns in ["secret-a", "nosuch", a_id.as_str(), "id:1", a_pid.as_str(), "pid:1", b_id.as_str()] {
+        let err = stderr(&as_nobody(&env, &["view", ns]));
+        assert_eq!(err, format!("devns: no such namespace {ns:?}"), "view {ns} as uid 65534");
+    }
+    let to_a = stderr(&as_nobody(&env, &["assign", "null", "--to", "secret-a"]));
+    let to_none = stderr(&as_nobody(&env, &["assign", "null", "--to", "nosuch"]));
+    assert_eq!(to_a, to_none);
+    assert_eq!(to_a, "devns: permission denied: only host root may change devns's state");
+
+    // Root of container b: its own view, nobody else's.
+    let inside =
+        |ns: &str| format!("DEVNS_SOCKET={} {} view {ns} 2>&1 >/dev/null; echo $?", sock.display(), devns.display());
+    assert_eq!(b.sh(&inside("b")), ["0"], "b looks at its own view");
+    assert_eq!(b.sh(&inside(&b_id)), ["0"]);
+    for ns in ["secret-a", "nosuch", a_id.as_str(), "pid:1"] {
+        assert_eq!(b.sh(&inside(ns)), [format!("devns: no such namespace {ns:?}"), "125".into()], "view {ns} from b");
+    }
 }
