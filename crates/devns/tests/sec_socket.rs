@@ -20,6 +20,10 @@ const FIRST_UID: u32 = 300_000;
 /// As many connections as the per-user limit lets each user keep.
 const PER_USER: usize = 16;
 
+/// Runs the daemon with idle deadlines longer than any test, for tests
+/// whose idle connections must stay while they look (under load too).
+const LONG_IDLE: &[&str] = &["env", "DEVNS_TEST_IDLE_MS=600000"];
+
 /// Lets this test process hold a few thousand sockets.
 fn raise_nofile() {
     use rustix::process::{Resource, getrlimit, setrlimit};
@@ -142,7 +146,7 @@ fn idle_connections_of_host_users_do_not_lock_out_root() {
     }
     raise_nofile();
     let env = Env::new();
-    let _d = Daemon::start(&env);
+    let _d = Daemon::start_wrapped(&env, LONG_IDLE);
     // 70 users, 1,120 connections that send nothing.
     let held = flood(&env.socket(), 70, PER_USER);
     assert!(held.len() > 1_100, "only {} connections got through", held.len());
@@ -165,7 +169,7 @@ fn one_host_user_keeps_at_most_16_connections() {
     }
     raise_nofile();
     let env = Env::new();
-    let _d = Daemon::start(&env);
+    let _d = Daemon::start_wrapped(&env, LONG_IDLE);
     let mine = connect_as(&env.socket(), 65534, 40);
     let answered = mine.iter().filter(|s| ask(s, json!({"op": "ns-ls"})).is_some()).count();
     assert_eq!(answered, PER_USER, "connections of one host user that the daemon served");
@@ -194,7 +198,7 @@ fn a_flood_at_an_fd_limit_of_1024_leaves_containers_their_mediation() {
     }
     raise_nofile();
     let env = Env::new();
-    let _d = Daemon::start_wrapped(&env, &["prlimit", "--nofile=1024:1024"]);
+    let _d = Daemon::start_wrapped(&env, &[LONG_IDLE, &["prlimit", "--nofile=1024:1024"]].concat());
     let mut c = shell_container(&env, &["--name", "low-fds"]);
     let held = flood(&env.socket(), 70, PER_USER);
     assert!(held.len() > 1_000, "only {} connections got through", held.len());
