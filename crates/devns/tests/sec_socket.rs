@@ -159,6 +159,8 @@ fn idle_connections_of_host_users_do_not_lock_out_root() {
     let r = line_within(&late[0], Duration::from_secs(30)).unwrap().expect("a refusal");
     assert_eq!(r["ok"], false);
     assert!(r["error"].as_str().unwrap().contains("too many connections"), "{r}");
+    let refused = stderr(&as_nobody(&env, &["ns", "ls"]));
+    assert!(refused.starts_with("devns: too many connections from users other than root"), "{refused}");
     drop(held);
 }
 

@@ -766,15 +766,12 @@ impl<'e> Daemon<'e> {
     /// --nofile=N:N` or `env VAR=VALUE`), so that its pid is the daemon's.
     pub fn start_wrapped(env: &'e Env, wrapper: &[&str]) -> Daemon<'e> {
         let mut cmd = Command::new(wrapper[0]);
-        cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_devns")).arg("daemon");
-        let child = env
-            .devns_env(&mut cmd)
+        cmd.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_devns"))
+            .arg("daemon")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn devns daemon");
-        let d = Daemon { env, child: Some(child) };
+            .stdout(Stdio::null());
+        let d = Daemon { env, child: Some(env.devns_env(&mut cmd).spawn().expect("spawn devns daemon")) };
         eventually("the daemon is ready", || std::os::unix::net::UnixStream::connect(env.socket()).is_ok());
         d
     }
