@@ -212,6 +212,26 @@ fn a_flood_at_an_fd_limit_of_1024_leaves_containers_their_mediation() {
     drop(held);
 }
 
+#[test]
+fn near_the_fd_limit_others_are_refused_before_host_root_and_mediation() {
+    if !privileged() {
+        return;
+    }
+    raise_nofile();
+    let env = Env::new();
+    // At 256 fds: others get none past 112 open, root none past 224.
+    let _d = Daemon::start_wrapped(&env, &[LONG_IDLE, &["prlimit", "--nofile=256:256"]].concat());
+    let mut c = shell_container(&env, &["--name", "few-fds"]);
+    let roots: Vec<UnixStream> = (0..110).map(|_| UnixStream::connect(env.socket()).unwrap()).collect();
+    let late = connect_as(&env.socket(), 65534, 1);
+    let r = line_within(&late[0], Duration::from_secs(30)).unwrap().expect("a refusal");
+    assert!(r["error"].as_str().unwrap().contains("keeps its remaining file descriptors"), "{r}");
+    assert!(roots.iter().all(|s| ask(s, json!({"op": "ns-ls"})).is_some()), "host root's connections are served");
+    assert!(root_ok(&env, &["ns", "ls", "--json"]).contains("few-fds"));
+    let out = c.sh("losetup -f 2>&1; echo status=$?");
+    assert_eq!(out.last().map(String::as_str), Some("status=0"), "losetup -f in the container: {out:?}");
+}
+
 /// The daemon's resident memory, in bytes.
 fn rss(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
