@@ -4,16 +4,20 @@
 use serde::{Deserialize, Serialize};
 
 pub const API_VERSION: u32 = 1;
-/// Largest request line the daemon reads; longer is an error and a close.
+/// Largest request line the daemon reads, its newline not counted; a
+/// longer one is refused (however it ends) and the connection closed.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// Every variant has braces, also those without fields: serde refuses
+/// unknown fields of an internally tagged enum only in struct variants
+/// (a unit variant takes any).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Devices with owner and global flag.
-    Ls,
+    Ls {},
     /// Namespaces under devns.
-    NsLs,
+    NsLs {},
     /// The tree of a namespace's view.
     View {
         ns: String,
@@ -38,10 +42,10 @@ pub enum Request {
         at: Option<String>,
     },
     /// Stream events on this connection.
-    Events,
+    Events {},
     /// Answer the trapped calls of a seccomp listener passed with the
     /// request (SCM_RIGHTS): from `devns run`, or a runtime's agent socket.
-    Listen,
+    Listen {},
     /// From `devns run`: provision the namespace of the process whose pidfd
     /// comes with the request (SCM_RIGHTS); the reply carries the view.
     Run {
@@ -62,17 +66,46 @@ pub enum RequestError {
     Bad(String),
 }
 
+/// A request's object, every key in it once: a request that names a field
+/// twice is refused rather than read as one of them.
+struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<Fields, M::Error> {
+                let mut fields = serde_json::Map::new();
+                while let Some((k, v)) = m.next_entry::<String, serde_json::Value>()? {
+                    if fields.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format_args!("duplicate field `{k}`")));
+                    }
+                    fields.insert(k, v);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// Parses one request line: `{"v":1,"op":...}`.
 pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
-    let mut v: serde_json::Value = serde_json::from_slice(line).map_err(|e| RequestError::Json(e.to_string()))?;
-    let obj = v.as_object_mut().ok_or_else(|| RequestError::Bad("expected a JSON object".into()))?;
+    let Fields(mut obj) = serde_json::from_slice(line).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => RequestError::Bad(e.to_string()),
+        _ => RequestError::Json(e.to_string()),
+    })?;
     match obj.remove("v").map(|v| v.as_u64()) {
         Some(Some(n)) if n == API_VERSION as u64 => {}
         Some(Some(n)) => return Err(RequestError::Version(n)),
         Some(None) => return Err(RequestError::Bad("\"v\" must be a number".into())),
         None => return Err(RequestError::Bad("missing \"v\" (API version)".into())),
     }
-    serde_json::from_value(v).map_err(|e| RequestError::Bad(e.to_string()))
+    serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| RequestError::Bad(e.to_string()))
 }
 
 /// A namespace as a user names it: `id:N`, `pid:N`, or its name.
@@ -170,7 +203,7 @@ mod tests {
             parse_request(br#"{"v":1,"op":"assign","device":"loop3","to":"web"}"#),
             Ok(Request::Assign { device: "loop3".into(), to: "web".into() })
         );
-        assert_eq!(parse_request(br#"{"v":1,"op":"ns-ls"}"#), Ok(Request::NsLs));
+        assert_eq!(parse_request(br#"{"v":1,"op":"ns-ls"}"#), Ok(Request::NsLs {}));
         assert_eq!(
             parse_request(br#"{"v":1,"op":"attach","pid":42}"#),
             Ok(Request::Attach { pid: 42, name: None, at: None })
@@ -187,6 +220,62 @@ mod tests {
         let e = parse_request(br#"{"v":1,"op":"release","device":"x","extra":1}"#).unwrap_err().to_string();
         assert!(e.contains("unknown field `extra`"), "{e}");
         assert!(parse_request(br#"[1,2]"#).is_err());
+    }
+
+    /// One well-formed request of every op.
+    const EVERY_OP: &[&str] = &[
+        r#""op":"ls""#,
+        r#""op":"ns-ls""#,
+        r#""op":"view","ns":"web""#,
+        r#""op":"assign","device":"loop3","to":"web""#,
+        r#""op":"release","device":"loop3""#,
+        r#""op":"global","device":"null","on":false"#,
+        r#""op":"attach","pid":42,"name":"web","at":"/dev""#,
+        r#""op":"events""#,
+        r#""op":"listen""#,
+        r#""op":"run","name":"web","devices":["loop3"]"#,
+    ];
+
+    #[test]
+    fn every_op_refuses_unknown_fields() {
+        for fields in EVERY_OP {
+            let good = format!(r#"{{"v":1,{fields}}}"#);
+            assert!(parse_request(good.as_bytes()).is_ok(), "{good}");
+            for extra in [r#""extra":1"#, r#""Op":"ls""#, r#""v2":1"#, r#""":null"#] {
+                let bad = format!(r#"{{"v":1,{fields},{extra}}}"#);
+                let e = parse_request(bad.as_bytes()).unwrap_err();
+                assert!(matches!(&e, RequestError::Bad(m) if m.contains("unknown field")), "{bad}: {e}");
+            }
+        }
+        let variants = [
+            Request::Ls {},
+            Request::NsLs {},
+            Request::View { ns: "web".into() },
+            Request::Assign { device: "d".into(), to: "web".into() },
+            Request::Release { device: "d".into() },
+            Request::Global { device: "d".into(), on: true },
+            Request::Attach { pid: 1, name: None, at: None },
+            Request::Events {},
+            Request::Listen {},
+            Request::Run { name: None, devices: vec![] },
+        ];
+        // Every op is in the table above (a new one must be added there).
+        for r in variants {
+            let op = serde_json::to_value(&r).unwrap()["op"].as_str().unwrap().to_owned();
+            assert!(EVERY_OP.iter().any(|f| f.starts_with(&format!(r#""op":"{op}""#))), "{op} not tested");
+        }
+    }
+
+    #[test]
+    fn a_field_named_twice_is_refused() {
+        for line in [
+            r#"{"v":1,"op":"ls","op":"assign","device":"d","to":"x"}"#,
+            r#"{"v":1,"v":1,"op":"ls"}"#,
+            r#"{"v":1,"op":"release","device":"a","device":"b"}"#,
+        ] {
+            let e = parse_request(line.as_bytes()).unwrap_err();
+            assert!(matches!(&e, RequestError::Bad(m) if m.contains("duplicate field")), "{line}: {e}");
+        }
     }
 
     #[test]

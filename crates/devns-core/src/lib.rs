@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod bpf;
+pub mod clients;
 pub mod config;
 pub mod device;
 pub mod idmap;

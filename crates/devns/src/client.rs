@@ -66,8 +66,15 @@ impl Client {
 
     /// One request, one reply: its `result`, or the daemon's error.
     pub fn call(&mut self, req: Value, fds: &[BorrowedFd<'_>]) -> Result<Value> {
-        self.send(req, fds)?;
-        let reply = self.next_line()?.ok_or_else(|| anyhow!("the daemon closed the connection"))?;
+        let sent = self.send(req, fds);
+        // A daemon that refused the connection said why before it closed
+        // it, maybe before the request could go.
+        let reply = match (self.next_line(), sent) {
+            (Ok(Some(reply)), _) => reply,
+            (_, Err(e)) => return Err(e),
+            (Ok(None), Ok(())) => bail!("the daemon closed the connection"),
+            (Err(e), Ok(())) => return Err(e),
+        };
         if reply["ok"] == Value::Bool(true) {
             Ok(reply["result"].clone())
         } else {

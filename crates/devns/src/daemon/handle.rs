@@ -25,27 +25,29 @@ impl Daemon {
                 | Request::Global { .. }
                 | Request::Attach { .. }
                 | Request::Run { .. }
-                | Request::Listen
+                | Request::Listen {}
         );
         if mutating && !peer.is_admin() {
-            tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a change from a caller that is not host root");
+            if self.conn_log.allow() {
+                tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a change from a caller that is not host root");
+            }
             return Reply::err("permission denied: only host root may change devns's state");
         }
         let result = match req {
-            Request::Ls => Ok(self.ls(peer.ns, peer.is_admin())),
-            Request::NsLs => Ok(self.ns_ls(peer.ns, peer.is_admin())),
+            Request::Ls {} => Ok(self.ls(peer.ns, peer.is_admin())),
+            Request::NsLs {} => Ok(self.ns_ls(peer.ns, peer.is_admin())),
             Request::View { ns } => self.view_tree(&ns, peer.ns, peer.is_admin()),
             Request::Assign { device, to } => self.assign(&device, &to),
             Request::Release { device } => self.release(&device),
             Request::Global { device, on } => self.global(&device, on),
             Request::Attach { pid, name, at } => self.attach(pid, name.as_deref(), at.as_deref().unwrap_or("/dev")),
-            Request::Events => {
+            Request::Events {} => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.subscribed = true;
                 }
                 Ok(json!("subscribed"))
             }
-            Request::Listen => {
+            Request::Listen {} => {
                 let Some(c) = self.conns.get_mut(&conn) else { return Reply::err("gone") };
                 if c.fds.is_empty() {
                     return Reply::err("bad request: listen needs a seccomp listener fd passed with the request");
@@ -78,7 +80,9 @@ impl Daemon {
         match result {
             Ok(v) => Reply::ok(v),
             Err(e) => {
-                tracing::info!(error = %format!("{e:#}"), "request refused");
+                if peer.is_admin() || self.conn_log.allow() {
+                    tracing::info!(uid = peer.uid, pid = peer.pid, error = %format!("{e:#}"), "request refused");
+                }
                 Reply::err(format!("{e:#}"))
             }
         }
@@ -144,10 +148,15 @@ impl Daemon {
     }
 
     fn view_tree(&self, text: &str, peer_ns: Option<NsId>, admin: bool) -> Result<Value> {
-        let id = self.find_ns(text)?;
-        if !admin && peer_ns != Some(id) {
-            bail!("permission denied: a namespace may look only at its own view");
-        }
+        let id = if admin {
+            self.find_ns(text)?
+        } else {
+            // Anyone else may name only its own namespace: whatever else it
+            // names (another's name, id or process, or nothing at all) gets
+            // one and the same answer, which tells it nothing.
+            NsRef::parse(text)?;
+            self.find_ns(text).ok().filter(|id| peer_ns == Some(*id)).ok_or_else(|| no_such_ns(text))?
+        };
         let view = self
             .nss
             .get(&id)
@@ -366,4 +375,10 @@ impl Daemon {
             Action::Other => {}
         }
     }
+}
+
+/// What a caller other than host root hears of a namespace that is not
+/// its own.
+fn no_such_ns(text: &str) -> anyhow::Error {
+    anyhow!("no such namespace {text:?}")
 }

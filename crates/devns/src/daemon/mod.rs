@@ -15,8 +15,9 @@ use crate::discover;
 use crate::host;
 use crate::store::{Records, Store};
 use anyhow::{Context, Result, anyhow};
-use conn::Conn;
+use conn::{Conn, Reply};
 use devns_core::api::Event;
+use devns_core::api::MAX_REQUEST_BYTES;
 use devns_core::config::Config;
 use devns_core::idmap::IdMap;
 use devns_core::registry::{NsId, Registry};
@@ -25,7 +26,7 @@ use devns_core::state::State;
 use devns_sys::signal::SignalFd;
 use rustix::event::epoll::EventFlags;
 use rustix::fd::OwnedFd;
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::net::{AddressFamily, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -90,6 +91,17 @@ pub struct Daemon {
     host_ns: NsId,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
+    /// Connections of callers other than host root, by host uid, and all
+    /// of them together: what `devns_core::clients` limits.
+    users: BTreeMap<u32, usize>,
+    non_root: usize,
+    timeouts: devns_core::clients::Timeouts,
+    /// Connections with complete lines left unserved in their turn.
+    ready: std::collections::BTreeSet<u64>,
+    /// Log lines about connections: callers other than root cause them.
+    conn_log: conn::LogLimit,
+    /// Given up to refuse a connection when no fd is left for accept.
+    spare_fd: Option<OwnedFd>,
     /// seccomp listeners whose trapped calls this daemon answers, by token.
     listeners: BTreeMap<u64, crate::agent::Listener>,
     /// One epoll set, each fd registered once: a loop iteration costs the
@@ -130,10 +142,20 @@ fn watch_in(
     token
 }
 
-/// Largest number of client connections at once; more are closed at once.
-const MAX_CONNS: usize = 1024;
-/// How long a request may take to arrive once it has begun.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Request lines one connection gets served before others get their turn.
+const LINES_PER_TURN: usize = 32;
+
+/// The connections' deadlines; `DEVNS_TEST_IDLE_MS` (for tests, not
+/// documented) sets both the idle and the request deadline.
+fn timeouts() -> devns_core::clients::Timeouts {
+    let t = devns_core::clients::Timeouts::default();
+    match std::env::var("DEVNS_TEST_IDLE_MS").ok().and_then(|v| v.parse().ok()) {
+        Some(ms) => {
+            devns_core::clients::Timeouts { request: Duration::from_millis(ms), idle: Duration::from_millis(ms) }
+        }
+        None => t,
+    }
+}
 
 fn listen(path: &Path) -> Result<OwnedFd> {
     if let Some(dir) = path.parent() {
@@ -163,6 +185,7 @@ fn listen(path: &Path) -> Result<OwnedFd> {
 
 pub fn run(opts: Options) -> Result<()> {
     host::require_host_root("devns daemon")?;
+    conn::raise_fd_limit();
     let cfg = config::load(&opts.config)?;
     let store = Store::open(&opts.state_dir)?;
     let daemon_lock =
@@ -201,6 +224,12 @@ pub fn run(opts: Options) -> Result<()> {
         host_ns,
         conns: BTreeMap::new(),
         next_conn: 0,
+        users: BTreeMap::new(),
+        non_root: 0,
+        timeouts: timeouts(),
+        ready: std::collections::BTreeSet::new(),
+        conn_log: conn::LogLimit::new(),
+        spare_fd: None,
         listeners: BTreeMap::new(),
         ep: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).context("epoll")?,
         targets: std::collections::HashMap::new(),
@@ -399,15 +428,16 @@ impl Daemon {
                 if !c.flush() {
                     gone.push(*id);
                 } else if c.wants_write() {
-                    pending.push((c.token, *id));
+                    pending.push(*id);
                 }
+                c.refresh_deadline(&self.timeouts);
             }
         }
         for id in gone {
             self.drop_conn(id);
         }
-        for (token, id) in pending {
-            self.update_interest(token, id);
+        for id in pending {
+            self.update_interest(id);
         }
     }
 
@@ -433,11 +463,14 @@ impl Daemon {
         for id in ids {
             self.watch_members(id);
         }
+        self.spare_fd = rustix::fs::open("/dev/null", rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).ok();
         let mut events = Vec::with_capacity(256);
         loop {
             let now = Instant::now();
             let retry = (!self.busy_loops.is_empty() || !self.busy_cgroups.is_empty()).then(|| now + loops::RETRY);
-            let next_deadline = self.conns.values().filter_map(|c| c.deadline).chain(retry).min();
+            // Connections with lines left from their turn go on at once.
+            let unserved = (!self.ready.is_empty()).then_some(now);
+            let next_deadline = self.conns.values().filter_map(|c| c.deadline).chain(retry).chain(unserved).min();
             let timeout = next_deadline.map(|d| {
                 let left = d.saturating_duration_since(now);
                 rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 }
@@ -460,14 +493,7 @@ impl Daemon {
                     }
                     Target::Listener => self.accept(listener),
                     Target::Uevents => self.drain_uevents(uevents),
-                    Target::Conn(id) => {
-                        let (input, output) = (
-                            flags.intersects(EventFlags::IN | EventFlags::HUP | EventFlags::ERR),
-                            flags.contains(EventFlags::OUT),
-                        );
-                        self.on_conn(id, input, output);
-                        self.update_interest(token, id);
-                    }
+                    Target::Conn(id) => self.on_conn(id),
                     Target::Member(ns, pid) => {
                         self.targets.remove(&token);
                         self.member_exited(ns, pid);
@@ -487,30 +513,51 @@ impl Daemon {
                     }
                 }
             }
+            for id in std::mem::take(&mut self.ready) {
+                self.on_conn(id);
+            }
             self.retry_busy_loops();
             let now = Instant::now();
             let expired: Vec<u64> =
                 self.conns.iter().filter(|(_, c)| c.deadline.is_some_and(|d| d <= now)).map(|(i, _)| *i).collect();
             for id in expired {
-                tracing::warn!(conn = id, "closing a connection whose request did not end in time");
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.why = Some("it made no progress in time (an unfinished request, idle, or not reading)");
+                }
                 self.drop_conn(id);
             }
         }
     }
 
     fn drop_conn(&mut self, id: u64) {
-        self.conns.remove(&id);
-        self.targets.retain(|_, t| !matches!(t, Target::Conn(c) if *c == id));
+        let Some(c) = self.conns.remove(&id) else { return };
+        self.targets.remove(&c.token);
+        self.ready.remove(&id);
+        if let devns_core::clients::Caller::User(uid) = c.peer.caller() {
+            self.non_root -= 1;
+            if let Some(n) = self.users.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.users.remove(&uid);
+                }
+            }
+        }
+        if let Some(why) = c.why
+            && self.conn_log.allow()
+        {
+            tracing::warn!(uid = c.peer.uid, pid = c.peer.pid, "closing a connection: {why}");
+        }
     }
 
-    /// Asks for writability only while a connection has output queued.
-    fn update_interest(&mut self, token: u64, id: u64) {
+    /// While output is queued, a connection is watched for writability
+    /// only: nothing more of it is read before it takes its replies.
+    fn update_interest(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let want = c.wants_write();
         if want != c.out_watched {
-            let flags = if want { EventFlags::IN | EventFlags::OUT } else { EventFlags::IN };
-            let _ =
-                rustix::event::epoll::modify(&self.ep, &c.sock, rustix::event::epoll::EventData::new_u64(token), flags);
+            let flags = if want { EventFlags::OUT } else { EventFlags::IN };
+            let data = rustix::event::epoll::EventData::new_u64(c.token);
+            let _ = rustix::event::epoll::modify(&self.ep, &c.sock, data, flags);
             c.out_watched = want;
         }
     }
@@ -520,48 +567,116 @@ impl Daemon {
             let sock = match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
                 Ok(s) => s,
                 Err(rustix::io::Errno::AGAIN) => return,
+                Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
+                    // No fd for it: refused through the spare one, or it
+                    // would wake the loop again and again.
+                    drop(self.spare_fd.take());
+                    drop(rustix::net::accept(listener));
+                    self.spare_fd =
+                        rustix::fs::open("/dev/null", rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).ok();
+                    if self.conn_log.allow() {
+                        tracing::warn!(error = %e, "no fd left for a new connection; refused it");
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept");
                     return;
                 }
             };
-            if self.conns.len() >= MAX_CONNS {
-                tracing::warn!("too many connections; closing a new one");
+            let peer = match conn::Peer::of(&sock, self.host_ns) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    if self.conn_log.allow() {
+                        tracing::warn!(error = %e, "cannot identify a client; closing it");
+                    }
+                    continue;
+                }
+            };
+            let caller = peer.caller();
+            let uid = match caller {
+                devns_core::clients::Caller::User(uid) => Some(uid),
+                devns_core::clients::Caller::Root => None,
+            };
+            let load = devns_core::clients::Load {
+                open_fds: conn::open_fds(),
+                non_root: self.non_root,
+                of_uid: uid.and_then(|u| self.users.get(&u).copied()).unwrap_or(0),
+            };
+            let budget = devns_core::clients::Budget::of_limit(conn::fd_limit());
+            if let Err(why) = devns_core::clients::admit(caller, &load, &budget) {
+                if self.conn_log.allow() {
+                    tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a connection: {why}");
+                }
+                // The reason, if the socket takes it; then the close.
+                let line = conn::line(&Reply::err(&why).value);
+                let _ = rustix::net::send(&sock, &line, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
                 continue;
             }
-            match conn::Peer::of(&sock, self.host_ns) {
-                Ok(peer) => {
-                    self.next_conn += 1;
-                    let id = self.next_conn;
-                    let token = self.watch(&sock, Target::Conn(id));
-                    self.conns.insert(id, Conn::new(sock, peer, token));
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot identify a client; closing it"),
+            if let Some(u) = uid {
+                *self.users.entry(u).or_default() += 1;
+                self.non_root += 1;
             }
+            self.next_conn += 1;
+            let id = self.next_conn;
+            let token = self.watch(&sock, Target::Conn(id));
+            let mut c = Conn::new(sock, peer, token);
+            c.refresh_deadline(&self.timeouts);
+            self.conns.insert(id, c);
         }
     }
 
-    fn on_conn(&mut self, id: u64, input: bool, output: bool) {
+    /// A connection's turn: what is queued goes out, then its requests
+    /// are served one by one while their replies are taken (at most
+    /// `LINES_PER_TURN` of them, so that one client cannot hold the loop).
+    fn on_conn(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
-        if output && !c.flush() {
+        if !c.flush() {
             self.drop_conn(id);
             return;
         }
-        if !input {
-            return;
-        }
-        let (lines, keep) = c.read_lines(REQUEST_DEADLINE);
-        for line in lines {
-            let reply = self.handle_line(id, &line);
+        let mut served = 0;
+        loop {
             let Some(c) = self.conns.get_mut(&id) else { return };
-            c.reply(reply);
+            if c.wants_write() {
+                break;
+            }
+            if served == LINES_PER_TURN {
+                self.ready.insert(id);
+                break;
+            }
+            match c.next_input() {
+                conn::Input::Line(line) => {
+                    served += 1;
+                    let reply = self.handle_line(id, &line);
+                    let Some(c) = self.conns.get_mut(&id) else { return };
+                    c.reply(reply);
+                    if !c.flush() {
+                        break;
+                    }
+                }
+                conn::Input::Wait => break,
+                conn::Input::Closed => {
+                    c.stop_reading();
+                    break;
+                }
+                conn::Input::TooLong => {
+                    c.reply(Reply::err(format!(
+                        "request larger than {MAX_REQUEST_BYTES} bytes (the limit of a line, its newline not counted)"
+                    )));
+                    c.close("its request was too large");
+                    let _ = c.flush();
+                    break;
+                }
+            }
         }
         let Some(c) = self.conns.get_mut(&id) else { return };
-        if !keep || !c.flush() {
-            // Replies already queued are sent before the close when they can be.
-            let _ = c.flush();
+        if c.finished() || !c.flush() {
             self.drop_conn(id);
+            return;
         }
+        c.refresh_deadline(&self.timeouts);
+        self.update_interest(id);
     }
 
     fn drain_uevents(&mut self, sock: &OwnedFd) {

@@ -788,3 +788,20 @@ pub fn inherited_dir(env: &Env) -> (PathBuf, rustix::fd::OwnedFd) {
     let fd = rustix::fs::open(&outside, flags, rustix::fs::Mode::empty()).expect("open outside");
     (outside, fd)
 }
+
+impl<'e> Daemon<'e> {
+    /// A daemon of this test's own started through `wrapper` (a command
+    /// that execs the rest of its arguments, such as `prlimit
+    /// --nofile=N:N` or `env VAR=VALUE`), so that its pid is the daemon's.
+    pub fn start_wrapped(env: &'e Env, wrapper: &[&str]) -> Daemon<'e> {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_devns"))
+            .arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let d = Daemon { env, child: Some(env.devns_env(&mut cmd).spawn().expect("spawn devns daemon")) };
+        eventually("the daemon is ready", || std::os::unix::net::UnixStream::connect(env.socket()).is_ok());
+        d
+    }
+}
