@@ -95,9 +95,9 @@ pub struct Daemon {
     next_token: u64,
     /// The host's loop-control, through which containers get loop devices.
     loop_host: Option<crate::loopctl::LoopHost>,
-    /// Dead namespaces' loop devices still open somewhere: retried until
-    /// the deadline.
-    busy_loops: Vec<(devns_core::loopctl::LoopDev, Instant)>,
+    /// When dead namespaces' loop devices still open somewhere (pending
+    /// removal, in the state directory) are tried next; `None` once none is.
+    loop_retry: Option<loops::LoopRetry>,
     /// Devices that left their namespace's view with the kernel's
     /// `remove` event still to come: it is forwarded there.
     departed: BTreeMap<devns_core::DevId, NsId>,
@@ -202,7 +202,7 @@ pub fn run(opts: Options) -> Result<()> {
         targets: std::collections::HashMap::new(),
         next_token: 0,
         loop_host: crate::loopctl::LoopHost::open(),
-        busy_loops: Vec::new(),
+        loop_retry: Some(loops::LoopRetry::now()),
         departed: BTreeMap::new(),
         cgroups,
         busy_cgroups: Vec::new(),
@@ -429,7 +429,7 @@ impl Daemon {
         let mut events = Vec::with_capacity(256);
         loop {
             let now = Instant::now();
-            let retry = (!self.busy_loops.is_empty() || !self.busy_cgroups.is_empty()).then(|| now + loops::RETRY);
+            let retry = self.next_retry(now);
             let next_deadline = self.conns.values().filter_map(|c| c.deadline).chain(retry).min();
             let timeout = next_deadline.map(|d| {
                 let left = d.saturating_duration_since(now);
