@@ -156,7 +156,35 @@ impl LoopHost {
                 Err(e) => tracing::debug!(dev = %l.dev, error = %e, "LOOP_CLR_FD"),
             }
         }
-        self.remove_pending(l)
+        let removed = self.remove_pending(l);
+        if removed == Err(Errno::BUSY) {
+            self.plug(l);
+        }
+        removed
+    }
+
+    /// A dead namespace's device that is open somewhere with nothing
+    /// attached: attached to an empty, read-only placeholder that detaches
+    /// at its last close. The kernel's `GET_FREE` (the host's `losetup -f`)
+    /// answers devices that are free, open or not: the host would attach
+    /// its file to a device whose holder reads it.
+    fn plug(&self, l: LoopDev) {
+        if self.dir(l.index).join("loop/backing_file").exists() {
+            // Attached: detached at its last close (LOOP_CLR_FD set that).
+            return;
+        }
+        let plugged = self.scratch.open(l.dev, OFlags::RDONLY).and_then(|dev| {
+            let empty = rustix::fs::memfd_create("devns-placeholder", rustix::fs::MemfdFlags::CLOEXEC)?;
+            use devns_sys::block::{LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY};
+            devns_sys::block::configure(&dev, &empty, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR)
+        });
+        match plugged {
+            Ok(()) => {
+                tracing::info!(dev = %l.dev, "a dead namespace's free loop device still open: plugged until its last close")
+            }
+            // Attached meanwhile, or gone: not ours to plug.
+            Err(e) => tracing::debug!(dev = %l.dev, error = %e, "cannot plug a loop device"),
+        }
     }
 
     /// One try at removing a dead namespace's device that was detached

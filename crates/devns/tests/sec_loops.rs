@@ -360,6 +360,9 @@ fn busy_loop_devices_of_dead_runs_stay_charged_until_removed_and_are_bounded() {
         for d in &devs {
             let name = d.trim_start_matches("/dev/");
             assert!(block_ino(name).is_some(), "round {i}: {name} is still there (held)");
+            // Never free to the host's `losetup -f` while held: attached
+            // (until its last close), or plugged with an empty placeholder.
+            assert!(backing_file(name).is_some(), "round {i}: {name} is attached or plugged");
             assert!(p.iter().any(|l| format!("loop{}", l.index) == name), "round {i}: {name} pending: {p:?}");
         }
         seen += devs.len();
@@ -402,6 +405,16 @@ fn busy_loop_devices_of_a_daemon_s_dead_namespace_stay_pending_across_a_restart(
     drop(a);
     eventually("pending, the record gone", || pending(&env).len() == 2 && env.recorded_namespaces() == 0);
     assert!(env.owned().is_empty());
+    // The free one is plugged while held: the host's `losetup -f` skips it,
+    // and its holder reads nothing the host could have attached.
+    let free_name = free_dev.trim_start_matches("/dev/");
+    let plug = backing_file(free_name).unwrap_or_default();
+    assert!(plug.contains("devns-placeholder"), "{free_name} plugged: {plug:?}");
+    assert_eq!(
+        backing_file(bound_dev.trim_start_matches("/dev/")).as_deref(),
+        Some(img.as_str()),
+        "detached at its last close"
+    );
     assert!(!holders.gone());
     // Pending survives the daemon.
     d.kill9();

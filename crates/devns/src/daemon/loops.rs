@@ -58,7 +58,19 @@ impl crate::agent::Policy for Daemon {
                 Errno::PERM,
             ));
         }
-        crate::loopctl::serve(self, ns, pid, req)
+        // No other keeper decides between this call's decision and its
+        // record: a device made here is recorded (and so nobody else's)
+        // before a stand-alone run or a claim looks at the records.
+        match self.store.lock_file() {
+            Ok(l) => self.writers_lock = Some(l),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot lock the state");
+                return Err(Errno::IO);
+            }
+        }
+        let answer = crate::loopctl::serve(self, ns, pid, req);
+        self.writers_lock = None;
+        answer
     }
 
     fn partitions_changed(&mut self, ns: NsId, disk: DevId) {

@@ -75,6 +75,9 @@ pub struct Daemon {
     store: Store,
     /// Held for the daemon's life: one daemon per state directory.
     _daemon_lock: std::fs::File,
+    /// The writers' lock, held while a loop-control call is served (from
+    /// its decision to its record: see `loops.rs`); saves then use it.
+    writers_lock: Option<std::fs::File>,
     state: State,
     /// The records as last written or read: saves write only differences.
     disk: Records,
@@ -187,6 +190,7 @@ pub fn run(opts: Options) -> Result<()> {
         cfg,
         store,
         _daemon_lock: daemon_lock,
+        writers_lock: None,
         state,
         disk,
         global_disk: global,
@@ -236,7 +240,7 @@ impl Daemon {
     /// under the writers' lock. The cost follows what changed, not how many
     /// namespaces there are.
     fn save_ns(&mut self, ids: &[NsId]) -> Result<()> {
-        let _lock = self.store.lock_file()?;
+        let _lock = if self.writers_lock.is_some() { None } else { Some(self.store.lock_file()?) };
         let keys: Vec<String> = ids.iter().map(|id| format!("id-{}", id.0)).collect();
         let mut before = Records::new();
         let mut after = Records::new();
