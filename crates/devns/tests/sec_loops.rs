@@ -426,3 +426,35 @@ fn busy_loop_devices_of_a_daemon_s_dead_namespace_stay_pending_across_a_restart(
     eventually("removed once closed", || holders.gone() && pending(&env).is_empty());
     drop(b);
 }
+
+#[test]
+fn a_lent_device_in_an_old_record_is_dropped_at_death_untouched() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let reach = Reach::new("sec-old");
+    let secret = reach.image("host.img");
+    let host_loop = AddedLoop::new();
+    let (n, name) = (host_loop.0, host_loop.name());
+    let ino = block_ino(&name);
+    let _attached = HostAttach::new(&name, &secret);
+    // A record of an older devns whose run is gone, with the host's loopN
+    // lent to it (`created: false`); the host has attached its own file
+    // since.
+    let runs = env.state_dir().join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let (_, minor) = block_numbers(&name);
+    let record = format!(
+        r#"{{"id":4000000001,"name":"old","keeper":{{"pid":{},"start_time":1}},"members":[],"uid_base":null,"gid_base":null,"devices":["b:7:{minor}"],"loops":[{{"index":{n},"dev":"b:7:{minor}","created":false}}]}}"#,
+        std::process::id()
+    );
+    std::fs::write(runs.join(format!("run-{}-1.json", std::process::id())), record).unwrap();
+    assert_eq!(env.recorded_namespaces(), 1);
+    // The next devns command finds the run gone.
+    assert!(env.owned().is_empty());
+    assert_eq!(env.recorded_namespaces(), 0, "the old record is dropped");
+    assert_eq!(block_ino(&name), ino, "the host's device is not removed");
+    assert_eq!(backing_file(&name).as_deref(), Some(secret.as_str()), "nor is the host's attachment detached");
+    assert!(pending(&env).is_empty(), "nor kept pending");
+}
