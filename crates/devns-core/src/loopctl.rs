@@ -173,16 +173,20 @@ pub fn decide(req: Request, caller: Caller, facts: impl Fn(u32) -> Facts) -> Ste
         // An existing device is never given, as the kernel answers for an
         // existing index: the host's (free or not) stays the host's, and
         // one another agent has just made is that agent's.
-        Request::Add(Some(n)) if facts(n).exists => {
-            let why = match facts(n).owner {
-                Owner::Ns(o) if o == ns => format!("loop{n} is already its own"),
-                Owner::Ns(o) => format!("loop{n} is owned by namespace {o}"),
-                Owner::Host => format!("loop{n} exists and is not the namespace's"),
-            };
-            Step::Refuse(Errno::Exist, why)
-        }
-        Request::Add(_) if pending >= MAX_PENDING => leaked(),
-        Request::Add(n) => Step::Create(n),
+        Request::Add(Some(n)) => match facts(n) {
+            f if !f.exists && pending >= MAX_PENDING => leaked(),
+            f if !f.exists => Step::Create(Some(n)),
+            f => {
+                let why = match f.owner {
+                    Owner::Ns(o) if o == ns => format!("loop{n} is already its own"),
+                    Owner::Ns(o) => format!("loop{n} is owned by namespace {o}"),
+                    Owner::Host => format!("loop{n} exists and is not the namespace's"),
+                };
+                Step::Refuse(Errno::Exist, why)
+            }
+        },
+        Request::Add(None) if pending >= MAX_PENDING => leaked(),
+        Request::Add(None) => Step::Create(None),
         Request::Remove(n) => {
             let Ok(n) = u32::try_from(n) else {
                 return Step::Refuse(Errno::Inval, "removing an unspecified loop device".into());

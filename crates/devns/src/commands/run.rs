@@ -473,10 +473,10 @@ impl RunPolicy<'_> {
                 return;
             }
             // Its disk as the event has it: a new medium (each attach of a
-            // loop device) brings a new DISKSEQ.
-            // Not a late event of an older disk with its numbers (another
-            // namespace's, removed since): that one's `remove` would then
-            // take this disk from the namespace.
+            // loop device) brings a new DISKSEQ. Not so a late event of an
+            // older disk with its numbers (another namespace's, removed
+            // since): that one's `remove` would then take this disk from
+            // the namespace.
             if ev.action != devns_core::uevent::Action::Remove
                 && self
                     .registry
