@@ -268,8 +268,25 @@ fn two_stand_alone_runs_racing_for_one_device_never_hold_or_remove_each_other_s(
     if !privileged() {
         return;
     }
+    race_for_one_device(false, 30);
+}
+
+/// The same race through one daemon (one agent for both): a late event of
+/// the other's device must not take one's own from its record.
+#[test]
+fn two_containers_of_a_daemon_racing_for_one_device_never_hold_or_remove_each_other_s() {
+    if !privileged() {
+        return;
+    }
+    race_for_one_device(true, 15);
+}
+
+/// Two containers, each racing for loopINDEX (an index of this test's) for
+/// `secs` seconds, and allocating devices of their own.
+fn race_for_one_device(daemon: bool, secs: u64) {
     let env = Env::new();
-    let reach = Reach::new("sec-race");
+    let _d = daemon.then(|| Daemon::start(&env));
+    let reach = Reach::new(if daemon { "sec-race-d" } else { "sec-race" });
     // An index of this test's alone: high, free, per process.
     let mut index = 5000 + std::process::id() % 1000;
     while block_ino(&format!("loop{index}")).is_some() {
@@ -284,7 +301,7 @@ fn two_stand_alone_runs_racing_for_one_device_never_hold_or_remove_each_other_s(
         }
     }
     let _gone = Gone(index);
-    let line = reach.child("race_child", "DEVNS_RACE", &format!("{index}:3000:30"));
+    let line = reach.child("race_child", "DEVNS_RACE", &format!("{index}:3000:{secs}"));
     // Run to completion, each in a thread (their logs are read too).
     let run = |name: &str| {
         let o = env.run(&["--name", name, "--", "sh", "-c", &line]);
@@ -295,6 +312,7 @@ fn two_stand_alone_runs_racing_for_one_device_never_hold_or_remove_each_other_s(
         let b = s.spawn(|| run("b"));
         (a.join().unwrap(), b.join().unwrap())
     });
+    eprintln!("{ra:?} {rb:?}");
     for r in [&ra, &rb] {
         assert!(
             r.len() == 1 && r[0].ends_with("bad(0)=[]"),
