@@ -14,17 +14,58 @@ pub const LOOP_MAJOR: u32 = 7;
 /// Default for `loop_limit` in the config: loop devices per namespace.
 pub const DEFAULT_LOOP_LIMIT: usize = 16;
 
-/// A loop device a namespace allocated through `loop-control`: devns
-/// detaches and removes it when the namespace dies.
+/// Loop devices of dead namespaces that may wait for their removal (still
+/// open somewhere: a process outside holds an fd) before devns makes no
+/// new one for anybody. A device devns made is charged to its namespace
+/// while that lives, then to this bound until it is removed.
+pub const MAX_PENDING: usize = 64;
+
+/// The first index devns tries for a device it makes for a namespace.
+/// The kernel's `GET_FREE` (the host's `losetup -f`) answers the lowest
+/// free device: numbered above the host's, a namespace's device (free to
+/// the kernel until the namespace attaches it) comes after every free
+/// device of the host's.
+pub const NS_LOOP_BASE: u32 = 1024;
+
+/// A loop device devns made for a namespace through `loop-control`:
+/// detached and removed when the namespace dies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LoopDev {
     /// N of `loopN`, as `LOOP_CTL_*` name it.
     pub index: u32,
     pub dev: DevId,
-    /// Made for the namespace (removed when it dies), or the host's and
-    /// only lent (detached and given back).
+    /// Made by devns for the namespace: always, since devns lends no
+    /// device of the host's. `false` only in records of an older devns,
+    /// where it meant the host's device, lent: such a one is the host's,
+    /// and is dropped from the record at death, never detached or removed.
     #[serde(default)]
     pub created: bool,
+    /// The inode of its sysfs directory when devns made it: the device's
+    /// for its life, so that a new device at the same index (same numbers)
+    /// is never taken for it. Absent in older records (numbers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+}
+
+impl LoopDev {
+    /// Whether devns may detach and remove it: it made it.
+    pub fn ours(&self) -> bool {
+        self.created
+    }
+
+    /// Whether `dev` and `ino` (what is at its index now) are this device.
+    pub fn is(&self, dev: Option<DevId>, ino: Option<u64>) -> bool {
+        dev == Some(self.dev) && (self.ino.is_none() || ino == self.ino)
+    }
+}
+
+/// `pending` with `more` added (each device once).
+pub fn add_pending(pending: &mut Vec<LoopDev>, more: &[LoopDev]) {
+    for l in more {
+        if !pending.contains(l) {
+            pending.push(*l);
+        }
+    }
 }
 
 /// One `LOOP_CTL_*` call, its argument read as the kernel reads it (an
@@ -73,8 +114,6 @@ pub enum Errno {
 pub enum Step {
     /// Make a new device (`LOOP_CTL_ADD`): loopN, or any free index.
     Create(Option<u32>),
-    /// Give the existing, detached, host-owned loopN to the caller.
-    Take(u32),
     /// loopN is the caller's already, and free: answer N, change nothing.
     Answer(u32),
     /// `LOOP_CTL_REMOVE` N through the kernel (which answers `EBUSY` for a
@@ -106,12 +145,19 @@ pub struct Caller {
     pub limit: usize,
     /// The lowest-numbered of its own devices that is detached.
     pub own_free: Option<u32>,
+    /// Dead namespaces' devices still waiting for their removal.
+    pub pending: usize,
 }
 
 /// The first step for `req` from `caller`; `facts(N)` tells of loopN.
 pub fn decide(req: Request, caller: Caller, facts: impl Fn(u32) -> Facts) -> Step {
-    let Caller { ns, have, limit, own_free } = caller;
+    let Caller { ns, have, limit, own_free, pending } = caller;
     let full = || Step::Refuse(Errno::NoSpc, format!("the namespace has {have} loop devices, the limit is {limit}"));
+    let leaked = || {
+        let why =
+            format!("{pending} loop devices of dead namespaces are still open somewhere, the bound is {MAX_PENDING}");
+        Step::Refuse(Errno::NoSpc, why)
+    };
     match req {
         // Its own free device first: asking again gives the same answer,
         // as it does natively, and costs nothing against the limit. Else a
@@ -121,19 +167,26 @@ pub fn decide(req: Request, caller: Caller, facts: impl Fn(u32) -> Facts) -> Ste
         // file. The host's free devices stay the host's.
         Request::GetFree if own_free.is_some() => Step::Answer(own_free.expect("checked")),
         Request::GetFree if have >= limit => full(),
+        Request::GetFree if pending >= MAX_PENDING => leaked(),
         Request::GetFree => Step::Create(None),
         Request::Add(_) if have >= limit => full(),
-        Request::Add(None) => Step::Create(None),
-        Request::Add(Some(n)) => {
-            let f = facts(n);
-            match (f.exists, f.owner, f.bound) {
-                (false, _, _) => Step::Create(Some(n)),
-                (true, Owner::Host, false) => Step::Take(n),
-                (true, Owner::Ns(o), _) if o == ns => Step::Refuse(Errno::Exist, format!("loop{n} is already its own")),
-                (true, Owner::Host, true) => Step::Refuse(Errno::Exist, format!("loop{n} exists and is in use")),
-                (true, Owner::Ns(o), _) => Step::Refuse(Errno::Exist, format!("loop{n} is owned by namespace {o}")),
+        // An existing device is never given, as the kernel answers for an
+        // existing index: the host's (free or not) stays the host's, and
+        // one another agent has just made is that agent's.
+        Request::Add(Some(n)) => match facts(n) {
+            f if !f.exists && pending >= MAX_PENDING => leaked(),
+            f if !f.exists => Step::Create(Some(n)),
+            f => {
+                let why = match f.owner {
+                    Owner::Ns(o) if o == ns => format!("loop{n} is already its own"),
+                    Owner::Ns(o) => format!("loop{n} is owned by namespace {o}"),
+                    Owner::Host => format!("loop{n} exists and is not the namespace's"),
+                };
+                Step::Refuse(Errno::Exist, why)
             }
-        }
+        },
+        Request::Add(None) if pending >= MAX_PENDING => leaked(),
+        Request::Add(None) => Step::Create(None),
         Request::Remove(n) => {
             let Ok(n) = u32::try_from(n) else {
                 return Step::Refuse(Errno::Inval, "removing an unspecified loop device".into());
@@ -161,7 +214,7 @@ mod tests {
     }
 
     fn me(have: usize, limit: usize) -> Caller {
-        Caller { ns: ME, have, limit, own_free: None }
+        Caller { ns: ME, have, limit, own_free: None, pending: 0 }
     }
 
     #[test]
@@ -187,14 +240,50 @@ mod tests {
     }
 
     #[test]
-    fn add_takes_only_what_does_not_exist_or_is_free_and_unowned() {
+    fn add_makes_only_what_does_not_exist_and_never_lends_the_host_s() {
         let d = |f: Facts| decide(Request::Add(Some(7)), me(0, 16), move |_| f);
         assert_eq!(d(facts(false, false, Owner::Host)), Step::Create(Some(7)));
-        assert_eq!(d(facts(true, false, Owner::Host)), Step::Take(7));
+        // Free and detached, the host's: the kernel's answer for an
+        // existing index (issue 17: it was lent, and then removable).
+        assert!(matches!(d(facts(true, false, Owner::Host)), Step::Refuse(Errno::Exist, _)));
         assert!(matches!(d(facts(true, true, Owner::Host)), Step::Refuse(Errno::Exist, _)));
         assert!(matches!(d(facts(true, false, Owner::Ns(OTHER))), Step::Refuse(Errno::Exist, _)));
         assert!(matches!(d(facts(true, false, Owner::Ns(ME))), Step::Refuse(Errno::Exist, _)));
         assert_eq!(decide(Request::Add(None), me(0, 16), |_| unreachable!()), Step::Create(None));
+    }
+
+    #[test]
+    fn dead_namespaces_devices_still_open_bound_what_is_made_for_anybody() {
+        let none = |_| facts(false, false, Owner::Host);
+        let full = Caller { pending: MAX_PENDING, ..me(0, 16) };
+        for req in [Request::GetFree, Request::Add(None), Request::Add(Some(3))] {
+            let s = decide(req, full, none);
+            assert!(matches!(&s, Step::Refuse(Errno::NoSpc, why) if why.contains("still open")), "{s:?}");
+            assert!(matches!(decide(req, Caller { pending: MAX_PENDING - 1, ..full }, none), Step::Create(_)));
+        }
+        // Its own free device is no new one; removal frees.
+        assert_eq!(decide(Request::GetFree, Caller { own_free: Some(4), ..full }, none), Step::Answer(4));
+        let own = |_| facts(true, false, Owner::Ns(ME));
+        assert_eq!(decide(Request::Remove(4), Caller { have: 1, ..full }, own), Step::Remove(4));
+    }
+
+    #[test]
+    fn a_device_is_known_by_numbers_and_sysfs_inode_and_old_lent_ones_are_not_ours() {
+        let dev = DevId::new(Kind::Block, 7, 1024);
+        let l = LoopDev { index: 1024, dev, created: true, ino: Some(77) };
+        assert!(l.is(Some(dev), Some(77)));
+        assert!(!l.is(Some(dev), Some(78)), "a new device at the same index");
+        assert!(!l.is(None, None));
+        assert!(LoopDev { ino: None, ..l }.is(Some(dev), Some(5)), "an older record: numbers only");
+        // Records of an older devns still load; a lent device is not ours.
+        let old: LoopDev = serde_json::from_str(r#"{"index":3,"dev":"b:7:3","created":false}"#).unwrap();
+        assert!(!old.ours());
+        assert_eq!(old.ino, None);
+        let back: LoopDev = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
+        assert_eq!(back, l);
+        let mut p = vec![l];
+        add_pending(&mut p, &[l, old]);
+        assert_eq!(p, [l, old]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use rustix::fd::{AsFd, AsRawFd};
 use rustix::io;
 
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_ADD: libc::c_ulong = 0x4C80;
 const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
 const BLKRRPART: libc::c_ulong = 0x125F;
@@ -34,6 +35,28 @@ pub fn remove(ctl: impl AsFd, index: u32) -> io::Result<()> {
 /// close when it is open elsewhere).
 pub fn clear(dev: impl AsFd) -> io::Result<()> {
     ioctl_int(dev, LOOP_CLR_FD, 0).map(drop)
+}
+
+/// `lo_flags` of `struct loop_info64`: read-only, and detached at the last close.
+pub const LO_FLAGS_READ_ONLY: u32 = 1;
+pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// `struct loop_config` (linux/loop.h): `fd`, `block_size`, a `struct
+/// loop_info64` (whose `lo_flags` is at 52), 64 reserved bytes.
+const LOOP_CONFIG_SIZE: usize = 304;
+const LOOP_CONFIG_FLAGS_AT: usize = 8 + 52;
+
+/// `LOOP_CONFIGURE`: attaches `backing` to the loop device `dev` with
+/// `flags` (`LO_FLAGS_*`) in one call; `EBUSY` when it is attached already.
+pub fn configure(dev: impl AsFd, backing: impl AsFd, flags: u32) -> io::Result<()> {
+    let mut cfg = [0u8; LOOP_CONFIG_SIZE];
+    cfg[0..4].copy_from_slice(&(backing.as_fd().as_raw_fd() as u32).to_ne_bytes());
+    cfg[LOOP_CONFIG_FLAGS_AT..LOOP_CONFIG_FLAGS_AT + 4].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: LOOP_CONFIGURE reads a `struct loop_config` (LOOP_CONFIG_SIZE
+    // bytes, no alignment needed: it is copied in) from the pointer; `cfg`
+    // lives on this frame through the call, and `dev` and `backing` are open.
+    let r = unsafe { libc::ioctl(dev.as_fd().as_raw_fd(), LOOP_CONFIGURE, cfg.as_ptr()) };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
 }
 
 /// `BLKRRPART`: re-reads a disk's partition table.

@@ -7,6 +7,7 @@
 //! implement [`Ledger`]: how a loop device becomes a namespace's, and stops
 //! being so.
 
+use crate::store::{Store, StoreError};
 use devns_core::device::{DevId, Device, Kind};
 use devns_core::loopctl::{self, Facts, LoopDev, Request, Step};
 use devns_core::registry::{NsId, Registry};
@@ -88,6 +89,39 @@ impl LoopHost {
         format!("b:{}", text.trim()).parse().ok()
     }
 
+    /// The inode of loopN's sysfs directory: the device's for its life.
+    pub fn ino_of(&self, index: u32) -> Option<u64> {
+        rustix::fs::stat(self.dir(index)).ok().map(|st| st.st_ino)
+    }
+
+    /// Whether `l` is still at its index (not gone, nor replaced).
+    fn still(&self, l: LoopDev) -> bool {
+        l.is(self.dev_of(l.index), self.ino_of(l.index))
+    }
+
+    /// Makes loopN, or (`None`) a device at the lowest free index from
+    /// [`loopctl::NS_LOOP_BASE`] up, where the host's `GET_FREE` comes
+    /// after its own free devices; the kernel's choice should that range
+    /// be out of its reach.
+    fn create(&self, index: Option<u32>) -> Result<u32, Errno> {
+        if let Some(n) = index {
+            return devns_sys::block::add(&self.ctl, Some(n));
+        }
+        for n in loopctl::NS_LOOP_BASE..loopctl::NS_LOOP_BASE + 4096 {
+            if self.dev_of(n).is_none() {
+                match devns_sys::block::add(&self.ctl, Some(n)) {
+                    Ok(n) => return Ok(n),
+                    // Made by someone else meanwhile.
+                    Err(Errno::EXIST) => {}
+                    // Beyond the minors the driver has.
+                    Err(Errno::INVAL) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        devns_sys::block::add(&self.ctl, None)
+    }
+
     pub fn facts(&self, index: u32, registry: &Registry) -> Facts {
         match self.dev_of(index) {
             None => Facts { exists: false, bound: false, owner: devns_core::Owner::Host },
@@ -99,13 +133,21 @@ impl LoopHost {
         }
     }
 
-    /// One try at detaching and (when devns made it) removing a namespace's
-    /// loop device. `BUSY`
-    /// while something still has it open (it is detached at the last close
-    /// then): try again later.
+    /// One try at detaching and removing a dead namespace's loop device.
+    /// `BUSY` while something still has it open: its detach is then left
+    /// to the kernel at the last close (`LOOP_CLR_FD` of an open device
+    /// sets autoclear), and only [`LoopHost::remove_pending`] is tried
+    /// after: a second `LOOP_CLR_FD` could detach what the host attached
+    /// to it once it was free.
     pub fn detach_and_remove(&self, l: LoopDev) -> Result<(), Errno> {
+        if !l.ours() {
+            // The host's device, lent by an older devns: the host's
+            // alone, whatever is attached to it now. Dropped, untouched.
+            tracing::info!(dev = %l.dev, "a lent device in an old record: left to the host untouched");
+            return Ok(());
+        }
         // Gone, or loopN is now another device: nothing of ours is left.
-        if self.dev_of(l.index) != Some(l.dev) {
+        if !self.still(l) {
             return Ok(());
         }
         if let Ok(fd) = self.scratch.open(l.dev, OFlags::RDONLY) {
@@ -114,8 +156,41 @@ impl LoopHost {
                 Err(e) => tracing::debug!(dev = %l.dev, error = %e, "LOOP_CLR_FD"),
             }
         }
-        if !l.created {
-            // The host's device, lent: back to the host detached.
+        let removed = self.remove_pending(l);
+        if removed == Err(Errno::BUSY) {
+            self.plug(l);
+        }
+        removed
+    }
+
+    /// A dead namespace's device that is open somewhere with nothing
+    /// attached: attached to an empty, read-only placeholder that detaches
+    /// at its last close. The kernel's `GET_FREE` (the host's `losetup -f`)
+    /// answers devices that are free, open or not: the host would attach
+    /// its file to a device whose holder reads it.
+    fn plug(&self, l: LoopDev) {
+        if self.dir(l.index).join("loop/backing_file").exists() {
+            // Attached: detached at its last close (LOOP_CLR_FD set that).
+            return;
+        }
+        let plugged = self.scratch.open(l.dev, OFlags::RDONLY).and_then(|dev| {
+            let empty = rustix::fs::memfd_create("devns-placeholder", rustix::fs::MemfdFlags::CLOEXEC)?;
+            use devns_sys::block::{LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY};
+            devns_sys::block::configure(&dev, &empty, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR)
+        });
+        match plugged {
+            Ok(()) => {
+                tracing::info!(dev = %l.dev, "a dead namespace's free loop device still open: plugged until its last close")
+            }
+            // Attached meanwhile, or gone: not ours to plug.
+            Err(e) => tracing::debug!(dev = %l.dev, error = %e, "cannot plug a loop device"),
+        }
+    }
+
+    /// One try at removing a dead namespace's device that was detached
+    /// (or set to detach at its last close) already.
+    pub fn remove_pending(&self, l: LoopDev) -> Result<(), Errno> {
+        if !l.ours() || !self.still(l) {
             return Ok(());
         }
         match devns_sys::block::remove(&self.ctl, l.index) {
@@ -125,12 +200,15 @@ impl LoopHost {
     }
 
     /// Detaches and removes `loops`, retrying busy ones until `patience`
-    /// runs out; returns those still busy then.
+    /// runs out; returns those still busy then (to be recorded as pending,
+    /// see [`pend`]).
     pub fn cleanup(&self, loops: &[LoopDev], patience: Duration) -> Vec<LoopDev> {
         let until = Instant::now() + patience;
         let mut left: Vec<LoopDev> = loops.to_vec();
+        let mut first = true;
         loop {
-            left.retain(|l| match self.detach_and_remove(*l) {
+            let once = |l: LoopDev| if first { self.detach_and_remove(l) } else { self.remove_pending(l) };
+            left.retain(|l| match once(*l) {
                 Ok(()) => false,
                 Err(Errno::BUSY) => true,
                 Err(e) => {
@@ -141,9 +219,55 @@ impl LoopHost {
             if left.is_empty() || Instant::now() >= until {
                 return left;
             }
+            first = false;
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Records `loops` (dead namespaces' devices still open somewhere) in the
+/// state directory's pending set, which every keeper retries
+/// ([`retry_pending`]) and which bounds what devns makes for anybody
+/// ([`loopctl::MAX_PENDING`]), until they are removed.
+pub fn pend(store: &Store, loops: &[LoopDev]) -> Result<(), StoreError> {
+    if loops.is_empty() {
+        return Ok(());
+    }
+    let _lock = store.lock_file()?;
+    let mut pending = store.read_pending()?;
+    loopctl::add_pending(&mut pending, loops);
+    for l in loops {
+        tracing::warn!(dev = %l.dev, "a dead namespace's loop device is still open somewhere: pending removal");
+    }
+    store.write_pending(&pending)
+}
+
+/// One try at removing each pending device (under the writers' lock);
+/// how many are left.
+pub fn retry_pending(store: &Store, host: Option<&LoopHost>) -> Result<usize, StoreError> {
+    let _lock = store.lock_file()?;
+    let pending = store.read_pending()?;
+    let Some(host) = host.filter(|_| !pending.is_empty()) else { return Ok(pending.len()) };
+    let left: Vec<LoopDev> = pending
+        .iter()
+        .copied()
+        .filter(|l| match host.remove_pending(*l) {
+            Ok(()) => {
+                tracing::info!(dev = %l.dev, "a dead namespace's pending loop device is removed");
+                false
+            }
+            Err(e) => {
+                if e != Errno::BUSY {
+                    tracing::debug!(dev = %l.dev, error = %e, "cannot remove a pending loop device yet");
+                }
+                true
+            }
+        })
+        .collect();
+    if left.len() != pending.len() {
+        store.write_pending(&left)?;
+    }
+    Ok(left.len())
 }
 
 /// What a keeper of namespaces does when a loop device becomes a
@@ -152,6 +276,8 @@ pub trait Ledger {
     fn registry(&self) -> &Registry;
     fn loop_limit(&self) -> usize;
     fn loop_host(&self) -> Option<&LoopHost>;
+    /// Dead namespaces' devices pending removal ([`pend`]).
+    fn pending(&self) -> usize;
     /// Makes loop device `l` (described by `dev`) `ns`'s: registry, saved
     /// state, view (and the node usable) before the caller's ioctl returns.
     fn take(&mut self, ns: NsId, l: LoopDev, dev: Device) -> Result<(), String>;
@@ -176,7 +302,8 @@ pub fn serve(ledger: &mut dyn Ledger, ns: NsId, pid: i32, req: Request) -> Resul
     let reg = ledger.registry();
     let owned = loopctl::owned_loops(reg, ns);
     let own_free = owned.iter().filter_map(|(_, n)| *n).filter(|n| !host.facts(*n, reg).bound).min();
-    let caller = loopctl::Caller { ns, have: owned.len(), limit: ledger.loop_limit(), own_free };
+    let caller =
+        loopctl::Caller { ns, have: owned.len(), limit: ledger.loop_limit(), own_free, pending: ledger.pending() };
     let step = loopctl::decide(req, caller, |n| host.facts(n, reg));
     let n = match step {
         Step::Refuse(e, why) => {
@@ -186,23 +313,23 @@ pub fn serve(ledger: &mut dyn Ledger, ns: NsId, pid: i32, req: Request) -> Resul
         Step::Remove(n) => {
             let dev = host.dev_of(n).ok_or(Errno::NODEV)?;
             devns_sys::block::remove(&host.ctl, n)?;
-            ledger.forget(ns, LoopDev { index: n, dev, created: true });
+            ledger.forget(ns, LoopDev { index: n, dev, created: true, ino: None });
             return Ok(0);
         }
-        Step::Create(ix) => devns_sys::block::add(&host.ctl, ix)?,
-        Step::Take(n) => n,
+        Step::Create(ix) => host.create(ix)?,
     };
-    let created = !matches!(step, Step::Take(_));
-    let Some(dev) = host.device(n).filter(|d| loopctl::is_loop(d.id)) else {
+    // Made just now, by this agent: the keeper serialises its calls with
+    // the other keepers' (a stand-alone run holds the writers' lock from
+    // its decision to its record), so nobody else has it recorded.
+    let (ino, dev) = (host.ino_of(n), host.device(n).filter(|d| loopctl::is_loop(d.id)));
+    let Some(dev) = dev else {
         tracing::warn!(index = n, "a loop device vanished before it could be given");
         return Err(Errno::NODEV);
     };
-    let l = LoopDev { index: n, dev: dev.id, created };
+    let l = LoopDev { index: n, dev: dev.id, created: true, ino };
     if let Err(e) = ledger.take(ns, l, dev) {
         tracing::error!(ns = %ns, dev = %l.dev, error = %e, "cannot give a loop device");
-        if created {
-            let _ = devns_sys::block::remove(&ledger.loop_host().expect("checked").ctl, n);
-        }
+        let _ = devns_sys::block::remove(&ledger.loop_host().expect("checked").ctl, n);
         return Err(Errno::IO);
     }
     Ok(n)

@@ -28,6 +28,9 @@ pub enum StoreError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
+/// The file of dead namespaces' loop devices pending removal.
+const PENDING: &str = "pending-loops.json";
+
 pub struct Store {
     dir: PathBuf,
 }
@@ -199,6 +202,17 @@ impl Store {
 
     pub fn write_global(&self, g: &BTreeMap<DevId, bool>) -> Result<(), StoreError> {
         write_json(&self.dir.join("global.json"), g)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Dead namespaces' loop devices pending removal (`pending-loops.json`:
+    /// see `crate::loopctl::pend`); read and written under the lock.
+    pub fn read_pending(&self) -> Result<Vec<devns_core::loopctl::LoopDev>, StoreError> {
+        Ok(read_json(&self.dir.join(PENDING))?.unwrap_or_default())
+    }
+
+    pub fn write_pending(&self, p: &[devns_core::loopctl::LoopDev]) -> Result<(), StoreError> {
+        write_json(&self.dir.join(PENDING), &p)?;
         sync_dir(&self.dir)
     }
 

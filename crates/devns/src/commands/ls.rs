@@ -54,7 +54,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         state.apply(&mut registry);
         Ok(dead)
     })?;
-    super::run::clean_dead(None, dead);
+    super::run::end_dead(&store, None, dead);
     let rows: Vec<Row<'_>> = registry
         .devices()
         .map(|d| Row {

@@ -81,7 +81,7 @@ impl Drop for ClaimGuard<'_> {
             Ok(if held { None } else { s.remove_by_keeper(self.keeper) })
         };
         match self.store.update::<_, anyhow::Error>(ended) {
-            Ok(Some(r)) => clean_dead(self.loop_host.as_ref(), vec![r]),
+            Ok(Some(r)) => end_dead(self.store, self.loop_host.as_ref(), vec![r]),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "could not release this run's devices in the state file"),
         }
@@ -94,21 +94,46 @@ const CGROUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Undoes what records of namespaces that are gone still hold: their
 /// loop devices are detached and removed, their device policies ended
 /// (cgroup removed, or devns's program detached). `host` is opened here
-/// when `None` and a record needs it.
+/// when `None` and a record needs it. Loop devices still open are only
+/// logged: [`end_dead`] keeps them pending in the state directory.
 pub fn clean_dead(host: Option<&LoopHost>, dead: Vec<devns_core::state::NsRecord>) {
+    end(None, host, dead);
+}
+
+/// [`clean_dead`] for `store`'s records: first another try at the loop
+/// devices pending removal there, then the dead records' devices, those
+/// still open added to the pending ones (charged there until removed).
+pub fn end_dead(store: &Store, host: Option<&LoopHost>, dead: Vec<devns_core::state::NsRecord>) {
+    end(Some(store), host, dead);
+}
+
+fn end(store: Option<&Store>, host: Option<&LoopHost>, dead: Vec<devns_core::state::NsRecord>) {
+    let pending = store.is_some_and(|s| s.read_pending().is_ok_and(|p| !p.is_empty()));
     let opened;
     let host = match host {
         Some(h) => Some(h),
-        None if dead.iter().any(|r| !r.loops.is_empty()) => {
+        None if pending || dead.iter().any(|r| !r.loops.is_empty()) => {
             opened = LoopHost::open();
             opened.as_ref()
         }
         None => None,
     };
+    if let (Some(store), true) = (store, pending)
+        && let Err(e) = crate::loopctl::retry_pending(store, host)
+    {
+        tracing::error!(error = %e, "cannot retry the loop devices pending removal");
+    }
     for r in dead {
         if let (Some(host), false) = (host, r.loops.is_empty()) {
-            for l in host.cleanup(&r.loops, std::time::Duration::from_secs(1)) {
-                tracing::warn!(dev = %l.dev, "a loop device is still in use: left to detach at its last close");
+            let busy = host.cleanup(&r.loops, std::time::Duration::from_secs(1));
+            match store.map(|s| crate::loopctl::pend(s, &busy)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::error!(error = %e, "cannot record loop devices pending removal"),
+                None => {
+                    for l in busy {
+                        tracing::warn!(dev = %l.dev, "a loop device is still in use: left to detach at its last close");
+                    }
+                }
             }
         }
         if let Some(c) = &r.cgroup
@@ -194,7 +219,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         let r = state.claim(claim, &registry, &uid_ranges, &gid_ranges)?;
         Ok((r.uid_base.expect("allocated"), r.gid_base.expect("allocated")))
     });
-    clean_dead(loop_host.as_ref(), dead);
+    end_dead(&store, loop_host.as_ref(), dead);
     let (uid_base, gid_base) = ids?;
     let claim = ClaimGuard { store: &store, keeper, loop_host };
     // Declared before the child, so dropped after it is gone: its cgroup
@@ -247,6 +272,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         keeper,
         loop_host: claim.loop_host.as_ref(),
         access: access.0.as_mut(),
+        locked: None,
     };
     supervise(&mut child, &signals, Some((listener, &mut policy)), uevents.as_ref())
 }
@@ -407,6 +433,26 @@ struct RunPolicy<'a> {
     keeper: Keeper,
     loop_host: Option<&'a LoopHost>,
     access: Option<&'a mut crate::bpf::AccessPolicy>,
+    /// The state under the writers' lock while a loop-control call is
+    /// served: other keepers wait from its decision to its record.
+    locked: Option<crate::store::Locked>,
+}
+
+/// Runs `f` on the state and saves it: under `locked` when it is held,
+/// else under the lock taken for the call.
+fn with_state<T>(
+    locked: &mut Option<crate::store::Locked>,
+    store: &Store,
+    f: impl FnOnce(&mut devns_core::state::State) -> Result<T>,
+) -> Result<T> {
+    match locked {
+        Some(l) => {
+            let out = f(&mut l.state)?;
+            l.save()?;
+            Ok(out)
+        }
+        None => store.update(f),
+    }
 }
 
 impl RunPolicy<'_> {
@@ -448,9 +494,15 @@ impl RunPolicy<'_> {
                 return;
             }
             // Its disk as the event has it: a new medium (each attach of a
-            // loop device) brings a new DISKSEQ.
+            // loop device) brings a new DISKSEQ. Not so a late event of an
+            // older disk with its numbers (another namespace's, removed
+            // since): that one's `remove` would then take this disk from
+            // the namespace.
             if ev.action != devns_core::uevent::Action::Remove
-                && self.registry.device(id).is_some_and(|d| !d.is_partition())
+                && self
+                    .registry
+                    .device(id)
+                    .is_some_and(|d| !d.is_partition() && devns_core::device::removes_known(d.diskseq, ev.diskseq))
                 && let Some(d) = discover::device_from_event(&ev, devns_core::Kind::Block, Path::new("/dev"), |_| None)
                 && d.id == id
             {
@@ -506,18 +558,23 @@ impl crate::agent::Policy for RunPolicy<'_> {
             let why = "a nested namespace devns does not keep";
             return Err(crate::agent::refused(pid, Some(ns), "ioctl(loop-control)", why, rustix::io::Errno::PERM));
         }
-        // Other runs and a daemon may have taken loop devices meanwhile.
-        let registry = &mut self.registry;
-        let synced = self.store.update::<_, anyhow::Error>(|s| {
-            registry.clear_assignments();
-            s.apply(registry);
-            Ok(())
-        });
-        if let Err(e) = synced {
-            tracing::error!(error = %e, "cannot read the state");
-            return Err(rustix::io::Errno::IO);
-        }
-        crate::loopctl::serve(self, ns, pid, req)
+        // Other runs and a daemon may have taken loop devices meanwhile;
+        // the lock is held until the call is answered, so that a device
+        // made here is recorded before any other keeper decides (and no
+        // keeper but this one ever removes it).
+        let locked = match self.store.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the state");
+                return Err(rustix::io::Errno::IO);
+            }
+        };
+        self.registry.clear_assignments();
+        locked.state.apply(&mut self.registry);
+        self.locked = Some(locked);
+        let answer = crate::loopctl::serve(self, ns, pid, req);
+        self.locked = None;
+        answer
     }
 
     fn partitions_changed(&mut self, _ns: NsId, disk: devns_core::DevId) {
@@ -539,15 +596,18 @@ impl Ledger for RunPolicy<'_> {
         self.loop_host
     }
 
+    fn pending(&self) -> usize {
+        self.store.read_pending().map_or(devns_core::loopctl::MAX_PENDING, |p| p.len())
+    }
+
     fn take(&mut self, ns: NsId, l: LoopDev, dev: devns_core::Device) -> Result<(), String> {
         self.registry.add_device(dev, &self.global_names);
         let (registry, keeper) = (&self.registry, self.keeper);
-        self.store
-            .update::<_, anyhow::Error>(|s| {
-                s.by_keeper_mut(keeper).context("this run's record vanished from the state file")?;
-                Ok(s.add_loop(ns, l, registry)?)
-            })
-            .map_err(|e| e.to_string())?;
+        with_state(&mut self.locked, self.store, |s| {
+            s.by_keeper_mut(keeper).context("this run's record vanished from the state file")?;
+            Ok(s.add_loop(ns, l, registry)?)
+        })
+        .map_err(|e| e.to_string())?;
         self.registry.assign(l.dev, ns).map_err(|e| e.to_string())?;
         if let Err(e) = self.reconcile() {
             // Not given: view and map go back to what they were.
@@ -566,7 +626,7 @@ impl RunPolicy<'_> {
     /// A disk of the namespace's that is gone from the host: out of its
     /// claim, the registry, the view and the device map.
     fn drop_disk(&mut self, disk: devns_core::DevId) {
-        if let Err(e) = self.store.update::<_, anyhow::Error>(|s| {
+        if let Err(e) = with_state(&mut self.locked, self.store, |s| {
             s.forget_device(disk);
             Ok(())
         }) {

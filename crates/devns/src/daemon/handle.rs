@@ -305,6 +305,13 @@ impl Daemon {
                 if d.id != dev {
                     return;
                 }
+                // A late event of an older disk with these numbers (removed
+                // and made again since, maybe for another namespace) must not
+                // describe the newer one: its `remove` would then take it.
+                let known_seq = self.registry.device(dev).and_then(|k| k.diskseq);
+                if !devns_core::device::removes_known(known_seq, d.diskseq) {
+                    return;
+                }
                 let name = d.name.clone();
                 let known = self.registry.device(dev).is_some();
                 self.registry.add_device(d, &self.cfg.global);

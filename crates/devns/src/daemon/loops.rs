@@ -10,10 +10,28 @@ use devns_core::{DevId, Device};
 use rustix::io::Errno;
 use std::time::{Duration, Instant};
 
-/// How often busy loop devices of dead namespaces are tried again, and for
-/// how long.
-pub(super) const RETRY: Duration = Duration::from_millis(10);
+/// How often busy loop devices of dead namespaces are tried again: often
+/// for a while after a death, then slowly for as long as they are pending.
+const RETRY: Duration = Duration::from_millis(10);
 const PATIENCE: Duration = Duration::from_secs(10);
+const SLOW_RETRY: Duration = Duration::from_secs(1);
+
+/// When the loop devices pending removal (in the state directory) are
+/// tried next.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LoopRetry {
+    next: Instant,
+    fast_until: Instant,
+}
+
+impl LoopRetry {
+    /// A try at once, then slow ones (startup: devices a previous daemon
+    /// or a stand-alone run left pending).
+    pub(super) fn now() -> LoopRetry {
+        let now = Instant::now();
+        LoopRetry { next: now, fast_until: now }
+    }
+}
 
 impl crate::agent::Policy for Daemon {
     fn may_have(&self, ns: NsId, dev: DevId) -> bool {
@@ -45,7 +63,19 @@ impl crate::agent::Policy for Daemon {
                 Errno::PERM,
             ));
         }
-        crate::loopctl::serve(self, ns, pid, req)
+        // No other keeper decides between this call's decision and its
+        // record: a device made here is recorded (and so nobody else's)
+        // before a stand-alone run or a claim looks at the records.
+        match self.store.lock_file() {
+            Ok(l) => self.writers_lock = Some(l),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot lock the state");
+                return Err(Errno::IO);
+            }
+        }
+        let answer = crate::loopctl::serve(self, ns, pid, req);
+        self.writers_lock = None;
+        answer
     }
 
     fn partitions_changed(&mut self, ns: NsId, disk: DevId) {
@@ -70,6 +100,10 @@ impl Ledger for Daemon {
 
     fn loop_host(&self) -> Option<&LoopHost> {
         self.loop_host.as_ref()
+    }
+
+    fn pending(&self) -> usize {
+        self.store.read_pending().map_or(devns_core::loopctl::MAX_PENDING, |p| p.len())
     }
 
     fn take(&mut self, ns: NsId, l: LoopDev, dev: Device) -> Result<(), String> {
@@ -115,35 +149,46 @@ impl Ledger for Daemon {
 
 impl Daemon {
     /// Detaches and removes a dead namespace's loop devices; those still
-    /// open somewhere are retried from the event loop.
+    /// open somewhere are recorded as pending removal (so a restart goes
+    /// on with them) and retried from the event loop until removed.
     pub(super) fn clean_loops(&mut self, loops: Vec<LoopDev>) {
         if loops.is_empty() {
             return;
         }
         let Some(host) = self.loop_host.as_ref() else { return };
-        let deadline = Instant::now() + PATIENCE;
-        for l in host.cleanup(&loops, Duration::ZERO) {
-            tracing::debug!(dev = %l.dev, "a dead namespace's loop device is busy; retrying");
-            self.busy_loops.push((l, deadline));
+        let busy = host.cleanup(&loops, Duration::ZERO);
+        if busy.is_empty() {
+            return;
         }
+        if let Err(e) = crate::loopctl::pend(&self.store, &busy) {
+            tracing::error!(error = %e, "cannot record loop devices pending removal");
+        }
+        let now = Instant::now();
+        self.loop_retry = Some(LoopRetry { next: now + RETRY, fast_until: now + PATIENCE });
     }
 
     pub(super) fn retry_busy_loops(&mut self) {
         self.retry_busy_cgroups();
-        if self.busy_loops.is_empty() {
+        let Some(mut r) = self.loop_retry else { return };
+        let now = Instant::now();
+        if now < r.next {
             return;
         }
-        let Some(host) = self.loop_host.as_ref() else { return };
-        let now = Instant::now();
-        let left: Vec<LoopDev> =
-            host.cleanup(&self.busy_loops.iter().map(|(l, _)| *l).collect::<Vec<_>>(), Duration::ZERO);
-        self.busy_loops.retain(|(l, deadline)| {
-            let busy = left.contains(l);
-            if busy && *deadline <= now {
-                tracing::warn!(dev = %l.dev, "a dead namespace's loop device is still in use: left to detach at its last close");
-                return false;
+        match crate::loopctl::retry_pending(&self.store, self.loop_host.as_ref()) {
+            Ok(0) => {
+                self.loop_retry = None;
+                return;
             }
-            busy
-        });
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot retry the loop devices pending removal"),
+        }
+        r.next = now + if now < r.fast_until { RETRY } else { SLOW_RETRY };
+        self.loop_retry = Some(r);
+    }
+
+    /// When the event loop must wake at the latest for a retry.
+    pub(super) fn next_retry(&self, now: Instant) -> Option<Instant> {
+        let cgroups = (!self.busy_cgroups.is_empty()).then(|| now + RETRY);
+        cgroups.into_iter().chain(self.loop_retry.map(|r| r.next)).min()
     }
 }

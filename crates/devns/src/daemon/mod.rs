@@ -80,6 +80,9 @@ pub struct Daemon {
     store: Store,
     /// Held for the daemon's life: one daemon per state directory.
     _daemon_lock: std::fs::File,
+    /// The writers' lock, held while a loop-control call is served (from
+    /// its decision to its record: see `loops.rs`); saves then use it.
+    writers_lock: Option<std::fs::File>,
     state: State,
     /// The records as last written or read: saves write only differences.
     disk: Records,
@@ -111,9 +114,9 @@ pub struct Daemon {
     next_token: u64,
     /// The host's loop-control, through which containers get loop devices.
     loop_host: Option<crate::loopctl::LoopHost>,
-    /// Dead namespaces' loop devices still open somewhere: retried until
-    /// the deadline.
-    busy_loops: Vec<(devns_core::loopctl::LoopDev, Instant)>,
+    /// When dead namespaces' loop devices still open somewhere (pending
+    /// removal, in the state directory) are tried next; `None` once none is.
+    loop_retry: Option<loops::LoopRetry>,
     /// Devices that left their namespace's view with the kernel's
     /// `remove` event still to come: it is forwarded there.
     departed: BTreeMap<devns_core::DevId, NsId>,
@@ -214,6 +217,7 @@ pub fn run(opts: Options) -> Result<()> {
         cfg,
         store,
         _daemon_lock: daemon_lock,
+        writers_lock: None,
         state,
         disk,
         global_disk: global,
@@ -235,7 +239,7 @@ pub fn run(opts: Options) -> Result<()> {
         targets: std::collections::HashMap::new(),
         next_token: 0,
         loop_host: crate::loopctl::LoopHost::open(),
-        busy_loops: Vec::new(),
+        loop_retry: Some(loops::LoopRetry::now()),
         departed: BTreeMap::new(),
         cgroups,
         busy_cgroups: Vec::new(),
@@ -269,7 +273,7 @@ impl Daemon {
     /// under the writers' lock. The cost follows what changed, not how many
     /// namespaces there are.
     fn save_ns(&mut self, ids: &[NsId]) -> Result<()> {
-        let _lock = self.store.lock_file()?;
+        let _lock = if self.writers_lock.is_some() { None } else { Some(self.store.lock_file()?) };
         let keys: Vec<String> = ids.iter().map(|id| format!("id-{}", id.0)).collect();
         let mut before = Records::new();
         let mut after = Records::new();
@@ -467,7 +471,7 @@ impl Daemon {
         let mut events = Vec::with_capacity(256);
         loop {
             let now = Instant::now();
-            let retry = (!self.busy_loops.is_empty() || !self.busy_cgroups.is_empty()).then(|| now + loops::RETRY);
+            let retry = self.next_retry(now);
             // Connections with lines left from their turn go on at once.
             let unserved = (!self.ready.is_empty()).then_some(now);
             let next_deadline = self.conns.values().filter_map(|c| c.deadline).chain(retry).chain(unserved).min();
