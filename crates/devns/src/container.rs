@@ -23,6 +23,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
+mod root;
+
 /// Signals `devns run` relays to the command.
 pub const FORWARDED_SIGNALS: &[i32] =
     &[libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
@@ -220,10 +222,10 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
         Some(r) => {
             rustix::mount::mount_bind_recursive(&r.path, &r.path).context("cannot bind the rootfs")?;
             rustix::fs::open(&r.path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .context("cannot open the root")?
         }
-        None => rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
-    }
-    .context("cannot open the root")?;
+        None => root::from_host()?,
+    };
     attach(&view, &root, "dev")?;
     let pts = new_fs(
         "devpts",
@@ -240,11 +242,21 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
     )?;
     attach(&proc_fs, &root, "proc")?;
     attach(&tmp, &root, "tmp")?;
-    if plan.rootfs.is_some() {
-        rustix::process::fchdir(&root).context("cannot enter the rootfs")?;
-        rustix::process::pivot_root(".", ".").context("pivot_root")?;
-        rustix::mount::unmount(".", UnmountFlags::DETACH).context("cannot detach the old root")?;
-        rustix::process::chdir("/").context("chdir /")?;
+    // Without --rootfs the command starts where devns run was, when that
+    // directory is the same in the new root (not below /tmp, /dev, /proc).
+    let cwd = if plan.rootfs.is_none() {
+        root::seal(&root)?;
+        std::env::current_dir().ok()
+    } else {
+        None
+    };
+    // The host's tree goes: nothing below the new root leads back to it.
+    rustix::process::fchdir(&root).context("cannot enter the new root")?;
+    rustix::process::pivot_root(".", ".").context("pivot_root")?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH).context("cannot detach the old root")?;
+    rustix::process::chdir("/").context("chdir /")?;
+    if let Some(dir) = cwd.filter(|d| !root::is_own(d)) {
+        let _ = rustix::process::chdir(&dir);
     }
     if let Some(h) = plan.hostname {
         rustix::system::sethostname(h.as_bytes()).context("sethostname")?;
