@@ -11,6 +11,7 @@ pub mod ns;
 pub mod process;
 pub mod seccomp;
 pub mod signal;
+pub mod tty;
 
 /// The calling thread's errno as a rustix error.
 pub(crate) fn last_errno() -> rustix::io::Errno {

@@ -24,6 +24,7 @@ use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
 mod root;
+pub mod tty;
 
 /// Signals `devns run` relays to the command.
 pub const FORWARDED_SIGNALS: &[i32] =
@@ -93,8 +94,9 @@ pub fn map_ids(pid: Pid, uids: &IdMap, gids: &IdMap) -> Result<NsId> {
 }
 
 /// Hands the mounts to the child and waits until it has set itself up;
-/// returns the listener of the seccomp filter it installed.
-pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<OwnedFd> {
+/// returns the listener of the seccomp filter it installed, and the master
+/// of its pty when it has one.
+pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<(OwnedFd, Option<OwnedFd>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
     if !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -107,7 +109,10 @@ pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<OwnedFd> {
     let n = rustix::io::retry_on_intr(|| crate::wire::recv_with_fds(sock.as_fd(), &mut buf, &mut got))
         .context("reading the container's status")?;
     match &buf[..n] {
-        OK => got.pop().context("the container sent no seccomp listener"),
+        OK => {
+            let mut got = got.into_iter();
+            Ok((got.next().context("the container sent no seccomp listener")?, got.next()))
+        }
         m if m.starts_with(ERR) => Err(anyhow!("{}", String::from_utf8_lossy(&m[ERR.len()..]))),
         _ => bail!("the container ended during setup"),
     }
@@ -121,20 +126,25 @@ pub struct ChildPlan<'a> {
     pub cmd: &'a [String],
     /// In a network namespace of its own, whose loopback it brings up.
     pub own_net: bool,
+    /// What its stdio is: terminals get a pty of the container's own.
+    pub outer: &'a tty::Outer,
 }
 
 /// The child's whole life; returns its exit status.
 pub fn child_main(plan: ChildPlan<'_>) -> i32 {
-    match setup(&plan).and_then(|()| {
+    match setup(&plan).and_then(|pty| {
         // Last, so that nothing of the setup is trapped; CMD and all it
         // starts inherit the filter.
-        devns_sys::seccomp::install_with_listener(&crate::agent::filter()).context("cannot install the seccomp filter")
+        let filter = devns_sys::seccomp::install_with_listener(&crate::agent::filter());
+        Ok((filter.context("cannot install the seccomp filter")?, pty))
     }) {
-        Ok(listener) => {
-            if crate::wire::send_with_fds(plan.sock.as_fd(), OK, &[listener.as_fd()]).is_err() {
+        Ok((listener, pty)) => {
+            let fds: Vec<BorrowedFd<'_>> =
+                std::iter::once(listener.as_fd()).chain(pty.as_ref().map(|p| p.as_fd())).collect();
+            if crate::wire::send_with_fds(plan.sock.as_fd(), OK, &fds).is_err() {
                 return 125;
             }
-            drop(listener);
+            drop((listener, pty));
             drop(plan.sock);
             init(plan.cmd)
         }
@@ -199,7 +209,9 @@ fn new_fs(fstype: &str, flags: &[&str], opts: &[(&str, &str)], attrs: MountAttrF
     rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).with_context(ctx)
 }
 
-fn setup(plan: &ChildPlan<'_>) -> Result<()> {
+/// Returns the master of the container's pty, when it has one.
+fn setup(plan: &ChildPlan<'_>) -> Result<Option<OwnedFd>> {
+    tty::leave_host_terminal()?;
     // The keeper has written our id maps before it sends the mounts.
     let (view, tmp) = receive_mounts(&plan.sock)?;
     let root_ids = || -> rustix::io::Result<()> {
@@ -234,6 +246,7 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
         MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )?;
     attach(&pts, &root, "dev/pts")?;
+    let pty = tty::take_pty(&pts, plan.outer)?;
     let proc_fs = new_fs(
         "proc",
         &[],
@@ -264,7 +277,7 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
     if plan.own_net {
         devns_sys::net::loopback_up().context("cannot bring up the loopback interface")?;
     }
-    Ok(())
+    Ok(pty)
 }
 
 /// pid 1: runs the command, relays signals to it, reaps every child, and

@@ -9,7 +9,8 @@
 
 use super::Global;
 use crate::client::Client;
-use crate::container::{self, ChildPlan, FORWARDED_SIGNALS};
+use crate::container::tty::Terminal;
+use crate::container::{self, ChildPlan};
 use crate::loopctl::{Ledger, LoopHost};
 use crate::store::Store;
 use crate::{config, discover, host, view};
@@ -189,7 +190,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     // can be removed only once it is empty.
     let mut access = AccessGuard(None);
 
-    let (signals, mine, pid, mut child) = spawn(&args, rootfs.as_ref())?;
+    let (signals, mine, pid, mut child, terminal) = spawn(&args, rootfs.as_ref())?;
     let uids = IdMap::single(uid_base, BLOCK);
     let gids = IdMap::single(gid_base, BLOCK);
     let ns = container::map_ids(pid, &uids, &gids)?;
@@ -215,7 +216,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
             | rustix::mount::OpenTreeFlags::AT_EMPTY_PATH,
     )
     .context("cannot clone the view")?;
-    let listener = container::start(&mine, &[for_child.as_fd(), tmp.as_fd()])?;
+    let (listener, pty) = container::start(&mine, &[for_child.as_fd(), tmp.as_fd()])?;
     // The container's /tmp is the container's alone.
     drop((mine, tmp, for_child));
     let listener = crate::agent::Listener::new(listener).context("cannot serve the container's seccomp listener")?;
@@ -234,7 +235,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         loop_host: claim.loop_host.as_ref(),
         access: access.0.as_mut(),
     };
-    supervise(&mut child, &signals, Some((listener, &mut policy)), uevents.as_ref())
+    terminal.relay(pty, || supervise(&mut child, &signals, Some((listener, &mut policy)), uevents.as_ref()))
 }
 
 /// What a failure of the access layer's setup says besides its cause.
@@ -282,7 +283,7 @@ fn start_policy(
 /// devices and view, and watches it; this process only starts and waits.
 fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
     let rootfs = args.rootfs.as_deref().map(container::prepare_rootfs).transpose()?;
-    let (signals, mine, pid, mut child) = spawn(args, rootfs.as_ref())?;
+    let (signals, mine, pid, mut child, terminal) = spawn(args, rootfs.as_ref())?;
     let pidfd = child.pidfd.as_ref().expect("not waited").as_fd();
     let req = serde_json::json!({ "op": "run", "name": args.name, "devices": args.devs });
     let reply = daemon.call(req, &[pidfd])?;
@@ -291,22 +292,23 @@ fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
     let (u, g) = (base("uid_base")?.to_string(), base("gid_base")?.to_string());
     let tmp = view::tmpfs(&[("mode", "1777"), ("uid", &u), ("gid", &g)], MountAttrFlags::MOUNT_ATTR_NOSUID)
         .context("cannot create /tmp")?;
-    let listener = container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
+    let (listener, pty) = container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
     drop((mine, tmp, view));
     // The daemon answers the container's trapped calls.
     daemon.call(serde_json::json!({ "op": "listen" }), &[listener.as_fd()])?;
     drop((daemon, listener));
     tracing::info!(ns = reply["id"].as_u64(), pid = pid.as_raw_nonzero().get(), "started through the daemon");
-    supervise(&mut child, &signals, None, None)
+    terminal.relay(pty, || supervise(&mut child, &signals, None, None))
 }
 
 /// Forks the container's first process into its new namespaces. In the
 /// child this never returns; the parent gets the signals to relay, its end
-/// of the channel, and the child.
-fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, OwnedFd, Pid, ChildGuard)> {
+/// of the channel, the child, and the terminal to relay.
+fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, OwnedFd, Pid, ChildGuard, Terminal)> {
+    let terminal = Terminal::probe()?;
     // Blocked before the fork, so no signal is lost or kills devns before
     // the child exists; the child inherits the mask and reads its own.
-    let signals = SignalFd::new(FORWARDED_SIGNALS).context("cannot set up signal forwarding")?;
+    let signals = SignalFd::new(&terminal.relayed_signals()).context("cannot set up signal forwarding")?;
     let (mine, theirs) = container::channel()?;
     let flags = sysproc::CLONE_NEWUSER
         | sysproc::CLONE_NEWNS
@@ -320,19 +322,21 @@ fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, O
         Forked::Child => {
             drop(mine);
             signals.close_keeping_mask();
+            let outer = terminal.into_child();
             let plan = ChildPlan {
                 sock: theirs,
                 rootfs,
                 hostname: args.name.as_deref(),
                 cmd: &args.cmd,
                 own_net: args.net != "host",
+                outer: &outer,
             };
             // Never return into the parent's frames: their guards are the
             // parent's to run.
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| container::child_main(plan)));
             std::process::exit(code.unwrap_or(125));
         }
-        Forked::Parent { pid, pidfd } => Ok((signals, mine, pid, ChildGuard { pidfd: Some(pidfd) })),
+        Forked::Parent { pid, pidfd } => Ok((signals, mine, pid, ChildGuard { pidfd: Some(pidfd) }, terminal)),
     }
 }
 
@@ -582,11 +586,9 @@ fn supervise(
         while revents[1].contains(PollFlags::IN)
             && let Some(si) = signals.read().context("reading signals")?
         {
-            // A terminal's signals reach the command directly (same process
-            // group); relaying them too would deliver them twice.
-            if !si.from_kernel()
-                && let Some(sig) = Signal::from_named_raw(si.signo)
-            {
+            // Also a terminal's: the container is in a session of its own,
+            // which they reach only through here.
+            if let Some(sig) = Signal::from_named_raw(si.signo) {
                 let _ = rustix::process::pidfd_send_signal(pidfd, sig);
             }
         }
