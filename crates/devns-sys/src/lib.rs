@@ -5,13 +5,13 @@
 pub mod block;
 pub mod bpf;
 pub mod creds;
+pub mod fds;
 pub mod mount;
 pub mod net;
 pub mod ns;
 pub mod process;
 pub mod seccomp;
 pub mod signal;
-pub mod tty;
 
 /// The calling thread's errno as a rustix error.
 pub(crate) fn last_errno() -> rustix::io::Errno {

@@ -36,6 +36,11 @@ const ERR: &[u8] = b"err:";
 /// Largest message on the keeper/child channel.
 const MAX_MSG: usize = 4096;
 
+/// The root's directories that hold the container's own mounts alone
+/// (its view, `/proc`, `/tmp`): what it unmounts there must uncover
+/// nothing of the host's.
+const OWN: [&str; 3] = ["dev", "proc", "tmp"];
+
 /// A root filesystem given with `--rootfs`, checked on the host side.
 pub struct RootFs {
     pub path: PathBuf,
@@ -48,7 +53,15 @@ pub fn prepare_rootfs(path: &Path) -> Result<RootFs> {
     let path = std::fs::canonicalize(path).with_context(|| format!("bad --rootfs {}", path.display()))?;
     let dir = rustix::fs::open(&path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .with_context(|| format!("bad --rootfs {}: not a directory", path.display()))?;
-    for sub in ["dev", "proc", "tmp"] {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    if let Some(m) = covered_mount(&mountinfo, &path) {
+        bail!(
+            "bad --rootfs {}: {} is a mount point, which the container would uncover by unmounting its own mount above it",
+            path.display(),
+            m.display()
+        );
+    }
+    for sub in OWN {
         match open_in(&dir, sub) {
             Ok(_) => {}
             Err(rustix::io::Errno::NOENT) => rustix::fs::mkdirat(&dir, sub, Mode::from_raw_mode(0o755))
@@ -57,6 +70,17 @@ pub fn prepare_rootfs(path: &Path) -> Result<RootFs> {
         }
     }
     Ok(RootFs { path })
+}
+
+/// A mount point in `mountinfo` at or below one of `root`'s [`OWN`]
+/// directories: the rootfs's copy of it would lie under the container's own
+/// mount there, locked, for it to uncover.
+fn covered_mount(mountinfo: &str, root: &Path) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(crate::cgroup::unescape(m)))
+        .find(|m| OWN.iter().any(|o| m.starts_with(root.join(o))))
 }
 
 /// Opens directory `path` below `root`, resolving it as if `root` were `/`.
@@ -209,9 +233,23 @@ fn new_fs(fstype: &str, flags: &[&str], opts: &[(&str, &str)], attrs: MountAttrF
     rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).with_context(ctx)
 }
 
+/// First thing in the child: a session of its own, so that no terminal of
+/// the host's is its controlling one, and none of the keeper's fds (its
+/// close-on-exec ones: init never execs, and the container can reach
+/// init's) nor any inherited terminal above stdio (stdio's are replaced by
+/// [`tty::take_pty`]); the channel `sock` to the keeper stays.
+fn leave_keeper(sock: BorrowedFd<'_>) -> Result<()> {
+    rustix::process::setsid().context("cannot start a session of the container's own")?;
+    // SAFETY: the child never returns into the keeper's frames (it exits
+    // in `spawn`), so their owners of these fds are never used or dropped;
+    // of the keeper's fds it goes on using only `sock`.
+    unsafe { devns_sys::fds::close_inherited(&[sock]) }.context("cannot close the keeper's fds")?;
+    Ok(())
+}
+
 /// Returns the master of the container's pty, when it has one.
 fn setup(plan: &ChildPlan<'_>) -> Result<Option<OwnedFd>> {
-    tty::leave_host_terminal()?;
+    leave_keeper(plan.sock.as_fd())?;
     // The keeper has written our id maps before it sends the mounts.
     let (view, tmp) = receive_mounts(&plan.sock)?;
     let root_ids = || -> rustix::io::Result<()> {
@@ -343,5 +381,31 @@ fn init(cmd: &[String]) -> i32 {
                 let _ = rustix::process::kill_process(cmd_pid, sig);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+        40 27 0:6 / /srv/root\\040fs/dev rw - devtmpfs devtmpfs rw\n\
+        41 27 0:7 / /srv/other/proc/sub rw - proc proc rw\n\
+        42 27 0:8 / /srv/root\\040fs/var rw - tmpfs tmpfs rw\n\
+        43 27 0:9 / /srv/root\\040fs/devices rw - tmpfs tmpfs rw\n";
+
+    #[test]
+    fn a_mount_at_or_below_the_rootfs_s_own_directories_is_found() {
+        assert_eq!(covered_mount(MOUNTINFO, Path::new("/srv/root fs")), Some(PathBuf::from("/srv/root fs/dev")));
+        assert_eq!(covered_mount(MOUNTINFO, Path::new("/srv/other")), Some(PathBuf::from("/srv/other/proc/sub")));
+    }
+
+    #[test]
+    fn mounts_elsewhere_in_the_rootfs_or_beside_it_are_not() {
+        let without_dev: String =
+            MOUNTINFO.lines().filter(|l| !l.starts_with("40 ")).map(|l| format!("{l}\n")).collect();
+        // var is the container's to see; devices is not dev.
+        assert_eq!(covered_mount(&without_dev, Path::new("/srv/root fs")), None);
+        assert_eq!(covered_mount(MOUNTINFO, Path::new("/srv")), None);
     }
 }

@@ -296,6 +296,85 @@ fn under_a_terminal_pipes_are_still_passed_through() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "/dev/pts/0\npipe:\nout\n");
 }
 
+/// A signal that ends `devns run` while it relays gives the terminal its
+/// modes back too.
+#[test]
+fn the_terminal_gets_its_modes_back_when_devns_run_is_ended_by_a_signal() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let pty = Pty::new(24, 80);
+    let before = rustix::termios::tcgetattr(&pty.slave).unwrap();
+    let mut screen = pty.screen();
+    let mut c = env.devns();
+    c.args(["run", "--", "sh", "-c", "echo ready; exec sleep 1000"]);
+    let mut devns = pty.spawn(&mut c);
+    screen.until("ready");
+    let raw = rustix::termios::tcgetattr(&pty.slave).unwrap();
+    assert!(!raw.local_modes.contains(rustix::termios::LocalModes::ICANON), "the terminal is raw while relayed");
+    let pid = rustix::process::Pid::from_raw(devns.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert_eq!(devns.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    let after = rustix::termios::tcgetattr(&pty.slave).unwrap();
+    assert_eq!((after.local_modes, after.input_modes), (before.local_modes, before.input_modes));
+}
+
+/// Through a daemon, too, the container gets a pty of its own.
+#[test]
+fn with_a_daemon_the_container_gets_a_pty_of_its_own() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let pty = Pty::new(24, 80);
+    let mut screen = pty.screen();
+    let mut c = env.devns();
+    c.args(["run", "--", "sh", "-c", "tty; echo ready; read x; echo got-$x"]);
+    let mut devns = pty.spawn(&mut c);
+    assert_eq!(screen.until("ready").trim().lines().next(), Some("/dev/pts/0"));
+    pty.type_in(b"typed\n");
+    screen.until("got-typed");
+    assert!(devns.wait().unwrap().success());
+}
+
+/// The container's init holds none of the keeper's fds (init never execs,
+/// so their close-on-exec flag would not close them, and container root
+/// can reach init's fds): only its stdio, its own signalfd and what
+/// `devns run` was given to pass on.
+#[test]
+fn the_container_s_init_holds_none_of_the_keeper_s_fds() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    // What this process passes on to devns run (no close-on-exec flag).
+    let passed: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).ok()?;
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim().to_owned();
+            (u32::from_str_radix(&flags, 8).ok()? & libc::O_CLOEXEC as u32 == 0).then_some(n)
+        })
+        .collect();
+    let o = env.run(&["--", "sh", "-c", "for f in /proc/1/fd/*; do echo \"${f##*/} $(readlink $f)\"; done"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    for l in out.lines() {
+        let (fd, what) = l.split_once(' ').unwrap();
+        // Closed between the listing and readlink: init's own, for a moment
+        // (the pipe of its spawn of the command), never one the keeper had.
+        let gone = what.is_empty();
+        let ok =
+            gone || ["0", "1", "2"].contains(&fd) || passed.iter().any(|p| p == fd) || what == "anon_inode:[signalfd]";
+        assert!(ok, "init holds fd {fd} ({what}) of the keeper's:\n{out}");
+    }
+    assert_eq!(out.lines().filter(|l| l.ends_with("anon_inode:[signalfd]")).count(), 1, "{out}");
+}
+
 // ---- what the container's umounts uncover ---------------------------------------
 
 /// A file of the test's on the host, removed on drop.
@@ -399,4 +478,34 @@ fn with_rootfs_umounts_uncover_nothing_of_the_host() {
     let env = Env::new();
     let root = busybox_rootfs(env.dir.path());
     umounts_uncover_nothing_of_the_host(&env, &["--rootfs", root.to_str().unwrap()], "/bin/busybox");
+}
+
+/// A mount of the test's own on the host, unmounted on drop.
+struct HostMount(std::path::PathBuf);
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A rootfs whose `dev` is a mount point (a host's devtmpfs bound there
+/// for a chroot, say) is refused: the container's view over it is its own
+/// to unmount, and the mount below, locked, would be what it uncovers.
+#[test]
+fn a_rootfs_with_a_mount_below_its_dev_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let root = busybox_rootfs(env.dir.path());
+    let dev = root.join("dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    rustix::mount::mount("none", &dev, "tmpfs", rustix::mount::MountFlags::empty(), None).unwrap();
+    let _m = HostMount(dev.clone());
+    let o = env.run(&["--rootfs", root.to_str().unwrap(), "--", "/bin/busybox", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("{} is a mount point", dev.display())), "{err}");
+    assert_eq!(env.recorded_namespaces(), 0);
 }

@@ -16,8 +16,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::mount::{MountAttrFlags, MoveMountFlags, OpenTreeFlags};
 use std::ffi::OsStr;
 
-/// The host root's entries the container gets as empty directories.
-const OWN: [&str; 3] = ["dev", "proc", "tmp"];
+use super::OWN;
 
 /// Where the new root is mounted until `pivot_root` makes it `/`: a mount
 /// point of the current (the host's) tree that the container never sees.

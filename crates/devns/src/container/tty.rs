@@ -256,17 +256,6 @@ fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) {
 
 // ---- the child's side ---------------------------------------------------------
 
-/// First thing in the child: a session of its own, so that no terminal of
-/// the host's is its controlling one, and no inherited terminal above
-/// stdio (stdio's are replaced by [`take_pty`]).
-pub(super) fn leave_host_terminal() -> Result<()> {
-    rustix::process::setsid().context("cannot start a session of the container's own")?;
-    // SAFETY: devns opens no terminal itself: every terminal above fd 2 in
-    // this freshly forked child was inherited, and nothing here owns it.
-    unsafe { devns_sys::tty::close_terminals_above_stdio() }.context("cannot close inherited terminals")?;
-    Ok(())
-}
-
 /// Puts one pty of devpts instance `pts` in place of each stdio fd that
 /// is a terminal, with the outer terminal's modes and size, and makes it
 /// the controlling terminal; returns its master, for the keeper's relay.
