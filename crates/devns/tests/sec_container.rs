@@ -452,24 +452,6 @@ fn without_rootfs_umounts_uncover_nothing_of_the_host() {
     umounts_uncover_nothing_of_the_host(&env, &[], "busybox");
 }
 
-/// A minimal rootfs: busybox and the libraries it links.
-fn busybox_rootfs(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("rootfs");
-    let ldd = Command::new("ldd").arg("/bin/busybox").output().unwrap();
-    let mut files = vec!["/bin/busybox".to_owned()];
-    for l in String::from_utf8_lossy(&ldd.stdout).lines() {
-        if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
-            files.push(p.to_owned());
-        }
-    }
-    for f in &files {
-        let dst = root.join(f.trim_start_matches('/'));
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(f, &dst).unwrap();
-    }
-    root
-}
-
 #[test]
 fn with_rootfs_umounts_uncover_nothing_of_the_host() {
     if !privileged() {

@@ -759,3 +759,21 @@ impl Drop for Stopped {
 pub fn block_ino(name: &str) -> Option<u64> {
     rustix::fs::stat(format!("/sys/class/block/{name}")).ok().map(|s| s.st_ino)
 }
+
+/// A minimal rootfs below `dir`: busybox and the libraries it links.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    let ldd = Command::new("ldd").arg("/bin/busybox").output().expect("ldd");
+    let mut files = vec!["/bin/busybox".to_owned()];
+    for l in String::from_utf8_lossy(&ldd.stdout).lines() {
+        if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
+            files.push(p.to_owned());
+        }
+    }
+    for f in &files {
+        let dst = root.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(f, &dst).unwrap_or_else(|e| panic!("cannot copy {f}: {e}"));
+    }
+    root
+}
