@@ -5,6 +5,7 @@
 pub mod block;
 pub mod bpf;
 pub mod creds;
+pub mod fds;
 pub mod mount;
 pub mod net;
 pub mod ns;

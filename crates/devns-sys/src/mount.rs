@@ -15,11 +15,21 @@ struct MountAttr {
 
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
+const AT_EMPTY_PATH: libc::c_int = 0x1000;
+const AT_RECURSIVE: libc::c_int = 0x8000;
+
 /// Sets `attrs` on the (detached or attached) mount tree `fd`.
 pub fn set_attrs(fd: impl AsFd, attrs: u64) -> io::Result<()> {
+    setattr(fd, attrs, AT_EMPTY_PATH | AT_RECURSIVE)
+}
+
+/// Sets `attrs` on mount `fd` alone, not on the mounts below it.
+pub fn set_attrs_top(fd: impl AsFd, attrs: u64) -> io::Result<()> {
+    setattr(fd, attrs, AT_EMPTY_PATH)
+}
+
+fn setattr(fd: impl AsFd, attrs: u64, flags: libc::c_int) -> io::Result<()> {
     let a = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    const AT_EMPTY_PATH: libc::c_int = 0x1000;
-    const AT_RECURSIVE: libc::c_int = 0x8000;
     // SAFETY: `a` is a valid mount_attr of the size passed and outlives the
     // call; the path is a static empty C string.
     let r = unsafe {
@@ -27,7 +37,7 @@ pub fn set_attrs(fd: impl AsFd, attrs: u64) -> io::Result<()> {
             libc::SYS_mount_setattr,
             fd.as_fd().as_raw_fd(),
             c"".as_ptr(),
-            AT_EMPTY_PATH | AT_RECURSIVE,
+            flags,
             &a as *const MountAttr,
             size_of::<MountAttr>(),
         )

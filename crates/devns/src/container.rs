@@ -23,6 +23,9 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
+mod root;
+pub mod tty;
+
 /// Signals `devns run` relays to the command.
 pub const FORWARDED_SIGNALS: &[i32] =
     &[libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
@@ -32,6 +35,11 @@ const OK: &[u8] = b"ok";
 const ERR: &[u8] = b"err:";
 /// Largest message on the keeper/child channel.
 const MAX_MSG: usize = 4096;
+
+/// The root's directories that hold the container's own mounts alone
+/// (its view, `/proc`, `/tmp`): what it unmounts there must uncover
+/// nothing of the host's.
+const OWN: [&str; 3] = ["dev", "proc", "tmp"];
 
 /// A root filesystem given with `--rootfs`, checked on the host side.
 pub struct RootFs {
@@ -45,7 +53,15 @@ pub fn prepare_rootfs(path: &Path) -> Result<RootFs> {
     let path = std::fs::canonicalize(path).with_context(|| format!("bad --rootfs {}", path.display()))?;
     let dir = rustix::fs::open(&path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .with_context(|| format!("bad --rootfs {}: not a directory", path.display()))?;
-    for sub in ["dev", "proc", "tmp"] {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    if let Some(m) = covered_mount(&mountinfo, &path) {
+        bail!(
+            "bad --rootfs {}: {} is a mount point, which the container would uncover by unmounting its own mount above it",
+            path.display(),
+            m.display()
+        );
+    }
+    for sub in OWN {
         match open_in(&dir, sub) {
             Ok(_) => {}
             Err(rustix::io::Errno::NOENT) => rustix::fs::mkdirat(&dir, sub, Mode::from_raw_mode(0o755))
@@ -54,6 +70,17 @@ pub fn prepare_rootfs(path: &Path) -> Result<RootFs> {
         }
     }
     Ok(RootFs { path })
+}
+
+/// A mount point in `mountinfo` at or below one of `root`'s [`OWN`]
+/// directories: the rootfs's copy of it would lie under the container's own
+/// mount there, locked, for it to uncover.
+fn covered_mount(mountinfo: &str, root: &Path) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(crate::cgroup::unescape(m)))
+        .find(|m| OWN.iter().any(|o| m.starts_with(root.join(o))))
 }
 
 /// Opens directory `path` below `root`, resolving it as if `root` were `/`.
@@ -91,8 +118,9 @@ pub fn map_ids(pid: Pid, uids: &IdMap, gids: &IdMap) -> Result<NsId> {
 }
 
 /// Hands the mounts to the child and waits until it has set itself up;
-/// returns the listener of the seccomp filter it installed.
-pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<OwnedFd> {
+/// returns the listener of the seccomp filter it installed, and the master
+/// of its pty when it has one.
+pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<(OwnedFd, Option<OwnedFd>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
     if !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -105,7 +133,10 @@ pub fn start(sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> Result<OwnedFd> {
     let n = rustix::io::retry_on_intr(|| crate::wire::recv_with_fds(sock.as_fd(), &mut buf, &mut got))
         .context("reading the container's status")?;
     match &buf[..n] {
-        OK => got.pop().context("the container sent no seccomp listener"),
+        OK => {
+            let mut got = got.into_iter();
+            Ok((got.next().context("the container sent no seccomp listener")?, got.next()))
+        }
         m if m.starts_with(ERR) => Err(anyhow!("{}", String::from_utf8_lossy(&m[ERR.len()..]))),
         _ => bail!("the container ended during setup"),
     }
@@ -119,20 +150,25 @@ pub struct ChildPlan<'a> {
     pub cmd: &'a [String],
     /// In a network namespace of its own, whose loopback it brings up.
     pub own_net: bool,
+    /// What its stdio is: terminals get a pty of the container's own.
+    pub outer: &'a tty::Outer,
 }
 
 /// The child's whole life; returns its exit status.
 pub fn child_main(plan: ChildPlan<'_>) -> i32 {
-    match setup(&plan).and_then(|()| {
+    match setup(&plan).and_then(|pty| {
         // Last, so that nothing of the setup is trapped; CMD and all it
         // starts inherit the filter.
-        devns_sys::seccomp::install_with_listener(&crate::agent::filter()).context("cannot install the seccomp filter")
+        let filter = devns_sys::seccomp::install_with_listener(&crate::agent::filter());
+        Ok((filter.context("cannot install the seccomp filter")?, pty))
     }) {
-        Ok(listener) => {
-            if crate::wire::send_with_fds(plan.sock.as_fd(), OK, &[listener.as_fd()]).is_err() {
+        Ok((listener, pty)) => {
+            let fds: Vec<BorrowedFd<'_>> =
+                std::iter::once(listener.as_fd()).chain(pty.as_ref().map(|p| p.as_fd())).collect();
+            if crate::wire::send_with_fds(plan.sock.as_fd(), OK, &fds).is_err() {
                 return 125;
             }
-            drop(listener);
+            drop((listener, pty));
             drop(plan.sock);
             init(plan.cmd)
         }
@@ -197,7 +233,23 @@ fn new_fs(fstype: &str, flags: &[&str], opts: &[(&str, &str)], attrs: MountAttrF
     rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).with_context(ctx)
 }
 
-fn setup(plan: &ChildPlan<'_>) -> Result<()> {
+/// First thing in the child: a session of its own, so that no terminal of
+/// the host's is its controlling one, and none of the keeper's fds (its
+/// close-on-exec ones: init never execs, and the container can reach
+/// init's) nor any inherited terminal above stdio (stdio's are replaced by
+/// [`tty::take_pty`]); the channel `sock` to the keeper stays.
+fn leave_keeper(sock: BorrowedFd<'_>) -> Result<()> {
+    rustix::process::setsid().context("cannot start a session of the container's own")?;
+    // SAFETY: the child never returns into the keeper's frames (it exits
+    // in `spawn`), so their owners of these fds are never used or dropped;
+    // of the keeper's fds it goes on using only `sock`.
+    unsafe { devns_sys::fds::close_inherited(&[sock]) }.context("cannot close the keeper's fds")?;
+    Ok(())
+}
+
+/// Returns the master of the container's pty, when it has one.
+fn setup(plan: &ChildPlan<'_>) -> Result<Option<OwnedFd>> {
+    leave_keeper(plan.sock.as_fd())?;
     // The keeper has written our id maps before it sends the mounts.
     let (view, tmp) = receive_mounts(&plan.sock)?;
     let root_ids = || -> rustix::io::Result<()> {
@@ -224,10 +276,10 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
         Some(r) => {
             rustix::mount::mount_bind_recursive(&r.path, &r.path).context("cannot bind the rootfs")?;
             rustix::fs::open(&r.path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .context("cannot open the root")?
         }
-        None => rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
-    }
-    .context("cannot open the root")?;
+        None => root::from_host()?,
+    };
     attach(&view, &root, "dev")?;
     let pts = new_fs(
         "devpts",
@@ -236,6 +288,7 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
         MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )?;
     attach(&pts, &root, "dev/pts")?;
+    let pty = tty::take_pty(&pts, plan.outer)?;
     let proc_fs = new_fs(
         "proc",
         &[],
@@ -244,11 +297,21 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
     )?;
     attach(&proc_fs, &root, "proc")?;
     attach(&tmp, &root, "tmp")?;
-    if plan.rootfs.is_some() {
-        rustix::process::fchdir(&root).context("cannot enter the rootfs")?;
-        rustix::process::pivot_root(".", ".").context("pivot_root")?;
-        rustix::mount::unmount(".", UnmountFlags::DETACH).context("cannot detach the old root")?;
-        rustix::process::chdir("/").context("chdir /")?;
+    // Without --rootfs the command starts where devns run was, when that
+    // directory is the same in the new root (not below /tmp, /dev, /proc).
+    let cwd = if plan.rootfs.is_none() {
+        root::seal(&root)?;
+        std::env::current_dir().ok()
+    } else {
+        None
+    };
+    // The host's tree goes: nothing below the new root leads back to it.
+    rustix::process::fchdir(&root).context("cannot enter the new root")?;
+    rustix::process::pivot_root(".", ".").context("pivot_root")?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH).context("cannot detach the old root")?;
+    rustix::process::chdir("/").context("chdir /")?;
+    if let Some(dir) = cwd.filter(|d| !root::is_own(d)) {
+        let _ = rustix::process::chdir(&dir);
     }
     if let Some(h) = plan.hostname {
         rustix::system::sethostname(h.as_bytes()).context("sethostname")?;
@@ -256,7 +319,7 @@ fn setup(plan: &ChildPlan<'_>) -> Result<()> {
     if plan.own_net {
         devns_sys::net::loopback_up().context("cannot bring up the loopback interface")?;
     }
-    Ok(())
+    Ok(pty)
 }
 
 /// pid 1: runs the command, relays signals to it, reaps every child, and
@@ -322,5 +385,31 @@ fn init(cmd: &[String]) -> i32 {
                 let _ = rustix::process::kill_process(cmd_pid, sig);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+        40 27 0:6 / /srv/root\\040fs/dev rw - devtmpfs devtmpfs rw\n\
+        41 27 0:7 / /srv/other/proc/sub rw - proc proc rw\n\
+        42 27 0:8 / /srv/root\\040fs/var rw - tmpfs tmpfs rw\n\
+        43 27 0:9 / /srv/root\\040fs/devices rw - tmpfs tmpfs rw\n";
+
+    #[test]
+    fn a_mount_at_or_below_the_rootfs_s_own_directories_is_found() {
+        assert_eq!(covered_mount(MOUNTINFO, Path::new("/srv/root fs")), Some(PathBuf::from("/srv/root fs/dev")));
+        assert_eq!(covered_mount(MOUNTINFO, Path::new("/srv/other")), Some(PathBuf::from("/srv/other/proc/sub")));
+    }
+
+    #[test]
+    fn mounts_elsewhere_in_the_rootfs_or_beside_it_are_not() {
+        let without_dev: String =
+            MOUNTINFO.lines().filter(|l| !l.starts_with("40 ")).map(|l| format!("{l}\n")).collect();
+        // var is the container's to see; devices is not dev.
+        assert_eq!(covered_mount(&without_dev, Path::new("/srv/root fs")), None);
+        assert_eq!(covered_mount(MOUNTINFO, Path::new("/srv")), None);
     }
 }

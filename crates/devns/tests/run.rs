@@ -244,20 +244,7 @@ fn rootfs_is_used_as_root() {
         return;
     }
     let env = Env::new();
-    let root = env.dir.path().join("rootfs");
-    // A minimal root: busybox and the libraries it links.
-    let ldd = std::process::Command::new("ldd").arg("/bin/busybox").output().unwrap();
-    let mut files = vec!["/bin/busybox".to_owned()];
-    for l in String::from_utf8_lossy(&ldd.stdout).lines() {
-        if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
-            files.push(p.to_owned());
-        }
-    }
-    for f in &files {
-        let dst = root.join(f.trim_start_matches('/'));
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(f, &dst).unwrap();
-    }
+    let root = busybox_rootfs(env.dir.path());
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/marker"), "inside-rootfs\n").unwrap();
     let o = env.run(&[

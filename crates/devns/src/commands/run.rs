@@ -9,7 +9,8 @@
 
 use super::Global;
 use crate::client::Client;
-use crate::container::{self, ChildPlan, FORWARDED_SIGNALS};
+use crate::container::tty::Terminal;
+use crate::container::{self, ChildPlan};
 use crate::loopctl::{Ledger, LoopHost};
 use crate::store::Store;
 use crate::{config, discover, host, view};
@@ -226,7 +227,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     // can be removed only once it is empty.
     let mut access = AccessGuard(None);
 
-    let (signals, mine, pid, mut child) = spawn(&args, rootfs.as_ref())?;
+    let (signals, mine, pid, mut child, terminal) = spawn(&args, rootfs.as_ref())?;
     let uids = IdMap::single(uid_base, BLOCK);
     let gids = IdMap::single(gid_base, BLOCK);
     let ns = container::map_ids(pid, &uids, &gids)?;
@@ -252,7 +253,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
             | rustix::mount::OpenTreeFlags::AT_EMPTY_PATH,
     )
     .context("cannot clone the view")?;
-    let listener = container::start(&mine, &[for_child.as_fd(), tmp.as_fd()])?;
+    let (listener, pty) = container::start(&mine, &[for_child.as_fd(), tmp.as_fd()])?;
     // The keeper keeps /tmp open (mounted nowhere on the host): the agent
     // makes nodes there and on the view only.
     drop((mine, for_child));
@@ -274,7 +275,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         access: access.0.as_mut(),
         locked: None,
     };
-    supervise(&mut child, &signals, Some((listener, &mut policy)), uevents.as_ref())
+    terminal.relay(pty, || supervise(&mut child, &signals, Some((listener, &mut policy)), uevents.as_ref()))
 }
 
 /// What a failure of the access layer's setup says besides its cause.
@@ -327,7 +328,7 @@ fn start_policy(
 /// devices and view, and watches it; this process only starts and waits.
 fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
     let rootfs = args.rootfs.as_deref().map(container::prepare_rootfs).transpose()?;
-    let (signals, mine, pid, mut child) = spawn(args, rootfs.as_ref())?;
+    let (signals, mine, pid, mut child, terminal) = spawn(args, rootfs.as_ref())?;
     let pidfd = child.pidfd.as_ref().expect("not waited").as_fd();
     let req = serde_json::json!({ "op": "run", "name": args.name, "devices": args.devs });
     let reply = daemon.call(req, &[pidfd])?;
@@ -336,22 +337,23 @@ fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
     let mut fds = daemon.take_fds().into_iter();
     let view = fds.next().context("the daemon sent no view")?;
     let tmp = fds.next().context("the daemon sent no /tmp")?;
-    let listener = container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
+    let (listener, pty) = container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
     drop((mine, tmp, view));
     // The daemon answers the container's trapped calls.
     daemon.call(serde_json::json!({ "op": "listen" }), &[listener.as_fd()])?;
     drop((daemon, listener));
     tracing::info!(ns = reply["id"].as_u64(), pid = pid.as_raw_nonzero().get(), "started through the daemon");
-    supervise(&mut child, &signals, None, None)
+    terminal.relay(pty, || supervise(&mut child, &signals, None, None))
 }
 
 /// Forks the container's first process into its new namespaces. In the
 /// child this never returns; the parent gets the signals to relay, its end
-/// of the channel, and the child.
-fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, OwnedFd, Pid, ChildGuard)> {
+/// of the channel, the child, and the terminal to relay.
+fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, OwnedFd, Pid, ChildGuard, Terminal)> {
+    let terminal = Terminal::probe()?;
     // Blocked before the fork, so no signal is lost or kills devns before
     // the child exists; the child inherits the mask and reads its own.
-    let signals = SignalFd::new(FORWARDED_SIGNALS).context("cannot set up signal forwarding")?;
+    let signals = SignalFd::new(&terminal.relayed_signals()).context("cannot set up signal forwarding")?;
     let (mine, theirs) = container::channel()?;
     let flags = sysproc::CLONE_NEWUSER
         | sysproc::CLONE_NEWNS
@@ -365,19 +367,21 @@ fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, O
         Forked::Child => {
             drop(mine);
             signals.close_keeping_mask();
+            let outer = terminal.into_child();
             let plan = ChildPlan {
                 sock: theirs,
                 rootfs,
                 hostname: args.name.as_deref(),
                 cmd: &args.cmd,
                 own_net: args.net != "host",
+                outer: &outer,
             };
             // Never return into the parent's frames: their guards are the
             // parent's to run.
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| container::child_main(plan)));
             std::process::exit(code.unwrap_or(125));
         }
-        Forked::Parent { pid, pidfd } => Ok((signals, mine, pid, ChildGuard { pidfd: Some(pidfd) })),
+        Forked::Parent { pid, pidfd } => Ok((signals, mine, pid, ChildGuard { pidfd: Some(pidfd) }, terminal)),
     }
 }
 
@@ -667,11 +671,9 @@ fn supervise(
         while revents[1].contains(PollFlags::IN)
             && let Some(si) = signals.read().context("reading signals")?
         {
-            // A terminal's signals reach the command directly (same process
-            // group); relaying them too would deliver them twice.
-            if !si.from_kernel()
-                && let Some(sig) = Signal::from_named_raw(si.signo)
-            {
+            // Also a terminal's: the container is in a session of its own,
+            // which they reach only through here.
+            if let Some(sig) = Signal::from_named_raw(si.signo) {
                 let _ = rustix::process::pidfd_send_signal(pidfd, sig);
             }
         }
