@@ -360,9 +360,26 @@ fn the_container_s_init_holds_none_of_the_keeper_s_fds() {
             (u32::from_str_radix(&flags, 8).ok()? & libc::O_CLOEXEC as u32 == 0).then_some(n)
         })
         .collect();
-    let o = env.run(&["--", "sh", "-c", "for f in /proc/1/fd/*; do echo \"${f##*/} $(readlink $f)\"; done"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    // Init is not dumpable (the container may not trace it): its fds are
+    // read from the host.
+    let mut c = env.spawn(&["--", "sh", "-c", "echo up; read x"]);
+    assert_eq!(c.line(), "up");
+    let keeper = c.pid();
+    let init: i32 = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the container's init")
+        .parse()
+        .unwrap();
+    let mut out = String::new();
+    for e in std::fs::read_dir(format!("/proc/{init}/fd")).unwrap().flatten() {
+        let what = std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
+        out.push_str(&format!("{} {what}\n", e.file_name().to_string_lossy()));
+    }
+    c.send("\n");
+    let (status, _) = c.wait();
+    assert_eq!(status, 0);
     for l in out.lines() {
         let (fd, what) = l.split_once(' ').unwrap();
         // Closed between the listing and readlink: init's own, for a moment
