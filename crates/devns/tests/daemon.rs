@@ -203,6 +203,9 @@ fn lifecycles_leave_nothing_and_the_daemon_holds_no_extra_fds() {
         let o = env.run(&["--dev", &lp.name, "--", "true"]);
         assert!(o.status.success());
         eventually("first lifecycle released", || env.owned().is_empty());
+        // Its namespace (with the fds it holds: view, /tmp, listener) is
+        // gone only after its devices are released.
+        eventually("first namespace gone", || devns_ok(&env, &["ns", "ls", "--json"]).trim() == "[]");
         d.fd_count()
     };
     for i in 0..100 {
