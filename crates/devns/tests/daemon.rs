@@ -336,21 +336,7 @@ fn attach_brings_an_existing_namespace_under_devns() {
     // attaches its device program.
     let cg = TestCgroup::new("attach");
     // A user-namespaced process made by util-linux, not by devns.
-    let mut p = cg
-        .command("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "while :; do sleep 0.2; done",
-            &mark,
-        ])
-        .spawn()
-        .unwrap();
+    let mut p = cg.command("unshare").args(userns_sh("while :; do sleep 0.2; done", &mark)).spawn().unwrap();
     let pid = p.id();
     let _cleanup = KillMarked(mark.clone());
     eventually("the process is in its user namespace", || {

@@ -315,17 +315,7 @@ fn a_runtime_s_own_program_still_decides_and_is_never_detached() {
         .unwrap();
     let mark = marker("runtime");
     let script = "echo ready; while read -r cmd; do eval \"$cmd\"; echo end; done";
-    let mut p = Container::spawn(cg.command("unshare").args([
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        &mark,
-    ]));
+    let mut p = Container::spawn(cg.command("unshare").args(userns_sh(script, &mark)));
     assert_eq!(p.line(), "ready");
     let pid = p.pid();
     devns_ok(&env, &["attach", "--pid", &pid.to_string(), "--name", "ext"]);

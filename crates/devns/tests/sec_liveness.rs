@@ -312,17 +312,7 @@ fn an_attached_namespace_lives_while_a_process_nested_in_it_does() {
     let _cleanup = KillMarked(mark.clone());
     let cg = TestCgroup::new("nested");
     let mut cmd = cg.command("unshare");
-    cmd.args([
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "echo ready; while read -r cmd; do eval \"$cmd\"; echo end; done",
-        &mark,
-    ]);
+    cmd.args(userns_sh("echo ready; while read -r cmd; do eval \"$cmd\"; echo end; done", &mark));
     let mut p = Container::spawn(&mut cmd);
     assert_eq!(p.line(), "ready");
     let pid = p.pid();

@@ -805,3 +805,10 @@ impl<'e> Daemon<'e> {
         d
     }
 }
+
+/// The arguments of `unshare` for `sh -c SCRIPT MARK` as root of a new
+/// user namespace with a private mount namespace: a user-namespaced
+/// process made by util-linux, not by devns.
+pub fn userns_sh<'a>(script: &'a str, mark: &'a str) -> [&'a str; 9] {
+    ["--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c", script, mark]
+}
