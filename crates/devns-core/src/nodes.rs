@@ -126,12 +126,7 @@ pub fn is_whiteout(dev: DevId) -> bool {
 /// name for it): `depth` namespaces up from its own, read from its
 /// `/proc/TID/status` (`NStgid:` and `NSpid:` list them outermost first).
 pub fn ids_in_pid_ns(status: &[u8], depth: usize) -> Option<(u32, u32)> {
-    let list = |key: &[u8]| -> Option<Vec<u32>> {
-        let line = status.split(|b| *b == b'\n').find_map(|l| l.strip_prefix(key))?;
-        let text = std::str::from_utf8(line).ok()?;
-        text.split_ascii_whitespace().map(|n| n.parse().ok()).collect()
-    };
-    let (tgids, pids) = (list(b"NStgid:")?, list(b"NSpid:")?);
+    let (tgids, pids) = (numbers(status, b"NStgid:")?, numbers(status, b"NSpid:")?);
     let at = |v: &[u32]| v.len().checked_sub(depth + 1).and_then(|i| v.get(i).copied());
     Some((at(&tgids)?, at(&pids)?))
 }
@@ -142,11 +137,7 @@ pub fn ids_in_pid_ns(status: &[u8], depth: usize) -> Option<(u32, u32)> {
 /// `CAP_SYS_PTRACE` (`__ptrace_may_access`, `PTRACE_MODE_FSCREDS`).
 pub fn ids_match(status: &[u8], fsuid: u32, fsgid: u32) -> bool {
     let all = |key: &[u8], id: u32| {
-        status.split(|b| *b == b'\n').find_map(|l| l.strip_prefix(key)).is_some_and(|line| {
-            let text = std::str::from_utf8(line).unwrap_or("");
-            let ids: Vec<Option<u32>> = text.split_ascii_whitespace().take(3).map(|n| n.parse().ok()).collect();
-            ids.len() == 3 && ids.iter().all(|i| *i == Some(id))
-        })
+        numbers(status, key).is_some_and(|ids| ids.len() >= 3 && ids[..3].iter().all(|i| *i == id))
     };
     all(b"Uid:", fsuid) && all(b"Gid:", fsgid)
 }
@@ -159,13 +150,16 @@ pub fn ids_match(status: &[u8], fsuid: u32, fsgid: u32) -> bool {
 /// a non-dumpable one's needs `CAP_SYS_PTRACE` over the user namespace of
 /// its memory, which for devns's init is the host's.
 pub fn dumpable(status: &[u8], owner_uid: u32, owner_gid: u32) -> bool {
-    let effective = |key: &[u8]| {
-        status
-            .split(|b| *b == b'\n')
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|line| std::str::from_utf8(line).ok()?.split_ascii_whitespace().nth(1)?.parse::<u32>().ok())
-    };
+    let effective = |key: &[u8]| numbers(status, key).and_then(|ids| ids.get(1).copied());
     effective(b"Uid:") == Some(owner_uid) && effective(b"Gid:") == Some(owner_gid)
+}
+
+/// The numbers of the first `/proc/PID/status` line that starts with
+/// `key` (`Uid:`, `NSpid:`, ...); `None` without it or when one is not a
+/// number.
+fn numbers(status: &[u8], key: &[u8]) -> Option<Vec<u32>> {
+    let line = status.split(|b| *b == b'\n').find_map(|l| l.strip_prefix(key))?;
+    std::str::from_utf8(line).ok()?.split_ascii_whitespace().map(|n| n.parse().ok()).collect()
 }
 
 #[cfg(test)]

@@ -42,25 +42,20 @@ impl Peer {
     }
 }
 
-/// A reply line, with fds to pass beside it and whether to close after.
+/// A reply line, with fds to pass beside it.
 pub struct Reply {
     pub value: Value,
     pub fds: Vec<OwnedFd>,
-    pub close: bool,
 }
 
 impl Reply {
     pub fn ok(result: Value) -> Reply {
-        Reply {
-            value: serde_json::json!({ "v": API_VERSION, "ok": true, "result": result }),
-            fds: vec![],
-            close: false,
-        }
+        Reply { value: serde_json::json!({ "v": API_VERSION, "ok": true, "result": result }), fds: vec![] }
     }
 
     pub fn err(msg: impl std::fmt::Display) -> Reply {
         let value = serde_json::json!({ "v": API_VERSION, "ok": false, "error": msg.to_string() });
-        Reply { value, fds: vec![], close: false }
+        Reply { value, fds: vec![] }
     }
 }
 
@@ -163,9 +158,6 @@ impl Conn {
     }
 
     pub fn reply(&mut self, r: Reply) {
-        if r.close {
-            self.closing = true;
-        }
         if r.fds.is_empty() {
             self.queue(&r.value);
             return;
