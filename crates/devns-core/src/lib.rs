@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod idmap;
 pub mod loopctl;
+pub mod model;
 pub mod nodes;
 pub mod nstree;
 pub mod registry;

@@ -64,7 +64,7 @@ pub enum AssignError {
 }
 
 /// The host's devices, the global set and the assignments.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registry {
     devices: BTreeMap<DevId, Device>,
     global: BTreeSet<DevId>,
@@ -196,6 +196,11 @@ impl Registry {
             self.assigned.remove(d);
         }
         gone
+    }
+
+    /// The whole devices `ns` owns, sorted.
+    pub fn owned_by(&self, ns: NsId) -> Vec<DevId> {
+        self.assigned.iter().filter(|(_, o)| **o == ns).map(|(d, _)| *d).collect()
     }
 
     /// Behaviour 1: a device is in a view iff it is global or owned by it.

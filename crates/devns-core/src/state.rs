@@ -143,6 +143,10 @@ pub enum ClaimError {
     UnknownNs(String),
     #[error("device {0} is owned by no namespace")]
     NotOwned(String),
+    #[error(
+        "{0} cannot be global: without devns mediating its ioctls it lets any container remove other namespaces' loop devices"
+    )]
+    NeverGlobal(String),
 }
 
 /// A namespace coming under devns, with the devices it wants.
