@@ -284,45 +284,6 @@ impl AccessPolicy {
     }
 }
 
-/// Where a reconcile step has to look in a view.
-#[derive(Clone, Copy)]
-pub enum Scope<'a> {
-    /// Everything (startup, a release, a removal: a node of a device the
-    /// namespace may no longer have can be anywhere in its view).
-    All,
-    /// Only these paths can differ from the plan: a device has just become
-    /// visible there.
-    Paths(&'a [&'a str]),
-}
-
-/// The one reconcile step of a namespace, shared by the daemon and a
-/// stand-alone run: its view (when it has one here, within `scope`), then
-/// its device map (when it has a policy), both from the same `plan`. Each
-/// failure is logged; the first is returned, so that a change can be
-/// refused rather than acknowledged half-applied.
-pub fn reconcile_view_and_map(
-    ns: devns_core::NsId,
-    view: Option<rustix::fd::BorrowedFd<'_>>,
-    access: Option<&mut AccessPolicy>,
-    plan: &ViewPlan,
-    visible: impl Fn(devns_core::DevId) -> bool,
-    scope: Scope<'_>,
-) -> anyhow::Result<()> {
-    let view = view.map_or(Ok(()), |v| {
-        match scope {
-            Scope::All => crate::view::reconcile(v, plan, visible),
-            Scope::Paths(paths) => crate::view::reconcile_paths(v, plan, visible, paths),
-        }
-        .map(drop)
-        .map_err(anyhow::Error::from)
-    });
-    let map = access.map_or(Ok(()), |a| a.reconcile(plan).map(drop).map_err(anyhow::Error::from));
-    for e in [&view, &map].into_iter().filter_map(|r| r.as_ref().err()) {
-        tracing::error!(ns = %ns, error = %format!("{e:#}"), "reconcile failed");
-    }
-    view.and(map)
-}
-
 /// Ends the policy of a namespace whose keeper died: what its record
 /// names, found again (see [`AccessPolicy::recover`]) and closed. A cgroup
 /// that is gone already needs nothing; one devns made is removed even if

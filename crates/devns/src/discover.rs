@@ -102,7 +102,7 @@ fn apply_host_node(dev: &mut Device, dev_root: &Path) {
 }
 
 /// The partitions sysfs lists below the disk `name` now.
-fn partitions_of(name: &str) -> Vec<Device> {
+pub fn partitions_of(name: &str) -> Vec<Device> {
     let dir = Path::new("/sys/class/block").join(name);
     let Ok(entries) = fs::read_dir(&dir) else { return vec![] };
     entries

@@ -85,8 +85,5 @@ pub(super) fn ioctl(listener: BorrowedFd<'_>, n: &Notif, mut c: Caller<'_>, poli
         (_, Some(Err(e))) => Err(e),
         _ => Err(Errno::NOTTY),
     };
-    if r.is_ok() {
-        policy.partitions_changed(ns, dev);
-    }
-    Answer::Done(r)
+    Answer::Done(r.and_then(|()| policy.partitions_changed(ns, dev)))
 }

@@ -40,8 +40,9 @@ pub trait Policy {
     fn owns(&self, ns: NsId, dev: DevId) -> bool;
     /// A `LOOP_CTL_*` call of `ns`'s process `pid`: its value or errno.
     fn loop_control(&mut self, ns: NsId, pid: i32, req: devns_core::loopctl::Request) -> Result<u32, Errno>;
-    /// The partitions of `ns`'s disk `dev` changed: registry and view follow.
-    fn partitions_changed(&mut self, ns: NsId, dev: DevId);
+    /// The partitions of `ns`'s disk `dev` changed: registry, view and map
+    /// follow, or the call fails (`EIO`): it is acknowledged only once they do.
+    fn partitions_changed(&mut self, ns: NsId, dev: DevId) -> Result<(), Errno>;
 }
 
 /// Longest path the agent reads from a caller (`PATH_MAX`).

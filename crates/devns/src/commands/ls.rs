@@ -1,9 +1,9 @@
 //! `devns ls`: the host's devices, who owns them, which are global.
 
 use super::Global;
-use crate::{config, discover, host, store::Store};
+use crate::engine::{Engine, Role};
+use crate::{config, store::Store};
 use anyhow::Result;
-use devns_core::Registry;
 use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
@@ -45,16 +45,12 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         return print(rows, args.json || global.json);
     }
     let cfg = config::load(&global.config)?;
-    let mut registry = Registry::new(discover::host_devices()?, &cfg.global);
     let store = Store::open(&global.state_dir)?;
-    // Reading prunes namespaces whose devns process has gone, as every
-    // writer does, so what is shown is what holds.
-    let dead = store.update::<_, anyhow::Error>(|state| {
-        let dead = host::settle(state);
-        state.apply(&mut registry);
-        Ok(dead)
-    })?;
-    super::run::end_dead(&store, None, dead);
+    // Reading frees namespaces whose devns process has gone, as every
+    // keeper does, so what is shown is what holds.
+    let mut engine = Engine::open(Role::Look, cfg, store, None)?;
+    engine.recover()?;
+    let registry = engine.model().registry();
     let rows: Vec<Row<'_>> = registry
         .devices()
         .map(|d| Row {

@@ -1,13 +1,13 @@
-//! Requests and uevents: each decides from the registry, saves, then runs
-//! the reconcile step on the views it touched.
+//! The API's requests: those that read answer from the engine's model; those
+//! that change something are the engine's changes, acknowledged once done.
 
 use super::Daemon;
 use super::conn::Reply;
 use anyhow::{Result, anyhow, bail};
 use devns_core::DevId;
-use devns_core::api::{self, DeviceRow, Event, NsRef, NsRow, Request, ViewRow};
+use devns_core::api::{self, DeviceRow, NsRef, NsRow, Request, ViewRow};
+use devns_core::model::Change;
 use devns_core::registry::{NsId, Owner};
-use devns_core::uevent::Action;
 use rustix::fs::FileType;
 use serde_json::{Value, json};
 
@@ -40,7 +40,16 @@ impl Daemon {
             Request::Assign { device, to } => self.assign(&device, &to),
             Request::Release { device } => self.release(&device),
             Request::Global { device, on } => self.global(&device, on),
-            Request::Attach { pid, name, at } => self.attach(pid, name.as_deref(), at.as_deref().unwrap_or("/dev")),
+            Request::Attach { pid, name, at } => {
+                let at = at.as_deref().unwrap_or("/dev");
+                let r = self.engine.attach(pid, name.as_deref(), at);
+                if let Ok(v) = &r
+                    && let Some(id) = v["id"].as_u64()
+                {
+                    self.watch_members(NsId(id));
+                }
+                r
+            }
             Request::Events {} => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.subscribed = true;
@@ -71,8 +80,13 @@ impl Daemon {
                     return Reply::err("bad request: run needs the process's pidfd passed with the request");
                 }
                 let pidfd = c.fds.remove(0);
-                return match self.provision(pidfd, name.as_deref(), &devices) {
-                    Ok((v, fds)) => Reply { fds, ..Reply::ok(v) },
+                return match self.engine.provision(pidfd, name.as_deref(), &devices) {
+                    Ok((v, fds)) => {
+                        if let Some(id) = v["id"].as_u64() {
+                            self.watch_members(NsId(id));
+                        }
+                        Reply { fds, ..Reply::ok(v) }
+                    }
                     Err(e) => Reply::err(format!("{e:#}")),
                 };
             }
@@ -89,38 +103,36 @@ impl Daemon {
     }
 
     fn ls(&self, ns: Option<NsId>, admin: bool) -> Value {
-        let rows: Vec<DeviceRow> = self
-            .registry
+        let reg = self.engine.model().registry();
+        let rows: Vec<DeviceRow> = reg
             .devices()
-            .filter(|d| admin || ns.is_some_and(|n| self.registry.owner(d.id) == Owner::Ns(n)))
+            .filter(|d| admin || ns.is_some_and(|n| reg.owner(d.id) == Owner::Ns(n)))
             .map(|d| DeviceRow {
                 name: d.name.clone(),
                 kind: d.id.kind.letter(),
                 major: d.id.major,
                 minor: d.id.minor,
-                owner: self.registry.owner(d.id).to_string(),
-                global: self.registry.is_global(d.id),
+                owner: reg.owner(d.id).to_string(),
+                global: reg.is_global(d.id),
             })
             .collect();
         json!(rows)
     }
 
     fn ns_ls(&self, ns: Option<NsId>, admin: bool) -> Value {
-        let rows: Vec<NsRow> = self
-            .state
-            .namespaces
-            .iter()
-            .filter_map(|r| Some((r, r.id?)))
-            .filter(|(_, id)| admin || ns == Some(*id))
-            .map(|(r, id)| NsRow {
+        let model = self.engine.model();
+        let reg = model.registry();
+        let rows: Vec<NsRow> = model
+            .namespaces()
+            .filter(|(id, _)| admin || ns == Some(*id))
+            .map(|(id, n)| NsRow {
                 id: id.to_string(),
-                name: r.name.clone(),
-                pids: r.members.iter().map(|m| m.pid).chain(r.keeper.map(|k| k.pid)).collect(),
-                devices: self
-                    .registry
+                name: n.name.clone(),
+                pids: n.members.iter().map(|m| m.pid).chain(n.keeper.map(|k| k.pid)).collect(),
+                devices: model
                     .view_devices(id)
                     .iter()
-                    .filter(|d| !self.registry.is_global(d.id))
+                    .filter(|d| !reg.is_global(d.id))
                     .map(|d| d.name.clone())
                     .collect(),
             })
@@ -130,18 +142,13 @@ impl Daemon {
 
     /// A namespace by what a user typed; it must be under devns.
     fn find_ns(&self, text: &str) -> Result<NsId> {
+        let model = self.engine.model();
         let id = match NsRef::parse(text)? {
             NsRef::Id(n) => NsId(n),
             NsRef::Pid(p) => crate::host::user_ns_of(p).map_err(|e| anyhow!("no process {p}: {e}"))?,
-            NsRef::Name(n) => self
-                .state
-                .namespaces
-                .iter()
-                .find(|r| r.name.as_deref() == Some(n.as_str()))
-                .and_then(|r| r.id)
-                .ok_or_else(|| anyhow!("unknown namespace {n:?}"))?,
+            NsRef::Name(n) => model.by_name(&n).ok_or_else(|| anyhow!("unknown namespace {n:?}"))?,
         };
-        if self.state.by_id(id).is_none() {
+        if model.namespace(id).is_none() {
             bail!("namespace {id} is not under devns (bring it in with devns attach)");
         }
         Ok(id)
@@ -158,8 +165,8 @@ impl Daemon {
             self.find_ns(text).ok().filter(|id| peer_ns == Some(*id)).ok_or_else(|| no_such_ns(text))?
         };
         let view = self
-            .nss
-            .get(&id)
+            .engine
+            .kept(id)
             .and_then(|n| n.view.as_ref())
             .ok_or_else(|| anyhow!("namespace {id} has no view managed by the daemon"))?;
         let mut rows: Vec<ViewRow> = crate::view::scan(view, true)?
@@ -196,192 +203,41 @@ impl Daemon {
     }
 
     fn device(&self, text: &str) -> Result<(DevId, String)> {
-        let id = crate::discover::resolve(&self.registry, text)?;
-        Ok((id, self.registry.device(id).map(|d| d.name.clone()).unwrap_or_default()))
+        let id = self.engine.resolve(text)?;
+        Ok((id, self.engine.model().registry().device(id).map(|d| d.name.clone()).unwrap_or_default()))
     }
 
-    /// Saves after a change the views already show; on failure undoes it
-    /// (the caller gets an error, nothing was acknowledged).
-    pub(super) fn commit(&mut self, ids: &[NsId], undo: impl FnOnce(&mut Self)) -> Result<()> {
-        if let Err(e) = self.save_ns(ids) {
-            undo(self);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    // Each change below: check, apply to the registry, reconcile the views
-    // (the node is usable from here on), save, and only then acknowledge.
+    // Each change below: the engine applies it to the model, reconciles
+    // the views and maps it concerns (the node is usable from here on),
+    // saves, and only then is it acknowledged; else it is undone.
     fn assign(&mut self, device: &str, to: &str) -> Result<Value> {
         let (dev, name) = self.device(device)?;
         let ns = self.find_ns(to)?;
-        self.state.assign(dev, ns, &self.registry)?;
-        self.registry.assign(dev, ns)?;
-        let undo = move |d: &mut Self| {
-            let _ = d.state.release(dev, &d.registry);
-            d.registry.release(dev);
-            d.reconcile(ns);
-        };
-        if let Err(e) = self.reconcile_newly_visible(ns, dev) {
-            undo(self);
-            return Err(e.context(format!("cannot give {name} to {ns}")));
-        }
-        self.commit(&[ns], undo)?;
-        self.announce_device(ns, dev, "add");
-        self.emit(Event::device("assign", &name, dev, Some(ns.to_string())));
+        self.engine
+            .locked(|e| e.commit(Change::Assign { dev, to: ns }))
+            .map_err(|e| refused_or(e, || format!("cannot give {name} to {ns}")))?;
         Ok(json!({ "device": dev.to_string(), "owner": ns.to_string() }))
     }
 
     fn release(&mut self, device: &str) -> Result<Value> {
         let (dev, name) = self.device(device)?;
-        let ns = self.state.release(dev, &self.registry)?;
-        self.registry.release(dev);
-        let undo = move |d: &mut Self| {
-            let _ = d.state.assign(dev, ns, &d.registry);
-            let _ = d.registry.assign(dev, ns);
-            d.reconcile(ns);
-        };
-        if let Err(e) = self.reconcile_checked(ns) {
-            undo(self);
-            return Err(e.context(format!("cannot take {name} from {ns}")));
-        }
-        self.commit(&[ns], undo)?;
-        self.announce_device(ns, dev, "remove");
-        self.emit(Event::device("release", &name, dev, Some(ns.to_string())));
+        let owner = self.engine.model().registry().owner(dev);
+        let what = || format!("cannot take {name} from {}", owner);
+        self.engine.locked(|e| e.commit(Change::Release { dev })).map_err(|e| refused_or(e, what))?;
         Ok(json!({ "device": dev.to_string(), "owner": "host" }))
     }
 
     fn global(&mut self, device: &str, on: bool) -> Result<Value> {
-        let (dev, name) = self.device(device)?;
-        if on && name == "loop-control" {
-            bail!(
-                "loop-control cannot be global: without devns mediating its ioctls it lets any container remove other namespaces' loop devices"
-            );
-        }
-        let was = self.registry.is_global(dev);
-        let had = self.state.global.insert(dev, on);
-        self.registry.set_global(dev, on);
-        self.reconcile_all();
-        self.commit(&[], |d| {
-            match had {
-                Some(h) => d.state.global.insert(dev, h),
-                None => d.state.global.remove(&dev),
-            };
-            d.registry.set_global(dev, was);
-            d.reconcile_all();
-        })?;
-        self.emit(Event {
-            event: "global".into(),
-            device: Some(name),
-            dev: Some(dev.to_string()),
-            ns: None,
-            global: Some(on),
-        });
+        let (dev, _) = self.device(device)?;
+        self.engine.locked(|e| e.commit(Change::Global { dev, on }))?;
         Ok(json!({ "device": dev.to_string(), "global": on }))
     }
+}
 
-    /// A kernel uevent: the device joins or leaves the registry, and the
-    /// views that hold it (or should) are reconciled.
-    pub(super) fn on_uevent(&mut self, buf: &[u8]) {
-        let ev = match devns_core::uevent::parse_netlink(buf) {
-            Ok(ev) => ev,
-            Err(e) => {
-                tracing::debug!(error = %e, "ignoring a uevent");
-                return;
-            }
-        };
-        let Some(dev) = ev.dev else { return };
-        let kind = dev.kind;
-        // Sorted (a BTreeMap's keys), as `holders` wants.
-        let all: Vec<NsId> = self.nss.keys().copied().collect();
-        match ev.action {
-            Action::Add | Action::Change => {
-                let reg = &self.registry;
-                let disk_named = |n: &str| {
-                    reg.devices().find(|d| d.name == n && d.id.kind == kind && !d.is_partition()).map(|d| d.id)
-                };
-                let dev_root = std::path::Path::new("/dev");
-                let Some(d) = crate::discover::device_from_event(&ev, kind, dev_root, disk_named) else { return };
-                if d.id != dev {
-                    return;
-                }
-                // A late event of an older disk with these numbers (removed
-                // and made again since, maybe for another namespace) must not
-                // describe the newer one: its `remove` would then take it.
-                let known_seq = self.registry.device(dev).and_then(|k| k.diskseq);
-                if !devns_core::device::removes_known(known_seq, d.diskseq) {
-                    return;
-                }
-                let name = d.name.clone();
-                let known = self.registry.device(dev).is_some();
-                self.registry.add_device(d, &self.cfg.global);
-                if let Some(on) = self.state.global.get(&dev).copied() {
-                    self.registry.set_global(dev, on);
-                }
-                // Visible now (or still) at its path: nothing else in those
-                // views can have changed with it.
-                let holders = self.registry.holders(dev, &all);
-                for ns in &holders {
-                    let _ = self.reconcile_in(*ns, crate::bpf::Scope::Paths(&[name.as_str()]));
-                }
-                // The owner hears of its own device, as it would on a host:
-                // the kernel's event as it came (global devices: nobody's).
-                if let Owner::Ns(n) = self.registry.owner(dev)
-                    && !self.registry.is_global(dev)
-                {
-                    self.announce(n, buf);
-                }
-                if !known {
-                    let owner = self.registry.owner(dev);
-                    self.emit(Event::device("add", &name, dev, owner.ns().map(|n| n.to_string())));
-                }
-            }
-            Action::Remove => {
-                if let Some(ns) = self.departed.remove(&dev) {
-                    self.announce(ns, buf);
-                }
-                // The disk the registry knows by these numbers may be a newer
-                // one than the event's (a loop device removed and made again
-                // for another namespace before its `remove` came): that one
-                // stays. Anything else is what the event says is gone, even
-                // if the host made a new device with its numbers meanwhile:
-                // that one is the host's, with an `add` of its own to come.
-                let known = self.registry.device(dev).and_then(|d| d.diskseq);
-                if !devns_core::device::removes_known(known, ev.diskseq) {
-                    tracing::debug!(dev = %dev, "a late remove event: a newer disk has its numbers");
-                    return;
-                }
-                let Some(name) = self.registry.device(dev).map(|d| d.name.clone()) else { return };
-                let holders = self.registry.holders(dev, &all);
-                let owner = self.registry.owner(dev);
-                let was_global = self.registry.is_global(dev);
-                self.registry.remove_device(dev);
-                if self.state.namespaces.iter().any(|r| r.devices.contains(&dev))
-                    || self.state.global.contains_key(&dev)
-                {
-                    self.state.forget_device(dev);
-                    let _ = self.save();
-                }
-                // As the kernel does: its node goes, then the event. The node
-                // at its own path goes first; the owner hears; then the sweep
-                // of the rest of each view (for nodes a container made of it
-                // elsewhere), which is the larger part.
-                for ns in &holders {
-                    let _ = self.reconcile_in(*ns, crate::bpf::Scope::Paths(&[name.as_str()]));
-                }
-                if let Owner::Ns(n) = owner
-                    && !was_global
-                {
-                    self.announce(n, buf);
-                }
-                for ns in &holders {
-                    self.reconcile(*ns);
-                }
-                self.emit(Event::device("remove", &name, dev, owner.ns().map(|n| n.to_string())));
-            }
-            Action::Other => {}
-        }
-    }
+/// A refusal of the model as it is; any other failure (a view or map that
+/// could not follow) with what was being done.
+fn refused_or(e: anyhow::Error, doing: impl FnOnce() -> String) -> anyhow::Error {
+    if e.downcast_ref::<devns_core::state::ClaimError>().is_some() { e } else { e.context(doing()) }
 }
 
 /// What a caller other than host root hears of a namespace that is not

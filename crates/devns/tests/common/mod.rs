@@ -419,7 +419,7 @@ impl Drop for Env {
                 dead.push(r);
             }
         }
-        devns::commands::run::clean_dead(None, dead);
+        devns::engine::clean_dead(dead);
         let views = self.state_dir().join("views");
         if views.exists() {
             let _ = Command::new("umount").args(["-R", "-l"]).arg(&views).stderr(Stdio::null()).status();

@@ -1,20 +1,30 @@
-//! The daemon's side of the access layer: each namespace's device policy
+//! The engine's side of the access layer: each namespace's device policy
 //! made (a cgroup of its own for `devns run`, the process's own cgroup for
 //! `attach`), found again at a restart, and ended at its death.
 
-use super::Daemon;
+use super::{Engine, Role};
 use crate::bpf::{AccessPolicy, close_recorded, log_close};
 use anyhow::{Context, Result, bail};
+use devns_core::model::{Change, Scope};
 use devns_core::registry::NsId;
 use devns_core::state::CgroupRecord;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// How long a dead namespace's cgroup is waited for, at once and in all.
+/// How long the daemon waits for a dead namespace's cgroup, at once and in
+/// all (retried from its event loop meanwhile).
 const PATIENCE_NOW: Duration = Duration::from_millis(20);
 const PATIENCE: Duration = Duration::from_secs(10);
+/// How long the end of a stand-alone run waits for its cgroup to empty
+/// (it has no loop to try again from).
+pub(super) const RUN_PATIENCE: Duration = Duration::from_secs(2);
 
-impl Daemon {
+impl Engine {
+    fn set_cgroup(&mut self, id: NsId, rec: Option<CgroupRecord>) {
+        // Saved by the caller; a namespace gone meanwhile has nothing to keep.
+        let _ = self.model.apply(Change::Cgroup { ns: id, rec });
+    }
+
     /// Gives namespace `id` (process `pid`, not yet running anything of
     /// its own) a device policy: in a new cgroup below the daemon's
     /// (`create`), or in the cgroup `pid` is in. The map is filled from the
@@ -49,26 +59,22 @@ impl Daemon {
         };
         let rec = CgroupRecord { path: path.to_string_lossy().into_owned(), created, prog_id: None };
         // Recorded first: whatever happens from here, a restart finds it.
-        if let Some(r) = self.state.by_id_mut(id) {
-            r.cgroup = Some(rec);
-        }
-        self.save_ns(&[id])?;
+        self.set_cgroup(id, Some(rec));
+        self.save(&[id])?;
         if created {
             crate::cgroup::create(&path)?;
         }
         let policy = AccessPolicy::new(&path, created)?;
-        self.nss.get_mut(&id).context("namespace vanished")?.access = Some(policy);
-        self.reconcile_checked(id)?;
-        let ns = self.nss.get_mut(&id).context("namespace vanished")?;
+        self.kept.get_mut(&id).context("namespace vanished")?.access = Some(policy);
+        self.reconcile(id, &Scope::All)?;
+        let ns = self.kept.get_mut(&id).context("namespace vanished")?;
         let a = ns.access.as_mut().expect("just set");
         a.attach()?;
         let rec = a.record();
         if created {
             crate::cgroup::move_pid(&path, pid)?;
         }
-        if let Some(r) = self.state.by_id_mut(id) {
-            r.cgroup = Some(rec);
-        }
+        self.set_cgroup(id, Some(rec));
         Ok(())
     }
 
@@ -93,9 +99,7 @@ impl Daemon {
                 let fresh = AccessPolicy::new(path, rec.created).and_then(|mut p| p.attach().map(|()| p));
                 match fresh {
                     Ok(p) => {
-                        if let Some(r) = self.state.by_id_mut(id) {
-                            r.cgroup = Some(p.record());
-                        }
+                        self.set_cgroup(id, Some(p.record()));
                         Some(p)
                     }
                     Err(e) => {
@@ -110,20 +114,19 @@ impl Daemon {
     /// Ends `id`'s policy (a namespace that is gone): the live one, or
     /// what `rec` names when the daemon holds none.
     pub(super) fn end_policy(&mut self, id: NsId, live: Option<AccessPolicy>, rec: Option<&CgroupRecord>) {
+        let patience = if self.role == Role::Daemon { PATIENCE_NOW } else { RUN_PATIENCE };
         let result = match (live, rec) {
-            (Some(p), _) => p.close(PATIENCE_NOW),
-            (None, Some(rec)) => close_recorded(rec, PATIENCE_NOW),
+            (Some(p), _) => p.close(patience),
+            (None, Some(rec)) => close_recorded(rec, patience),
             (None, None) => return,
         };
-        if let Some(busy) = log_close(id, result) {
+        let Some(busy) = log_close(id, result) else { return };
+        if self.role == Role::Daemon {
             tracing::debug!(ns = %id, cgroup = %busy.display(), "cgroup still has processes; retrying");
             self.busy_cgroups.push((busy, Instant::now() + PATIENCE));
+        } else {
+            tracing::warn!(cgroup = %busy.display(), "a dead namespace's cgroup still has processes: left (its map is empty: they may open no device)");
         }
-    }
-
-    /// A stand-alone run's record whose keeper died while the daemon was down.
-    pub(super) fn close_recorded_policy(&mut self, id: NsId, rec: Option<&CgroupRecord>) {
-        self.end_policy(id, None, rec);
     }
 
     pub(super) fn retry_busy_cgroups(&mut self) {

@@ -1,10 +1,11 @@
-//! The daemon as the agent's policy: who may have which node, and loop
-//! devices and partitions changing hands through the mediated calls.
+//! The engine as the agent's policy: who may have which node, loop devices
+//! and partitions changing hands through the mediated calls, and the loop
+//! devices of namespaces that are gone.
 
-use super::Daemon;
+use super::{Engine, Role};
 use crate::loopctl::{Ledger, LoopHost};
-use devns_core::api::Event;
 use devns_core::loopctl::{LoopDev, Request};
+use devns_core::model::Change;
 use devns_core::registry::{NsId, Owner, Registry};
 use devns_core::{DevId, Device};
 use rustix::io::Errno;
@@ -33,27 +34,27 @@ impl LoopRetry {
     }
 }
 
-impl crate::agent::Policy for Daemon {
+impl crate::agent::Policy for Engine {
     fn may_have(&self, ns: NsId, dev: DevId) -> bool {
-        self.registry.visible_in(dev, ns)
+        self.model.registry().visible_in(dev, ns)
     }
 
     fn view(&self, ns: NsId) -> Option<rustix::fd::BorrowedFd<'_>> {
         use rustix::fd::AsFd;
-        self.nss.get(&ns)?.view.as_ref().map(|v| v.as_fd())
+        self.kept.get(&ns)?.view.as_ref().map(|v| v.as_fd())
     }
 
     fn tmp(&self, ns: NsId) -> Option<rustix::fd::BorrowedFd<'_>> {
         use rustix::fd::AsFd;
-        self.nss.get(&ns)?.tmp.as_ref().map(|t| t.as_fd())
+        self.kept.get(&ns)?.tmp.as_ref().map(|t| t.as_fd())
     }
 
     fn owns(&self, ns: NsId, dev: DevId) -> bool {
-        self.registry.owner(dev) == Owner::Ns(ns)
+        self.kept.contains_key(&ns) && self.model.registry().owner(dev) == Owner::Ns(ns)
     }
 
     fn loop_control(&mut self, ns: NsId, pid: i32, req: Request) -> Result<u32, Errno> {
-        if !self.nss.contains_key(&ns) {
+        if !self.kept.contains_key(&ns) {
             // A namespace nested in a container's: not one devns keeps.
             return Err(crate::agent::refused(
                 pid,
@@ -65,33 +66,29 @@ impl crate::agent::Policy for Daemon {
         }
         // No other keeper decides between this call's decision and its
         // record: a device made here is recorded (and so nobody else's)
-        // before a stand-alone run or a claim looks at the records.
-        match self.store.lock_file() {
-            Ok(l) => self.writers_lock = Some(l),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot lock the state");
-                return Err(Errno::IO);
-            }
-        }
-        let answer = crate::loopctl::serve(self, ns, pid, req);
-        self.writers_lock = None;
-        answer
+        // before another keeper looks at the records, and the others'
+        // devices are read again first.
+        let answer = self.locked(|e| Ok(crate::loopctl::serve(e, ns, pid, req)));
+        answer.unwrap_or_else(|e| {
+            tracing::error!(error = %format!("{e:#}"), "cannot read the state");
+            Err(Errno::IO)
+        })
     }
 
-    fn partitions_changed(&mut self, ns: NsId, disk: DevId) {
-        // The kernel's own events come later: a new partition's `add` is
-        // forwarded then (the registry knows its owner by that time), a
-        // removed one's `remove` goes to the namespace that had it.
-        for p in crate::discover::refresh_partitions(&mut self.registry, disk, &self.cfg.global) {
-            self.departed.insert(p, ns);
-        }
-        self.reconcile(ns);
+    fn partitions_changed(&mut self, ns: NsId, disk: DevId) -> Result<(), Errno> {
+        let Some(name) = self.model.registry().device(disk).map(|d| d.name.clone()) else { return Ok(()) };
+        let now = crate::discover::partitions_of(&name);
+        // Acknowledged only once the view and the map hold the new table.
+        self.commit(Change::Partitions { ns, disk, now }).map_err(|e| {
+            tracing::error!(ns = %ns, dev = %disk, error = %format!("{e:#}"), "the partition table changed, but the view or map cannot follow");
+            Errno::IO
+        })
     }
 }
 
-impl Ledger for Daemon {
+impl Ledger for Engine {
     fn registry(&self) -> &Registry {
-        &self.registry
+        self.model.registry()
     }
 
     fn loop_limit(&self) -> usize {
@@ -107,56 +104,30 @@ impl Ledger for Daemon {
     }
 
     fn take(&mut self, ns: NsId, l: LoopDev, dev: Device) -> Result<(), String> {
-        let known = self.registry.device(l.dev).is_some();
-        let name = dev.name.clone();
-        self.registry.add_device(dev, &self.cfg.global);
-        self.state.add_loop(ns, l, &self.registry).map_err(|e| e.to_string())?;
-        self.registry.assign(l.dev, ns).map_err(|e| e.to_string())?;
-        let undo = move |d: &mut Self| {
-            let _ = d.state.release(l.dev, &d.registry);
-            d.registry.release(l.dev);
-            d.reconcile(ns);
-        };
-        if let Err(e) = self.reconcile_newly_visible(ns, l.dev) {
-            undo(self);
-            return Err(format!("{e:#}"));
-        }
-        self.commit(&[ns], undo).map_err(|e| e.to_string())?;
-        // A device the registry knew gets no kernel event now: announce it.
-        // A new one's `add` is on its way from the kernel and is forwarded.
-        if known {
-            self.announce_device(ns, l.dev, "add");
-        }
-        self.emit(Event::device("assign", &name, l.dev, Some(ns.to_string())));
-        Ok(())
+        self.commit(Change::LoopTake { ns, l, dev }).map_err(|e| format!("{e:#}"))
     }
 
     fn forget(&mut self, ns: NsId, l: LoopDev) {
-        let name = self.registry.device(l.dev).map(|d| d.name.clone()).unwrap_or_default();
-        // Gone from the view now; the kernel's `remove` events (on their
-        // way) go to the namespace that had the devices.
-        for d in self.registry.remove_disk(l.dev) {
-            self.departed.insert(d, ns);
-        }
-        self.state.forget_device(l.dev);
-        if let Err(e) = self.save_ns(&[ns]) {
-            tracing::error!(ns = %ns, error = %e, "cannot save after a loop device was removed");
-        }
-        self.reconcile(ns);
-        self.emit(Event::device("remove", &name, l.dev, Some(ns.to_string())));
+        self.observe(Change::LoopReturn { ns, l }, None);
     }
 }
 
-impl Daemon {
+impl Engine {
     /// Detaches and removes a dead namespace's loop devices; those still
     /// open somewhere are recorded as pending removal (so a restart goes
-    /// on with them) and retried from the event loop until removed.
+    /// on with them) and retried: from the daemon's event loop until
+    /// removed; by a stand-alone run for a second, then by the next
+    /// devns command.
     pub(super) fn clean_loops(&mut self, loops: Vec<LoopDev>) {
+        if self.role != Role::Daemon {
+            retry_pending_logged(&self.store, self.loop_host.as_ref());
+        }
         if loops.is_empty() {
             return;
         }
         let Some(host) = self.loop_host.as_ref() else { return };
-        let busy = host.cleanup(&loops, Duration::ZERO);
+        let patience = if self.role == Role::Daemon { Duration::ZERO } else { RUN_PATIENCE };
+        let busy = host.cleanup(&loops, patience);
         if busy.is_empty() {
             return;
         }
@@ -167,7 +138,8 @@ impl Daemon {
         self.loop_retry = Some(LoopRetry { next: now + RETRY, fast_until: now + PATIENCE });
     }
 
-    pub(super) fn retry_busy_loops(&mut self) {
+    /// The dead namespaces' loop devices and cgroups tried again, when due.
+    pub fn retry_busy(&mut self) {
         self.retry_busy_cgroups();
         let Some(mut r) = self.loop_retry else { return };
         let now = Instant::now();
@@ -187,8 +159,38 @@ impl Daemon {
     }
 
     /// When the event loop must wake at the latest for a retry.
-    pub(super) fn next_retry(&self, now: Instant) -> Option<Instant> {
+    pub fn next_retry(&self, now: Instant) -> Option<Instant> {
         let cgroups = (!self.busy_cgroups.is_empty()).then(|| now + RETRY);
         cgroups.into_iter().chain(self.loop_retry.map(|r| r.next)).min()
+    }
+}
+
+/// How long a stand-alone run's end waits for a busy loop device.
+const RUN_PATIENCE: Duration = Duration::from_secs(1);
+
+fn retry_pending_logged(store: &crate::store::Store, host: Option<&LoopHost>) {
+    if store.read_pending().is_ok_and(|p| !p.is_empty())
+        && let Err(e) = crate::loopctl::retry_pending(store, host)
+    {
+        tracing::error!(error = %e, "cannot retry the loop devices pending removal");
+    }
+}
+
+/// Undoes what records of namespaces that are gone still hold, outside any
+/// keeper (a test's cleanup): their loop devices detached and removed,
+/// their device policies ended. Loop devices still open are only logged.
+pub fn clean_dead(dead: Vec<devns_core::state::NsRecord>) {
+    let host = if dead.iter().any(|r| !r.loops.is_empty()) { LoopHost::open() } else { None };
+    for r in dead {
+        if let Some(host) = &host {
+            for l in host.cleanup(&r.loops, Duration::from_secs(1)) {
+                tracing::warn!(dev = %l.dev, "a loop device is still in use: left to detach at its last close");
+            }
+        }
+        if let Some(c) = &r.cgroup
+            && let Some(busy) = crate::bpf::log_close(r.label(), crate::bpf::close_recorded(c, super::access::RUN_PATIENCE))
+        {
+            tracing::warn!(cgroup = %busy.display(), "a dead namespace's cgroup still has processes: left (its map is empty: they may open no device)");
+        }
     }
 }

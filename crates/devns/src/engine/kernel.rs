@@ -1,0 +1,238 @@
+//! The kernel side of a namespace under devns: the host mounts of the
+//! daemon's views, its id maps, the uevent socket in its network namespace,
+//! the processes watched in it, and a view mounted into its mount namespace.
+
+use super::Member;
+use crate::host;
+use anyhow::{Context, Result, bail};
+use devns_core::idmap::IdMap;
+use devns_core::registry::NsId;
+use devns_core::state::Keeper;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::mount::{MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags};
+use rustix::process::{Pid, PidfdFlags};
+use std::path::{Path, PathBuf};
+
+/// `STATE_DIR/views`, a private mount of its own so that views mounted there
+/// propagate nowhere.
+pub fn prepare_views_dir(state_dir: &Path) -> Result<PathBuf> {
+    let dir = state_dir.join("views");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let canon = std::fs::canonicalize(&dir)?;
+    let shown = canon.to_string_lossy();
+    if !mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(&*shown)) {
+        rustix::mount::mount_bind(&canon, &canon).with_context(|| format!("cannot bind {}", canon.display()))?;
+    }
+    rustix::mount::mount_change(&canon, MountPropagationFlags::PRIVATE)
+        .with_context(|| format!("cannot make {} private", canon.display()))?;
+    Ok(canon)
+}
+
+/// A pidfd for `k` if it is still that very process.
+fn reopen(k: &Keeper) -> Option<Member> {
+    let pidfd = rustix::process::pidfd_open(Pid::from_raw(k.pid)?, PidfdFlags::empty()).ok()?;
+    // Checked after opening: the pidfd now pins the process we checked.
+    host::keeper_alive(k).then(|| Member { keeper: *k, pidfd, watched: false })
+}
+
+pub(crate) fn reopen_members(ks: &[Keeper]) -> Vec<Member> {
+    ks.iter().filter_map(reopen).collect()
+}
+
+/// A process of namespace `id` or of one nested in it found in /proc
+/// (other than `skip`), else one left in its recorded `cgroup` (or below
+/// it), to watch: a process that moved into a nested user namespace keeps
+/// the view and the devices, and one in the cgroup is under its policy, so
+/// either keeps the namespace.
+pub(crate) fn adopt_from_proc(id: NsId, cgroup: Option<&Path>, skip: &[i32]) -> Vec<Member> {
+    let pinned = |pid: i32| {
+        let start_time = host::start_time(pid)?;
+        reopen(&Keeper { pid, start_time })
+    };
+    for pid in host::members_of(id).filter(|p| !skip.contains(p)) {
+        // Asked again of the pidfd: the pid may name another process by now.
+        if let Some(m) = pinned(pid).filter(|m| host::pidfd_within(&m.pidfd, id)) {
+            return vec![m];
+        }
+    }
+    let Some(cg) = cgroup else { return vec![] };
+    for pid in crate::cgroup::procs_tree(cg).into_iter().filter(|p| !skip.contains(p)) {
+        // Listed again once the pidfd pins it.
+        if let Some(m) = pinned(pid).filter(|_| crate::cgroup::procs_tree(cg).contains(&pid)) {
+            return vec![m];
+        }
+    }
+    vec![]
+}
+
+pub(crate) fn read_maps(pid: i32) -> Result<(IdMap, IdMap)> {
+    let read = |f: &str| -> Result<IdMap> {
+        let path = format!("/proc/{pid}/{f}");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        IdMap::parse(&text).with_context(|| format!("bad {path}"))
+    };
+    Ok((read("uid_map")?, read("gid_map")?))
+}
+
+/// A `NETLINK_KOBJECT_UEVENT` socket in the network namespace of `pid`, to
+/// send that namespace its devices' events; `None` when it is the host's
+/// (the kernel already delivers there) or cannot be had. Made by entering
+/// the namespace for the one `socket` call and coming back: no helper.
+pub(crate) fn uevent_sender(pid: i32) -> Option<OwnedFd> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, netlink};
+    use rustix::thread::LinkNameSpaceType::Network;
+    let theirs =
+        rustix::fs::open(format!("/proc/{pid}/ns/net"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let ours = rustix::fs::open("/proc/self/ns/net", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let (t, o) = (rustix::fs::fstat(&theirs).ok()?, rustix::fs::fstat(&ours).ok()?);
+    if (t.st_dev, t.st_ino) == (o.st_dev, o.st_ino) {
+        return None;
+    }
+    rustix::thread::move_into_link_name_space(theirs.as_fd(), Some(Network)).ok()?;
+    let sock = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        Some(netlink::KOBJECT_UEVENT),
+    );
+    if let Err(e) = rustix::thread::move_into_link_name_space(ours.as_fd(), Some(Network)) {
+        tracing::error!(error = %e, "cannot return to devns's own network namespace");
+        std::process::abort();
+    }
+    sock.ok()
+}
+
+pub(crate) fn view_path(views: &Path, id: NsId) -> PathBuf {
+    views.join(id.0.to_string())
+}
+
+/// The view mounted at `views/ID`, if one is.
+pub(crate) fn open_mounted_view(views: &Path, id: NsId) -> Option<OwnedFd> {
+    let path = view_path(views, id);
+    let fd = rustix::fs::open(&path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let (inner, outer) = (rustix::fs::fstat(&fd).ok()?, rustix::fs::stat(views).ok()?);
+    (inner.st_dev != outer.st_dev).then_some(fd)
+}
+
+pub(crate) fn unmount_view(views: &Path, id: NsId) {
+    let path = view_path(views, id);
+    match rustix::mount::unmount(&path, UnmountFlags::DETACH) {
+        Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
+        Err(e) => tracing::warn!(ns = %id, error = %e, "cannot unmount the view"),
+    }
+    let _ = std::fs::remove_dir(&path);
+}
+
+/// Unmounts views of namespaces the state no longer knows.
+pub(crate) fn unmount_orphan_views(views: &Path, live: &[NsId]) {
+    let Ok(dir) = std::fs::read_dir(views) else { return };
+    for e in dir.flatten() {
+        if let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()).map(NsId)
+            && !live.contains(&id)
+        {
+            unmount_view(views, id);
+        }
+    }
+}
+
+/// Mounts a new bind of `view` at `at` (inside the process's root) in the
+/// mount namespace of `pid`, from a short-lived child: `setns` changes the
+/// whole process, and the daemon must stay where it is.
+pub(crate) fn mount_into(pid: i32, view: &OwnedFd, at: &str) -> Result<()> {
+    let root = rustix::fs::open(
+        format!("/proc/{pid}/root"),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open the root of process {pid}"))?;
+    let mntns = rustix::fs::open(format!("/proc/{pid}/ns/mnt"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .with_context(|| format!("cannot open the mount namespace of process {pid}"))?;
+    let tree = rustix::mount::open_tree(
+        view,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .context("cannot clone the view")?;
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // SAFETY: the daemon is single-threaded; the child only makes syscalls
+    // and exits.
+    match unsafe { devns_sys::process::fork_into(0) }? {
+        devns_sys::process::Forked::Child => {
+            drop(r);
+            let res = (|| -> rustix::io::Result<()> {
+                rustix::thread::move_into_link_name_space(
+                    mntns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Mount),
+                )?;
+                let target = rustix::fs::openat2(
+                    &root,
+                    at,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+                )?;
+                rustix::mount::move_mount(
+                    &tree,
+                    "",
+                    &target,
+                    "",
+                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+                )
+            })();
+            let code = match res {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error(),
+            };
+            let _ = rustix::io::write(&w, &code.to_ne_bytes());
+            std::process::exit(0);
+        }
+        devns_sys::process::Forked::Parent { pidfd, .. } => {
+            drop(w);
+            let mut buf = [0u8; 4];
+            let n = rustix::io::read(&r, &mut buf).unwrap_or(0);
+            let _ = devns_sys::process::wait_pidfd(&pidfd);
+            match (n, i32::from_ne_bytes(buf)) {
+                (4, 0) => Ok(()),
+                (4, e) => bail!(
+                    "cannot mount the view at {at} in process {pid}'s mount namespace: {}",
+                    rustix::io::Errno::from_raw_os_error(e)
+                ),
+                _ => bail!("the helper that mounts the view in process {pid}'s namespace died"),
+            }
+        }
+    }
+}
+
+
+/// Sends `payload` (a kernel-format uevent) through `sock`, a uevent socket
+/// in namespace `id`'s network namespace.
+///
+/// The kernel itself broadcasts it there (UEVENT_SEND: a request to the
+/// kernel's uevent socket of that network namespace), so listeners see a
+/// kernel event (sender port 0, a fresh SEQNUM). udev also wants the
+/// sender's credentials to be root's as it sees them: the request goes out
+/// with the real uid/gid of the namespace's root for that one call.
+pub(crate) fn send_uevent(sock: &OwnedFd, payload: &[u8], uids: &IdMap, gids: &IdMap, overflow: (u32, u32), id: NsId) {
+    let req = devns_core::uevent::kernel_send_request(payload);
+    let to = rustix::net::netlink::SocketAddrNetlink::new(0, 0);
+    let (root_uid, root_gid) = (uids.carry(0, overflow.0), gids.carry(0, overflow.1));
+    // The credentials it goes out with, stated for this one message (host
+    // root may state any), rather than taken on and given back.
+    let creds = rustix::net::UCred {
+        pid: rustix::process::getpid(),
+        uid: rustix::process::Uid::from_raw(root_uid),
+        gid: rustix::process::Gid::from_raw(root_gid),
+    };
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+    let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+    let sent = if cmsg.push(rustix::net::SendAncillaryMessage::ScmCredentials(creds)) {
+        rustix::net::sendmsg_addr(sock, &to, &[std::io::IoSlice::new(&req)], &mut cmsg, rustix::net::SendFlags::DONTWAIT)
+    } else {
+        Err(rustix::io::Errno::NOBUFS)
+    };
+    if let Err(e) = sent {
+        tracing::debug!(ns = %id, error = %e, "cannot deliver a uevent");
+    }
+}

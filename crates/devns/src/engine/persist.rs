@@ -1,0 +1,106 @@
+//! The engine's records in the state directory: its own written (only what
+//! changed), the other keepers' read, all under the writers' lock.
+//!
+//! Several keepers share a state directory: one daemon and any number of
+//! stand-alone runs. Each writes only its own records; before it decides
+//! anything that others' records bear on (a claim, a loop device) it reads
+//! theirs again under the lock, and holds the lock until its decision is
+//! recorded.
+
+use super::{Engine, Role};
+use crate::store::{Records, StoreError, key_of};
+use anyhow::Result;
+use devns_core::model::Change;
+use devns_core::registry::NsId;
+use std::collections::BTreeSet;
+
+impl Engine {
+    /// Runs `f` under the writers' lock with the other keepers' records
+    /// read again first; the lock is held until `f` returns (a decision and
+    /// its record are one step for every other keeper).
+    pub fn locked<T>(&mut self, f: impl FnOnce(&mut Engine) -> Result<T>) -> Result<T> {
+        let took = if self.writers_lock.is_none() {
+            self.writers_lock = Some(self.store.lock_file()?);
+            true
+        } else {
+            false
+        };
+        let out = self.refresh().map_err(anyhow::Error::from).and_then(|()| f(self));
+        if took {
+            self.writers_lock = None;
+        }
+        out
+    }
+
+    /// Saves the records of `ids` that are this engine's (written if
+    /// changed, removed if the namespace is gone, whoever's it was) and the
+    /// global flags, under the writers' lock; then learns the other
+    /// keepers' records. The cost follows what changed, not how many
+    /// namespaces there are.
+    pub fn save(&mut self, ids: &[NsId]) -> Result<(), StoreError> {
+        let _lock = if self.writers_lock.is_some() { None } else { Some(self.store.lock_file()?) };
+        let mut before = Records::new();
+        let mut after = Records::new();
+        for id in ids {
+            match self.model.record(*id) {
+                Some(r) if self.mine(r.keeper) => {
+                    let k = key_of(&r);
+                    if let Some(old) = self.disk.get(&k) {
+                        before.insert(k.clone(), old.clone());
+                    }
+                    after.insert(k, r);
+                }
+                Some(_) => {}
+                None => {
+                    for (k, r) in self.disk.iter().filter(|(_, r)| r.id == Some(*id)) {
+                        before.insert(k.clone(), r.clone());
+                    }
+                }
+            }
+        }
+        self.store.write_changes(&before, &after, |_| true)?;
+        for k in before.keys() {
+            self.disk.remove(k);
+        }
+        self.disk.extend(after);
+        if self.role == Role::Daemon && self.model.global_flags() != &self.global_disk {
+            self.store.write_global(self.model.global_flags())?;
+            self.global_disk = self.model.global_flags().clone();
+        }
+        self.refresh()
+    }
+
+    /// Reads the other keepers' records; when they changed, the model
+    /// takes them in and the views this engine keeps follow. The daemon
+    /// reads the stand-alone runs' (`runs/`, nearly empty), a run all.
+    fn refresh(&mut self) -> Result<(), StoreError> {
+        let daemon = self.role == Role::Daemon;
+        let read = self.store.read_records(daemon)?;
+        let theirs: Records = read.into_iter().filter(|(_, r)| !self.mine(r.keeper)).collect();
+        let known: Records = self
+            .disk
+            .iter()
+            .filter(|(k, r)| !self.mine(r.keeper) && (!daemon || k.starts_with("run-")))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        let global = if daemon { None } else { Some(self.store.read_global()?) };
+        let global_changed = global.as_ref().is_some_and(|g| g != self.model.global_flags());
+        if theirs == known && !global_changed {
+            return Ok(());
+        }
+        let kept: Records =
+            std::mem::take(&mut self.disk).into_iter().filter(|(k, r)| self.mine_record(k, r, daemon)).collect();
+        self.disk = kept;
+        let records: Vec<_> = theirs.values().cloned().collect();
+        self.disk.extend(theirs);
+        let except: BTreeSet<NsId> =
+            self.model.namespaces().filter(|(_, n)| self.mine(n.keeper)).map(|(id, _)| id).collect();
+        self.observe(Change::Records { records, except, global }, None);
+        Ok(())
+    }
+
+    /// Whether a cached record stays when the others' are read again.
+    fn mine_record(&self, key: &str, r: &devns_core::state::NsRecord, daemon: bool) -> bool {
+        self.mine(r.keeper) || (daemon && !key.starts_with("run-"))
+    }
+}
