@@ -124,8 +124,11 @@ impl Model {
 
     /// Whether `dev` may become `to`'s (`None`: a namespace to come).
     fn check_device(&self, dev: DevId, to: Option<NsId>) -> Result<(), ClaimError> {
+        // A partition's owner is its disk's: the registry says why it is
+        // refused (it is a partition), whoever owns the disk.
         if let Owner::Ns(o) = self.reg.owner(dev)
             && Some(o) != to
+            && !self.reg.device(dev).is_some_and(Device::is_partition)
         {
             return Err(ClaimError::Owned { dev: self.dev_name(dev), owner: self.label(o) });
         }
