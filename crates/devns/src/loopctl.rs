@@ -234,6 +234,11 @@ pub fn pend(store: &Store, loops: &[LoopDev]) -> Result<(), StoreError> {
         return Ok(());
     }
     let _lock = store.lock_file()?;
+    pend_locked(store, loops)
+}
+
+/// [`pend`] by a caller that holds the writers' lock.
+pub fn pend_locked(store: &Store, loops: &[LoopDev]) -> Result<(), StoreError> {
     let mut pending = store.read_pending()?;
     loopctl::add_pending(&mut pending, loops);
     for l in loops {
@@ -246,6 +251,11 @@ pub fn pend(store: &Store, loops: &[LoopDev]) -> Result<(), StoreError> {
 /// how many are left.
 pub fn retry_pending(store: &Store, host: Option<&LoopHost>) -> Result<usize, StoreError> {
     let _lock = store.lock_file()?;
+    retry_pending_locked(store, host)
+}
+
+/// [`retry_pending`] by a caller that holds the writers' lock.
+pub fn retry_pending_locked(store: &Store, host: Option<&LoopHost>) -> Result<usize, StoreError> {
     let pending = store.read_pending()?;
     let Some(host) = host.filter(|_| !pending.is_empty()) else { return Ok(pending.len()) };
     let left: Vec<LoopDev> = pending

@@ -266,9 +266,6 @@ impl Engine {
         if host::seen(&over).processes_left && !host::kill_leftovers(&rec) {
             return;
         }
-        let _ = self.locked(|e| {
-            e.let_go(id);
-            Ok(())
-        });
+        self.let_go(id);
     }
 }

@@ -120,7 +120,10 @@ impl Engine {
     /// devns command.
     pub(super) fn clean_loops(&mut self, loops: Vec<LoopDev>) {
         if self.role != Role::Daemon {
-            retry_pending_logged(&self.store, self.loop_host.as_ref());
+            let retried = self.with_lock(|e| crate::loopctl::retry_pending_locked(&e.store, e.loop_host.as_ref()));
+            if let Err(e) = retried {
+                tracing::error!(error = %e, "cannot retry the loop devices pending removal");
+            }
         }
         if loops.is_empty() {
             return;
@@ -131,7 +134,7 @@ impl Engine {
         if busy.is_empty() {
             return;
         }
-        if let Err(e) = crate::loopctl::pend(&self.store, &busy) {
+        if let Err(e) = self.with_lock(|e| crate::loopctl::pend_locked(&e.store, &busy)) {
             tracing::error!(error = %e, "cannot record loop devices pending removal");
         }
         let now = Instant::now();
@@ -146,7 +149,7 @@ impl Engine {
         if now < r.next {
             return;
         }
-        match crate::loopctl::retry_pending(&self.store, self.loop_host.as_ref()) {
+        match self.with_lock(|e| crate::loopctl::retry_pending_locked(&e.store, e.loop_host.as_ref())) {
             Ok(0) => {
                 self.loop_retry = None;
                 return;
@@ -167,14 +170,6 @@ impl Engine {
 
 /// How long a stand-alone run's end waits for a busy loop device.
 const RUN_PATIENCE: Duration = Duration::from_secs(1);
-
-fn retry_pending_logged(store: &crate::store::Store, host: Option<&LoopHost>) {
-    if store.read_pending().is_ok_and(|p| !p.is_empty())
-        && let Err(e) = crate::loopctl::retry_pending(store, host)
-    {
-        tracing::error!(error = %e, "cannot retry the loop devices pending removal");
-    }
-}
 
 /// Undoes what records of namespaces that are gone still hold, outside any
 /// keeper (a test's cleanup): their loop devices detached and removed,

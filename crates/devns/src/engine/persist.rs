@@ -32,6 +32,13 @@ impl Engine {
         out
     }
 
+    /// Runs `f` under the writers' lock: the one this engine holds, or one
+    /// taken for the call.
+    pub(super) fn with_lock<T>(&self, f: impl FnOnce(&Engine) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let _lock = if self.writers_lock.is_some() { None } else { Some(self.store.lock_file()?) };
+        f(self)
+    }
+
     /// Saves the records of `ids` that are this engine's (written if
     /// changed, removed if the namespace is gone, whoever's it was) and the
     /// global flags, under the writers' lock; then learns the other

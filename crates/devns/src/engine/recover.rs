@@ -19,14 +19,19 @@ impl Engine {
         self.writers_lock = Some(self.store.lock_file()?);
         let taken = self.take_in();
         self.writers_lock = None;
-        taken?;
+        // Their records are gone already (nobody else frees them too); what
+        // they hold on the host is undone outside the lock, as it may wait.
+        for r in taken? {
+            self.free(r);
+        }
         if self.role == Role::Daemon {
             self.recover_daemon()?;
         }
         Ok(())
     }
 
-    fn take_in(&mut self) -> Result<()> {
+    /// The records taken in; those of namespaces that are gone, removed.
+    fn take_in(&mut self) -> Result<Vec<NsRecord>> {
         let records = self.store.read_records(false)?;
         let global = self.store.read_global()?;
         let mut live = Vec::new();
@@ -62,12 +67,9 @@ impl Engine {
         self.global_disk = global.clone();
         let records: Vec<NsRecord> = live.into_iter().map(|(_, r)| r).collect();
         self.observe(Change::Records { records, except: BTreeSet::new(), global: Some(global) }, None);
-        for (key, r) in dead {
-            self.free(r.clone());
-            let gone: Records = [(key, r)].into();
-            self.store.write_changes(&gone, &Records::new(), |_| true)?;
-        }
-        Ok(())
+        let gone: Records = dead.into_iter().collect();
+        self.store.write_changes(&gone, &Records::new(), |_| true)?;
+        Ok(gone.into_values().collect())
     }
 
     /// The daemon's own namespaces after a restart: members recorded, device
