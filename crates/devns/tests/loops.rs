@@ -124,43 +124,11 @@ fn minor_of(name: &str) -> u32 {
 
 impl Images {
     /// A shell line that runs loop-control ioctls from inside a container
-    /// with this test binary (see `ioctl_child`, copied here, where the
-    /// container reaches it); prints `OP=RESULT` lines.
+    /// with the helper binary (its `loop-ioctls`, copied here, where the
+    /// container reaches it); prints `op OP=RESULT` lines.
     fn ioctls(&self, ops: &str) -> String {
-        let me = copy_exe_to(&self.dir);
-        format!(
-            "DEVNS_LOOP_OPS={ops} {} --exact ioctl_child --nocapture --test-threads 1 2>/dev/null | grep -o 'op [^ ]*'",
-            me.display()
-        )
-    }
-}
-
-/// Runs inside containers: `DEVNS_LOOP_OPS` is a list of `CMD:ARG` (CMD
-/// one of add, remove, get_free) done on `/dev/loop-control`, or of
-/// `file=PATH` to use another file for those after it.
-#[test]
-fn ioctl_child() {
-    let Ok(ops) = std::env::var("DEVNS_LOOP_OPS") else { return };
-    let mut file = "/dev/loop-control".to_owned();
-    for op in ops.split(',') {
-        if let Some(f) = op.strip_prefix("file=") {
-            file = f.to_owned();
-            continue;
-        }
-        let (cmd, arg) = op.split_once(':').unwrap_or((op, "0"));
-        let nr: libc::c_ulong = match cmd {
-            "add" => 0x4C80,
-            "remove" => 0x4C81,
-            "get_free" => 0x4C82,
-            _ => panic!("unknown op {cmd}"),
-        };
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
-        let arg: i64 = arg.parse().unwrap();
-        // SAFETY: the loop-control ioctls take their argument by value;
-        // `f` is open for the call.
-        let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), nr, arg as libc::c_ulong) };
-        let r = if r < 0 { -std::io::Error::last_os_error().raw_os_error().unwrap() } else { r };
-        println!("op {op}={r}");
+        let me = copy_testbin_to(&self.dir);
+        format!("DEVNS_LOOP_OPS={ops} {} loop-ioctls 2>/dev/null | grep -o 'op [^ ]*'", me.display())
     }
 }
 

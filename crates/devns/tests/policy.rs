@@ -204,30 +204,6 @@ fn a_killed_stand_alone_run_s_cgroup_goes_with_the_next_devns_command() {
     assert_eq!(env.recorded_namespaces(), 0);
 }
 
-/// Runs inside containers: bpf(2) calls a container might try on its own
-/// policy (`DEVNS_BPF_CHILD=PROG_ID:MAP_ID:CGROUP`); prints `NAME=RESULT`.
-#[test]
-fn bpf_child() {
-    let Ok(arg) = std::env::var("DEVNS_BPF_CHILD") else { return };
-    let mut it = arg.splitn(3, ':');
-    let (prog, map, cg) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
-    let show = |name: &str, r: Result<(), devns_sys::bpf::BpfError>| {
-        let shown = match r {
-            Ok(()) => "ok".to_owned(),
-            Err(e) if e.errno() == Some(rustix::io::Errno::PERM) => "EPERM".to_owned(),
-            Err(e) => e.to_string(),
-        };
-        println!("bpf {name}={shown}");
-    };
-    show("prog_by_id", devns_sys::bpf::prog_fd_by_id(prog.parse().unwrap()).map(drop));
-    show("map_by_id", devns_sys::bpf::map_fd_by_id(map.parse().unwrap()).map(drop));
-    let fd = devns::cgroup::open(Path::new(cg)).unwrap();
-    show("query", devns_sys::bpf::prog_query(&fd, devns_sys::bpf::BPF_CGROUP_DEVICE).map(drop));
-    show("map_create", devns::bpf::DeviceMap::create_hash(8, 0, "x").map(drop));
-    let deny_all = devns_core::bpf::to_bytes(&devns_core::bpf::inline_program(&[]));
-    show("prog_load", devns_sys::bpf::prog_load(15, &deny_all, "GPL", "x").map(drop));
-}
-
 #[test]
 fn the_container_can_neither_change_nor_leave_its_policy() {
     if !privileged() {
@@ -260,9 +236,9 @@ fn the_container_can_neither_change_nor_leave_its_policy() {
     assert!(cgroup_pids(mine).len() >= 2, "still in its cgroup");
     // bpf(2) is the host's: a user namespace gets EPERM for every command.
     let (prog, map) = policy_of(&env, "c").ids();
-    let me = shared.exe();
+    let me = shared.testbin();
     let out = c.sh(&format!(
-        "DEVNS_BPF_CHILD={prog}:{map}:{} {} --exact bpf_child --nocapture --test-threads 1 2>/dev/null | grep -o 'bpf [^ ]*'",
+        "DEVNS_BPF_CHILD={prog}:{map}:{} {} bpf 2>/dev/null | grep -o 'bpf [^ ]*'",
         mine.display(),
         me.display()
     ));

@@ -156,56 +156,6 @@ fn mknod_where_the_caller_may_not_write_creates_nothing_and_answers_natively() {
     assert!(got.lines().all(|l| l.contains("Permission denied")), "{got}");
 }
 
-/// Runs inside a container (this binary): `mknod` in a loop while another
-/// thread sends signals to the looping one without end; prints the
-/// errnos seen (`0` for success) as JSON.
-#[test]
-fn signal_storm_child() {
-    let Ok(iterations) = std::env::var("DEVNS_STORM_ITERATIONS") else { return };
-    let iterations: usize = iterations.parse().unwrap();
-    extern "C" fn on_signal(_: libc::c_int) {}
-    // SAFETY: a handler that does nothing, installed with SA_RESTART, as
-    // most programs' are.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-    }
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s2 = stop.clone();
-    let storm = std::thread::spawn(move || {
-        let mut sent = 0u64;
-        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
-            // SAFETY: a signal to a thread of this process, whose handler
-            // is installed above.
-            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR1) };
-            sent += 1;
-        }
-        sent
-    });
-    // In /tmp, in the view, and relative to the cwd.
-    std::env::set_current_dir("/tmp").unwrap();
-    let mut errnos = std::collections::BTreeMap::<i32, usize>::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    for (i, at) in ["/tmp/storm", "/dev/storm", "storm"].iter().cycle().take(iterations).enumerate() {
-        let path = std::ffi::CString::new(*at).unwrap();
-        // SAFETY: `path` is a live NUL-terminated string.
-        let r = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
-        let e = if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() };
-        *errnos.entry(e).or_default() += 1;
-        let _ = std::fs::remove_file(at);
-        if i % 64 == 0 && std::time::Instant::now() > deadline {
-            break;
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = storm.join().unwrap();
-    println!("STORM {} {sent}", serde_json::to_string(&errnos).unwrap());
-}
-
 /// A trapped `mknod` interrupted by signals (thousands of them, against
 /// thousands of calls) answers what a native one does: it made its node
 /// (0), never EPERM, never EINTR.
@@ -216,12 +166,12 @@ fn a_signal_storm_against_mknod_gets_native_answers() {
     }
     let env = Env::new();
     let shared = SharedDir::new("storm");
-    let me = shared.exe();
+    let me = shared.testbin();
     let o = env
         .devns()
         .args(["run", "--"])
         .arg(&me)
-        .args(["--exact", "signal_storm_child", "--nocapture", "--test-threads", "1"])
+        .arg("signal-storm")
         .env("DEVNS_STORM_ITERATIONS", "6000")
         .stdin(std::process::Stdio::null())
         .output()
