@@ -11,6 +11,7 @@ fn out(o: &std::process::Output) -> String {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mknod_of_visible_devices_works_and_of_others_is_refused() {
     if !privileged() {
         return;
@@ -55,6 +56,7 @@ fn mknod_of_visible_devices_works_and_of_others_is_refused() {
 /// fsgid and supplementary groups against the directory's permissions and
 /// `setgid` bit, and its umask alone (not devns's) on the mode.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mknod_is_checked_and_owned_as_the_caller_with_its_groups_and_umask() {
     if !privileged() {
         return;
@@ -84,6 +86,7 @@ fn mknod_is_checked_and_owned_as_the_caller_with_its_groups_and_umask() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mknod_where_nodes_cannot_work_is_refused_and_errors_are_native() {
     if !privileged() {
         return;
@@ -103,6 +106,7 @@ fn mknod_where_nodes_cannot_work_is_refused_and_errors_are_native() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mount_devtmpfs_shows_the_callers_own_view() {
     if !privileged() {
         return;
@@ -123,6 +127,7 @@ fn mount_devtmpfs_shows_the_callers_own_view() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_daemon_is_the_agent_when_it_runs() {
     if !privileged() {
         return;
@@ -170,6 +175,7 @@ fn make_rootfs(dir: &Path) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn attacks_never_put_a_node_outside_the_root() {
     if !privileged() {
         return;

@@ -133,6 +133,7 @@ impl Images {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn util_linux_gets_loop_devices_that_only_its_namespace_sees() {
     if !privileged() {
         return;
@@ -206,6 +207,7 @@ fn util_linux_gets_loop_devices_that_only_its_namespace_sees() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_stand_alone_run_gets_loop_devices_and_removes_them_at_its_end() {
     if !privileged() {
         return;
@@ -236,6 +238,7 @@ fn a_stand_alone_run_gets_loop_devices_and_removes_them_at_its_end() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn add_of_an_unowned_free_device_is_refused_and_other_files_are_not_loop_control() {
     if !privileged() {
         return;
@@ -269,6 +272,7 @@ fn add_of_an_unowned_free_device_is_refused_and_other_files_are_not_loop_control
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_limit_answers_enospc_and_says_why() {
     if !privileged() {
         return;
@@ -297,6 +301,7 @@ fn init_of(c: &Container) -> i32 {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn two_hundred_killed_containers_leave_no_loop_device_behind() {
     if !privileged() {
         return;
@@ -331,6 +336,7 @@ fn two_hundred_killed_containers_leave_no_loop_device_behind() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn loops_of_a_namespace_that_died_while_the_daemon_was_down_go_at_its_restart() {
     if !privileged() {
         return;
@@ -357,6 +363,7 @@ fn loops_of_a_namespace_that_died_while_the_daemon_was_down_go_at_its_restart() 
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn loop_allocation_is_announced_to_the_owner_like_a_hotplug() {
     if !privileged() {
         return;

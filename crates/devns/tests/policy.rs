@@ -83,6 +83,7 @@ fn gone_from_the_kernel((prog, map): (u32, u32)) {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_host_node_bind_mounted_from_outside_opens_only_while_assigned() {
     if !privileged() {
         return;
@@ -107,6 +108,7 @@ fn a_host_node_bind_mounted_from_outside_opens_only_while_assigned() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_node_on_a_shared_host_filesystem_follows_the_same_rule() {
     if !privileged() {
         return;
@@ -129,6 +131,7 @@ fn a_node_on_a_shared_host_filesystem_follows_the_same_rule() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_thousand_assign_release_cycles_leave_exactly_the_expected_map() {
     if !privileged() {
         return;
@@ -161,6 +164,7 @@ fn a_thousand_assign_release_cycles_leave_exactly_the_expected_map() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn program_map_and_cgroup_are_gone_when_the_container_dies() {
     if !privileged() {
         return;
@@ -186,6 +190,7 @@ fn program_map_and_cgroup_are_gone_when_the_container_dies() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_killed_stand_alone_run_s_cgroup_goes_with_the_next_devns_command() {
     if !privileged() {
         return;
@@ -205,6 +210,7 @@ fn a_killed_stand_alone_run_s_cgroup_goes_with_the_next_devns_command() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_container_can_neither_change_nor_leave_its_policy() {
     if !privileged() {
         return;
@@ -264,6 +270,7 @@ fn the_container_can_neither_change_nor_leave_its_policy() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_runtime_s_own_program_still_decides_and_is_never_detached() {
     if !privileged() {
         return;
@@ -315,6 +322,7 @@ fn a_runtime_s_own_program_still_decides_and_is_never_detached() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn attach_refuses_a_cgroup_that_holds_devns_or_a_host_process() {
     if !privileged() {
         return;
@@ -358,6 +366,7 @@ fn attach_refuses_a_cgroup_that_holds_devns_or_a_host_process() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn loop_devices_from_loop_control_open_for_their_owner_only() {
     if !privileged() {
         return;
@@ -402,6 +411,7 @@ impl Drop for DetachOnDrop {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_new_partition_of_an_owned_disk_opens() {
     if !privileged() {
         return;
@@ -426,6 +436,7 @@ fn a_new_partition_of_an_owned_disk_opens() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_daemon_killed_and_restarted_keeps_enforcing_and_updates_the_same_map() {
     if !privileged() {
         return;
@@ -454,6 +465,7 @@ fn a_daemon_killed_and_restarted_keeps_enforcing_and_updates_the_same_map() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_daemon_restarted_with_the_layer_off_detaches_its_programs_and_still_removes_its_cgroups() {
     if !privileged() {
         return;
@@ -477,6 +489,7 @@ fn a_daemon_restarted_with_the_layer_off_detaches_its_programs_and_still_removes
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_program_the_verifier_refuses_says_why() {
     if !privileged() {
         return;

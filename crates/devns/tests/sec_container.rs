@@ -135,6 +135,7 @@ fn processes_of(exe: &Path) -> Vec<i32> {
 /// container holds no file of that terminal, and is in a session of its
 /// own.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_container_cannot_type_into_the_terminal_devns_run_was_started_from() {
     if !privileged() {
         return;
@@ -182,6 +183,7 @@ fn the_container_cannot_type_into_the_terminal_devns_run_was_started_from() {
 /// input, output, the window size, a resize and EOF are relayed; the exit
 /// status is the command's; the terminal's modes come back as they were.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_terminal_is_relayed_through_a_pty_of_the_container_s_own() {
     if !privileged() {
         return;
@@ -216,6 +218,7 @@ fn a_terminal_is_relayed_through_a_pty_of_the_container_s_own() {
 /// Only the terminal fds go through the pty: a pipe on stdout stays the
 /// pipe (no carriage returns added), stdin from the terminal is the pty.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn under_a_terminal_pipes_are_still_passed_through() {
     if !privileged() {
         return;
@@ -235,6 +238,7 @@ fn under_a_terminal_pipes_are_still_passed_through() {
 /// A signal that ends `devns run` while it relays gives the terminal its
 /// modes back too.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_terminal_gets_its_modes_back_when_devns_run_is_ended_by_a_signal() {
     if !privileged() {
         return;
@@ -258,6 +262,7 @@ fn the_terminal_gets_its_modes_back_when_devns_run_is_ended_by_a_signal() {
 
 /// Through a daemon, too, the container gets a pty of its own.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn with_a_daemon_the_container_gets_a_pty_of_its_own() {
     if !privileged() {
         return;
@@ -280,6 +285,7 @@ fn with_a_daemon_the_container_gets_a_pty_of_its_own() {
 /// can reach init's fds): only its stdio, its own signalfd and what
 /// `devns run` was given to pass on.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_container_s_init_holds_none_of_the_keeper_s_fds() {
     if !privileged() {
         return;
@@ -397,6 +403,7 @@ fn umounts_uncover_nothing_of_the_host(env: &Env, args: &[&str], busybox: &str) 
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn without_rootfs_umounts_uncover_nothing_of_the_host() {
     if !privileged() {
         return;
@@ -406,6 +413,7 @@ fn without_rootfs_umounts_uncover_nothing_of_the_host() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn with_rootfs_umounts_uncover_nothing_of_the_host() {
     if !privileged() {
         return;
@@ -428,6 +436,7 @@ impl Drop for HostMount {
 /// for a chroot, say) is refused: the container's view over it is its own
 /// to unmount, and the mount below, locked, would be what it uncovers.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_rootfs_with_a_mount_below_its_dev_is_refused() {
     if !privileged() {
         return;

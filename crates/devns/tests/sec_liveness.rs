@@ -68,6 +68,7 @@ fn cgroup_tree_pids(path: &Path) -> Vec<i32> {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_container_that_frees_its_init_from_its_keeper_never_shares_its_ids() {
     if !privileged() {
         return;
@@ -178,6 +179,7 @@ fn what_outlives_a_killed_run_dies_before_its_ids_are_reused(policy: bool, daemo
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn what_outlives_a_killed_run_dies_with_its_cgroup_before_its_ids_are_reused() {
     if !privileged() {
         return;
@@ -186,6 +188,7 @@ fn what_outlives_a_killed_run_dies_with_its_cgroup_before_its_ids_are_reused() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn what_outlives_a_killed_run_without_a_cgroup_is_killed_by_pidfd_before_its_ids_are_reused() {
     if !privileged() {
         return;
@@ -194,6 +197,7 @@ fn what_outlives_a_killed_run_without_a_cgroup_is_killed_by_pidfd_before_its_ids
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn what_outlives_a_killed_run_dies_when_a_daemon_starts_before_its_ids_are_reused() {
     if !privileged() {
         return;
@@ -225,6 +229,7 @@ impl Drop for KillMarked {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn an_attached_namespace_lives_while_a_process_nested_in_it_does() {
     if !privileged() {
         return;
@@ -327,6 +332,7 @@ fn a_daemon_s_run_lives_while_a_process_is_left(nested: bool) {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_daemon_s_run_lives_while_a_process_nested_in_its_namespace_does() {
     if !privileged() {
         return;
@@ -335,6 +341,7 @@ fn a_daemon_s_run_lives_while_a_process_nested_in_its_namespace_does() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_daemon_s_run_lives_while_a_process_is_left_in_its_cgroup() {
     if !privileged() {
         return;

@@ -64,6 +64,7 @@ impl Drop for HostAttach {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn add_of_a_free_host_device_is_refused_and_it_stays_the_host_s() {
     if !privileged() {
         return;
@@ -86,6 +87,7 @@ fn add_of_a_free_host_device_is_refused_and_it_stays_the_host_s() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn remove_of_a_host_device_is_refused_and_it_stays() {
     if !privileged() {
         return;
@@ -111,6 +113,7 @@ fn remove_of_a_host_device_is_refused_and_it_stays() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_host_s_attachment_to_a_formerly_lendable_device_survives_the_container() {
     if !privileged() {
         return;
@@ -188,6 +191,7 @@ impl Drop for Holders {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn two_stand_alone_runs_racing_for_one_device_never_hold_or_remove_each_other_s() {
     if !privileged() {
         return;
@@ -198,6 +202,7 @@ fn two_stand_alone_runs_racing_for_one_device_never_hold_or_remove_each_other_s(
 /// The same race through one daemon (one agent for both): a late event of
 /// the other's device must not take one's own from its record.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn two_containers_of_a_daemon_racing_for_one_device_never_hold_or_remove_each_other_s() {
     if !privileged() {
         return;
@@ -282,6 +287,7 @@ fn round(env: &Env, reach: &Reach, img: &str, count: usize, holders: &mut Holder
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn busy_loop_devices_of_dead_runs_stay_charged_until_removed_and_are_bounded() {
     if !privileged() {
         return;
@@ -330,6 +336,7 @@ fn busy_loop_devices_of_dead_runs_stay_charged_until_removed_and_are_bounded() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn busy_loop_devices_of_a_daemon_s_dead_namespace_stay_pending_across_a_restart() {
     if !privileged() {
         return;
@@ -370,6 +377,7 @@ fn busy_loop_devices_of_a_daemon_s_dead_namespace_stay_pending_across_a_restart(
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_lent_device_in_an_old_record_is_dropped_at_death_untouched() {
     if !privileged() {
         return;

@@ -52,6 +52,7 @@ impl Drop for Gone {
 /// container reaches it in the default mode): no node of the container's
 /// may stay there after it ends, so none is made there.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn nodes_on_a_filesystem_shared_with_the_host_are_refused_and_none_is_left() {
     if !privileged() {
         return;
@@ -104,6 +105,7 @@ fn nodes_on_a_filesystem_shared_with_the_host_are_refused_and_none_is_left() {
 /// The same through the daemon: its containers' `/tmp` is the daemon's
 /// own making, so nodes work there and nowhere on the host's filesystems.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn under_the_daemon_nodes_work_in_tmp_and_the_view_only() {
     if !privileged() {
         return;
@@ -126,6 +128,7 @@ fn under_the_daemon_nodes_work_in_tmp_and_the_view_only() {
 /// (root's, 0755, as `/etc`): nothing is ever created there, and the answer
 /// is the kernel's own (`EACCES`, before any question of devices).
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mknod_where_the_caller_may_not_write_creates_nothing_and_answers_natively() {
     if !privileged() {
         return;
@@ -160,6 +163,7 @@ fn mknod_where_the_caller_may_not_write_creates_nothing_and_answers_natively() {
 /// thousands of calls) answers what a native one does: it made its node
 /// (0), never EPERM, never EINTR.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_signal_storm_against_mknod_gets_native_answers() {
     if !privileged() {
         return;
@@ -189,6 +193,7 @@ fn a_signal_storm_against_mknod_gets_native_answers() {
 /// who may write the directory make (no device is behind them): native
 /// answers, on the container's `/tmp` and on a tmpfs of its own.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn whiteouts_are_made_as_natively() {
     if !privileged() {
         return;
@@ -225,6 +230,7 @@ fn whiteouts_are_made_as_natively() {
 /// Names that are not UTF-8 are names like any other: the node is made at
 /// exactly that name, in exactly that directory.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn non_utf8_names_are_made_exactly() {
     if !privileged() {
         return;
@@ -246,6 +252,7 @@ fn non_utf8_names_are_made_exactly() {
 /// in the same directory does (FIFOs are never trapped: the kernel's own
 /// answer), and where that is made, the node is made and works.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn proc_self_paths_answer_as_natively() {
     if !privileged() {
         return;
@@ -305,6 +312,7 @@ fn proc_self_paths_answer_as_natively() {
 /// or through a symlink to that, or `..` above the root after a magic
 /// link, puts no node outside (`EPERM`, as a dirfd outside the root gets).
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn magic_links_never_lead_a_node_outside_the_root() {
     if !privileged() {
         return;
@@ -333,6 +341,7 @@ fn magic_links_never_lead_a_node_outside_the_root() {
 /// container's own filesystems (they end with it, as the nested one's
 /// processes do), and on no other.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_nested_namespace_makes_global_nodes_on_the_container_s_filesystems_only() {
     if !privileged() {
         return;
@@ -357,6 +366,7 @@ fn a_nested_namespace_makes_global_nodes_on_the_container_s_filesystems_only() {
 /// may write but not reach (below one it may not search) is as closed to
 /// its `mknod` as to its `mkfifo`, through every way of naming it.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_path_is_looked_up_with_the_caller_s_permissions() {
     if !privileged() {
         return;

@@ -10,8 +10,11 @@ mod mknod;
 mod ptrace;
 mod tty;
 
-/// The roles, each with the variables it needs set (all of them).
-const ROLES: &[(&str, &[&str], fn())] = &[
+/// A role: its name, the variables it needs set (all of them), and what
+/// it does.
+type Role = (&'static str, &'static [&'static str], fn());
+
+const ROLES: &[Role] = &[
     ("attack", &["DEVNS_ATTACK_OUTSIDE", "DEVNS_ATTACK_FD"], mknod::attack),
     ("bpf", &["DEVNS_BPF_CHILD"], bpf::bpf),
     ("loop-ioctls", &["DEVNS_LOOP_OPS"], loops::ioctls),
