@@ -11,6 +11,7 @@ fn out(o: &std::process::Output) -> String {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mknod_of_visible_devices_works_and_of_others_is_refused() {
     if !privileged() {
         return;
@@ -55,6 +56,7 @@ fn mknod_of_visible_devices_works_and_of_others_is_refused() {
 /// fsgid and supplementary groups against the directory's permissions and
 /// `setgid` bit, and its umask alone (not devns's) on the mode.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mknod_is_checked_and_owned_as_the_caller_with_its_groups_and_umask() {
     if !privileged() {
         return;
@@ -84,6 +86,7 @@ fn mknod_is_checked_and_owned_as_the_caller_with_its_groups_and_umask() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mknod_where_nodes_cannot_work_is_refused_and_errors_are_native() {
     if !privileged() {
         return;
@@ -103,6 +106,7 @@ fn mknod_where_nodes_cannot_work_is_refused_and_errors_are_native() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mount_devtmpfs_shows_the_callers_own_view() {
     if !privileged() {
         return;
@@ -123,6 +127,7 @@ fn mount_devtmpfs_shows_the_callers_own_view() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_daemon_is_the_agent_when_it_runs() {
     if !privileged() {
         return;
@@ -143,15 +148,15 @@ fn the_daemon_is_the_agent_when_it_runs() {
     assert!(a.sh("mount -t devtmpfs none /mnt && ls /mnt").contains(&lp.name));
 }
 
-/// A minimal rootfs: busybox, this test binary (as `/bin/attack`: the
+/// A minimal rootfs: busybox, the helper binary (in `/bin`: the
 /// container's `/tmp` is a fresh tmpfs, so nothing may live there), and
 /// their libraries.
 fn make_rootfs(dir: &Path) -> PathBuf {
-    let me = std::env::current_exe().unwrap();
+    let me = Path::new(TESTBIN);
     let root = dir.join("rootfs");
     std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy(&me, root.join("bin/attack")).unwrap();
-    for bin in [Path::new("/bin/busybox"), me.as_path()] {
+    std::fs::copy(me, root.join("bin/devns-testbin")).unwrap();
+    for bin in [Path::new("/bin/busybox"), me] {
         let ldd = std::process::Command::new("ldd").arg(bin).output().unwrap();
         let mut files = vec![bin.to_path_buf()];
         for l in String::from_utf8_lossy(&ldd.stdout).lines() {
@@ -159,7 +164,7 @@ fn make_rootfs(dir: &Path) -> PathBuf {
                 files.push(PathBuf::from(p));
             }
         }
-        for f in files.into_iter().filter(|f| f != &me) {
+        for f in files.into_iter().filter(|f| f != me) {
             let dst = root.join(f.strip_prefix("/").unwrap());
             std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
             std::fs::copy(&f, &dst).unwrap();
@@ -169,92 +174,8 @@ fn make_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
-const ITERATIONS: usize = 10_000;
-
-/// Runs inside the container (this binary, started by the test below).
 #[test]
-fn attack_child() {
-    let Ok(outside) = std::env::var("DEVNS_ATTACK_OUTSIDE") else { return };
-    let host_fd: i32 = std::env::var("DEVNS_ATTACK_FD").unwrap().parse().unwrap();
-    use std::ffi::CString;
-    let mk = |path: &CString| -> i32 {
-        // SAFETY: `path` is a live NUL-terminated string.
-        let r = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
-        if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() }
-    };
-    let mut errnos = std::collections::BTreeMap::<&str, std::collections::BTreeSet<i32>>::new();
-    // 1. a symlink that points outside the root
-    std::os::unix::fs::symlink(&outside, "/tmp/esc").unwrap();
-    let p = CString::new("/tmp/esc/n1").unwrap();
-    for _ in 0..ITERATIONS {
-        errnos.entry("symlink").or_default().insert(mk(&p));
-        let _ = std::fs::remove_file("/tmp/esc/n1");
-    }
-    // 2. `..` escapes
-    let p = CString::new(format!("/../../../../../../..{outside}/n2")).unwrap();
-    let rel = CString::new(format!("../../../../../../..{outside}/n2")).unwrap();
-    std::env::set_current_dir("/tmp").unwrap();
-    for _ in 0..ITERATIONS / 2 {
-        errnos.entry("dotdot").or_default().insert(mk(&p));
-        errnos.entry("dotdot").or_default().insert(mk(&rel));
-    }
-    // 3. the parent swapped for a symlink while calls are in flight
-    std::fs::create_dir("/tmp/real").unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s2 = stop.clone();
-    let outside2 = outside.clone();
-    let flipper = std::thread::spawn(move || {
-        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = std::fs::remove_file("/tmp/d");
-            let _ = std::os::unix::fs::symlink("/tmp/real", "/tmp/d");
-            let _ = std::fs::remove_file("/tmp/d");
-            let _ = std::os::unix::fs::symlink(&outside2, "/tmp/d");
-        }
-    });
-    let p = CString::new("/tmp/d/n3").unwrap();
-    for _ in 0..ITERATIONS {
-        errnos.entry("swap").or_default().insert(mk(&p));
-        let _ = std::fs::remove_file("/tmp/real/n3");
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    flipper.join().unwrap();
-    // 4. a dirfd outside the root (inherited from the host)
-    let name = CString::new("n4").unwrap();
-    for _ in 0..ITERATIONS {
-        // SAFETY: `name` is a live NUL-terminated string.
-        let r = unsafe { libc::mknodat(host_fd, name.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
-        errnos.entry("dirfd").or_default().insert(if r == 0 {
-            0
-        } else {
-            std::io::Error::last_os_error().raw_os_error().unwrap()
-        });
-    }
-    // 5. garbage pointers
-    for addr in [1usize, 4096, usize::MAX - 4095, 0xdead_0000_0000] {
-        for _ in 0..ITERATIONS / 4 {
-            // SAFETY: the kernel (and the agent) only read through the
-            // pointer, and must fail cleanly on a bad one; nothing here
-            // dereferences it.
-            let r = unsafe { libc::mknod(addr as *const libc::c_char, libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
-            errnos.entry("garbage").or_default().insert(if r == 0 {
-                0
-            } else {
-                std::io::Error::last_os_error().raw_os_error().unwrap()
-            });
-        }
-    }
-    // 6. callers that die mid-call
-    for _ in 0..ITERATIONS / 10 {
-        let mut c =
-            std::process::Command::new("/bin/busybox").args(["mknod", "/tmp/dying", "c", "1", "3"]).spawn().unwrap();
-        let _ = c.kill();
-        let _ = c.wait();
-        let _ = std::fs::remove_file("/tmp/dying");
-    }
-    println!("{}", serde_json::to_string(&errnos).unwrap());
-}
-
-#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn attacks_never_put_a_node_outside_the_root() {
     if !privileged() {
         return;
@@ -274,8 +195,7 @@ fn attacks_never_put_a_node_outside_the_root() {
     let o = env
         .devns()
         .args(["run", "--rootfs", root.to_str().unwrap(), "--"])
-        .arg("/bin/attack")
-        .args(["--exact", "attack_child", "--nocapture", "--test-threads", "1"])
+        .args(["/bin/devns-testbin", "attack"])
         .env("DEVNS_ATTACK_OUTSIDE", &outside)
         .env("DEVNS_ATTACK_FD", raw.to_string())
         .output()

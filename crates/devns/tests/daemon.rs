@@ -23,6 +23,7 @@ impl Drop for KillMarked {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn hotplug_reaches_exactly_the_right_views() {
     if !privileged() {
         return;
@@ -63,6 +64,7 @@ fn hotplug_reaches_exactly_the_right_views() {
 /// the host's, not the old one's owner's; the owner's view and device map
 /// lose it with the `remove`, whatever sysfs shows by then.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_disk_made_again_with_the_numbers_of_an_assigned_one_is_the_host_s() {
     if !privileged() {
         return;
@@ -91,6 +93,7 @@ fn a_disk_made_again_with_the_numbers_of_an_assigned_one_is_the_host_s() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn assign_and_release_are_seen_inside_with_partitions_and_hotplugged_partitions() {
     if !privileged() {
         return;
@@ -126,6 +129,7 @@ fn assign_and_release_are_seen_inside_with_partitions_and_hotplugged_partitions(
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn kill_9_amid_a_burst_loses_no_acknowledged_operation() {
     if !privileged() {
         return;
@@ -190,6 +194,7 @@ fn kill_9_amid_a_burst_loses_no_acknowledged_operation() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn lifecycles_leave_nothing_and_the_daemon_holds_no_extra_fds() {
     if !privileged() {
         return;
@@ -241,6 +246,7 @@ fn lifecycles_leave_nothing_and_the_daemon_holds_no_extra_fds() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn bad_input_changes_nothing_and_the_daemon_keeps_serving() {
     if !privileged() {
         return;
@@ -304,6 +310,7 @@ fn bad_input_changes_nothing_and_the_daemon_keeps_serving() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn sigterm_stops_cleanly_and_views_stay_in_their_containers() {
     if !privileged() {
         return;
@@ -325,6 +332,7 @@ fn sigterm_stops_cleanly_and_views_stay_in_their_containers() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn attach_brings_an_existing_namespace_under_devns() {
     if !privileged() {
         return;
@@ -359,6 +367,7 @@ fn attach_brings_an_existing_namespace_under_devns() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn events_stream_ownership_hotplug_and_namespaces() {
     if !privileged() {
         return;
@@ -435,6 +444,7 @@ fn uevent_listener(env: &Env, name: &str) -> Container {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn each_device_s_uevents_reach_its_owner_and_nobody_else() {
     if !privileged() {
         return;
@@ -477,6 +487,7 @@ fn each_device_s_uevents_reach_its_owner_and_nobody_else() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn udevadm_monitor_inside_sees_attach_resize_and_detach_of_its_loop_device() {
     if !privileged() {
         return;

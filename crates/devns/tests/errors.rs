@@ -37,6 +37,7 @@ fn run_in(env: &Env, cg: &TestCgroup, args: &[&str]) -> Output {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn unknown_device() {
     if !privileged() {
         return;
@@ -61,6 +62,7 @@ fn unknown_device() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn device_owned_by_another_namespace() {
     if !privileged() {
         return;
@@ -94,6 +96,7 @@ fn device_owned_by_another_namespace() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn not_root() {
     if !privileged() {
         return;
@@ -107,6 +110,7 @@ fn not_root() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn user_namespaces_unavailable() {
     if !privileged() {
         return;
@@ -135,6 +139,7 @@ fn user_namespaces_unavailable() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn command_that_cannot_be_executed() {
     if !privileged() {
         return;
@@ -158,6 +163,7 @@ fn command_that_cannot_be_executed() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn bad_config_names_file_line_and_problem() {
     if !privileged() {
         return;
@@ -179,6 +185,7 @@ fn bad_config_names_file_line_and_problem() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn bad_rootfs() {
     if !privileged() {
         return;
@@ -194,6 +201,7 @@ fn bad_rootfs() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn device_policy_that_cannot_be_attached() {
     if !privileged() {
         return;
@@ -228,6 +236,7 @@ fn device_policy_that_cannot_be_attached() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_host_without_a_cgroup2_mount_gets_one_under_the_state_dir() {
     if !privileged() {
         return;

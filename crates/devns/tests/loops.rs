@@ -124,47 +124,16 @@ fn minor_of(name: &str) -> u32 {
 
 impl Images {
     /// A shell line that runs loop-control ioctls from inside a container
-    /// with this test binary (see `ioctl_child`, copied here, where the
-    /// container reaches it); prints `OP=RESULT` lines.
+    /// with the helper binary (its `loop-ioctls`, copied here, where the
+    /// container reaches it); prints `op OP=RESULT` lines.
     fn ioctls(&self, ops: &str) -> String {
-        let me = copy_exe_to(&self.dir);
-        format!(
-            "DEVNS_LOOP_OPS={ops} {} --exact ioctl_child --nocapture --test-threads 1 2>/dev/null | grep -o 'op [^ ]*'",
-            me.display()
-        )
-    }
-}
-
-/// Runs inside containers: `DEVNS_LOOP_OPS` is a list of `CMD:ARG` (CMD
-/// one of add, remove, get_free) done on `/dev/loop-control`, or of
-/// `file=PATH` to use another file for those after it.
-#[test]
-fn ioctl_child() {
-    let Ok(ops) = std::env::var("DEVNS_LOOP_OPS") else { return };
-    let mut file = "/dev/loop-control".to_owned();
-    for op in ops.split(',') {
-        if let Some(f) = op.strip_prefix("file=") {
-            file = f.to_owned();
-            continue;
-        }
-        let (cmd, arg) = op.split_once(':').unwrap_or((op, "0"));
-        let nr: libc::c_ulong = match cmd {
-            "add" => 0x4C80,
-            "remove" => 0x4C81,
-            "get_free" => 0x4C82,
-            _ => panic!("unknown op {cmd}"),
-        };
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
-        let arg: i64 = arg.parse().unwrap();
-        // SAFETY: the loop-control ioctls take their argument by value;
-        // `f` is open for the call.
-        let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), nr, arg as libc::c_ulong) };
-        let r = if r < 0 { -std::io::Error::last_os_error().raw_os_error().unwrap() } else { r };
-        println!("op {op}={r}");
+        let me = copy_testbin_to(&self.dir);
+        format!("DEVNS_LOOP_OPS={ops} {} loop-ioctls 2>/dev/null | grep -o 'op [^ ]*'", me.display())
     }
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn util_linux_gets_loop_devices_that_only_its_namespace_sees() {
     if !privileged() {
         return;
@@ -238,6 +207,7 @@ fn util_linux_gets_loop_devices_that_only_its_namespace_sees() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_stand_alone_run_gets_loop_devices_and_removes_them_at_its_end() {
     if !privileged() {
         return;
@@ -268,6 +238,7 @@ fn a_stand_alone_run_gets_loop_devices_and_removes_them_at_its_end() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn add_of_an_unowned_free_device_is_refused_and_other_files_are_not_loop_control() {
     if !privileged() {
         return;
@@ -301,6 +272,7 @@ fn add_of_an_unowned_free_device_is_refused_and_other_files_are_not_loop_control
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_limit_answers_enospc_and_says_why() {
     if !privileged() {
         return;
@@ -329,6 +301,7 @@ fn init_of(c: &Container) -> i32 {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn two_hundred_killed_containers_leave_no_loop_device_behind() {
     if !privileged() {
         return;
@@ -363,6 +336,7 @@ fn two_hundred_killed_containers_leave_no_loop_device_behind() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn loops_of_a_namespace_that_died_while_the_daemon_was_down_go_at_its_restart() {
     if !privileged() {
         return;
@@ -389,6 +363,7 @@ fn loops_of_a_namespace_that_died_while_the_daemon_was_down_go_at_its_restart() 
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn loop_allocation_is_announced_to_the_owner_like_a_hotplug() {
     if !privileged() {
         return;

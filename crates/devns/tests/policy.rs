@@ -83,6 +83,7 @@ fn gone_from_the_kernel((prog, map): (u32, u32)) {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_host_node_bind_mounted_from_outside_opens_only_while_assigned() {
     if !privileged() {
         return;
@@ -107,6 +108,7 @@ fn a_host_node_bind_mounted_from_outside_opens_only_while_assigned() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_node_on_a_shared_host_filesystem_follows_the_same_rule() {
     if !privileged() {
         return;
@@ -129,6 +131,7 @@ fn a_node_on_a_shared_host_filesystem_follows_the_same_rule() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_thousand_assign_release_cycles_leave_exactly_the_expected_map() {
     if !privileged() {
         return;
@@ -161,6 +164,7 @@ fn a_thousand_assign_release_cycles_leave_exactly_the_expected_map() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn program_map_and_cgroup_are_gone_when_the_container_dies() {
     if !privileged() {
         return;
@@ -186,6 +190,7 @@ fn program_map_and_cgroup_are_gone_when_the_container_dies() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_killed_stand_alone_run_s_cgroup_goes_with_the_next_devns_command() {
     if !privileged() {
         return;
@@ -204,31 +209,8 @@ fn a_killed_stand_alone_run_s_cgroup_goes_with_the_next_devns_command() {
     assert_eq!(env.recorded_namespaces(), 0);
 }
 
-/// Runs inside containers: bpf(2) calls a container might try on its own
-/// policy (`DEVNS_BPF_CHILD=PROG_ID:MAP_ID:CGROUP`); prints `NAME=RESULT`.
 #[test]
-fn bpf_child() {
-    let Ok(arg) = std::env::var("DEVNS_BPF_CHILD") else { return };
-    let mut it = arg.splitn(3, ':');
-    let (prog, map, cg) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
-    let show = |name: &str, r: Result<(), devns_sys::bpf::BpfError>| {
-        let shown = match r {
-            Ok(()) => "ok".to_owned(),
-            Err(e) if e.errno() == Some(rustix::io::Errno::PERM) => "EPERM".to_owned(),
-            Err(e) => e.to_string(),
-        };
-        println!("bpf {name}={shown}");
-    };
-    show("prog_by_id", devns_sys::bpf::prog_fd_by_id(prog.parse().unwrap()).map(drop));
-    show("map_by_id", devns_sys::bpf::map_fd_by_id(map.parse().unwrap()).map(drop));
-    let fd = devns::cgroup::open(Path::new(cg)).unwrap();
-    show("query", devns_sys::bpf::prog_query(&fd, devns_sys::bpf::BPF_CGROUP_DEVICE).map(drop));
-    show("map_create", devns::bpf::DeviceMap::create_hash(8, 0, "x").map(drop));
-    let deny_all = devns_core::bpf::to_bytes(&devns_core::bpf::inline_program(&[]));
-    show("prog_load", devns_sys::bpf::prog_load(15, &deny_all, "GPL", "x").map(drop));
-}
-
-#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_container_can_neither_change_nor_leave_its_policy() {
     if !privileged() {
         return;
@@ -260,9 +242,9 @@ fn the_container_can_neither_change_nor_leave_its_policy() {
     assert!(cgroup_pids(mine).len() >= 2, "still in its cgroup");
     // bpf(2) is the host's: a user namespace gets EPERM for every command.
     let (prog, map) = policy_of(&env, "c").ids();
-    let me = shared.exe();
+    let me = shared.testbin();
     let out = c.sh(&format!(
-        "DEVNS_BPF_CHILD={prog}:{map}:{} {} --exact bpf_child --nocapture --test-threads 1 2>/dev/null | grep -o 'bpf [^ ]*'",
+        "DEVNS_BPF_CHILD={prog}:{map}:{} {} bpf 2>/dev/null | grep -o 'bpf [^ ]*'",
         mine.display(),
         me.display()
     ));
@@ -288,6 +270,7 @@ fn the_container_can_neither_change_nor_leave_its_policy() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_runtime_s_own_program_still_decides_and_is_never_detached() {
     if !privileged() {
         return;
@@ -339,6 +322,7 @@ fn a_runtime_s_own_program_still_decides_and_is_never_detached() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn attach_refuses_a_cgroup_that_holds_devns_or_a_host_process() {
     if !privileged() {
         return;
@@ -382,6 +366,7 @@ fn attach_refuses_a_cgroup_that_holds_devns_or_a_host_process() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn loop_devices_from_loop_control_open_for_their_owner_only() {
     if !privileged() {
         return;
@@ -426,6 +411,7 @@ impl Drop for DetachOnDrop {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_new_partition_of_an_owned_disk_opens() {
     if !privileged() {
         return;
@@ -450,6 +436,7 @@ fn a_new_partition_of_an_owned_disk_opens() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_daemon_killed_and_restarted_keeps_enforcing_and_updates_the_same_map() {
     if !privileged() {
         return;
@@ -478,6 +465,7 @@ fn a_daemon_killed_and_restarted_keeps_enforcing_and_updates_the_same_map() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_daemon_restarted_with_the_layer_off_detaches_its_programs_and_still_removes_its_cgroups() {
     if !privileged() {
         return;
@@ -501,6 +489,7 @@ fn a_daemon_restarted_with_the_layer_off_detaches_its_programs_and_still_removes
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_program_the_verifier_refuses_says_why() {
     if !privileged() {
         return;

@@ -13,6 +13,7 @@ fn assert_ok(o: &std::process::Output) {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn default_view_holds_exactly_the_global_set_symlinks_and_pts() {
     if !privileged() {
         return;
@@ -27,6 +28,7 @@ fn default_view_holds_exactly_the_global_set_symlinks_and_pts() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn null_takes_writes_zero_gives_zeros_and_root_is_unprivileged_on_the_host() {
     if !privileged() {
         return;
@@ -52,6 +54,7 @@ fn null_takes_writes_zero_gives_zeros_and_root_is_unprivileged_on_the_host() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn ptys_work_inside() {
     if !privileged() {
         return;
@@ -64,6 +67,7 @@ fn ptys_work_inside() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn loop_device_is_owned_by_a_with_its_partition_and_absent_from_b() {
     if !privileged() {
         return;
@@ -98,6 +102,7 @@ fn loop_device_is_owned_by_a_with_its_partition_and_absent_from_b() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn dev_accepts_path_number_and_name() {
     if !privileged() {
         return;
@@ -114,6 +119,7 @@ fn dev_accepts_path_number_and_name() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn changes_in_one_view_reach_neither_another_view_nor_the_host() {
     if !privileged() {
         return;
@@ -152,6 +158,7 @@ fn changes_in_one_view_reach_neither_another_view_nor_the_host() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn exit_status_is_the_commands() {
     if !privileged() {
         return;
@@ -167,6 +174,7 @@ fn exit_status_is_the_commands() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn signals_reach_the_command() {
     if !privileged() {
         return;
@@ -182,6 +190,7 @@ fn signals_reach_the_command() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_command_starts_with_no_signal_blocked_and_sigterm_ends_it() {
     if !privileged() {
         return;
@@ -199,6 +208,7 @@ fn the_command_starts_with_no_signal_blocked_and_sigterm_ends_it() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn killing_devns_ends_the_container_and_frees_its_devices() {
     if !privileged() {
         return;
@@ -221,6 +231,7 @@ fn killing_devns_ends_the_container_and_frees_its_devices() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn name_sets_the_hostname_and_must_be_unique() {
     if !privileged() {
         return;
@@ -239,6 +250,7 @@ fn name_sets_the_hostname_and_must_be_unique() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn rootfs_is_used_as_root() {
     if !privileged() {
         return;
@@ -265,6 +277,7 @@ fn rootfs_is_used_as_root() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn network_is_loopback_only_unless_host() {
     if !privileged() {
         return;
@@ -293,6 +306,7 @@ fn network_is_loopback_only_unless_host() {
 /// its agent, is stopped, so that it reads the `remove` late) is not in
 /// its view nor its claim.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_disk_made_again_with_the_numbers_of_a_run_s_own_is_not_the_run_s() {
     if !privileged() {
         return;

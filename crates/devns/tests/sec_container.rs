@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::fd::OwnedFd;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -108,70 +108,6 @@ impl Screen {
     }
 }
 
-/// A file's `st_dev:st_ino`, or `closed`.
-fn fd_id(fd: i32) -> String {
-    // SAFETY: `st` is plain data that fstat fills in; an fd that is not
-    // open only makes fstat fail.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, exclusively borrowed stat buffer.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return "closed".into();
-    }
-    format!("{}:{}", st.st_dev, st.st_ino)
-}
-
-/// TIOCSTI of every byte of `text` on `fd`: 0, or the first errno.
-fn tiocsti(fd: i32, text: &str) -> i32 {
-    for b in text.bytes() {
-        // SAFETY: TIOCSTI reads one byte through the pointer, which points
-        // at a live local.
-        if unsafe { libc::ioctl(fd, libc::TIOCSTI, &b as *const u8) } != 0 {
-            return std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
-        }
-    }
-    0
-}
-
-/// Runs inside the container (this binary, started by the test below):
-/// waits for a line, then reports what its fds and `/dev/tty` are and
-/// pushes `DEVNS_TIOCSTI` into every terminal it holds.
-#[test]
-fn tiocsti_child() {
-    let Ok(payload) = std::env::var("DEVNS_TIOCSTI") else { return };
-    let outer = std::env::var("DEVNS_OUTER_TTY").unwrap();
-    println!("child-ready");
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).unwrap();
-    println!("got {}", line.trim());
-    let same = |fd: i32| if fd_id(fd) == outer { "outer" } else { "other" };
-    for fd in 0..=3 {
-        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| p.display().to_string());
-        let (id, link) = (fd_id(fd), link.unwrap_or_else(|_| "-".into()));
-        let s = if id == "closed" { "closed" } else { same(fd) };
-        println!("fd{fd} {s} {link}");
-    }
-    match rustix::fs::open("/dev/tty", rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY, rustix::fs::Mode::empty())
-    {
-        Ok(t) => {
-            // Its inode is the view's node: the terminal behind it has a
-            // session, of the container's (a leader in its pid namespace,
-            // > 0) or of the host's (0: not in it).
-            let mut sid: libc::pid_t = -1;
-            // SAFETY: TIOCGSID writes one pid_t through the pointer, which
-            // points at a live local.
-            unsafe { libc::ioctl(t.as_raw_fd(), libc::TIOCGSID, &mut sid as *mut libc::pid_t) };
-            println!("devtty session {}", if sid > 0 { "inside" } else { "outside" });
-        }
-        Err(e) => println!("devtty {e}"),
-    }
-    let tty =
-        rustix::fs::open("/dev/tty", rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY, rustix::fs::Mode::empty());
-    for fd in [0, 1, 2, 3].into_iter().chain(tty.as_ref().map(|t| t.as_raw_fd())) {
-        tiocsti(fd, &payload);
-    }
-    println!("child-done");
-}
-
 /// The session of host process `pid`.
 fn session_of(pid: i32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -199,19 +135,20 @@ fn processes_of(exe: &Path) -> Vec<i32> {
 /// container holds no file of that terminal, and is in a session of its
 /// own.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_container_cannot_type_into_the_terminal_devns_run_was_started_from() {
     if !privileged() {
         return;
     }
     let env = Env::new();
     let shared = SharedDir::new("tiocsti");
-    let exe = shared.exe();
+    let exe = shared.testbin();
     let pwned = shared.0.join("pwned");
     let pty = Pty::new(24, 80);
     let mut screen = pty.screen();
     // The host's shell: devns run (with the terminal also on fd 3), then
     // the next line of input, which the user types later, run as root.
-    let script = r#""$0" run -- "$1" --exact tiocsti_child --nocapture 3<&0; echo devns-done; read -r line; eval "$line"; echo outer-done"#;
+    let script = r#""$0" run -- "$1" tiocsti 3<&0; echo devns-done; read -r line; eval "$line"; echo outer-done"#;
     let mut c = Command::new("sh");
     env.devns_env(c.args(["-c", script, env!("CARGO_BIN_EXE_devns")]).arg(&exe))
         .env("DEVNS_TIOCSTI", format!("touch {}\n", pwned.display()))
@@ -246,6 +183,7 @@ fn the_container_cannot_type_into_the_terminal_devns_run_was_started_from() {
 /// input, output, the window size, a resize and EOF are relayed; the exit
 /// status is the command's; the terminal's modes come back as they were.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_terminal_is_relayed_through_a_pty_of_the_container_s_own() {
     if !privileged() {
         return;
@@ -280,6 +218,7 @@ fn a_terminal_is_relayed_through_a_pty_of_the_container_s_own() {
 /// Only the terminal fds go through the pty: a pipe on stdout stays the
 /// pipe (no carriage returns added), stdin from the terminal is the pty.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn under_a_terminal_pipes_are_still_passed_through() {
     if !privileged() {
         return;
@@ -299,6 +238,7 @@ fn under_a_terminal_pipes_are_still_passed_through() {
 /// A signal that ends `devns run` while it relays gives the terminal its
 /// modes back too.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_terminal_gets_its_modes_back_when_devns_run_is_ended_by_a_signal() {
     if !privileged() {
         return;
@@ -322,6 +262,7 @@ fn the_terminal_gets_its_modes_back_when_devns_run_is_ended_by_a_signal() {
 
 /// Through a daemon, too, the container gets a pty of its own.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn with_a_daemon_the_container_gets_a_pty_of_its_own() {
     if !privileged() {
         return;
@@ -344,6 +285,7 @@ fn with_a_daemon_the_container_gets_a_pty_of_its_own() {
 /// can reach init's fds): only its stdio, its own signalfd and what
 /// `devns run` was given to pass on.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_container_s_init_holds_none_of_the_keeper_s_fds() {
     if !privileged() {
         return;
@@ -461,6 +403,7 @@ fn umounts_uncover_nothing_of_the_host(env: &Env, args: &[&str], busybox: &str) 
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn without_rootfs_umounts_uncover_nothing_of_the_host() {
     if !privileged() {
         return;
@@ -470,6 +413,7 @@ fn without_rootfs_umounts_uncover_nothing_of_the_host() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn with_rootfs_umounts_uncover_nothing_of_the_host() {
     if !privileged() {
         return;
@@ -492,6 +436,7 @@ impl Drop for HostMount {
 /// for a chroot, say) is refused: the container's view over it is its own
 /// to unmount, and the mount below, locked, would be what it uncovers.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_rootfs_with_a_mount_below_its_dev_is_refused() {
     if !privileged() {
         return;

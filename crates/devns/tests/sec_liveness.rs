@@ -36,79 +36,6 @@ fn uid_map(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap().split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Runs inside a container (this binary, started by the test below): it
-/// frees the container's init from its keeper, as the issue saw it done:
-/// `PTRACE_SEIZE` of pid 1, and `prctl(PR_SET_PDEATHSIG, 0)` injected at
-/// the `syscall` instruction init sleeps in. Prints `freed` or `refused
-/// ERRNO`, then `ready`, and sleeps.
-#[test]
-fn ptrace_init_child() {
-    if std::env::var_os("DEVNS_PTRACE_INIT_CHILD").is_none() {
-        return;
-    }
-    match free_init() {
-        Ok(()) => println!("freed"),
-        Err(e) => println!("refused {e}"),
-    }
-    println!("ready");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn free_init() -> Result<(), i32> {
-    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    let pid = 1;
-    let wait = || {
-        let mut st = 0;
-        // SAFETY: `st` outlives the call.
-        unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
-    };
-    // SAFETY: plain ptrace requests on pid 1; every pointer passed is to a
-    // local `user_regs_struct` that outlives the call.
-    unsafe {
-        if libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) != 0 {
-            return Err(errno());
-        }
-        libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0);
-        wait();
-        let mut regs: libc::user_regs_struct = std::mem::zeroed();
-        libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs);
-        let saved = regs;
-        let text = libc::ptrace(libc::PTRACE_PEEKTEXT, pid, regs.rip - 2, 0);
-        if text & 0xffff != 0x050f {
-            libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
-            return Err(-1);
-        }
-        regs.rip -= 2;
-        regs.rax = libc::SYS_prctl as u64;
-        regs.rdi = libc::PR_SET_PDEATHSIG as u64;
-        regs.rsi = 0;
-        regs.orig_rax = u64::MAX;
-        libc::ptrace(libc::PTRACE_SETREGS, pid, 0, &regs);
-        libc::ptrace(libc::PTRACE_SINGLESTEP, pid, 0, 0);
-        wait();
-        libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs);
-        let done = regs.rax;
-        // Back where it was; its poll returns EINTR, which init ignores.
-        let mut back = saved;
-        back.rax = (-libc::EINTR) as u64;
-        back.orig_rax = u64::MAX;
-        libc::ptrace(libc::PTRACE_SETREGS, pid, 0, &back);
-        libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
-        if done != 0 {
-            return Err(-2);
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn free_init() -> Result<(), i32> {
-    Err(-3)
-}
-
 /// A container's cgroup (named by its record) that a failing test may
 /// leave: its processes killed and it removed on drop.
 struct KillCgroup(std::path::PathBuf);
@@ -141,22 +68,20 @@ fn cgroup_tree_pids(path: &Path) -> Vec<i32> {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_container_that_frees_its_init_from_its_keeper_never_shares_its_ids() {
     if !privileged() {
         return;
     }
     let env = Env::new();
     let shared = SharedDir::new("ptrace");
-    let exe = shared.exe();
+    let exe = shared.testbin();
     let mut cmd = env.devns();
-    cmd.args(["run", "--name", "tracer", "--"])
-        .arg(&exe)
-        .args(["--exact", "ptrace_init_child", "--nocapture", "--test-threads", "1"])
-        .env("DEVNS_PTRACE_INIT_CHILD", "1");
+    cmd.args(["run", "--name", "tracer", "--"]).arg(&exe).arg("ptrace-init");
     let mut c = Container::spawn(&mut cmd);
     let attack = loop {
         let l = c.line();
-        // libtest prints the test's name on the same line.
+        // The helper's report of its attack, wherever it is on the line.
         if let Some(i) = l.find("freed").or_else(|| l.find("refused")) {
             break l[i..].to_owned();
         }
@@ -254,6 +179,7 @@ fn what_outlives_a_killed_run_dies_before_its_ids_are_reused(policy: bool, daemo
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn what_outlives_a_killed_run_dies_with_its_cgroup_before_its_ids_are_reused() {
     if !privileged() {
         return;
@@ -262,6 +188,7 @@ fn what_outlives_a_killed_run_dies_with_its_cgroup_before_its_ids_are_reused() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn what_outlives_a_killed_run_without_a_cgroup_is_killed_by_pidfd_before_its_ids_are_reused() {
     if !privileged() {
         return;
@@ -270,6 +197,7 @@ fn what_outlives_a_killed_run_without_a_cgroup_is_killed_by_pidfd_before_its_ids
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn what_outlives_a_killed_run_dies_when_a_daemon_starts_before_its_ids_are_reused() {
     if !privileged() {
         return;
@@ -301,6 +229,7 @@ impl Drop for KillMarked {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn an_attached_namespace_lives_while_a_process_nested_in_it_does() {
     if !privileged() {
         return;
@@ -403,6 +332,7 @@ fn a_daemon_s_run_lives_while_a_process_is_left(nested: bool) {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_daemon_s_run_lives_while_a_process_nested_in_its_namespace_does() {
     if !privileged() {
         return;
@@ -411,6 +341,7 @@ fn a_daemon_s_run_lives_while_a_process_nested_in_its_namespace_does() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_daemon_s_run_lives_while_a_process_is_left_in_its_cgroup() {
     if !privileged() {
         return;

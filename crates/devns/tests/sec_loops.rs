@@ -7,81 +7,7 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-
-/// One loop-control ioctl on `file`: its result, or minus its errno.
-fn ctl(file: &std::fs::File, nr: libc::c_ulong, arg: i64) -> i32 {
-    // SAFETY: the loop-control ioctls take their argument by value; `file`
-    // is open for the call.
-    let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(file), nr, arg as libc::c_ulong) };
-    if r < 0 { -std::io::Error::last_os_error().raw_os_error().unwrap() } else { r }
-}
-
-/// Runs inside containers: `DEVNS_SEC_OPS` is a list of `CMD:ARG` (CMD
-/// one of add, remove, get_free) on `/dev/loop-control`; prints
-/// `op CMD:ARG=RESULT` lines.
-#[test]
-fn ops_child() {
-    let Ok(ops) = std::env::var("DEVNS_SEC_OPS") else { return };
-    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").unwrap();
-    for op in ops.split(',') {
-        let (cmd, arg) = op.split_once(':').unwrap_or((op, "0"));
-        let nr = match cmd {
-            "add" => LOOP_CTL_ADD,
-            "remove" => LOOP_CTL_REMOVE,
-            "get_free" => LOOP_CTL_GET_FREE,
-            _ => panic!("unknown op {cmd}"),
-        };
-        println!("op {op}={}", ctl(&f, nr, arg.parse().unwrap()));
-    }
-}
-
-/// Runs inside containers: `DEVNS_RACE=INDEX:ITERATIONS:SECONDS` races
-/// for loopINDEX (`LOOP_CTL_ADD` of it, and `LOOP_CTL_REMOVE` when it was
-/// given), with a `GET_FREE` + `REMOVE` of a device of its own every
-/// fourth round; prints one line `race got=N exist=N rounds=N bad=[...]`,
-/// `bad` counting (and naming the first few of) the answers that is not native for a device that is
-/// one's own (a given device that cannot be removed again, an error
-/// other than `EEXIST` for the add).
-#[test]
-fn race_child() {
-    let Ok(spec) = std::env::var("DEVNS_RACE") else { return };
-    let v: Vec<u64> = spec.split(':').map(|s| s.parse().unwrap()).collect();
-    let (index, rounds, secs) = (v[0] as i64, v[1], v[2]);
-    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    let (mut got, mut exist, mut done, mut bad) = (0, 0, 0, Vec::new());
-    while done < rounds && std::time::Instant::now() < until {
-        done += 1;
-        match ctl(&f, LOOP_CTL_ADD, index) {
-            r if r as i64 == index => {
-                got += 1;
-                let r = ctl(&f, LOOP_CTL_REMOVE, index);
-                if r != 0 {
-                    bad.push(format!("remove:{index}={r}"));
-                }
-            }
-            r if r == -libc::EEXIST => exist += 1,
-            r => bad.push(format!("add:{index}={r}")),
-        }
-        if done % 4 == 0 {
-            match ctl(&f, LOOP_CTL_GET_FREE, 0) {
-                n if n >= 0 => {
-                    let r = ctl(&f, LOOP_CTL_REMOVE, n as i64);
-                    if r != 0 {
-                        bad.push(format!("remove:{n}={r} (from get_free)"));
-                    }
-                }
-                r => bad.push(format!("get_free={r}")),
-            }
-        }
-    }
-    let n = bad.len();
-    bad.truncate(6);
-    println!("race got={got} exist={exist} rounds={done} bad({n})={bad:?}");
-}
-
-/// A directory containers reach, with this test binary in it; removed on drop.
+/// A directory containers reach, with the helper binary in it; removed on drop.
 struct Reach(PathBuf);
 
 impl Reach {
@@ -92,13 +18,11 @@ impl Reach {
         Reach(dir)
     }
 
-    /// A shell line running `test` of this binary inside with `var=value`.
-    fn child(&self, test: &str, var: &str, value: &str) -> String {
-        let me = copy_exe_to(&self.0);
-        format!(
-            "{var}={value} {} --exact {test} --nocapture --test-threads 1 2>/dev/null | grep -oE '(op|race) .*'",
-            me.display()
-        )
+    /// A shell line running `role` of the helper binary inside with
+    /// `var=value`.
+    fn child(&self, role: &str, var: &str, value: &str) -> String {
+        let me = copy_testbin_to(&self.0);
+        format!("{var}={value} {} {role} 2>/dev/null | grep -oE '(op|race) .*'", me.display())
     }
 
     /// An 8 MiB file, writable by anyone.
@@ -140,6 +64,7 @@ impl Drop for HostAttach {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn add_of_a_free_host_device_is_refused_and_it_stays_the_host_s() {
     if !privileged() {
         return;
@@ -152,7 +77,7 @@ fn add_of_a_free_host_device_is_refused_and_it_stays_the_host_s() {
     let mut a = shell_container(&env, &["--name", "a"]);
     // What the kernel answers for an existing index.
     assert_eq!(
-        a.sh(&reach.child("ops_child", "DEVNS_SEC_OPS", &format!("add:{n}"))),
+        a.sh(&reach.child("loop-ops", "DEVNS_SEC_OPS", &format!("add:{n}"))),
         [format!("op add:{n}={}", -libc::EEXIST)]
     );
     assert!(!a.sh("ls /dev").contains(&name), "not in the container's view");
@@ -162,6 +87,7 @@ fn add_of_a_free_host_device_is_refused_and_it_stays_the_host_s() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn remove_of_a_host_device_is_refused_and_it_stays() {
     if !privileged() {
         return;
@@ -174,7 +100,7 @@ fn remove_of_a_host_device_is_refused_and_it_stays() {
     let mut a = shell_container(&env, &["--name", "a"]);
     let ops = format!("remove:{n},add:{n},remove:{n}");
     assert_eq!(
-        a.sh(&reach.child("ops_child", "DEVNS_SEC_OPS", &ops)),
+        a.sh(&reach.child("loop-ops", "DEVNS_SEC_OPS", &ops)),
         [
             format!("op remove:{n}={}", -libc::EPERM),
             format!("op add:{n}={}", -libc::EEXIST),
@@ -187,6 +113,7 @@ fn remove_of_a_host_device_is_refused_and_it_stays() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_host_s_attachment_to_a_formerly_lendable_device_survives_the_container() {
     if !privileged() {
         return;
@@ -199,7 +126,7 @@ fn the_host_s_attachment_to_a_formerly_lendable_device_survives_the_container() 
     let (n, name) = (host_loop.0, host_loop.name());
     let mut a = shell_container(&env, &["--name", "a"]);
     // Free, detached, the host's: what devns lent before.
-    let answer = a.sh(&reach.child("ops_child", "DEVNS_SEC_OPS", &format!("add:{n}")));
+    let answer = a.sh(&reach.child("loop-ops", "DEVNS_SEC_OPS", &format!("add:{n}")));
     // The host attaches its own file later.
     let _attached = HostAttach::new(&name, &secret);
     assert_eq!(answer, [format!("op add:{n}={}", -libc::EEXIST)]);
@@ -264,6 +191,7 @@ impl Drop for Holders {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn two_stand_alone_runs_racing_for_one_device_never_hold_or_remove_each_other_s() {
     if !privileged() {
         return;
@@ -274,6 +202,7 @@ fn two_stand_alone_runs_racing_for_one_device_never_hold_or_remove_each_other_s(
 /// The same race through one daemon (one agent for both): a late event of
 /// the other's device must not take one's own from its record.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn two_containers_of_a_daemon_racing_for_one_device_never_hold_or_remove_each_other_s() {
     if !privileged() {
         return;
@@ -301,7 +230,7 @@ fn race_for_one_device(daemon: bool, secs: u64) {
         }
     }
     let _gone = Gone(index);
-    let line = reach.child("race_child", "DEVNS_RACE", &format!("{index}:3000:{secs}"));
+    let line = reach.child("loop-race", "DEVNS_RACE", &format!("{index}:3000:{secs}"));
     // Run to completion, each in a thread (their logs are read too).
     let run = |name: &str| {
         let o = env.run(&["--name", name, "--", "sh", "-c", &line]);
@@ -338,7 +267,7 @@ fn round(env: &Env, reach: &Reach, img: &str, count: usize, holders: &mut Holder
     let adds = vec!["add:-1"; count - 4].join(",");
     let script = format!(
         "for i in 1 2 3 4; do losetup -f --show {img} || break; done; {}; echo ready; read x",
-        reach.child("ops_child", "DEVNS_SEC_OPS", &adds)
+        reach.child("loop-ops", "DEVNS_SEC_OPS", &adds)
     );
     let mut c = env.spawn(&["--", "sh", "-c", &script]);
     let mut devs = Vec::new();
@@ -358,6 +287,7 @@ fn round(env: &Env, reach: &Reach, img: &str, count: usize, holders: &mut Holder
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn busy_loop_devices_of_dead_runs_stay_charged_until_removed_and_are_bounded() {
     if !privileged() {
         return;
@@ -406,6 +336,7 @@ fn busy_loop_devices_of_dead_runs_stay_charged_until_removed_and_are_bounded() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn busy_loop_devices_of_a_daemon_s_dead_namespace_stay_pending_across_a_restart() {
     if !privileged() {
         return;
@@ -446,6 +377,7 @@ fn busy_loop_devices_of_a_daemon_s_dead_namespace_stay_pending_across_a_restart(
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_lent_device_in_an_old_record_is_dropped_at_death_untouched() {
     if !privileged() {
         return;

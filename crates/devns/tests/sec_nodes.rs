@@ -52,6 +52,7 @@ impl Drop for Gone {
 /// container reaches it in the default mode): no node of the container's
 /// may stay there after it ends, so none is made there.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn nodes_on_a_filesystem_shared_with_the_host_are_refused_and_none_is_left() {
     if !privileged() {
         return;
@@ -104,6 +105,7 @@ fn nodes_on_a_filesystem_shared_with_the_host_are_refused_and_none_is_left() {
 /// The same through the daemon: its containers' `/tmp` is the daemon's
 /// own making, so nodes work there and nowhere on the host's filesystems.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn under_the_daemon_nodes_work_in_tmp_and_the_view_only() {
     if !privileged() {
         return;
@@ -126,6 +128,7 @@ fn under_the_daemon_nodes_work_in_tmp_and_the_view_only() {
 /// (root's, 0755, as `/etc`): nothing is ever created there, and the answer
 /// is the kernel's own (`EACCES`, before any question of devices).
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mknod_where_the_caller_may_not_write_creates_nothing_and_answers_natively() {
     if !privileged() {
         return;
@@ -156,72 +159,23 @@ fn mknod_where_the_caller_may_not_write_creates_nothing_and_answers_natively() {
     assert!(got.lines().all(|l| l.contains("Permission denied")), "{got}");
 }
 
-/// Runs inside a container (this binary): `mknod` in a loop while another
-/// thread sends signals to the looping one without end; prints the
-/// errnos seen (`0` for success) as JSON.
-#[test]
-fn signal_storm_child() {
-    let Ok(iterations) = std::env::var("DEVNS_STORM_ITERATIONS") else { return };
-    let iterations: usize = iterations.parse().unwrap();
-    extern "C" fn on_signal(_: libc::c_int) {}
-    // SAFETY: a handler that does nothing, installed with SA_RESTART, as
-    // most programs' are.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-    }
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s2 = stop.clone();
-    let storm = std::thread::spawn(move || {
-        let mut sent = 0u64;
-        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
-            // SAFETY: a signal to a thread of this process, whose handler
-            // is installed above.
-            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR1) };
-            sent += 1;
-        }
-        sent
-    });
-    // In /tmp, in the view, and relative to the cwd.
-    std::env::set_current_dir("/tmp").unwrap();
-    let mut errnos = std::collections::BTreeMap::<i32, usize>::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    for (i, at) in ["/tmp/storm", "/dev/storm", "storm"].iter().cycle().take(iterations).enumerate() {
-        let path = std::ffi::CString::new(*at).unwrap();
-        // SAFETY: `path` is a live NUL-terminated string.
-        let r = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
-        let e = if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() };
-        *errnos.entry(e).or_default() += 1;
-        let _ = std::fs::remove_file(at);
-        if i % 64 == 0 && std::time::Instant::now() > deadline {
-            break;
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = storm.join().unwrap();
-    println!("STORM {} {sent}", serde_json::to_string(&errnos).unwrap());
-}
-
 /// A trapped `mknod` interrupted by signals (thousands of them, against
 /// thousands of calls) answers what a native one does: it made its node
 /// (0), never EPERM, never EINTR.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_signal_storm_against_mknod_gets_native_answers() {
     if !privileged() {
         return;
     }
     let env = Env::new();
     let shared = SharedDir::new("storm");
-    let me = shared.exe();
+    let me = shared.testbin();
     let o = env
         .devns()
         .args(["run", "--"])
         .arg(&me)
-        .args(["--exact", "signal_storm_child", "--nocapture", "--test-threads", "1"])
+        .arg("signal-storm")
         .env("DEVNS_STORM_ITERATIONS", "6000")
         .stdin(std::process::Stdio::null())
         .output()
@@ -239,6 +193,7 @@ fn a_signal_storm_against_mknod_gets_native_answers() {
 /// who may write the directory make (no device is behind them): native
 /// answers, on the container's `/tmp` and on a tmpfs of its own.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn whiteouts_are_made_as_natively() {
     if !privileged() {
         return;
@@ -275,6 +230,7 @@ fn whiteouts_are_made_as_natively() {
 /// Names that are not UTF-8 are names like any other: the node is made at
 /// exactly that name, in exactly that directory.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn non_utf8_names_are_made_exactly() {
     if !privileged() {
         return;
@@ -296,6 +252,7 @@ fn non_utf8_names_are_made_exactly() {
 /// in the same directory does (FIFOs are never trapped: the kernel's own
 /// answer), and where that is made, the node is made and works.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn proc_self_paths_answer_as_natively() {
     if !privileged() {
         return;
@@ -355,6 +312,7 @@ fn proc_self_paths_answer_as_natively() {
 /// or through a symlink to that, or `..` above the root after a magic
 /// link, puts no node outside (`EPERM`, as a dirfd outside the root gets).
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn magic_links_never_lead_a_node_outside_the_root() {
     if !privileged() {
         return;
@@ -383,6 +341,7 @@ fn magic_links_never_lead_a_node_outside_the_root() {
 /// container's own filesystems (they end with it, as the nested one's
 /// processes do), and on no other.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_nested_namespace_makes_global_nodes_on_the_container_s_filesystems_only() {
     if !privileged() {
         return;
@@ -407,6 +366,7 @@ fn a_nested_namespace_makes_global_nodes_on_the_container_s_filesystems_only() {
 /// may write but not reach (below one it may not search) is as closed to
 /// its `mknod` as to its `mkfifo`, through every way of naming it.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_path_is_looked_up_with_the_caller_s_permissions() {
     if !privileged() {
         return;

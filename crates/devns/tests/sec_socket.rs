@@ -140,6 +140,7 @@ fn root_ok(env: &Env, args: &[&str]) -> String {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn idle_connections_of_host_users_do_not_lock_out_root() {
     if !privileged() {
         return;
@@ -165,6 +166,7 @@ fn idle_connections_of_host_users_do_not_lock_out_root() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn one_host_user_keeps_at_most_16_connections() {
     if !privileged() {
         return;
@@ -181,6 +183,7 @@ fn one_host_user_keeps_at_most_16_connections() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_daemon_raises_its_fd_limit_to_the_hard_limit() {
     if !privileged() {
         return;
@@ -194,6 +197,7 @@ fn the_daemon_raises_its_fd_limit_to_the_hard_limit() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_flood_at_an_fd_limit_of_1024_leaves_containers_their_mediation() {
     if !privileged() {
         return;
@@ -213,6 +217,7 @@ fn a_flood_at_an_fd_limit_of_1024_leaves_containers_their_mediation() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn near_the_fd_limit_others_are_refused_before_host_root_and_mediation() {
     if !privileged() {
         return;
@@ -244,6 +249,7 @@ fn rss(pid: i32) -> u64 {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn bad_lines_from_clients_that_never_read_cost_bounded_memory() {
     if !privileged() {
         return;
@@ -288,6 +294,7 @@ fn bad_lines_from_clients_that_never_read_cost_bounded_memory() {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn idle_and_unfinished_connections_of_host_users_are_closed() {
     if !privileged() {
         return;
@@ -334,6 +341,7 @@ fn padded(req: Value, len: usize) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_request_line_longer_than_the_limit_is_refused_even_when_complete() {
     if !privileged() {
         return;
@@ -378,6 +386,7 @@ fn stderr(o: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn error_replies_tell_callers_that_are_not_root_nothing_of_other_namespaces() {
     if !privileged() {
         return;

@@ -13,7 +13,9 @@ use std::time::Duration;
 pub const SKIP_VAR: &str = "DEVNS_TEST_SKIP_PRIVILEGED";
 
 /// Privileged tests never skip silently: as non-root they fail, unless the
-/// opt-out variable is set, and then they say that they skipped.
+/// opt-out variable is set, and then they say that they skipped. Built by
+/// non-root with it set, they are also compiled as ignored (`build.rs`),
+/// so that the runner counts them as skipped, not passed.
 pub fn privileged() -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
@@ -244,13 +246,16 @@ pub fn marker(tag: &str) -> String {
     format!("devns-test-{tag}-{}", std::process::id())
 }
 
-/// This test binary copied into `dir` (once), where its containers reach
+/// The tests' helper binary (`tests/testbin/`): `devns-testbin ROLE`
+/// runs one of the programs the tests start inside containers.
+pub const TESTBIN: &str = env!("CARGO_BIN_EXE_devns-testbin");
+
+/// The helper binary copied into `dir` (once), where its containers reach
 /// it: the checkout may be below `/tmp`, which a container cannot see.
-pub fn copy_exe_to(dir: &Path) -> PathBuf {
-    let to = dir.join("test-binary");
+pub fn copy_testbin_to(dir: &Path) -> PathBuf {
+    let to = dir.join("devns-testbin");
     if !to.exists() {
-        let me = std::env::current_exe().expect("this test's binary");
-        std::fs::copy(&me, &to).unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", me.display(), to.display()));
+        std::fs::copy(TESTBIN, &to).unwrap_or_else(|e| panic!("cannot copy {TESTBIN} to {}: {e}", to.display()));
     }
     to
 }
@@ -617,9 +622,9 @@ impl SharedDir {
         SharedDir(dir)
     }
 
-    /// This test binary, copied here once, to run inside containers.
-    pub fn exe(&self) -> PathBuf {
-        copy_exe_to(&self.0)
+    /// The helper binary, copied here once, to run inside containers.
+    pub fn testbin(&self) -> PathBuf {
+        copy_testbin_to(&self.0)
     }
 
     /// A node of block or char device `kind:major:minor` here.
