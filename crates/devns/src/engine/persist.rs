@@ -19,24 +19,26 @@ impl Engine {
     /// read again first; the lock is held until `f` returns (a decision and
     /// its record are one step for every other keeper).
     pub fn locked<T>(&mut self, f: impl FnOnce(&mut Engine) -> Result<T>) -> Result<T> {
-        let took = if self.writers_lock.is_none() {
-            self.writers_lock = Some(self.store.lock_file()?);
-            true
-        } else {
-            false
-        };
-        let out = self.refresh().map_err(anyhow::Error::from).and_then(|()| f(self));
-        if took {
-            self.writers_lock = None;
+        self.holding(|e| e.refresh().map_err(anyhow::Error::from).and_then(|()| f(e)))
+    }
+
+    /// Runs `f` with the writers' lock held by this engine: the one it
+    /// holds, or one taken for the call. Everything `f` calls that saves
+    /// uses it (a second `flock` of the file would wait for this one).
+    pub(super) fn holding<T, E: From<StoreError>>(&mut self, f: impl FnOnce(&mut Engine) -> Result<T, E>) -> Result<T, E> {
+        if self.writers_lock.is_some() {
+            return f(self);
         }
+        self.writers_lock = Some(self.store.lock_file()?);
+        let out = f(self);
+        self.writers_lock = None;
         out
     }
 
     /// Runs `f` under the writers' lock: the one this engine holds, or one
     /// taken for the call.
-    pub(super) fn with_lock<T>(&self, f: impl FnOnce(&Engine) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let _lock = if self.writers_lock.is_some() { None } else { Some(self.store.lock_file()?) };
-        f(self)
+    pub(super) fn with_lock<T>(&mut self, f: impl FnOnce(&Engine) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.holding(|e| f(e))
     }
 
     /// Saves the records of `ids` that are this engine's (written if
@@ -45,7 +47,10 @@ impl Engine {
     /// keepers' records. The cost follows what changed, not how many
     /// namespaces there are.
     pub fn save(&mut self, ids: &[NsId]) -> Result<(), StoreError> {
-        let _lock = if self.writers_lock.is_some() { None } else { Some(self.store.lock_file()?) };
+        self.holding(|e| e.save_held(ids))
+    }
+
+    fn save_held(&mut self, ids: &[NsId]) -> Result<(), StoreError> {
         let mut before = Records::new();
         let mut after = Records::new();
         for id in ids {

@@ -16,9 +16,7 @@ use std::path::Path;
 impl Engine {
     /// Takes in the state directory (under the writers' lock).
     pub fn recover(&mut self) -> Result<()> {
-        self.writers_lock = Some(self.store.lock_file()?);
-        let taken = self.take_in();
-        self.writers_lock = None;
+        let taken = self.holding(Engine::take_in);
         // Their records are gone already (nobody else frees them too); what
         // they hold on the host is undone outside the lock, as it may wait.
         for r in taken? {
