@@ -1,14 +1,15 @@
-//! The state that outlives one devns process: which namespaces are under
-//! devns, their id blocks and the devices they own. Kept in
-//! the state directory (`/run/devns`, one file per namespace: see
-//! `devns::store`); this module decides, the shell stores.
+//! The state that outlives one devns process, as it is written: one record
+//! per namespace under devns (its id blocks, the devices it owns, its loop
+//! devices and cgroup), in the state directory (`/run/devns`, one file per
+//! namespace: see `devns::store`); what becomes of a record whose keeper is
+//! gone; and why a change is refused. The model that decides is
+//! `crate::model`.
 
 use crate::device::DevId;
 use crate::loopctl::LoopDev;
-use crate::registry::{AssignError, NsId, Registry};
-use crate::subid::{self, Range};
+use crate::registry::{AssignError, NsId};
+use crate::subid;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Largest state file (one namespace's record) devns reads.
 pub const MAX_STATE_BYTES: usize = 1 << 20;
@@ -119,14 +120,6 @@ impl NsRecord {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
-    pub namespaces: Vec<NsRecord>,
-    /// Global flags changed at run time (`devns global`), over the config's.
-    #[serde(default)]
-    pub global: BTreeMap<DevId, bool>,
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClaimError {
     #[error("device {dev} is already owned by namespace {owner}")]
@@ -149,261 +142,26 @@ pub enum ClaimError {
     NeverGlobal(String),
 }
 
-/// A namespace coming under devns, with the devices it wants.
-pub struct Claim<'a> {
-    pub id: Option<NsId>,
-    pub name: Option<&'a str>,
-    pub keeper: Option<Keeper>,
-    pub members: Vec<Keeper>,
-    pub devices: &'a [DevId],
-    /// Give it id blocks (a namespace devns creates) or not (one attached).
-    pub allocate_ids: bool,
-}
-
-impl State {
-    /// Forgets the namespaces `alive` says are gone; returns them.
-    pub fn prune(&mut self, mut alive: impl FnMut(&NsRecord) -> bool) -> Vec<NsRecord> {
-        let (live, dead) = std::mem::take(&mut self.namespaces).into_iter().partition(|r| alive(r));
-        self.namespaces = live;
-        dead
-    }
-
-    fn dev_name(registry: &Registry, d: DevId) -> String {
-        registry.device(d).map_or_else(|| d.to_string(), |x| x.name.clone())
-    }
-
-    /// Whether `devices` may go to a namespace (`to`, when it exists).
-    pub fn check_devices(&self, devices: &[DevId], registry: &Registry, to: Option<NsId>) -> Result<(), ClaimError> {
-        for d in devices {
-            // The records know the owner's name; the registry knows the rest.
-            if let Some(r) = self.namespaces.iter().find(|r| r.devices.contains(d))
-                && (to.is_none() || r.id != to)
-            {
-                return Err(ClaimError::Owned { dev: Self::dev_name(registry, *d), owner: r.label() });
-            }
-            registry.check_assign(*d, to)?;
-        }
-        Ok(())
-    }
-
-    /// Checks `claim` against the live records and the host's devices and, if
-    /// nothing conflicts, records it (with fresh id blocks if asked).
-    pub fn claim(
-        &mut self,
-        claim: Claim<'_>,
-        registry: &Registry,
-        uid_ranges: &[Range],
-        gid_ranges: &[Range],
-    ) -> Result<&NsRecord, ClaimError> {
-        if let Some(n) = claim.name
-            && self.namespaces.iter().any(|r| r.name.as_deref() == Some(n))
-        {
-            return Err(ClaimError::NameInUse(n.to_owned()));
-        }
-        if let Some(id) = claim.id
-            && self.by_id(id).is_some()
-        {
-            return Err(ClaimError::Known(id));
-        }
-        self.check_devices(claim.devices, registry, None)?;
-        let (uid_base, gid_base) = if claim.allocate_ids {
-            let uids: Vec<u32> = self.namespaces.iter().filter_map(|r| r.uid_base).collect();
-            let gids: Vec<u32> = self.namespaces.iter().filter_map(|r| r.gid_base).collect();
-            (
-                Some(subid::allocate(uid_ranges, &uids).ok_or(ClaimError::NoIds { kind: "user" })?),
-                Some(subid::allocate(gid_ranges, &gids).ok_or(ClaimError::NoIds { kind: "group" })?),
-            )
-        } else {
-            (None, None)
-        };
-        let mut devices = claim.devices.to_vec();
-        devices.sort();
-        devices.dedup();
-        self.namespaces.push(NsRecord {
-            id: claim.id,
-            name: claim.name.map(str::to_owned),
-            keeper: claim.keeper,
-            members: claim.members,
-            uid_base,
-            gid_base,
-            devices,
-            loops: Vec::new(),
-            cgroup: None,
-        });
-        Ok(self.namespaces.last().expect("just pushed"))
-    }
-
-    pub fn by_keeper_mut(&mut self, keeper: Keeper) -> Option<&mut NsRecord> {
-        self.namespaces.iter_mut().find(|r| r.keeper == Some(keeper))
-    }
-
-    pub fn remove_by_keeper(&mut self, keeper: Keeper) -> Option<NsRecord> {
-        let i = self.namespaces.iter().position(|r| r.keeper == Some(keeper))?;
-        Some(self.namespaces.remove(i))
-    }
-
-    pub fn by_id(&self, id: NsId) -> Option<&NsRecord> {
-        self.namespaces.iter().find(|r| r.id == Some(id))
-    }
-
-    pub fn by_id_mut(&mut self, id: NsId) -> Option<&mut NsRecord> {
-        self.namespaces.iter_mut().find(|r| r.id == Some(id))
-    }
-
-    pub fn remove_id(&mut self, id: NsId) -> Option<NsRecord> {
-        let i = self.namespaces.iter().position(|r| r.id == Some(id))?;
-        Some(self.namespaces.remove(i))
-    }
-
-    /// Gives `dev` to the recorded namespace `ns`.
-    pub fn assign(&mut self, dev: DevId, ns: NsId, registry: &Registry) -> Result<(), ClaimError> {
-        self.check_devices(&[dev], registry, Some(ns))?;
-        let r = self.by_id_mut(ns).ok_or_else(|| ClaimError::UnknownNs(ns.to_string()))?;
-        if !r.devices.contains(&dev) {
-            r.devices.push(dev);
-            r.devices.sort();
-        }
-        Ok(())
-    }
-
-    /// Returns `dev` to `host`; the namespace that owned it.
-    pub fn release(&mut self, dev: DevId, registry: &Registry) -> Result<NsId, ClaimError> {
-        let r = self
-            .namespaces
-            .iter_mut()
-            .find(|r| r.devices.contains(&dev))
-            .ok_or_else(|| ClaimError::NotOwned(Self::dev_name(registry, dev)))?;
-        r.devices.retain(|d| *d != dev);
-        r.loops.retain(|l| l.dev != dev);
-        r.id.ok_or_else(|| ClaimError::UnknownNs(r.label()))
-    }
-
-    /// Records that `ns` allocated loop device `l` (and so owns it).
-    pub fn add_loop(&mut self, ns: NsId, l: LoopDev, registry: &Registry) -> Result<(), ClaimError> {
-        self.assign(l.dev, ns, registry)?;
-        let r = self.by_id_mut(ns).expect("assign found it");
-        if !r.loops.iter().any(|x| x.dev == l.dev) {
-            r.loops.push(l);
-        }
-        Ok(())
-    }
-
-    /// Forgets `dev` wherever it is owned (the device left the host).
-    pub fn forget_device(&mut self, dev: DevId) {
-        for r in &mut self.namespaces {
-            r.devices.retain(|d| *d != dev);
-            r.loops.retain(|l| l.dev != dev);
-        }
-        self.global.remove(&dev);
-    }
-
-    /// Puts the recorded assignments and global flags into `registry`.
-    /// Devices that are no longer on the host are skipped and returned.
-    pub fn apply(&self, registry: &mut Registry) -> Vec<DevId> {
-        for (d, on) in &self.global {
-            registry.set_global(*d, *on);
-        }
-        let mut missing = Vec::new();
-        for r in &self.namespaces {
-            let Some(id) = r.id else { continue };
-            for d in &r.devices {
-                if registry.assign(*d, id).is_err() {
-                    missing.push(*d);
-                }
-            }
-        }
-        missing
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::Kind;
-    use crate::registry::Owner;
-    use crate::registry::tests::sample;
 
     const K1: Keeper = Keeper { pid: 10, start_time: 1 };
     const K2: Keeper = Keeper { pid: 11, start_time: 2 };
-    const LOOP0: DevId = DevId::new(Kind::Block, 7, 0);
-    const LOOP1: DevId = DevId::new(Kind::Block, 7, 1);
-
-    fn claim<'a>(name: Option<&'a str>, keeper: Keeper, devices: &'a [DevId]) -> Claim<'a> {
-        Claim { id: None, name, keeper: Some(keeper), members: vec![], devices, allocate_ids: true }
-    }
-
-    #[test]
-    fn assign_release_and_forget() {
-        let reg = sample();
-        let mut s = State::default();
-        s.claim(Claim { id: Some(NsId(9)), ..claim(Some("x"), K1, &[]) }, &reg, &[], &[]).unwrap();
-        s.claim(Claim { id: Some(NsId(8)), ..claim(None, K2, &[]) }, &reg, &[], &[]).unwrap();
-        s.assign(LOOP0, NsId(9), &reg).unwrap();
-        s.assign(LOOP0, NsId(9), &reg).unwrap();
-        assert_eq!(s.by_id(NsId(9)).unwrap().devices, [LOOP0]);
-        let e = s.assign(LOOP0, NsId(8), &reg).unwrap_err();
-        assert_eq!(e.to_string(), "device loop0 is already owned by namespace id:9 (x)");
-        assert_eq!(s.assign(LOOP1, NsId(7), &reg), Err(ClaimError::UnknownNs("id:7".into())));
-        assert_eq!(s.release(LOOP0, &reg), Ok(NsId(9)));
-        assert_eq!(s.release(LOOP0, &reg), Err(ClaimError::NotOwned("loop0".into())));
-        s.assign(LOOP1, NsId(8), &reg).unwrap();
-        s.forget_device(LOOP1);
-        assert!(s.by_id(NsId(8)).unwrap().devices.is_empty());
-        let e = s.claim(Claim { id: Some(NsId(9)), ..claim(None, K2, &[]) }, &reg, &[], &[]).unwrap_err();
-        assert_eq!(e, ClaimError::Known(NsId(9)));
-    }
-
-    #[test]
-    fn claims_get_distinct_blocks_and_devices() {
-        let reg = sample();
-        let mut s = State::default();
-        let a = s.claim(claim(Some("a"), K1, &[LOOP0]), &reg, &[], &[]).unwrap();
-        assert_eq!((a.uid_base, a.gid_base), (Some(100_000), Some(100_000)));
-        let b = s.claim(claim(None, K2, &[LOOP1]), &reg, &[], &[]).unwrap();
-        assert_eq!(b.uid_base, Some(165_536));
-    }
-
-    #[test]
-    fn conflicting_claims_change_nothing() {
-        let reg = sample();
-        let mut s = State::default();
-        s.claim(claim(Some("a"), K1, &[LOOP0]), &reg, &[], &[]).unwrap();
-        s.by_keeper_mut(K1).unwrap().id = Some(NsId(77));
-        let before = s.clone();
-        let e = s.claim(claim(None, K2, &[LOOP1, LOOP0]), &reg, &[], &[]).unwrap_err();
-        assert_eq!(e.to_string(), "device loop0 is already owned by namespace id:77 (a)");
-        let e = s.claim(claim(Some("a"), K2, &[]), &reg, &[], &[]).unwrap_err();
-        assert_eq!(e, ClaimError::NameInUse("a".into()));
-        let e = s.claim(claim(None, K2, &[DevId::new(Kind::Block, 259, 0)]), &reg, &[], &[]);
-        assert!(matches!(e, Err(ClaimError::Assign(AssignError::Partition { .. }))));
-        let tiny = [Range { start: 100_000, count: 65_536 }];
-        let e = s.claim(claim(None, K2, &[]), &reg, &tiny, &[]).unwrap_err();
-        assert_eq!(e, ClaimError::NoIds { kind: "user" });
-        assert_eq!(s, before);
-    }
-
-    #[test]
-    fn prune_and_apply() {
-        let mut reg = sample();
-        let mut s = State::default();
-        s.claim(claim(None, K1, &[LOOP0]), &reg, &[], &[]).unwrap();
-        s.claim(claim(None, K2, &[LOOP1]), &reg, &[], &[]).unwrap();
-        s.by_keeper_mut(K1).unwrap().id = Some(NsId(5));
-        s.by_keeper_mut(K2).unwrap().id = Some(NsId(6));
-        let dead = s.prune(|r| r.keeper != Some(K1));
-        assert_eq!(dead.len(), 1);
-        assert!(s.apply(&mut reg).is_empty());
-        assert_eq!(reg.owner(LOOP0), Owner::Host);
-        assert_eq!(reg.owner(LOOP1), Owner::Ns(NsId(6)));
-        let json = serde_json::to_string(&s).unwrap();
-        assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
-    }
 
     #[test]
     fn a_record_is_freed_only_when_nothing_of_its_namespace_is_left() {
-        let reg = sample();
-        let mut s = State::default();
-        let run = s.claim(claim(None, K1, &[]), &reg, &[], &[]).unwrap().clone();
+        let run = NsRecord {
+            id: Some(NsId(5)),
+            name: None,
+            keeper: Some(K1),
+            members: vec![],
+            uid_base: Some(100_000),
+            gid_base: Some(100_000),
+            devices: vec![],
+            loops: vec![],
+            cgroup: None,
+        };
         let attached = NsRecord { keeper: None, members: vec![K2], ..run.clone() };
         let seen = |keeper_alive, member_alive, processes_left| Seen { keeper_alive, member_alive, processes_left };
         for r in [&run, &attached] {
@@ -415,18 +173,6 @@ mod tests {
         // is freed. A daemon's namespace with processes left lives on.
         assert_eq!(run.fate(seen(false, false, true)), Fate::Kill);
         assert_eq!(attached.fate(seen(false, false, true)), Fate::Keep);
-    }
-
-    #[test]
-    fn a_kept_record_keeps_its_block_from_the_next_claim() {
-        let reg = sample();
-        let mut s = State::default();
-        s.claim(claim(None, K1, &[]), &reg, &[], &[]).unwrap();
-        // Its keeper is gone, but its namespace could not be emptied yet.
-        let dead = s.prune(|r| r.fate(Seen { processes_left: true, ..Seen::default() }) != Fate::Free);
-        assert!(dead.is_empty());
-        let next = s.claim(claim(None, K2, &[]), &reg, &[], &[]).unwrap();
-        assert_eq!(next.uid_base, Some(165_536), "the block of a record that is kept is not handed out");
     }
 
     #[test]

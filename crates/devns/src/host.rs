@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use devns_core::NsId;
 use devns_core::nstree::NsTree;
-use devns_core::state::{Fate, Keeper, NsRecord, Seen, State};
+use devns_core::state::{Fate, Keeper, NsRecord, Seen};
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
 use std::fs;
@@ -198,15 +198,6 @@ fn wait_exited(fds: &[OwnedFd], deadline: Instant) {
     }
     // A killed process may stay a zombie a moment: seen as gone next look.
     std::thread::sleep(Duration::from_millis(2));
-}
-
-/// Forgets the records of namespaces of which nothing is left, and
-/// returns them (to be cleaned up). A stand-alone run whose keeper is gone
-/// but whose processes are not has them killed first, and stays recorded
-/// (its ids, devices and cgroup its own) while any survives. `/proc` is
-/// looked at only for records whose keeper and members are gone.
-pub fn settle(state: &mut State) -> Vec<NsRecord> {
-    state.prune(|r| !may_free(r))
 }
 
 /// Whether the record `r` may be freed: nothing of its namespace is left,

@@ -6,7 +6,7 @@
 //! assignment still writes one small file. Writers serialise on `lock`.
 
 use devns_core::DevId;
-use devns_core::state::{MAX_STATE_BYTES, NsRecord, State};
+use devns_core::state::{MAX_STATE_BYTES, NsRecord};
 use rustix::fs::{FlockOperation, flock};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -46,15 +46,6 @@ pub fn key_of(r: &NsRecord) -> String {
         (None, Some(id)) => format!("id-{}", id.0),
         (None, None) => "id-none".to_owned(),
     }
-}
-
-/// The state, held under the lock until this value is dropped.
-pub struct Locked {
-    _lock: File,
-    store: Store,
-    before: Records,
-    global_before: BTreeMap<DevId, bool>,
-    pub state: State,
 }
 
 fn open_lock(path: &Path) -> Result<File, StoreError> {
@@ -214,40 +205,5 @@ impl Store {
     pub fn write_pending(&self, p: &[devns_core::loopctl::LoopDev]) -> Result<(), StoreError> {
         write_json(&self.dir.join(PENDING), &p)?;
         sync_dir(&self.dir)
-    }
-
-    /// Takes the lock and reads the whole state.
-    pub fn lock(&self) -> Result<Locked, StoreError> {
-        let lock = self.lock_file()?;
-        let before = self.read_records(false)?;
-        let global_before = self.read_global()?;
-        let state = State { namespaces: before.values().cloned().collect(), global: global_before.clone() };
-        Ok(Locked { _lock: lock, store: Store { dir: self.dir.clone() }, before, global_before, state })
-    }
-
-    /// Runs `f` on the locked state and saves it if `f` succeeds.
-    pub fn update<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut State) -> Result<T, E>) -> Result<T, E> {
-        let mut l = self.lock()?;
-        let out = f(&mut l.state)?;
-        l.save()?;
-        Ok(out)
-    }
-}
-
-/// A state's records by key.
-pub fn records_of(state: &State) -> Records {
-    state.namespaces.iter().map(|r| (key_of(r), r.clone())).collect()
-}
-
-impl Locked {
-    pub fn save(&mut self) -> Result<(), StoreError> {
-        let after = records_of(&self.state);
-        self.store.write_changes(&self.before, &after, |_| true)?;
-        self.before = after;
-        if self.state.global != self.global_before {
-            self.store.write_global(&self.state.global)?;
-            self.global_before = self.state.global.clone();
-        }
-        Ok(())
     }
 }

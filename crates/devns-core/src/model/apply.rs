@@ -263,7 +263,7 @@ impl Model {
     }
 
     fn loop_return(&mut self, ns: NsId, l: LoopDev) -> Vec<Effect> {
-        let name = self.dev_name(l.dev);
+        let name = self.reg.device(l.dev).map(|d| d.name.clone()).unwrap_or_default();
         self.forget_device(l.dev);
         if let Some(n) = self.nss.get_mut(&ns) {
             n.loops.retain(|x| x.dev != l.dev);
@@ -409,9 +409,11 @@ impl Model {
             self.nss.remove(&id);
             self.reg.release_ns(id);
         }
+        self.departed.retain(|_, n| except.contains(n));
         if let Some(g) = global {
+            // Flags of devices not on the host now stay: they hold again
+            // when the device comes back.
             self.global = g;
-            self.global.retain(|d, _| self.reg.device(*d).is_some());
             self.refresh_globals();
         }
         let mut fx = Vec::new();

@@ -601,6 +601,20 @@ fn records_read_at_restart_come_back_as_they_were() {
 }
 
 #[test]
+fn a_kept_record_keeps_its_block_from_the_next_claim() {
+    // A run's record whose keeper is gone but whose namespace could not be
+    // emptied yet stays; its block is not handed out again.
+    let mut m = host();
+    let mut r = record(Some(A), None, vec![], vec![]);
+    r.uid_base = Some(100_000);
+    r.gid_base = Some(100_000);
+    m.apply(Change::Records { records: vec![r], except: BTreeSet::new(), global: None }).unwrap();
+    m.apply(claim(B, None, K2, &[])).unwrap();
+    let next = m.namespace(B).unwrap();
+    assert_eq!((next.uid_base, next.gid_base), (Some(165_536), Some(165_536)));
+}
+
+#[test]
 fn records_replace_all_but_the_keepers_own() {
     let mut m = two();
     m.apply(Change::Assign { dev: LOOP0, to: A }).unwrap();
