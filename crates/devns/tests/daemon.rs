@@ -527,3 +527,94 @@ fn udevadm_monitor_inside_sees_attach_resize_and_detach_of_its_loop_device() {
     assert_eq!(actions.first().map(String::as_str), Some("add"));
     assert!(actions.iter().filter(|a| *a == "change").count() >= 3, "attach, resize, detach: {actions:?}");
 }
+
+/// `chattr +i` on a directory for as long as this lives: nothing can be
+/// created or renamed in it, not even by root.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(dir: &std::path::Path) -> Immutable {
+        let ok = std::process::Command::new("chattr").arg("+i").arg(dir).status().expect("chattr");
+        assert!(ok.success(), "chattr +i {}", dir.display());
+        Immutable(dir.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// A change is acknowledged only once its views, maps and record hold it:
+/// when the record (or the global flags) cannot be written, `assign`,
+/// `release` and `global` are refused, and every view is as it was.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_change_that_cannot_be_saved_is_refused_and_undone() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let lp = Loop::new(false);
+    let refused = |args: &[&str]| {
+        let o = env.devns().args(args).output().unwrap();
+        assert!(!o.status.success(), "devns {args:?} was acknowledged");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(err.contains("cannot save the state"), "devns {args:?}: {err}");
+    };
+    let frozen = Immutable::new(&env.state_dir().join("ns"));
+    refused(&["assign", &lp.name, "--to", "a"]);
+    assert!(!a.sh("ls /dev").contains(&lp.name), "an unsaved assignment is undone in the view");
+    assert!(env.owned().is_empty(), "and in the model: {:?}", env.owned());
+    drop(frozen);
+    devns_ok(&env, &["assign", &lp.name, "--to", "a"]);
+    assert!(a.sh("ls /dev").contains(&lp.name));
+
+    let frozen = Immutable::new(&env.state_dir().join("ns"));
+    refused(&["release", &lp.name]);
+    assert!(a.sh("ls /dev").contains(&lp.name), "an unsaved release is undone in the view");
+    assert_eq!(env.owned().len(), 1, "{:?}", env.owned());
+    drop(frozen);
+    devns_ok(&env, &["release", &lp.name]);
+
+    let frozen = Immutable::new(&env.state_dir());
+    refused(&["global", &lp.name, "on"]);
+    assert!(!a.sh("ls /dev").contains(&lp.name), "an unsaved global flag is undone in every view");
+    drop(frozen);
+    devns_ok(&env, &["global", &lp.name, "on"]);
+    assert!(a.sh("ls /dev").contains(&lp.name));
+    devns_ok(&env, &["global", &lp.name, "off"]);
+}
+
+/// A global flag is acknowledged only once every view holds it: when one
+/// view cannot take the node (its container filled it), the flag is
+/// refused and no other view keeps the device either.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_global_flag_one_view_cannot_hold_is_refused_everywhere() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let mut b = shell_container(&env, &["--name", "b"]);
+    let lp = Loop::new(false);
+    // Every inode of a's view taken (it may write its own /dev).
+    a.sh("mkdir /dev/fill && cd /dev/fill && seq 1 20000 | xargs touch 2>/dev/null; echo filled");
+    let o = env.devns().args(["global", &lp.name, "on"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a flag view a cannot hold was acknowledged");
+    assert!(err.contains("reconcile") || err.contains("No space") || err.contains("space"), "{err}");
+    assert!(!b.sh("ls /dev").contains(&lp.name), "b does not keep what was refused");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&devns_ok(&env, &["ls", "--json"])).unwrap();
+    let row = rows.iter().find(|r| r["name"] == lp.name.as_str()).expect("listed");
+    assert_eq!(row["global"], false, "the refused flag is not kept: {row}");
+    a.sh("rm -rf /dev/fill; echo emptied");
+    devns_ok(&env, &["global", &lp.name, "on"]);
+    assert!(a.sh("ls /dev").contains(&lp.name) && b.sh("ls /dev").contains(&lp.name));
+    devns_ok(&env, &["global", &lp.name, "off"]);
+}
