@@ -96,11 +96,9 @@ impl InNamespace {
         let home = rustix::fs::open(ns.link(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
         // `setns` into a mount namespace moves root and cwd to its root.
         let cwd = match ns {
-            Namespace::Mount => Some(rustix::fs::open(
-                ".",
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?),
+            Namespace::Mount => {
+                Some(rustix::fs::open(".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+            }
             Namespace::Network => None,
         };
         rustix::thread::move_into_link_name_space(target, Some(ns.kind()))?;

@@ -84,7 +84,10 @@ fn the_umask_guard_gives_the_old_umask_back() {
 
 #[test]
 fn threads_are_counted_and_more_than_one_fails_the_debug_assertion() {
-    assert_eq!(in_child(|| threads() == Some(1) && std::panic::catch_unwind(|| debug_assert_single_threaded("test")).is_ok()), 0);
+    assert_eq!(
+        in_child(|| threads() == Some(1) && std::panic::catch_unwind(|| debug_assert_single_threaded("test")).is_ok()),
+        0
+    );
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let other = std::thread::spawn(move || rx.recv());
     assert!(threads().is_some_and(|n| n >= 2));

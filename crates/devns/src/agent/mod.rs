@@ -12,14 +12,16 @@
 //! refuses is never continued.
 
 mod caller;
+mod identity;
 mod ioctl;
 mod mknod;
 mod mount;
+mod resolve;
 mod walk;
 
 // For bench_mknod's replay of one call, step by step: the real code.
 pub use caller::{Caller, Kept};
-pub use mknod::{AsCaller, Base};
+pub use identity::{AsCaller, Base};
 
 use devns_core::DevId;
 use devns_core::registry::NsId;
