@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod discover;
 pub mod host;
 pub mod loopctl;
+pub mod refusal;
 pub mod store;
 pub mod uevents;
 pub mod view;

@@ -557,10 +557,10 @@ impl crate::agent::Policy for RunPolicy<'_> {
         ns == self.ns && self.registry.owner(dev) == devns_core::Owner::Ns(ns)
     }
 
-    fn loop_control(&mut self, ns: NsId, pid: i32, req: Request) -> Result<u32, rustix::io::Errno> {
+    fn loop_control(&mut self, ns: NsId, req: Request) -> Result<u32, crate::refusal::Refusal> {
         if ns != self.ns {
             let why = "a nested namespace devns does not keep";
-            return Err(crate::agent::refused(pid, Some(ns), "ioctl(loop-control)", why, rustix::io::Errno::PERM));
+            return Err(crate::refusal::Refusal::new(rustix::io::Errno::PERM, why));
         }
         // Other runs and a daemon may have taken loop devices meanwhile;
         // the lock is held until the call is answered, so that a device
@@ -570,13 +570,13 @@ impl crate::agent::Policy for RunPolicy<'_> {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the state");
-                return Err(rustix::io::Errno::IO);
+                return Err(rustix::io::Errno::IO.into());
             }
         };
         self.registry.clear_assignments();
         locked.state.apply(&mut self.registry);
         self.locked = Some(locked);
-        let answer = crate::loopctl::serve(self, ns, pid, req);
+        let answer = crate::loopctl::serve(self, ns, req);
         self.locked = None;
         answer
     }

@@ -3,6 +3,7 @@
 
 use super::Daemon;
 use crate::loopctl::{Ledger, LoopHost};
+use crate::refusal::Refusal;
 use devns_core::api::Event;
 use devns_core::loopctl::{LoopDev, Request};
 use devns_core::registry::{NsId, Owner, Registry};
@@ -52,16 +53,10 @@ impl crate::agent::Policy for Daemon {
         self.registry.owner(dev) == Owner::Ns(ns)
     }
 
-    fn loop_control(&mut self, ns: NsId, pid: i32, req: Request) -> Result<u32, Errno> {
+    fn loop_control(&mut self, ns: NsId, req: Request) -> Result<u32, Refusal> {
         if !self.nss.contains_key(&ns) {
             // A namespace nested in a container's: not one devns keeps.
-            return Err(crate::agent::refused(
-                pid,
-                Some(ns),
-                "ioctl(loop-control)",
-                "not a namespace devns keeps",
-                Errno::PERM,
-            ));
+            return Err(Refusal::new(Errno::PERM, "not a namespace devns keeps"));
         }
         // No other keeper decides between this call's decision and its
         // record: a device made here is recorded (and so nobody else's)
@@ -70,10 +65,10 @@ impl crate::agent::Policy for Daemon {
             Ok(l) => self.writers_lock = Some(l),
             Err(e) => {
                 tracing::error!(error = %e, "cannot lock the state");
-                return Err(Errno::IO);
+                return Err(Errno::IO.into());
             }
         }
-        let answer = crate::loopctl::serve(self, ns, pid, req);
+        let answer = crate::loopctl::serve(self, ns, req);
         self.writers_lock = None;
         answer
     }
