@@ -7,8 +7,9 @@
 //! - the umask and the mount namespace (with root and working directory)
 //!   belong to the `fs_struct` a process's threads share: a change is seen
 //!   by every thread, and `setns` into a mount namespace is refused
-//!   (`EINVAL`) while another thread shares it. Call
-//!   [`debug_assert_single_threaded`] where devns relies on being alone;
+//!   (`EINVAL`) while another thread shares it. A helper thread leaves it
+//!   first ([`leave_shared_fs`]); [`debug_assert_alone`] goes before each
+//!   such change;
 //! - the network namespace, and (with the raw calls used here, not glibc's
 //!   wrappers, which change every thread) fsuid, fsgid, supplementary
 //!   groups, capabilities and the real/effective/saved ids belong to the
@@ -19,19 +20,40 @@ use rustix::fs::{Gid, Mode, OFlags, Uid};
 use rustix::io;
 use rustix::thread::{CapabilitySet, CapabilitySets, LinkNameSpaceType};
 
-/// How many threads this process has now, from `/proc/self/task`; `None`
-/// when that cannot be read.
-pub fn threads() -> Option<usize> {
-    std::fs::read_dir("/proc/self/task").ok().map(Iterator::count)
+/// The threads that left the `fs_struct` they shared ([`leave_shared_fs`]).
+static LEFT: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Gives the calling thread an `fs_struct` of its own (`unshare(CLONE_FS)`):
+/// for a helper thread (`devns run`'s terminal relay), so that it neither
+/// sees the umask and namespace changes of the thread that keeps
+/// namespaces nor keeps that thread from entering a mount namespace.
+pub fn leave_shared_fs() -> io::Result<()> {
+    // SAFETY: only CLONE_FS is unshared, not the fd table (the hazard
+    // `unshare_unsafe` warns of): fds stay valid for every thread.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }?;
+    let tid = rustix::thread::gettid().as_raw_nonzero().get();
+    LEFT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tid);
+    Ok(())
 }
 
-/// In debug builds, panics unless this process is single-threaded: to be
-/// called before a change that every thread would see (`what` names it).
-/// An unreadable `/proc` proves nothing either way and passes.
-pub fn debug_assert_single_threaded(what: &str) {
+/// How many of this process's threads share an `fs_struct` with the
+/// calling one, itself included: all those in `/proc/self/task` but the
+/// ones that left ([`leave_shared_fs`]). `None` when that cannot be read.
+pub fn threads_sharing_fs() -> Option<usize> {
+    let left = LEFT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let tids = tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+    Some(tids.filter(|t| !left.contains(t)).count())
+}
+
+/// In debug builds, panics unless the calling thread is alone in its
+/// `fs_struct` (single-threaded, or every other thread left it): to be
+/// called before a change that each of those threads would see (`what`
+/// names it). An unreadable `/proc` proves nothing and passes.
+pub fn debug_assert_alone(what: &str) {
     if cfg!(debug_assertions) {
-        let n = threads();
-        debug_assert!(n.is_none_or(|n| n == 1), "{what} changes the whole process, which has {n:?} threads");
+        let n = threads_sharing_fs();
+        debug_assert!(n.is_none_or(|n| n == 1), "{what} reaches {n:?} threads");
     }
 }
 
@@ -43,6 +65,7 @@ pub struct Umask(Mode);
 impl Umask {
     #[inline]
     pub fn set(mask: Mode) -> Umask {
+        debug_assert_alone("the umask");
         Umask(rustix::process::umask(mask))
     }
 }
@@ -93,6 +116,9 @@ pub struct InNamespace {
 
 impl InNamespace {
     pub fn enter(target: BorrowedFd<'_>, ns: Namespace) -> io::Result<InNamespace> {
+        if ns == Namespace::Mount {
+            debug_assert_alone("entering a mount namespace");
+        }
         let home = rustix::fs::open(ns.link(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
         // `setns` into a mount namespace moves root and cwd to its root.
         let cwd = match ns {
@@ -122,6 +148,9 @@ impl Drop for InNamespace {
 /// Moves the calling thread into namespace `target` for good: for a child
 /// that exits (or execs) afterwards, never for devns's own process.
 pub fn enter_for_good(target: impl AsFd, ns: Namespace) -> io::Result<()> {
+    if ns == Namespace::Mount {
+        debug_assert_alone("entering a mount namespace");
+    }
     rustix::thread::move_into_link_name_space(target.as_fd(), Some(ns.kind()))
 }
 
@@ -183,8 +212,8 @@ pub struct FsIdentity<'a> {
 /// gid), the capability set, and both back; and the umask both ways.
 ///
 /// fsuid, fsgid, groups and capabilities are the thread's; the umask is
-/// the process's (the kernel applies it, or a default ACL instead, to what
-/// is made meanwhile): no other thread may make files meanwhile.
+/// the `fs_struct`'s (the kernel applies it, or a default ACL instead, to
+/// what is made meanwhile), which the thread must have to itself.
 #[must_use = "the thread's own identity returns when the guard drops"]
 pub struct AsFsIdentity<'a> {
     own: &'a OwnIdentity,
@@ -195,11 +224,11 @@ pub struct AsFsIdentity<'a> {
 impl AsFsIdentity<'_> {
     #[inline]
     pub fn take<'a>(id: &FsIdentity<'_>, own: &'a OwnIdentity) -> io::Result<AsFsIdentity<'a>> {
+        let umask = Umask::set(Mode::from_raw_mode(id.umask & 0o777));
         let groups = !id.groups.is_empty();
         if groups {
             crate::creds::set_groups(id.groups)?;
         }
-        let umask = Umask::set(Mode::from_raw_mode(id.umask & 0o777));
         crate::creds::set_fsgid(id.fsgid);
         crate::creds::set_fsuid(id.fsuid);
         let guard = AsFsIdentity { own, groups, _umask: umask };

@@ -72,27 +72,55 @@ fn ino(path: &str) -> u64 {
     rustix::fs::stat(path).expect("stat").st_ino
 }
 
+/// The umask is the process's: a forked child has it to itself.
 #[test]
 fn the_umask_guard_gives_the_old_umask_back() {
-    let before = rustix::process::umask(Mode::from_raw_mode(0o027));
-    {
-        let _g = Umask::set(Mode::from_raw_mode(0o077));
-        assert_eq!(rustix::process::umask(Mode::from_raw_mode(0o077)).bits(), 0o077);
-    }
-    assert_eq!(rustix::process::umask(before).bits(), 0o027);
+    let status = in_child(|| {
+        rustix::process::umask(Mode::from_raw_mode(0o027));
+        let inside = {
+            let _g = Umask::set(Mode::from_raw_mode(0o077));
+            rustix::process::umask(Mode::from_raw_mode(0o077)).bits() == 0o077
+        };
+        inside && rustix::process::umask(Mode::from_raw_mode(0o022)).bits() == 0o027
+    });
+    assert_eq!(status, 0);
 }
 
+fn passes_the_assertion() -> bool {
+    std::panic::catch_unwind(|| debug_assert_alone("test")).is_ok()
+}
+
+/// A thread sharing the `fs_struct` fails the assertion (in debug builds);
+/// one that left it does not count.
 #[test]
-fn threads_are_counted_and_more_than_one_fails_the_debug_assertion() {
-    assert_eq!(
-        in_child(|| threads() == Some(1) && std::panic::catch_unwind(|| debug_assert_single_threaded("test")).is_ok()),
-        0
-    );
+fn threads_sharing_the_fs_struct_are_counted_and_fail_the_debug_assertion() {
+    let status = in_child(|| {
+        if threads_sharing_fs() != Some(1) || !passes_the_assertion() {
+            return false;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (left_tx, left_rx) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            let left = leave_shared_fs().is_ok();
+            // Its own umask now: the child's stays.
+            rustix::process::umask(Mode::from_raw_mode(0o077));
+            let _ = left_tx.send(left);
+            rx.recv()
+        });
+        let left = left_rx.recv() == Ok(true);
+        let ok = left && threads_sharing_fs() == Some(1) && passes_the_assertion() && {
+            let m = rustix::process::umask(Mode::from_raw_mode(0o022));
+            m.bits() != 0o077
+        };
+        drop(tx);
+        let _ = other.join();
+        ok
+    });
+    assert_eq!(status, 0);
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let other = std::thread::spawn(move || rx.recv());
-    assert!(threads().is_some_and(|n| n >= 2));
-    let failed = std::panic::catch_unwind(|| debug_assert_single_threaded("test")).is_err();
-    assert_eq!(failed, cfg!(debug_assertions));
+    assert!(threads_sharing_fs().is_some_and(|n| n >= 2));
+    assert_eq!(passes_the_assertion(), !cfg!(debug_assertions));
     drop(tx);
     let _ = other.join();
 }
@@ -160,14 +188,14 @@ fn fs_ids() -> (u32, u32) {
     (crate::creds::set_fsuid(u32::MAX), crate::creds::set_fsgid(u32::MAX))
 }
 
-/// Needs root: runs in a thread of its own, whose credentials no other
-/// test shares.
+/// Needs root: runs in a forked child, whose credentials and umask no
+/// other test shares.
 #[test]
 fn a_filesystem_identity_is_taken_on_and_given_back_exactly() {
     if !root() {
         return;
     }
-    std::thread::spawn(|| {
+    let status = in_child(|| {
         let own = OwnIdentity::of_this_thread().expect("own identity");
         let before = rustix::thread::capabilities(None).expect("caps");
         let umask_before = rustix::process::umask(Mode::from_raw_mode(0o022));
@@ -190,7 +218,7 @@ fn a_filesystem_identity_is_taken_on_and_given_back_exactly() {
             let m = rustix::process::umask(umask_before);
             assert_eq!(m, umask_before);
         }
-    })
-    .join()
-    .expect("the test thread");
+        true
+    });
+    assert_eq!(status, 0);
 }

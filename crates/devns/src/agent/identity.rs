@@ -4,8 +4,9 @@
 //! permission checks, ownership, the `setgid` directory rule and default
 //! ACLs are the kernel's own. The switch itself is
 //! [`devns_sys::procstate::AsFsIdentity`]: fsuid, fsgid, groups and
-//! capabilities are the agent thread's, the umask the process's (the
-//! thread that serves the listener is the only one that makes files).
+//! capabilities are the agent thread's; the umask is the process's, and the
+//! agent's thread has it to itself (`devns run`'s terminal relay, the one
+//! other thread devns has, leaves the `fs_struct` it would share).
 
 use devns_core::seccomp::Creds;
 use devns_sys::procstate::{AsFsIdentity, FsIdentity, OwnIdentity};
