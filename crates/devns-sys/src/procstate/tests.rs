@@ -55,9 +55,13 @@ impl Holder {
         }
     }
 
-    fn ns(&self, name: &str) -> OwnedFd {
-        rustix::fs::open(format!("/proc/{}/ns/{name}", self.pid), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .expect("its namespace")
+    /// Its namespace `name` (`net`, `mnt`), and that namespace's inode.
+    fn ns(&self, name: &str) -> (OwnedFd, u64) {
+        let fd =
+            rustix::fs::open(format!("/proc/{}/ns/{name}", self.pid), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .expect("its namespace");
+        let ino = rustix::fs::fstat(&fd).expect("fstat").st_ino;
+        (fd, ino)
     }
 }
 
@@ -133,8 +137,8 @@ fn a_network_namespace_is_entered_and_left() {
         return;
     }
     let holder = Holder::new(libc::CLONE_NEWNET);
-    let theirs = holder.ns("net");
-    let (own, target) = (ino("/proc/thread-self/ns/net"), rustix::fs::fstat(&theirs).expect("fstat").st_ino);
+    let (theirs, target) = holder.ns("net");
+    let own = ino("/proc/thread-self/ns/net");
     assert_ne!(own, target);
     {
         let _in = InNamespace::enter(theirs.as_fd(), Namespace::Network).expect("enter");
@@ -151,8 +155,7 @@ fn a_mount_namespace_is_entered_and_left_with_the_working_directory() {
         return;
     }
     let holder = Holder::new(libc::CLONE_NEWNS);
-    let theirs = holder.ns("mnt");
-    let target = rustix::fs::fstat(&theirs).expect("fstat").st_ino;
+    let (theirs, target) = holder.ns("mnt");
     let status = in_child(|| {
         let own = ino("/proc/thread-self/ns/mnt");
         if rustix::process::chdir("/proc/self").is_err() || own == target {
