@@ -252,14 +252,8 @@ fn setup(plan: &ChildPlan<'_>) -> Result<Option<OwnedFd>> {
     leave_keeper(plan.sock.as_fd())?;
     // The keeper has written our id maps before it sends the mounts.
     let (view, tmp) = receive_mounts(&plan.sock)?;
-    let root_ids = || -> rustix::io::Result<()> {
-        let zero_g = rustix::fs::Gid::ROOT;
-        let zero_u = rustix::fs::Uid::ROOT;
-        rustix::thread::set_thread_res_gid(zero_g, zero_g, zero_g)?;
-        rustix::thread::set_thread_groups(&[])?;
-        rustix::thread::set_thread_res_uid(zero_u, zero_u, zero_u)
-    };
-    root_ids().context("cannot become root of the new user namespace")?;
+    devns_sys::procstate::set_ids_for_good(rustix::fs::Uid::ROOT, rustix::fs::Gid::ROOT)
+        .context("cannot become root of the new user namespace")?;
     // Only now: a change of credentials clears the parent-death signal. Had
     // the keeper died before this, the final status message finds it gone.
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).context("PR_SET_PDEATHSIG")?;

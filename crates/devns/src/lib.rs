@@ -17,6 +17,7 @@ pub mod engine;
 pub mod host;
 pub mod loopctl;
 pub mod reconcile;
+pub mod refusal;
 pub mod store;
 pub mod uevents;
 pub mod view;

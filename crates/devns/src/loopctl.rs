@@ -7,6 +7,7 @@
 //! implement [`Ledger`]: how a loop device becomes a namespace's, and stops
 //! being so.
 
+use crate::refusal::Refusal;
 use crate::store::{Store, StoreError};
 use devns_core::device::{DevId, Device, Kind};
 use devns_core::loopctl::{self, Facts, LoopDev, Request, Step};
@@ -305,10 +306,10 @@ fn errno(e: loopctl::Errno) -> Errno {
     }
 }
 
-/// Carries out `req` from `ns` (process `pid`): the ioctl's return value,
-/// or its errno. Refusals are logged by the agent's rule.
-pub fn serve(ledger: &mut dyn Ledger, ns: NsId, pid: i32, req: Request) -> Result<u32, Errno> {
-    let Some(host) = ledger.loop_host() else { return Err(Errno::NOTTY) };
+/// Carries out `req` from `ns`: the ioctl's return value, or a refusal
+/// (which the agent logs when it says why).
+pub fn serve(ledger: &mut dyn Ledger, ns: NsId, req: Request) -> Result<u32, Refusal> {
+    let Some(host) = ledger.loop_host() else { return Err(Errno::NOTTY.into()) };
     let reg = ledger.registry();
     let owned = loopctl::owned_loops(reg, ns);
     let own_free = owned.iter().filter_map(|(_, n)| *n).filter(|n| !host.facts(*n, reg).bound).min();
@@ -316,9 +317,7 @@ pub fn serve(ledger: &mut dyn Ledger, ns: NsId, pid: i32, req: Request) -> Resul
         loopctl::Caller { ns, have: owned.len(), limit: ledger.loop_limit(), own_free, pending: ledger.pending() };
     let step = loopctl::decide(req, caller, |n| host.facts(n, reg));
     let n = match step {
-        Step::Refuse(e, why) => {
-            return Err(crate::agent::refused(pid, Some(ns), "ioctl(loop-control)", &why, errno(e)));
-        }
+        Step::Refuse(e, why) => return Err(Refusal::new(errno(e), why)),
         Step::Answer(n) => return Ok(n),
         Step::Remove(n) => {
             let dev = host.dev_of(n).ok_or(Errno::NODEV)?;
@@ -334,13 +333,13 @@ pub fn serve(ledger: &mut dyn Ledger, ns: NsId, pid: i32, req: Request) -> Resul
     let (ino, dev) = (host.ino_of(n), host.device(n).filter(|d| loopctl::is_loop(d.id)));
     let Some(dev) = dev else {
         tracing::warn!(index = n, "a loop device vanished before it could be given");
-        return Err(Errno::NODEV);
+        return Err(Errno::NODEV.into());
     };
     let l = LoopDev { index: n, dev: dev.id, created: true, ino };
     if let Err(e) = ledger.take(ns, l, dev) {
         tracing::error!(ns = %ns, dev = %l.dev, error = %e, "cannot give a loop device");
         let _ = devns_sys::block::remove(&ledger.loop_host().expect("checked").ctl, n);
-        return Err(Errno::IO);
+        return Err(Errno::IO.into());
     }
     Ok(n)
 }

@@ -33,22 +33,6 @@ pub fn tmpfs(options: &[(&str, &str)], attrs: MountAttrFlags) -> Result<OwnedFd,
     rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err("fsmount"))
 }
 
-/// Sets the process umask for as long as it lives, restoring it on drop, so
-/// that the modes in a plan land exactly. devns is single-threaded here.
-struct UmaskGuard(Mode);
-
-impl UmaskGuard {
-    fn set(m: Mode) -> Self {
-        UmaskGuard(rustix::process::umask(m))
-    }
-}
-
-impl Drop for UmaskGuard {
-    fn drop(&mut self) {
-        rustix::process::umask(self.0);
-    }
-}
-
 /// Makes a new view holding `plan`, as a detached mount.
 pub fn create(plan: &ViewPlan) -> Result<OwnedFd, ViewError> {
     let (uid, gid) = (plan.root_uid.to_string(), plan.root_gid.to_string());
@@ -147,7 +131,8 @@ fn parent_of<'p>(root: BorrowedFd<'_>, path: &'p str) -> io::Result<(Option<Owne
 /// Applies `ops` below the directory `root`.
 pub fn apply(root: impl AsFd, ops: &[Op]) -> Result<(), ViewError> {
     let root = root.as_fd();
-    let _umask = UmaskGuard::set(Mode::empty());
+    // The process's umask, so that the modes in a plan land exactly.
+    let _umask = devns_sys::procstate::Umask::set(Mode::empty());
     for op in ops {
         let path = match op {
             Op::Create(e) => e.path(),

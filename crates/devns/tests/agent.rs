@@ -105,6 +105,26 @@ fn mknod_where_nodes_cannot_work_is_refused_and_errors_are_native() {
     }
 }
 
+/// From a terminal, `devns run` has a second thread, its terminal relay:
+/// the agent still enters the caller's mount namespace for a devtmpfs
+/// (the kernel refuses that to a thread that shares its `fs_struct`) and
+/// makes nodes with the caller's umask.
+#[test]
+fn under_a_terminal_mount_devtmpfs_and_mknod_work() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let inner =
+        "mount -t devtmpfs none /mnt && ls /mnt/null && umask 077 && mknod /tmp/n c 1 3 && stat -c 'mode=%a' /tmp/n";
+    let line = format!("{} run -- sh -c \"{inner}\"", env!("CARGO_BIN_EXE_devns"));
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &line, "/dev/null"]).stdin(std::process::Stdio::null());
+    let o = env.devns_env(&mut script).output().expect("script");
+    let got = out(&o);
+    assert!(got.contains("/mnt/null") && got.contains("mode=600"), "{got} / {}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 #[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn mount_devtmpfs_shows_the_callers_own_view() {

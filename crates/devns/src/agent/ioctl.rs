@@ -3,7 +3,7 @@
 //! disk's owner may make (`BLKPG`, `BLKRRPART`), done by devns.
 
 use super::caller::Caller;
-use super::{Answer, Policy, refuse};
+use super::{Answer, Policy, answer_refusal, refuse};
 use devns_core::seccomp::{BLKPG, BLKRRPART, CAP_SYS_ADMIN};
 use devns_core::{DevId, Kind};
 use devns_sys::seccomp::Notif;
@@ -60,9 +60,9 @@ pub(super) fn ioctl(listener: BorrowedFd<'_>, n: &Notif, mut c: Caller<'_>, poli
         if !crate::loopctl::is_loop_control(&file, policy.view(ns)) {
             return Answer::Done(Err(Errno::NOTTY));
         }
-        return match policy.loop_control(ns, c.pid, req) {
+        return match policy.loop_control(ns, req) {
             Ok(v) => Answer::Value(v),
-            Err(e) => Answer::Done(Err(e)),
+            Err(r) => answer_refusal(c.pid, Some(ns), "ioctl(loop-control)", r),
         };
     }
     let Ok(st) = rustix::fs::fstat(&file) else { return Answer::Done(Err(Errno::BADF)) };
@@ -85,5 +85,11 @@ pub(super) fn ioctl(listener: BorrowedFd<'_>, n: &Notif, mut c: Caller<'_>, poli
         (_, Some(Err(e))) => Err(e),
         _ => Err(Errno::NOTTY),
     };
-    Answer::Done(r.and_then(|()| policy.partitions_changed(ns, dev)))
+    if let Err(e) = r {
+        return Answer::Done(Err(e));
+    }
+    match policy.partitions_changed(ns, dev) {
+        Ok(()) => Answer::Done(Ok(())),
+        Err(r) => answer_refusal(c.pid, Some(ns), call, r),
+    }
 }

@@ -12,15 +12,18 @@
 //! refuses is never continued.
 
 mod caller;
+mod identity;
 mod ioctl;
 mod mknod;
 mod mount;
+mod resolve;
 mod walk;
 
 // For bench_mknod's replay of one call, step by step: the real code.
 pub use caller::{Caller, Kept};
-pub use mknod::{AsCaller, Base};
+pub use identity::{AsCaller, Base};
 
+use crate::refusal::Refusal;
 use devns_core::DevId;
 use devns_core::registry::NsId;
 use devns_core::seccomp::{NR_FSOPEN, NR_IOCTL, NR_MKNOD, NR_MKNODAT, NR_MOUNT};
@@ -38,11 +41,11 @@ pub trait Policy {
     fn tmp(&self, ns: NsId) -> Option<BorrowedFd<'_>>;
     /// Whether `ns` owns the whole disk `dev`.
     fn owns(&self, ns: NsId, dev: DevId) -> bool;
-    /// A `LOOP_CTL_*` call of `ns`'s process `pid`: its value or errno.
-    fn loop_control(&mut self, ns: NsId, pid: i32, req: devns_core::loopctl::Request) -> Result<u32, Errno>;
+    /// A `LOOP_CTL_*` call of `ns`'s: its value, or the refusal to answer.
+    fn loop_control(&mut self, ns: NsId, req: devns_core::loopctl::Request) -> Result<u32, Refusal>;
     /// The partitions of `ns`'s disk `dev` changed: registry, view and map
-    /// follow, or the call fails (`EIO`): it is acknowledged only once they do.
-    fn partitions_changed(&mut self, ns: NsId, dev: DevId) -> Result<(), Errno>;
+    /// follow, or the call fails: it is acknowledged only once they do.
+    fn partitions_changed(&mut self, ns: NsId, dev: DevId) -> Result<(), Refusal>;
 }
 
 /// Longest path the agent reads from a caller (`PATH_MAX`).
@@ -143,12 +146,21 @@ fn unreadable(listener: BorrowedFd<'_>, id: u64, pid: u32, e: Errno) -> Answer {
 
 /// A refusal as the agent answers it, logged.
 fn refuse(pid: i32, ns: Option<NsId>, call: &str, why: &str, errno: Errno) -> Answer {
-    Answer::Done(Err(refused(pid, ns, call, why, errno)))
+    log_refusal(pid, ns, call, why, errno);
+    Answer::Done(Err(errno))
 }
 
-/// Rate-limited log of a refusal (a container cannot flood the host's
-/// log); returns the errno to answer with.
-pub(crate) fn refused(pid: i32, ns: Option<NsId>, call: &str, why: &str, errno: Errno) -> Errno {
+/// A decision's refusal (the policy's) as the agent answers it: logged
+/// when it says why.
+fn answer_refusal(pid: i32, ns: Option<NsId>, call: &str, r: Refusal) -> Answer {
+    if let Some(why) = &r.why {
+        log_refusal(pid, ns, call, why, r.errno);
+    }
+    Answer::Done(Err(r.errno))
+}
+
+/// Rate-limited log of a refusal: a container cannot flood the host's log.
+fn log_refusal(pid: i32, ns: Option<NsId>, call: &str, why: &str, errno: Errno) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LOGGED: AtomicU64 = AtomicU64::new(0);
     static WINDOW: AtomicU64 = AtomicU64::new(0);
@@ -160,5 +172,4 @@ pub(crate) fn refused(pid: i32, ns: Option<NsId>, call: &str, why: &str, errno: 
         let ns = ns.map_or_else(|| "?".to_owned(), |n| n.to_string());
         tracing::warn!(pid, ns = %ns, call, errno = %errno, "refused: {why}");
     }
-    errno
 }

@@ -3,12 +3,13 @@
 //! `mount(2)`. Every other mount goes to the kernel unchanged.
 
 use super::caller::Caller;
-use super::mknod::openat2;
+use super::resolve::openat2;
 use super::{Answer, PATH_MAX, Policy, refuse};
 use devns_core::seccomp::CAP_SYS_ADMIN;
+use devns_sys::procstate::{InNamespace, Namespace};
 use devns_sys::seccomp::Notif;
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fd::{AsFd, BorrowedFd};
+use rustix::fs::{OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
@@ -26,36 +27,6 @@ pub(super) fn fsopen(n: &Notif, c: Caller<'_>) -> Answer {
     match c.read_str(n.data.args[0], 64) {
         Ok(name) if name == b"devtmpfs" => Answer::Done(Err(Errno::NOSYS)),
         _ => Answer::Continue,
-    }
-}
-
-/// Puts the calling (single-threaded) process into another mount namespace
-/// until dropped, then back, with its working directory.
-struct InMountNs {
-    home: OwnedFd,
-    cwd: OwnedFd,
-}
-
-impl InMountNs {
-    fn enter(target: &OwnedFd) -> Result<InMountNs, Errno> {
-        let home = rustix::fs::open("/proc/self/ns/mnt", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
-        let cwd = rustix::fs::open(".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        rustix::thread::move_into_link_name_space(target.as_fd(), Some(rustix::thread::LinkNameSpaceType::Mount))?;
-        Ok(InMountNs { home, cwd })
-    }
-}
-
-impl Drop for InMountNs {
-    fn drop(&mut self) {
-        if let Err(e) =
-            rustix::thread::move_into_link_name_space(self.home.as_fd(), Some(rustix::thread::LinkNameSpaceType::Mount))
-        {
-            // Staying in a container's mount namespace would be worse than
-            // stopping.
-            tracing::error!(error = %e, "cannot return to devns's own mount namespace");
-            std::process::abort();
-        }
-        let _ = rustix::process::fchdir(&self.cwd);
     }
 }
 
@@ -108,7 +79,7 @@ pub(super) fn mount(listener: BorrowedFd<'_>, n: &Notif, mut c: Caller<'_>, poli
     }
     let Ok(text) = std::str::from_utf8(&target) else { return Answer::Done(Err(Errno::INVAL)) };
     let (base, rel) = if text.starts_with('/') { (&root, text) } else { (&cwd, text) };
-    let _in_ns = match InMountNs::enter(&mntns) {
+    let _in_ns = match InNamespace::enter(mntns.as_fd(), Namespace::Mount) {
         Ok(g) => g,
         Err(e) => return Answer::Done(Err(e)),
     };

@@ -114,13 +114,24 @@ impl Terminal {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let _modes = RawMode::set(&self.outer);
         let (outer, resizes) = (self.outer, self.resizes);
+        let (left_tx, left_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("terminal".into())
             .spawn(move || {
+                // Out of the keeper's `fs_struct` before `f` runs: the
+                // agent enters containers' mount namespaces, which the
+                // kernel refuses to a thread that shares it, and sets the
+                // umask for their nodes.
+                let _ = left_tx.send(devns_sys::procstate::leave_shared_fs());
                 pump(&outer, &pty, resizes.as_ref(), &stop_rx);
                 let _ = done_tx.send(());
             })
             .context("cannot relay the terminal")?;
+        match left_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the terminal relay shares the keeper's umask and root"),
+            Err(_) => {}
+        }
         let status = f();
         drop(stop_tx);
         let _ = done_rx.recv_timeout(DRAIN_PATIENCE);

@@ -118,9 +118,9 @@ fn listen(path: &Path) -> Result<OwnedFd> {
     let addr = SocketAddrUnix::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
     // Anyone may connect: what they may do is decided per request by
     // SO_PEERCRED, so the socket is world-connectable.
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o111));
+    let umask = devns_sys::procstate::Umask::set(rustix::fs::Mode::from_raw_mode(0o111));
     let bound = rustix::net::bind(&fd, &addr);
-    rustix::process::umask(old);
+    drop(umask);
     bound.with_context(|| format!("cannot bind {}", path.display()))?;
     rustix::net::listen(&fd, 128).context("listen")?;
     Ok(fd)

@@ -81,27 +81,22 @@ pub(crate) fn read_maps(pid: i32) -> Result<(IdMap, IdMap)> {
 /// (the kernel already delivers there) or cannot be had. Made by entering
 /// the namespace for the one `socket` call and coming back: no helper.
 pub(crate) fn uevent_sender(pid: i32) -> Option<OwnedFd> {
+    use devns_sys::procstate::{InNamespace, Namespace};
     use rustix::net::{AddressFamily, SocketFlags, SocketType, netlink};
-    use rustix::thread::LinkNameSpaceType::Network;
     let theirs =
         rustix::fs::open(format!("/proc/{pid}/ns/net"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
-    let ours = rustix::fs::open("/proc/self/ns/net", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
-    let (t, o) = (rustix::fs::fstat(&theirs).ok()?, rustix::fs::fstat(&ours).ok()?);
+    let (t, o) = (rustix::fs::fstat(&theirs).ok()?, rustix::fs::stat("/proc/thread-self/ns/net").ok()?);
     if (t.st_dev, t.st_ino) == (o.st_dev, o.st_ino) {
         return None;
     }
-    rustix::thread::move_into_link_name_space(theirs.as_fd(), Some(Network)).ok()?;
-    let sock = rustix::net::socket_with(
+    let _in_theirs = InNamespace::enter(theirs.as_fd(), Namespace::Network).ok()?;
+    rustix::net::socket_with(
         AddressFamily::NETLINK,
         SocketType::DGRAM,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         Some(netlink::KOBJECT_UEVENT),
-    );
-    if let Err(e) = rustix::thread::move_into_link_name_space(ours.as_fd(), Some(Network)) {
-        tracing::error!(error = %e, "cannot return to devns's own network namespace");
-        std::process::abort();
-    }
-    sock.ok()
+    )
+    .ok()
 }
 
 pub(crate) fn view_path(views: &Path, id: NsId) -> PathBuf {
@@ -162,10 +157,7 @@ pub(crate) fn mount_into(pid: i32, view: &OwnedFd, at: &str) -> Result<()> {
         devns_sys::process::Forked::Child => {
             drop(r);
             let res = (|| -> rustix::io::Result<()> {
-                rustix::thread::move_into_link_name_space(
-                    mntns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Mount),
-                )?;
+                devns_sys::procstate::enter_for_good(&mntns, devns_sys::procstate::Namespace::Mount)?;
                 let target = rustix::fs::openat2(
                     &root,
                     at,

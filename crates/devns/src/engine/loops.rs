@@ -4,6 +4,7 @@
 
 use super::{Engine, Role};
 use crate::loopctl::{Ledger, LoopHost};
+use crate::refusal::Refusal;
 use devns_core::loopctl::{LoopDev, Request};
 use devns_core::model::Change;
 use devns_core::registry::{NsId, Owner, Registry};
@@ -53,35 +54,29 @@ impl crate::agent::Policy for Engine {
         self.kept.contains_key(&ns) && self.model.registry().owner(dev) == Owner::Ns(ns)
     }
 
-    fn loop_control(&mut self, ns: NsId, pid: i32, req: Request) -> Result<u32, Errno> {
+    fn loop_control(&mut self, ns: NsId, req: Request) -> Result<u32, Refusal> {
         if !self.kept.contains_key(&ns) {
             // A namespace nested in a container's: not one devns keeps.
-            return Err(crate::agent::refused(
-                pid,
-                Some(ns),
-                "ioctl(loop-control)",
-                "not a namespace devns keeps",
-                Errno::PERM,
-            ));
+            return Err(Refusal::new(Errno::PERM, "not a namespace devns keeps"));
         }
         // No other keeper decides between this call's decision and its
         // record: a device made here is recorded (and so nobody else's)
         // before another keeper looks at the records, and the others'
         // devices are read again first.
-        let answer = self.locked(|e| Ok(crate::loopctl::serve(e, ns, pid, req)));
+        let answer = self.locked(|e| Ok(crate::loopctl::serve(e, ns, req)));
         answer.unwrap_or_else(|e| {
             tracing::error!(error = %format!("{e:#}"), "cannot read the state");
-            Err(Errno::IO)
+            Err(Errno::IO.into())
         })
     }
 
-    fn partitions_changed(&mut self, ns: NsId, disk: DevId) -> Result<(), Errno> {
+    fn partitions_changed(&mut self, ns: NsId, disk: DevId) -> Result<(), Refusal> {
         let Some(name) = self.model.registry().device(disk).map(|d| d.name.clone()) else { return Ok(()) };
         let now = crate::discover::partitions_of(&name);
         // Acknowledged only once the view and the map hold the new table.
         self.commit(Change::Partitions { ns, disk, now }).map_err(|e| {
-            tracing::error!(ns = %ns, dev = %disk, error = %format!("{e:#}"), "the partition table changed, but the view or map cannot follow");
-            Errno::IO
+            let why = format!("the partition table of {disk} changed, but the view or device map cannot follow: {e:#}");
+            Refusal::new(Errno::IO, why)
         })
     }
 }
