@@ -229,17 +229,9 @@ impl LoopHost {
 /// Records `loops` (dead namespaces' devices still open somewhere) in the
 /// state directory's pending set, which every keeper retries
 /// ([`retry_pending`]) and which bounds what devns makes for anybody
-/// ([`loopctl::MAX_PENDING`]), until they are removed.
+/// ([`loopctl::MAX_PENDING`]), until they are removed. The caller holds
+/// the writers' lock.
 pub fn pend(store: &Store, loops: &[LoopDev]) -> Result<(), StoreError> {
-    if loops.is_empty() {
-        return Ok(());
-    }
-    let _lock = store.lock_file()?;
-    pend_locked(store, loops)
-}
-
-/// [`pend`] by a caller that holds the writers' lock.
-pub fn pend_locked(store: &Store, loops: &[LoopDev]) -> Result<(), StoreError> {
     let mut pending = store.read_pending()?;
     loopctl::add_pending(&mut pending, loops);
     for l in loops {
@@ -248,15 +240,9 @@ pub fn pend_locked(store: &Store, loops: &[LoopDev]) -> Result<(), StoreError> {
     store.write_pending(&pending)
 }
 
-/// One try at removing each pending device (under the writers' lock);
-/// how many are left.
+/// One try at removing each pending device; how many are left. The caller
+/// holds the writers' lock.
 pub fn retry_pending(store: &Store, host: Option<&LoopHost>) -> Result<usize, StoreError> {
-    let _lock = store.lock_file()?;
-    retry_pending_locked(store, host)
-}
-
-/// [`retry_pending`] by a caller that holds the writers' lock.
-pub fn retry_pending_locked(store: &Store, host: Option<&LoopHost>) -> Result<usize, StoreError> {
     let pending = store.read_pending()?;
     let Some(host) = host.filter(|_| !pending.is_empty()) else { return Ok(pending.len()) };
     let left: Vec<LoopDev> = pending

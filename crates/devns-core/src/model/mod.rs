@@ -13,6 +13,7 @@
 //! kernel holds the new).
 
 mod apply;
+mod observe;
 #[cfg(test)]
 mod tests;
 

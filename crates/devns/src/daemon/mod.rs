@@ -6,6 +6,7 @@
 
 mod conn;
 mod handle;
+mod limits;
 mod serve;
 
 use crate::config;
@@ -55,7 +56,7 @@ pub struct Daemon {
     /// Connections with complete lines left unserved in their turn.
     ready: std::collections::BTreeSet<u64>,
     /// Log lines about connections: callers other than root cause them.
-    conn_log: conn::LogLimit,
+    conn_log: limits::LogLimit,
     /// Given up to refuse a connection when no fd is left for accept.
     spare_fd: Option<OwnedFd>,
     /// seccomp listeners whose trapped calls this daemon answers, by token.
@@ -128,7 +129,7 @@ fn listen(path: &Path) -> Result<OwnedFd> {
 
 pub fn run(opts: Options) -> Result<()> {
     host::require_host_root("devns daemon")?;
-    conn::raise_fd_limit();
+    limits::raise_fd_limit();
     let cfg = config::load(&opts.config)?;
     let store = Store::open(&opts.state_dir)?;
     let daemon_lock =
@@ -150,7 +151,7 @@ pub fn run(opts: Options) -> Result<()> {
         non_root: 0,
         timeouts: timeouts(),
         ready: std::collections::BTreeSet::new(),
-        conn_log: conn::LogLimit::new(),
+        conn_log: limits::LogLimit::new(),
         spare_fd: None,
         listeners: BTreeMap::new(),
         ep: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).context("epoll")?,

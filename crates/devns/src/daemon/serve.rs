@@ -161,11 +161,11 @@ impl Daemon {
                 devns_core::clients::Caller::Root => None,
             };
             let load = devns_core::clients::Load {
-                open_fds: conn::open_fds(),
+                open_fds: super::limits::open_fds(),
                 non_root: self.non_root,
                 of_uid: uid.and_then(|u| self.users.get(&u).copied()).unwrap_or(0),
             };
-            let budget = devns_core::clients::Budget::of_limit(conn::fd_limit());
+            let budget = devns_core::clients::Budget::of_limit(super::limits::fd_limit());
             if let Err(why) = devns_core::clients::admit(caller, &load, &budget) {
                 if self.conn_log.allow() {
                     tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a connection: {why}");

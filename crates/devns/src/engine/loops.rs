@@ -115,7 +115,7 @@ impl Engine {
     /// devns command.
     pub(super) fn clean_loops(&mut self, loops: Vec<LoopDev>) {
         if self.role != Role::Daemon {
-            let retried = self.with_lock(|e| crate::loopctl::retry_pending_locked(&e.store, e.loop_host.as_ref()));
+            let retried = self.with_lock(|e| crate::loopctl::retry_pending(&e.store, e.loop_host.as_ref()));
             if let Err(e) = retried {
                 tracing::error!(error = %e, "cannot retry the loop devices pending removal");
             }
@@ -129,7 +129,7 @@ impl Engine {
         if busy.is_empty() {
             return;
         }
-        if let Err(e) = self.with_lock(|e| crate::loopctl::pend_locked(&e.store, &busy)) {
+        if let Err(e) = self.with_lock(|e| crate::loopctl::pend(&e.store, &busy)) {
             tracing::error!(error = %e, "cannot record loop devices pending removal");
         }
         let now = Instant::now();
@@ -144,7 +144,7 @@ impl Engine {
         if now < r.next {
             return;
         }
-        match self.with_lock(|e| crate::loopctl::retry_pending_locked(&e.store, e.loop_host.as_ref())) {
+        match self.with_lock(|e| crate::loopctl::retry_pending(&e.store, e.loop_host.as_ref())) {
             Ok(0) => {
                 self.loop_retry = None;
                 return;
