@@ -9,6 +9,7 @@ use crate::spec::DevSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 /// A user namespace, by its kernel id (`NS_GET_ID`): 64-bit and never reused
 /// while the host is up, so holding it never keeps the namespace alive.
@@ -66,7 +67,10 @@ pub enum AssignError {
 /// The host's devices, the global set and the assignments.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registry {
-    devices: BTreeMap<DevId, Device>,
+    /// Each device shared with the copies of this registry (a keeper keeps
+    /// the old model while a change is carried out): copying a registry
+    /// copies no device.
+    devices: BTreeMap<DevId, Arc<Device>>,
     global: BTreeSet<DevId>,
     /// Whole devices only: a partition's owner is derived from its disk.
     assigned: BTreeMap<DevId, NsId>,
@@ -76,7 +80,7 @@ impl Registry {
     /// A registry of `devices`, where those named in `global_names` are global.
     /// Names that match no device are ignored: such a device may appear later.
     pub fn new(devices: impl IntoIterator<Item = Device>, global_names: &[String]) -> Self {
-        let devices: BTreeMap<DevId, Device> = devices.into_iter().map(|d| (d.id, d)).collect();
+        let devices: BTreeMap<DevId, Arc<Device>> = devices.into_iter().map(|d| (d.id, Arc::new(d))).collect();
         let global = devices.values().filter(|d| global_names.contains(&d.name)).map(|d| d.id).collect();
         Registry { devices, global, assigned: BTreeMap::new() }
     }
@@ -87,14 +91,14 @@ impl Registry {
         if global_names.contains(&dev.name) {
             self.global.insert(dev.id);
         }
-        self.devices.insert(dev.id, dev);
+        self.devices.insert(dev.id, Arc::new(dev));
     }
 
     /// Removes a device that left the host, with its assignment and flag.
     pub fn remove_device(&mut self, id: DevId) -> Option<Device> {
         self.assigned.remove(&id);
         self.global.remove(&id);
-        self.devices.remove(&id)
+        self.devices.remove(&id).map(Arc::unwrap_or_clone)
     }
 
     /// Removes a disk that left the host with its partitions; the ids gone.
@@ -129,11 +133,11 @@ impl Registry {
     }
 
     pub fn device(&self, id: DevId) -> Option<&Device> {
-        self.devices.get(&id)
+        self.devices.get(&id).map(|d| &**d)
     }
 
     pub fn devices(&self) -> impl Iterator<Item = &Device> {
-        self.devices.values()
+        self.devices.values().map(|d| &**d)
     }
 
     pub fn is_global(&self, id: DevId) -> bool {
@@ -210,7 +214,7 @@ impl Registry {
 
     /// The devices `ns`'s view must hold, in a stable order.
     pub fn view_devices(&self, ns: NsId) -> Vec<&Device> {
-        self.devices.values().filter(|d| self.visible_in(d.id, ns)).collect()
+        self.devices().filter(|d| self.visible_in(d.id, ns)).collect()
     }
 
     /// Turns what a user typed into a device of this host.

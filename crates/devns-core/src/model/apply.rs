@@ -8,6 +8,7 @@ use crate::registry::{NsId, Owner};
 use crate::state::{CgroupRecord, ClaimError, Keeper, NsRecord};
 use crate::subid::{self, Range};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Where a reconcile step has to look in a view.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,7 +158,7 @@ impl Model {
         }
         let (uid_base, gid_base) = match ids {
             Ids::Allocate { uids, gids } => {
-                let taken = |f: fn(&Namespace) -> Option<u32>| -> Vec<u32> { self.nss.values().filter_map(f).collect() };
+                let taken = |f: fn(&Namespace) -> Option<u32>| -> Vec<u32> { self.nss.values().filter_map(|n| f(n)).collect() };
                 let u = subid::allocate(&uids, &taken(|n| n.uid_base)).ok_or(ClaimError::NoIds { kind: "user" })?;
                 let g = subid::allocate(&gids, &taken(|n| n.gid_base)).ok_or(ClaimError::NoIds { kind: "group" })?;
                 (Some(u), Some(g))
@@ -170,7 +171,7 @@ impl Model {
             self.reg.assign(d, id).expect("checked");
         }
         let ns = Namespace { name, keeper, members, uid_base, gid_base, ..Namespace::default() };
-        self.nss.insert(id, ns);
+        self.nss.insert(id, Arc::new(ns));
         Ok(vec![Effect::Save(id)])
     }
 
@@ -192,7 +193,7 @@ impl Model {
         let Some(ns) = self.reg.release(dev) else {
             return Err(ClaimError::NotOwned(self.dev_name(dev)));
         };
-        if let Some(n) = self.nss.get_mut(&ns) {
+        if let Some(n) = self.nss.get_mut(&ns).map(Arc::make_mut) {
             n.loops.retain(|l| l.dev != dev);
         }
         let name = self.dev_name(dev);
@@ -238,7 +239,7 @@ impl Model {
             return Err(e);
         }
         self.reg.assign(l.dev, ns)?;
-        let n = self.nss.get_mut(&ns).expect("known");
+        let n = self.nss.get_mut(&ns).map(Arc::make_mut).expect("known");
         if !n.loops.iter().any(|x| x.dev == l.dev) {
             n.loops.push(l);
         }
@@ -253,7 +254,7 @@ impl Model {
     }
 
     fn edit(&mut self, ns: NsId, f: impl FnOnce(&mut Namespace)) -> Result<Vec<Effect>, ClaimError> {
-        let n = self.nss.get_mut(&ns).ok_or_else(|| ClaimError::UnknownNs(ns.to_string()))?;
+        let n = self.nss.get_mut(&ns).map(Arc::make_mut).ok_or_else(|| ClaimError::UnknownNs(ns.to_string()))?;
         f(n);
         Ok(vec![Effect::Save(ns)])
     }

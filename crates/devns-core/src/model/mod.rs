@@ -24,6 +24,7 @@ use crate::loopctl::LoopDev;
 use crate::registry::{NsId, Registry};
 use crate::state::{CgroupRecord, Keeper, NsRecord};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A namespace under devns, as the model holds it: everything of its record
 /// but its devices (the registry's assignments say which are its own).
@@ -71,7 +72,10 @@ pub struct Model {
     global: BTreeMap<DevId, bool>,
     /// The config's global device names.
     global_names: Vec<String>,
-    nss: BTreeMap<NsId, Namespace>,
+    /// Each namespace shared with the copies of this model, so that keeping
+    /// the old model while a change is carried out copies none of them (a
+    /// change copies the one it edits).
+    nss: BTreeMap<NsId, Arc<Namespace>>,
     /// Devices that left a namespace's view with the kernel's `remove`
     /// event still to come: it goes to that namespace.
     departed: BTreeMap<DevId, NsId>,
@@ -98,11 +102,11 @@ impl Model {
     }
 
     pub fn namespace(&self, id: NsId) -> Option<&Namespace> {
-        self.nss.get(&id)
+        self.nss.get(&id).map(|n| &**n)
     }
 
     pub fn namespaces(&self) -> impl Iterator<Item = (NsId, &Namespace)> {
-        self.nss.iter().map(|(id, n)| (*id, n))
+        self.nss.iter().map(|(id, n)| (*id, &**n))
     }
 
     /// Every namespace's id, sorted.

@@ -11,13 +11,14 @@ use crate::loopctl::LoopDev;
 use crate::registry::{NsId, Owner};
 use crate::state::NsRecord;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 impl Model {
     /// Drops `dev` (gone from the host) from whoever owned or flagged it;
     /// whether a saved record or flag changed.
     pub(super) fn forget_device(&mut self, dev: DevId) -> (Option<NsId>, bool) {
         let owner = self.reg.release(dev);
-        if let Some(n) = owner.and_then(|o| self.nss.get_mut(&o)) {
+        if let Some(n) = owner.and_then(|o| self.nss.get_mut(&o).map(Arc::make_mut)) {
             n.loops.retain(|l| l.dev != dev);
         }
         (owner, self.global.remove(&dev).is_some())
@@ -26,7 +27,7 @@ impl Model {
     pub(super) fn loop_return(&mut self, ns: NsId, l: LoopDev) -> Vec<Effect> {
         let name = self.reg.device(l.dev).map(|d| d.name.clone()).unwrap_or_default();
         self.forget_device(l.dev);
-        if let Some(n) = self.nss.get_mut(&ns) {
+        if let Some(n) = self.nss.get_mut(&ns).map(Arc::make_mut) {
             n.loops.retain(|x| x.dev != l.dev);
         }
         // Gone from the view now; the kernel's `remove` events (on their
@@ -188,7 +189,7 @@ impl Model {
             }
             let mut n = Namespace::of_record(&r);
             n.loops.retain(|l| self.reg.owner(l.dev) == Owner::Ns(id));
-            self.nss.insert(id, n);
+            self.nss.insert(id, Arc::new(n));
         }
         fx.extend(except.iter().map(|id| Effect::Reconcile(*id, Scope::All)));
         fx
@@ -202,7 +203,7 @@ impl Model {
         let mut fx = Vec::new();
         for (id, d) in owners {
             if next.assign(d, id).is_err() {
-                if let Some(n) = self.nss.get_mut(&id) {
+                if let Some(n) = self.nss.get_mut(&id).map(Arc::make_mut) {
                     n.loops.retain(|l| l.dev != d);
                 }
                 fx.push(Effect::Missing(id, d));

@@ -95,7 +95,10 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     }
     let cfg = config::load(&global.config)?;
     let store = Store::open(&global.state_dir)?;
-    let mut engine = Engine::open(Role::Run(host::current_keeper()?), cfg, store, None)?;
+    // Whatever happens from here, also a panic, the namespace this run
+    // provisions is ended once its child is reaped (`serve_alone` reaps it).
+    let mut engine = EndsRun(Engine::open(Role::Run(host::current_keeper()?), cfg, store, None)?);
+    let engine = &mut engine.0;
     // What died meanwhile is freed before anything is decided.
     engine.recover()?;
     // Named devices must exist before anything is started.
@@ -108,10 +111,16 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let uevents = crate::uevents::socket()
         .map_err(|e| tracing::warn!(error = %e, "no uevents: partitions appear only through partx"))
         .ok();
-    let served = serve_alone(&mut engine, &args, rootfs.as_ref(), uevents.as_ref());
-    // The child is reaped (or killed and reaped) by now.
-    engine.end_run();
-    served
+    serve_alone(engine, &args, rootfs.as_ref(), uevents.as_ref())
+}
+
+/// A stand-alone run's engine, which ends the run's namespace when dropped.
+struct EndsRun(Engine);
+
+impl Drop for EndsRun {
+    fn drop(&mut self) {
+        self.0.end_run();
+    }
 }
 
 /// Spawns the container, has the engine provision its namespace, starts

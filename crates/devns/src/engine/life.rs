@@ -111,7 +111,7 @@ impl Engine {
         })();
         match result {
             Ok(fds) => {
-                self.events.push(Event::ns("ns-new", id));
+                self.emit(Event::ns("ns-new", id));
                 Ok((serde_json::json!({ "id": id.0, "uid_base": ub, "gid_base": gb }), fds))
             }
             Err(e) => {
@@ -176,7 +176,7 @@ impl Engine {
         }
         self.save(&[id])?;
         if new {
-            self.events.push(Event::ns("ns-new", id));
+            self.emit(Event::ns("ns-new", id));
         }
         Ok(serde_json::json!({ "id": id.0 }))
     }

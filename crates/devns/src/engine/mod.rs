@@ -176,6 +176,14 @@ impl Engine {
         std::mem::take(&mut self.events)
     }
 
+    /// Queues an API event for the daemon's subscribers (a stand-alone run
+    /// has none: nothing is kept).
+    fn emit(&mut self, ev: Event) {
+        if self.role == Role::Daemon {
+            self.events.push(ev);
+        }
+    }
+
     /// Whether `id`'s record is this engine's to write.
     fn mine(&self, keeper: Option<Keeper>) -> bool {
         match self.role {
@@ -258,7 +266,7 @@ impl Engine {
                         }
                     }
                 }
-                Effect::Emit(ev) => self.events.push(ev),
+                Effect::Emit(ev) => self.emit(ev),
                 Effect::Free(rec) => self.free(rec),
                 Effect::Missing(id, dev) => {
                     tracing::info!(ns = %id, dev = %dev, "an owned device is no longer on the host: dropped from its owner");
