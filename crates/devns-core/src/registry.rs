@@ -67,10 +67,10 @@ pub enum AssignError {
 /// The host's devices, the global set and the assignments.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registry {
-    /// Each device shared with the copies of this registry (a keeper keeps
-    /// the old model while a change is carried out): copying a registry
-    /// copies no device.
-    devices: BTreeMap<DevId, Arc<Device>>,
+    /// Shared with the copies of this registry (a keeper keeps the old model
+    /// while a change is carried out): copying a registry copies no device,
+    /// and a change copies the table only when it adds or removes one.
+    devices: Arc<BTreeMap<DevId, Arc<Device>>>,
     global: BTreeSet<DevId>,
     /// Whole devices only: a partition's owner is derived from its disk.
     assigned: BTreeMap<DevId, NsId>,
@@ -80,7 +80,8 @@ impl Registry {
     /// A registry of `devices`, where those named in `global_names` are global.
     /// Names that match no device are ignored: such a device may appear later.
     pub fn new(devices: impl IntoIterator<Item = Device>, global_names: &[String]) -> Self {
-        let devices: BTreeMap<DevId, Arc<Device>> = devices.into_iter().map(|d| (d.id, Arc::new(d))).collect();
+        let devices: Arc<BTreeMap<DevId, Arc<Device>>> =
+            Arc::new(devices.into_iter().map(|d| (d.id, Arc::new(d))).collect());
         let global = devices.values().filter(|d| global_names.contains(&d.name)).map(|d| d.id).collect();
         Registry { devices, global, assigned: BTreeMap::new() }
     }
@@ -91,14 +92,17 @@ impl Registry {
         if global_names.contains(&dev.name) {
             self.global.insert(dev.id);
         }
-        self.devices.insert(dev.id, Arc::new(dev));
+        Arc::make_mut(&mut self.devices).insert(dev.id, Arc::new(dev));
     }
 
     /// Removes a device that left the host, with its assignment and flag.
     pub fn remove_device(&mut self, id: DevId) -> Option<Device> {
         self.assigned.remove(&id);
         self.global.remove(&id);
-        self.devices.remove(&id).map(Arc::unwrap_or_clone)
+        if !self.devices.contains_key(&id) {
+            return None;
+        }
+        Arc::make_mut(&mut self.devices).remove(&id).map(Arc::unwrap_or_clone)
     }
 
     /// Removes a disk that left the host with its partitions; the ids gone.

@@ -118,12 +118,16 @@ impl Store {
         self.dir.join(if key.starts_with("run-") { "runs" } else { "ns" })
     }
 
-    /// Takes the writers' lock (blocking) without reading anything.
-    pub fn lock_file(&self) -> Result<File, StoreError> {
-        let path = self.dir.join("lock");
-        let f = open_lock(&path)?;
-        flock(&f, FlockOperation::LockExclusive).map_err(|e| StoreError::Lock { path, source: e.into() })?;
-        Ok(f)
+    /// The writers' lock file, open but not locked: for a keeper that takes
+    /// and lets go of the lock often ([`Store::flock`]).
+    pub fn lock_handle(&self) -> Result<File, StoreError> {
+        open_lock(&self.dir.join("lock"))
+    }
+
+    /// Takes (blocking) or lets go of the writers' lock on `handle`.
+    pub fn flock(&self, handle: &File, take: bool) -> Result<(), StoreError> {
+        let op = if take { FlockOperation::LockExclusive } else { FlockOperation::Unlock };
+        flock(handle, op).map_err(|e| StoreError::Lock { path: self.dir.join("lock"), source: e.into() })
     }
 
     /// Takes `NAME` as a lock for as long as the file lives; `None` if

@@ -171,7 +171,7 @@ impl Model {
             self.reg.assign(d, id).expect("checked");
         }
         let ns = Namespace { name, keeper, members, uid_base, gid_base, ..Namespace::default() };
-        self.nss.insert(id, Arc::new(ns));
+        self.nss_mut().insert(id, Arc::new(ns));
         Ok(vec![Effect::Save(id)])
     }
 
@@ -193,9 +193,7 @@ impl Model {
         let Some(ns) = self.reg.release(dev) else {
             return Err(ClaimError::NotOwned(self.dev_name(dev)));
         };
-        if let Some(n) = self.nss.get_mut(&ns).map(Arc::make_mut) {
-            n.loops.retain(|l| l.dev != dev);
-        }
+        self.drop_loop(ns, dev);
         let name = self.dev_name(dev);
         Ok(vec![
             Effect::Reconcile(ns, Scope::All),
@@ -239,7 +237,7 @@ impl Model {
             return Err(e);
         }
         self.reg.assign(l.dev, ns)?;
-        let n = self.nss.get_mut(&ns).map(Arc::make_mut).expect("known");
+        let n = self.ns_mut(ns).expect("known");
         if !n.loops.iter().any(|x| x.dev == l.dev) {
             n.loops.push(l);
         }
@@ -254,7 +252,7 @@ impl Model {
     }
 
     fn edit(&mut self, ns: NsId, f: impl FnOnce(&mut Namespace)) -> Result<Vec<Effect>, ClaimError> {
-        let n = self.nss.get_mut(&ns).map(Arc::make_mut).ok_or_else(|| ClaimError::UnknownNs(ns.to_string()))?;
+        let n = self.ns_mut(ns).ok_or_else(|| ClaimError::UnknownNs(ns.to_string()))?;
         f(n);
         Ok(vec![Effect::Save(ns)])
     }

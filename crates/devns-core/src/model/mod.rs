@@ -44,7 +44,7 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    fn of_record(r: &NsRecord) -> Namespace {
+    pub(super) fn of_record(r: &NsRecord) -> Namespace {
         Namespace {
             name: r.name.clone(),
             keeper: r.keeper,
@@ -72,10 +72,10 @@ pub struct Model {
     global: BTreeMap<DevId, bool>,
     /// The config's global device names.
     global_names: Vec<String>,
-    /// Each namespace shared with the copies of this model, so that keeping
-    /// the old model while a change is carried out copies none of them (a
-    /// change copies the one it edits).
-    nss: BTreeMap<NsId, Arc<Namespace>>,
+    /// Shared with the copies of this model, so that keeping the old model
+    /// while a change is carried out copies nothing (a change that edits a
+    /// namespace copies the table and that one namespace).
+    nss: Arc<BTreeMap<NsId, Arc<Namespace>>>,
     /// Devices that left a namespace's view with the kernel's `remove`
     /// event still to come: it goes to that namespace.
     departed: BTreeMap<DevId, NsId>,
@@ -163,6 +163,26 @@ impl Model {
     fn announce_order(&self, dev: DevId, add: bool) -> Vec<DevId> {
         let parts = self.reg.devices().filter(|d| d.is_partition() && d.parent == Some(dev)).map(|d| d.id);
         if add { std::iter::once(dev).chain(parts).collect() } else { parts.chain([dev]).collect() }
+    }
+
+    /// The namespaces for editing (the table copied if it is shared).
+    fn nss_mut(&mut self) -> &mut BTreeMap<NsId, Arc<Namespace>> {
+        Arc::make_mut(&mut self.nss)
+    }
+
+    /// One namespace for editing (copied if it is shared).
+    fn ns_mut(&mut self, id: NsId) -> Option<&mut Namespace> {
+        self.nss_mut().get_mut(&id).map(Arc::make_mut)
+    }
+
+    /// Drops `dev` from `id`'s loop devices, when it is one (nothing is
+    /// copied otherwise).
+    fn drop_loop(&mut self, id: NsId, dev: DevId) {
+        if self.nss.get(&id).is_some_and(|n| n.loops.iter().any(|l| l.dev == dev))
+            && let Some(n) = self.ns_mut(id)
+        {
+            n.loops.retain(|l| l.dev != dev);
+        }
     }
 
     /// Whether `dev` is global now: its run-time flag, else the config's name.

@@ -18,8 +18,8 @@ impl Model {
     /// whether a saved record or flag changed.
     pub(super) fn forget_device(&mut self, dev: DevId) -> (Option<NsId>, bool) {
         let owner = self.reg.release(dev);
-        if let Some(n) = owner.and_then(|o| self.nss.get_mut(&o).map(Arc::make_mut)) {
-            n.loops.retain(|l| l.dev != dev);
+        if let Some(o) = owner {
+            self.drop_loop(o, dev);
         }
         (owner, self.global.remove(&dev).is_some())
     }
@@ -27,9 +27,7 @@ impl Model {
     pub(super) fn loop_return(&mut self, ns: NsId, l: LoopDev) -> Vec<Effect> {
         let name = self.reg.device(l.dev).map(|d| d.name.clone()).unwrap_or_default();
         self.forget_device(l.dev);
-        if let Some(n) = self.nss.get_mut(&ns).map(Arc::make_mut) {
-            n.loops.retain(|x| x.dev != l.dev);
-        }
+        self.drop_loop(ns, l.dev);
         // Gone from the view now; the kernel's `remove` events (on their
         // way) go to the namespace that had the devices.
         for d in self.reg.remove_disk(l.dev) {
@@ -142,7 +140,7 @@ impl Model {
 
     pub(super) fn death(&mut self, ns: NsId) -> Vec<Effect> {
         let Some(rec) = self.record(ns) else { return vec![] };
-        self.nss.remove(&ns);
+        self.nss_mut().remove(&ns);
         let released = self.reg.release_ns(ns);
         self.departed.retain(|_, n| *n != ns);
         let mut fx = vec![Effect::Free(rec), Effect::Save(ns)];
@@ -163,7 +161,7 @@ impl Model {
     ) -> Vec<Effect> {
         let gone: Vec<NsId> = self.nss.keys().filter(|id| !except.contains(id)).copied().collect();
         for id in gone {
-            self.nss.remove(&id);
+            self.nss_mut().remove(&id);
             self.reg.release_ns(id);
         }
         self.departed.retain(|_, n| except.contains(n));
@@ -189,7 +187,7 @@ impl Model {
             }
             let mut n = Namespace::of_record(&r);
             n.loops.retain(|l| self.reg.owner(l.dev) == Owner::Ns(id));
-            self.nss.insert(id, Arc::new(n));
+            self.nss_mut().insert(id, Arc::new(n));
         }
         fx.extend(except.iter().map(|id| Effect::Reconcile(*id, Scope::All)));
         fx
@@ -203,7 +201,7 @@ impl Model {
         let mut fx = Vec::new();
         for (id, d) in owners {
             if next.assign(d, id).is_err() {
-                if let Some(n) = self.nss.get_mut(&id).map(Arc::make_mut) {
+                if let Some(n) = self.ns_mut(id) {
                     n.loops.retain(|l| l.dev != d);
                 }
                 fx.push(Effect::Missing(id, d));

@@ -91,8 +91,13 @@ pub struct Engine {
     /// The records as last written or read: saves write only differences.
     disk: Records,
     global_disk: BTreeMap<DevId, bool>,
-    /// The writers' lock while held across a decision and its record.
-    writers_lock: Option<std::fs::File>,
+    /// The state dir's writers' lock, open for the engine's life and held
+    /// (`flock`) across a decision and its record.
+    lock: std::fs::File,
+    /// Whether this engine holds it now, and has read the other keepers'
+    /// records since it took it (they cannot change while it holds it).
+    held: bool,
+    fresh: bool,
     /// Where the daemon mounts its views (`None` for a stand-alone run,
     /// whose one view stays detached in this process).
     views_dir: Option<PathBuf>,
@@ -118,6 +123,7 @@ impl Engine {
     /// sysfs has them; nothing recovered yet ([`Engine::recover`]).
     pub fn open(role: Role, cfg: Config, store: Store, views_dir: Option<PathBuf>) -> Result<Engine> {
         let model = Model::new(crate::discover::host_devices()?, cfg.global.clone());
+        let lock = store.lock_handle()?;
         let host_ns = crate::host::user_ns_of(rustix::process::getpid().as_raw_nonzero().get())?;
         // A security layer: missing, nothing starts (unless the operator
         // turned it off).
@@ -134,7 +140,9 @@ impl Engine {
             kept: BTreeMap::new(),
             disk: Records::new(),
             global_disk: BTreeMap::new(),
-            writers_lock: None,
+            lock,
+            held: false,
+            fresh: false,
             views_dir,
             overflow: crate::host::overflow_ids(),
             host_ns,

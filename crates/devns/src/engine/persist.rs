@@ -26,12 +26,14 @@ impl Engine {
     /// holds, or one taken for the call. Everything `f` calls that saves
     /// uses it (a second `flock` of the file would wait for this one).
     pub(super) fn holding<T, E: From<StoreError>>(&mut self, f: impl FnOnce(&mut Engine) -> Result<T, E>) -> Result<T, E> {
-        if self.writers_lock.is_some() {
+        if self.held {
             return f(self);
         }
-        self.writers_lock = Some(self.store.lock_file()?);
+        self.store.flock(&self.lock, true)?;
+        (self.held, self.fresh) = (true, false);
         let out = f(self);
-        self.writers_lock = None;
+        self.held = false;
+        self.store.flock(&self.lock, false)?;
         out
     }
 
@@ -86,6 +88,10 @@ impl Engine {
     /// takes them in and the views this engine keeps follow. The daemon
     /// reads the stand-alone runs' (`runs/`, nearly empty), a run all.
     fn refresh(&mut self) -> Result<(), StoreError> {
+        if self.held && self.fresh {
+            return Ok(());
+        }
+        self.fresh = self.held;
         let daemon = self.role == Role::Daemon;
         let read = self.store.read_records(daemon)?;
         let theirs: Records = read.into_iter().filter(|(_, r)| !self.mine(r.keeper)).collect();
