@@ -88,8 +88,11 @@ pub struct Engine {
     store: Store,
     model: Model,
     kept: BTreeMap<NsId, Kept>,
-    /// The records as last written or read: saves write only differences.
+    /// This engine's records as last written or read: saves write only
+    /// differences.
     disk: Records,
+    /// The other keepers' records as last read.
+    others: Records,
     global_disk: BTreeMap<DevId, bool>,
     /// The state dir's writers' lock, open for the engine's life and held
     /// (`flock`) across a decision and its record.
@@ -139,6 +142,7 @@ impl Engine {
             model,
             kept: BTreeMap::new(),
             disk: Records::new(),
+            others: Records::new(),
             global_disk: BTreeMap::new(),
             lock,
             held: false,

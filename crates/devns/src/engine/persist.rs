@@ -95,30 +95,16 @@ impl Engine {
         let daemon = self.role == Role::Daemon;
         let read = self.store.read_records(daemon)?;
         let theirs: Records = read.into_iter().filter(|(_, r)| !self.mine(r.keeper)).collect();
-        let known: Records = self
-            .disk
-            .iter()
-            .filter(|(k, r)| !self.mine(r.keeper) && (!daemon || k.starts_with("run-")))
-            .map(|(k, r)| (k.clone(), r.clone()))
-            .collect();
         let global = if daemon { None } else { Some(self.store.read_global()?) };
         let global_changed = global.as_ref().is_some_and(|g| g != self.model.global_flags());
-        if theirs == known && !global_changed {
+        if theirs == self.others && !global_changed {
             return Ok(());
         }
-        let kept: Records =
-            std::mem::take(&mut self.disk).into_iter().filter(|(k, r)| self.mine_record(k, r, daemon)).collect();
-        self.disk = kept;
         let records: Vec<_> = theirs.values().cloned().collect();
-        self.disk.extend(theirs);
+        self.others = theirs;
         let except: BTreeSet<NsId> =
             self.model.namespaces().filter(|(_, n)| self.mine(n.keeper)).map(|(id, _)| id).collect();
         self.observe(Change::Records { records, except, global }, None);
         Ok(())
-    }
-
-    /// Whether a cached record stays when the others' are read again.
-    fn mine_record(&self, key: &str, r: &devns_core::state::NsRecord, daemon: bool) -> bool {
-        self.mine(r.keeper) || (daemon && !key.starts_with("run-"))
     }
 }

@@ -61,7 +61,8 @@ impl Engine {
                 Some(_) => live.push((key, r)),
             }
         }
-        self.disk = live.iter().cloned().collect();
+        let (mine, others): (Records, Records) = live.iter().cloned().partition(|(_, r)| self.mine(r.keeper));
+        (self.disk, self.others) = (mine, others);
         self.global_disk = global.clone();
         let records: Vec<NsRecord> = live.into_iter().map(|(_, r)| r).collect();
         self.observe(Change::Records { records, except: BTreeSet::new(), global: Some(global) }, None);
