@@ -325,3 +325,39 @@ fn a_disk_made_again_with_the_numbers_of_a_run_s_own_is_not_the_run_s() {
     eventually("the new disk is nobody's", || !env.owned().iter().any(|o| o["name"] == name.as_str()));
     assert_eq!(c.sh(&format!("[ -e /dev/{name} ] || echo gone")), ["gone"]);
 }
+
+/// Without a daemon too, each device's uevents reach its owner and nobody
+/// else: a stand-alone run serves its namespace through the same engine.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_stand_alone_run_hears_its_own_devices_uevents_and_no_others() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let (la, lb) = (Loop::new(true), Loop::new(true));
+    let listen = |name: &str, dev: &str| {
+        let script = "busybox uevent sh -c 'echo \"$ACTION $DEVNAME\"' & sleep 0.3; echo ready; wait";
+        let mut c = env.spawn(&["--name", name, "--dev", dev, "--", "sh", "-c", script]);
+        assert_eq!(c.line(), "ready");
+        c
+    };
+    let mut a = listen("a", &la.name);
+    let mut b = listen("b", &lb.name);
+    let partx = |op: &str, disk: &str| {
+        let ok = std::process::Command::new("partx").args([op, &format!("/dev/{disk}")]).status().unwrap();
+        assert!(ok.success(), "partx {op} {disk}");
+    };
+    partx("-d", &la.name);
+    assert_eq!(a.line(), format!("remove {}", la.partition()));
+    partx("-a", &la.name);
+    assert_eq!(a.line(), format!("add {}", la.partition()));
+    // b's own events are the very next b hears: nothing of a's came first.
+    partx("-d", &lb.name);
+    assert_eq!(b.line(), format!("remove {}", lb.partition()), "b heard something it does not own");
+    partx("-a", &lb.name);
+    assert_eq!(b.line(), format!("add {}", lb.partition()));
+    partx("-d", &la.name);
+    assert_eq!(a.line(), format!("remove {}", la.partition()), "a heard something it does not own");
+    partx("-a", &la.name);
+}
