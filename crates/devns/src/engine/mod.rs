@@ -91,8 +91,11 @@ pub struct Engine {
     /// This engine's records as last written or read: saves write only
     /// differences.
     disk: Records,
-    /// The other keepers' records as last read.
+    /// The other keepers' records as last read, and whether they were.
     others: Records,
+    others_read: bool,
+    /// Tells whether they may have changed since (see `persist`).
+    watch: Option<OwnedFd>,
     global_disk: BTreeMap<DevId, bool>,
     /// The state dir's writers' lock, open for the engine's life and held
     /// (`flock`) across a decision and its record.
@@ -127,6 +130,8 @@ impl Engine {
     pub fn open(role: Role, cfg: Config, store: Store, views_dir: Option<PathBuf>) -> Result<Engine> {
         let model = Model::new(crate::discover::host_devices()?, cfg.global.clone());
         let lock = store.lock_handle()?;
+        // Made before anything is read, so that no write falls between.
+        let watch = persist::watch_records(&store, role);
         let host_ns = crate::host::user_ns_of(rustix::process::getpid().as_raw_nonzero().get())?;
         // A security layer: missing, nothing starts (unless the operator
         // turned it off).
@@ -143,6 +148,8 @@ impl Engine {
             kept: BTreeMap::new(),
             disk: Records::new(),
             others: Records::new(),
+            others_read: false,
+            watch,
             global_disk: BTreeMap::new(),
             lock,
             held: false,

@@ -92,11 +92,20 @@ impl Engine {
             return Ok(());
         }
         self.fresh = self.held;
+        // Nothing written where the others' records live since the last
+        // read: they are as read (inotify queues an event within the
+        // writer's own call, so before it lets go of the lock).
+        if self.others_read && !self.others_written() {
+            return Ok(());
+        }
+        // Read again until a read succeeds.
+        self.others_read = false;
         let daemon = self.role == Role::Daemon;
         let read = self.store.read_records(daemon)?;
         let theirs: Records = read.into_iter().filter(|(_, r)| !self.mine(r.keeper)).collect();
         let global = if daemon { None } else { Some(self.store.read_global()?) };
         let global_changed = global.as_ref().is_some_and(|g| g != self.model.global_flags());
+        self.others_read = true;
         if theirs == self.others && !global_changed {
             return Ok(());
         }
@@ -106,5 +115,44 @@ impl Engine {
             self.model.namespaces().filter(|(_, n)| self.mine(n.keeper)).map(|(id, _)| id).collect();
         self.observe(Change::Records { records, except, global }, None);
         Ok(())
+    }
+}
+
+/// An inotify watch on where the other keepers' records live (for the
+/// daemon `runs/`; for a run also `ns/` and the global flags in the state
+/// directory itself), so that a look for them costs one `read` while none
+/// was written. `None` (every look reads them) when it cannot be had.
+pub(super) fn watch_records(store: &crate::store::Store, role: Role) -> Option<rustix::fd::OwnedFd> {
+    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+    let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).ok()?;
+    let what = WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::MOVED_TO
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::CLOSE_WRITE
+        | WatchFlags::DELETE_SELF;
+    let dir = store.dir();
+    let dirs = if role == Role::Daemon { vec![dir.join("runs")] } else { vec![dir.join("runs"), dir.join("ns"), dir.to_owned()] };
+    for d in dirs {
+        inotify::add_watch(&fd, &d, what).ok()?;
+    }
+    Some(fd)
+}
+
+impl Engine {
+    /// Whether anything was written where the others' records live since
+    /// the last look (always, without a watch, or when it cannot tell).
+    fn others_written(&self) -> bool {
+        let Some(fd) = &self.watch else { return true };
+        let mut buf = [0u8; 4096];
+        let mut written = false;
+        loop {
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) | Err(rustix::io::Errno::AGAIN) => return written,
+                Ok(_) => written = true,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return true,
+            }
+        }
     }
 }

@@ -62,7 +62,7 @@ impl Engine {
             }
         }
         let (mine, others): (Records, Records) = live.iter().cloned().partition(|(_, r)| self.mine(r.keeper));
-        (self.disk, self.others) = (mine, others);
+        (self.disk, self.others, self.others_read) = (mine, others, true);
         self.global_disk = global.clone();
         let records: Vec<NsRecord> = live.into_iter().map(|(_, r)| r).collect();
         self.observe(Change::Records { records, except: BTreeSet::new(), global: Some(global) }, None);
