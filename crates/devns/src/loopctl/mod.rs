@@ -3,51 +3,29 @@
 //! decisions need from sysfs, carrying a decision of
 //! `devns_core::loopctl` out, and the cleanup of a dead namespace's loops.
 //!
-//! Both keepers of namespaces — the daemon and a stand-alone `devns run` —
-//! implement [`Ledger`]: how a loop device becomes a namespace's, and stops
-//! being so.
+//! The engine (for the daemon and a stand-alone `devns run` alike)
+//! implements [`Ledger`]: how a loop device becomes a namespace's, and stops
+//! being so. `scratch` opens devices by number; `pending` keeps dead
+//! namespaces' devices that are still open.
 
 use crate::refusal::Refusal;
-use crate::store::{Store, StoreError};
 use devns_core::device::{DevId, Device, Kind};
 use devns_core::loopctl::{self, Facts, LoopDev, Request, Step};
 use devns_core::registry::{NsId, Registry};
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, OFlags};
 use rustix::io::Errno;
-use rustix::mount::MountAttrFlags;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod pending;
+mod scratch;
+
+pub use pending::{pend, retry_pending};
+pub use scratch::Scratch;
+
 /// `loop-control`'s numbers.
 pub const LOOP_CONTROL: DevId = DevId::new(Kind::Char, 10, 237);
-
-/// Opens devices by number, through nodes devns makes for the moment on a
-/// private tmpfs that is mounted nowhere: it needs neither the host's
-/// `/dev` nor a filesystem that allows device nodes.
-pub struct Scratch {
-    dir: OwnedFd,
-}
-
-impl Scratch {
-    pub fn new() -> Result<Scratch, crate::view::ViewError> {
-        let attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC;
-        Ok(Scratch { dir: crate::view::tmpfs(&[("mode", "0700"), ("size", "64k")], attrs)? })
-    }
-
-    pub fn open(&self, dev: DevId, flags: OFlags) -> Result<OwnedFd, Errno> {
-        let name = format!("{}-{}-{}", dev.kind.letter(), dev.major, dev.minor);
-        let ft = if dev.kind == Kind::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
-        let rdev = rustix::fs::makedev(dev.major, dev.minor);
-        match rustix::fs::mknodat(&self.dir, name.as_str(), ft, Mode::from_raw_mode(0o600), rdev) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(e),
-        }
-        let fd = rustix::fs::openat(&self.dir, name.as_str(), flags | OFlags::CLOEXEC, Mode::empty());
-        let _ = rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty());
-        fd
-    }
-}
 
 /// The host's loop-control, and what sysfs says of loop devices.
 pub struct LoopHost {
@@ -224,47 +202,6 @@ impl LoopHost {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
-
-/// Records `loops` (dead namespaces' devices still open somewhere) in the
-/// state directory's pending set, which every keeper retries
-/// ([`retry_pending`]) and which bounds what devns makes for anybody
-/// ([`loopctl::MAX_PENDING`]), until they are removed. The caller holds
-/// the writers' lock.
-pub fn pend(store: &Store, loops: &[LoopDev]) -> Result<(), StoreError> {
-    let mut pending = store.read_pending()?;
-    loopctl::add_pending(&mut pending, loops);
-    for l in loops {
-        tracing::warn!(dev = %l.dev, "a dead namespace's loop device is still open somewhere: pending removal");
-    }
-    store.write_pending(&pending)
-}
-
-/// One try at removing each pending device; how many are left. The caller
-/// holds the writers' lock.
-pub fn retry_pending(store: &Store, host: Option<&LoopHost>) -> Result<usize, StoreError> {
-    let pending = store.read_pending()?;
-    let Some(host) = host.filter(|_| !pending.is_empty()) else { return Ok(pending.len()) };
-    let left: Vec<LoopDev> = pending
-        .iter()
-        .copied()
-        .filter(|l| match host.remove_pending(*l) {
-            Ok(()) => {
-                tracing::info!(dev = %l.dev, "a dead namespace's pending loop device is removed");
-                false
-            }
-            Err(e) => {
-                if e != Errno::BUSY {
-                    tracing::debug!(dev = %l.dev, error = %e, "cannot remove a pending loop device yet");
-                }
-                true
-            }
-        })
-        .collect();
-    if left.len() != pending.len() {
-        store.write_pending(&left)?;
-    }
-    Ok(left.len())
 }
 
 /// What a keeper of namespaces does when a loop device becomes a
