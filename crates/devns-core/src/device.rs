@@ -116,11 +116,48 @@ pub struct Device {
     /// has its numbers now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diskseq: Option<u64>,
+    /// The inode of its sysfs directory: the kernfs node's id, which ends
+    /// with the device (one made again with the same numbers, even at the
+    /// same path, gets a new one) and, on 64-bit hosts, only grows. Attach,
+    /// detach and media changes keep it, unlike `DISKSEQ`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
 }
 
 impl Device {
     pub fn is_partition(&self) -> bool {
         self.devtype == Some(DevType::Partition)
+    }
+
+    /// What a record keeps of it to know it again.
+    pub fn identity(&self) -> Identity {
+        Identity { ino: self.ino, diskseq: self.diskseq }
+    }
+}
+
+/// What a saved record keeps of an owned device besides its numbers, so
+/// that ownership ends with the device: its sysfs directory's inode and,
+/// for a block device, its `DISKSEQ` (kept for the log; it cannot decide,
+/// as a loop device's grows with every attach).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diskseq: Option<u64>,
+}
+
+impl Identity {
+    /// Whether the device a record knew as `self` has ended, given the
+    /// device that has its numbers `now`: only when both inodes are known
+    /// and the present one is newer (kernfs numbers only grow). A smaller
+    /// one is a reader that has not yet learnt the newer device the record
+    /// describes (another keeper's record, read before its uevents): the
+    /// record stands. Without an inode on either side (a record of devns
+    /// before identities) nothing can be told, and the record stands, as
+    /// it did before.
+    pub fn ended(&self, now: &Identity) -> bool {
+        matches!((self.ino, now.ino), (Some(rec), Some(now)) if now > rec)
     }
 }
 
@@ -159,6 +196,21 @@ mod tests {
         assert!(!removes_known(Some(7), Some(6)));
         // Nothing to compare: the known device.
         assert!(removes_known(None, Some(8)) && removes_known(Some(7), None) && removes_known(None, None));
+    }
+
+    #[test]
+    fn ownership_ends_only_with_a_newer_device() {
+        let id = |ino, diskseq| Identity { ino, diskseq };
+        let rec = id(Some(100), Some(7));
+        // The same device, attached again since (a loop device's DISKSEQ grows).
+        assert!(!rec.ended(&id(Some(100), Some(9))));
+        // Made again with the same numbers: a newer kernfs node.
+        assert!(rec.ended(&id(Some(250), Some(12))));
+        // A reader that knows an older device than the record's: it stands.
+        assert!(!rec.ended(&id(Some(40), Some(3))));
+        // Nothing to compare (old records, a stat that failed): it stands.
+        assert!(!id(None, None).ended(&id(Some(250), Some(12))));
+        assert!(!rec.ended(&id(None, Some(12))));
     }
 
     #[test]

@@ -261,6 +261,7 @@ pub(crate) mod tests {
             uid: 0,
             gid: 0,
             diskseq: None,
+            ino: None,
         }
     }
 

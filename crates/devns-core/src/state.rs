@@ -5,11 +5,12 @@
 //! gone; and why a change is refused. The model that decides is
 //! `crate::model`.
 
-use crate::device::DevId;
+use crate::device::{DevId, Identity};
 use crate::loopctl::LoopDev;
 use crate::registry::{AssignError, NsId};
 use crate::subid;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Largest state file (one namespace's record) devns reads.
 pub const MAX_STATE_BYTES: usize = 1 << 20;
@@ -41,6 +42,13 @@ pub struct NsRecord {
     pub gid_base: Option<u32>,
     /// Whole devices it owns (partitions follow).
     pub devices: Vec<DevId>,
+    /// What ends with each of those devices (as far as the keeper knew
+    /// it), so that one made again with the same numbers while no keeper
+    /// watched is not taken for it. Absent in records of devns before
+    /// issue 13: their devices are known by numbers alone until the next
+    /// save writes what they are then.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub identity: BTreeMap<DevId, Identity>,
     /// Of those, the loop devices it allocated through `loop-control`:
     /// detached and removed when it dies.
     #[serde(default)]
@@ -159,6 +167,7 @@ mod tests {
             uid_base: Some(100_000),
             gid_base: Some(100_000),
             devices: vec![],
+            identity: BTreeMap::new(),
             loops: vec![],
             cgroup: None,
         };
@@ -180,11 +189,17 @@ mod tests {
         let old = r#"{"id":5,"name":null,"keeper":null,"members":[],"uid_base":null,"gid_base":null,"devices":["b:7:0"],"loops":[]}"#;
         let r: NsRecord = serde_json::from_str(old).unwrap();
         assert_eq!((r.id, r.cgroup.clone()), (Some(NsId(5)), None));
-        assert!(!serde_json::to_string(&r).unwrap().contains("cgroup"));
+        assert!(r.identity.is_empty(), "records before identities stay readable");
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(!text.contains("cgroup") && !text.contains("identity"), "{text}");
+        let dev: DevId = "b:7:0".parse().unwrap();
         let with = NsRecord {
             cgroup: Some(CgroupRecord { path: "/sys/fs/cgroup/devns-5".into(), created: true, prog_id: Some(9) }),
+            identity: BTreeMap::from([(dev, Identity { ino: Some(41), diskseq: Some(3) })]),
             ..r
         };
+        let text = serde_json::to_string(&with).unwrap();
+        assert!(text.contains(r#""identity":{"b:7:0":{"ino":41,"diskseq":3}}"#), "{text}");
         let back: NsRecord = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
         assert_eq!(back, with);
     }

@@ -66,6 +66,7 @@ pub fn device_from_sysfs(
         uid: 0,
         gid: 0,
         diskseq: diskseq(&f)?,
+        ino: None,
     }))
 }
 

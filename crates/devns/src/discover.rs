@@ -49,6 +49,7 @@ pub fn read_device(sys_dir: &Path, kind: Kind, dev_root: &Path) -> Option<Device
         }
     };
     apply_host_node(&mut dev, dev_root);
+    dev.ino = rustix::fs::stat(sys_dir).ok().map(|st| st.st_ino);
     Some(dev)
 }
 
@@ -79,6 +80,9 @@ pub fn device_from_event(
         }
     };
     apply_host_node(&mut dev, dev_root);
+    // Its sysfs directory as it is now: when a newer device has taken the
+    // path meanwhile, that one's (the registry then holds what is there).
+    dev.ino = rustix::fs::stat(Path::new("/sys").join(ev.devpath.trim_start_matches('/'))).ok().map(|st| st.st_ino);
     Some(dev)
 }
 

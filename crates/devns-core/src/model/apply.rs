@@ -2,7 +2,7 @@
 
 use super::{Model, Namespace};
 use crate::api::Event;
-use crate::device::{DevId, Device};
+use crate::device::{DevId, Device, Identity};
 use crate::loopctl::LoopDev;
 use crate::registry::{NsId, Owner};
 use crate::state::{CgroupRecord, ClaimError, Keeper, NsRecord};
@@ -47,6 +47,11 @@ pub enum Effect {
     Free(NsRecord),
     /// A recorded device is no longer on the host: dropped from its owner.
     Missing(NsId, DevId),
+    /// A recorded device was made again since its record was written
+    /// (removed and made anew with its numbers while nobody watched): the
+    /// device that has the numbers now is the host's. With what the record
+    /// knew of the old one and what the new one is, for the log.
+    Remade { ns: NsId, dev: DevId, recorded: Identity, now: Identity },
 }
 
 /// Whether a namespace coming under devns gets id blocks.

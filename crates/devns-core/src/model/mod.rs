@@ -141,6 +141,12 @@ impl Model {
             members: n.members.clone(),
             uid_base: n.uid_base,
             gid_base: n.gid_base,
+            identity: self
+                .owned(id)
+                .into_iter()
+                .filter_map(|d| self.reg.device(d).map(|dev| (d, dev.identity())))
+                .filter(|(_, i)| i.ino.is_some())
+                .collect(),
             devices: self.owned(id),
             loops: n.loops.clone(),
             cgroup: n.cgroup.clone(),

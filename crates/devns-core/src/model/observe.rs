@@ -180,6 +180,14 @@ impl Model {
                 continue;
             }
             for d in &r.devices {
+                let now = self.reg.device(*d).map(Device::identity);
+                if let (Some(rec), Some(now)) = (r.identity.get(d), now)
+                    && rec.ended(&now)
+                {
+                    fx.push(Effect::Remade { ns: id, dev: *d, recorded: *rec, now });
+                    fx.push(Effect::Save(id));
+                    continue;
+                }
                 if self.reg.assign(*d, id).is_err() {
                     fx.push(Effect::Missing(id, *d));
                     fx.push(Effect::Save(id));
@@ -200,6 +208,20 @@ impl Model {
         self.departed.clear();
         let mut fx = Vec::new();
         for (id, d) in owners {
+            // The device sysfs has with these numbers now may be a new one
+            // (the old one's `remove` among the lost events): not owned.
+            let was = self.reg.device(d).map(Device::identity);
+            let now = next.device(d).map(Device::identity);
+            if let (Some(recorded), Some(now)) = (was, now)
+                && recorded.ended(&now)
+            {
+                if let Some(n) = self.ns_mut(id) {
+                    n.loops.retain(|l| l.dev != d);
+                }
+                fx.push(Effect::Remade { ns: id, dev: d, recorded, now });
+                fx.push(Effect::Save(id));
+                continue;
+            }
             if next.assign(d, id).is_err() {
                 if let Some(n) = self.ns_mut(id) {
                     n.loops.retain(|l| l.dev != d);

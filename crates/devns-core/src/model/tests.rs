@@ -1,6 +1,6 @@
 use super::*;
 use crate::api::Event;
-use crate::device::Kind;
+use crate::device::{Identity, Kind};
 use crate::registry::tests::{dev, disk, part, sample};
 use crate::registry::{AssignError, Owner};
 use crate::state::ClaimError;
@@ -584,6 +584,7 @@ fn record(id: Option<NsId>, name: Option<&str>, devices: Vec<DevId>, loops: Vec<
         uid_base: Some(165_536),
         gid_base: Some(165_536),
         devices,
+        identity: BTreeMap::new(),
         loops,
         cgroup: None,
     }
@@ -647,7 +648,96 @@ fn records_replace_all_but_the_keepers_own() {
     assert_eq!(m.registry().owner(LOOP1), Owner::Host);
 }
 
+/// The sample host with `loop1` and `net/tun` known by their sysfs
+/// directories' inodes, `loop1` with a `DISKSEQ`.
+fn host_with_inodes(loop1: u64, tun: u64) -> Model {
+    let devs = devices()
+        .into_iter()
+        .map(|d| match d.id {
+            LOOP1 => Device { ino: Some(loop1), diskseq: Some(20), ..d },
+            TUN => Device { ino: Some(tun), ..d },
+            _ => d,
+        })
+        .collect();
+    Model::new(devs, vec!["null".into(), "zero".into()])
+}
+
+#[test]
+fn a_saved_record_knows_its_devices_by_what_ends_with_them() {
+    let mut m = host_with_inodes(500, 600);
+    m.apply(claim(A, None, K1, &[LOOP0, LOOP1, TUN])).unwrap();
+    let r = m.record(A).unwrap();
+    // loop0's inode is not known: it is known by its numbers alone.
+    assert_eq!(
+        r.identity,
+        BTreeMap::from([
+            (LOOP1, Identity { ino: Some(500), diskseq: Some(20) }),
+            (TUN, Identity { ino: Some(600), diskseq: None }),
+        ])
+    );
+}
+
+#[test]
+fn at_restart_a_device_made_again_since_its_record_is_the_host_s() {
+    let mut old = host_with_inodes(500, 600);
+    old.apply(claim(A, None, K1, &[LOOP0, LOOP1, TUN])).unwrap();
+    let mut r = old.record(A).unwrap();
+    r.loops = vec![lo(1)];
+    // Restarted: loop1 and tun were removed and made again meanwhile
+    // (newer kernfs nodes); loop1 was attached again (a newer DISKSEQ).
+    let mut m = host_with_inodes(900, 901);
+    let fx = m.apply(Change::Records { records: vec![r.clone()], except: BTreeSet::new(), global: None }).unwrap();
+    let remade = |dev, rec: u64, now: u64, seq| Effect::Remade {
+        ns: A,
+        dev,
+        recorded: Identity { ino: Some(rec), diskseq: seq },
+        now: Identity { ino: Some(now), diskseq: seq },
+    };
+    assert_eq!(fx, [remade(TUN, 600, 901, None), Effect::Save(A), remade(LOOP1, 500, 900, Some(20)), Effect::Save(A)]);
+    assert_eq!(m.owned(A), [LOOP0]);
+    assert_eq!(m.registry().owner(LOOP1), Owner::Host);
+    assert_eq!(m.registry().owner(TUN), Owner::Host);
+    // Not its loop device either: never detached or removed at its death.
+    assert_eq!(m.namespace(A).unwrap().loops, []);
+    assert_eq!(names(&m, A), ["loop0", "loop0p1", "loop0p2", "null", "zero"]);
+    // Saved with what it owns now.
+    assert_eq!(m.record(A).unwrap().devices, [LOOP0]);
+
+    // The same devices (attached again since: DISKSEQ grew): still its own.
+    let mut same = host_with_inodes(500, 600);
+    let fx = same.apply(Change::Records { records: vec![r.clone()], except: BTreeSet::new(), global: None }).unwrap();
+    assert_eq!(fx, []);
+    assert_eq!(same.owned(A), [TUN, LOOP0, LOOP1]);
+    // A reader that has not yet learnt the newer devices the record
+    // describes (older inodes): the record stands.
+    let mut behind = host_with_inodes(100, 200);
+    behind.apply(Change::Records { records: vec![r.clone()], except: BTreeSet::new(), global: None }).unwrap();
+    assert_eq!(behind.owned(A), [TUN, LOOP0, LOOP1]);
+    // A record of devns before identities: known by numbers, as before.
+    let mut older = host_with_inodes(900, 901);
+    let bare = NsRecord { identity: BTreeMap::new(), ..r };
+    older.apply(Change::Records { records: vec![bare], except: BTreeSet::new(), global: None }).unwrap();
+    assert_eq!(older.owned(A), [TUN, LOOP0, LOOP1]);
+    // ... and its next save writes what they are now.
+    assert_eq!(older.record(A).unwrap().identity[&LOOP1].ino, Some(900));
+}
+
 // Rescan
+
+#[test]
+fn a_rescan_finds_an_owned_device_made_again_the_host_s() {
+    let mut m = host_with_inodes(500, 600);
+    m.apply(claim(A, None, K1, &[LOOP1, TUN])).unwrap();
+    let now: Vec<Device> = host_with_inodes(900, 600).registry().devices().cloned().collect();
+    let fx = m.apply(Change::Rescan { devices: now }).unwrap();
+    let recorded = Identity { ino: Some(500), diskseq: Some(20) };
+    let new = Identity { ino: Some(900), diskseq: Some(20) };
+    assert_eq!(
+        fx,
+        [Effect::Remade { ns: A, dev: LOOP1, recorded, now: new }, Effect::Save(A), Effect::Reconcile(A, Scope::All)]
+    );
+    assert_eq!(m.owned(A), [TUN]);
+}
 
 #[test]
 fn rescan_drops_what_left_the_host_meanwhile() {

@@ -290,6 +290,13 @@ impl Engine {
                 Effect::Missing(id, dev) => {
                     tracing::info!(ns = %id, dev = %dev, "an owned device is no longer on the host: dropped from its owner");
                 }
+                Effect::Remade { ns, dev, recorded, now } => {
+                    tracing::warn!(
+                        ns = %ns, dev = %dev, recorded_ino = ?recorded.ino, ino = ?now.ino,
+                        recorded_diskseq = ?recorded.diskseq, diskseq = ?now.diskseq,
+                        "an owned device was removed and made again while devns did not watch: the new one is the host's"
+                    );
+                }
             }
         }
         // Saved last, once, whatever else failed: what the model now says.

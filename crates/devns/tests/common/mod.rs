@@ -817,3 +817,56 @@ impl<'e> Daemon<'e> {
 pub fn userns_sh<'a>(script: &'a str, mark: &'a str) -> [&'a str; 9] {
     ["--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c", script, mark]
 }
+
+/// Virtual console N of the host's, allocated by opening `/dev/ttyN` so
+/// that the kernel makes its `vcsN`, `vcsaN`, `vcsuN` character devices
+/// (`c 7:N` and on): a character device that can be removed
+/// (`VT_DISALLOCATE`) and made again. Deallocated on drop.
+pub struct Vt(pub u32);
+
+impl Vt {
+    /// Allocates VT `n`, which must be free (not allocated yet).
+    pub fn new(n: u32) -> Vt {
+        assert!(!Path::new(&format!("/sys/dev/char/7:{n}")).exists(), "vt {n} is allocated already");
+        let vt = Vt(n);
+        vt.allocate();
+        vt
+    }
+
+    pub fn allocate(&self) {
+        let flags = rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY;
+        drop(rustix::fs::open(format!("/dev/tty{}", self.0), flags, rustix::fs::Mode::empty()).expect("open the vt"));
+        assert!(Path::new(&format!("/sys/dev/char/7:{}", self.0)).exists(), "vcs{} made", self.0);
+    }
+
+    /// Deallocates it (its devices go), waiting for the close of the
+    /// last opener to be done (the kernel answers `EBUSY` until then).
+    pub fn deallocate(&self) -> bool {
+        const VT_DISALLOCATE: libc::c_ulong = 0x5608;
+        let flags = rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY;
+        let Ok(console) = rustix::fs::open("/dev/tty0", flags, rustix::fs::Mode::empty()) else { return false };
+        for _ in 0..100 {
+            // SAFETY: VT_DISALLOCATE takes its argument by value; `console`
+            // is open for the call.
+            if unsafe {
+                libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&console), VT_DISALLOCATE, self.0 as libc::c_ulong)
+            } == 0
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The `vcsN` device's name.
+    pub fn vcs(&self) -> String {
+        format!("vcs{}", self.0)
+    }
+}
+
+impl Drop for Vt {
+    fn drop(&mut self) {
+        self.deallocate();
+    }
+}
