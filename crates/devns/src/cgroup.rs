@@ -30,35 +30,12 @@ pub enum CgroupError {
     Busy { path: PathBuf, waited: Duration },
 }
 
-/// Undoes the octal escapes of `/proc/self/mountinfo` (`\040` for a space).
-pub(crate) fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The mountpoint of a cgroup2 filesystem in `mountinfo` text whose root is
 /// the hierarchy's root (a bind of a subtree would not hold every cgroup).
-pub fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let f: Vec<&str> = left.split(' ').collect();
-        (right.split(' ').next() == Some("cgroup2") && f.get(3) == Some(&"/")).then(|| PathBuf::from(unescape(f[4])))
-    })
+pub fn find_cgroup2(mountinfo: impl AsRef<[u8]>) -> Option<PathBuf> {
+    devns_core::mountinfo::mounts(mountinfo.as_ref())
+        .find(|m| m.fstype == "cgroup2" && m.root.as_os_str() == "/")
+        .map(|m| m.mount_point)
 }
 
 /// The cgroup2 path in `/proc/PID/cgroup` text (the `0::PATH` line).
@@ -77,7 +54,7 @@ impl Hierarchy {
     /// this host has no cgroup2 mount.
     pub fn find_or_mount(state_dir: &Path) -> Result<Hierarchy, CgroupError> {
         let path = PathBuf::from("/proc/self/mountinfo");
-        let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })?;
+        let text = std::fs::read(&path).map_err(|source| CgroupError::Read { path, source })?;
         if let Some(root) = find_cgroup2(&text) {
             return Ok(Hierarchy { root });
         }
@@ -249,12 +226,5 @@ mod tests {
         );
         assert_eq!(v2_path("0::/\n").as_deref(), Some("/"));
         assert_eq!(v2_path("1:name=systemd:/\n"), None);
-    }
-
-    #[test]
-    fn unescapes_octal() {
-        assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
-        assert_eq!(unescape("/trailing\\04"), "/trailing\\04");
-        assert_eq!(unescape("\\"), "\\");
     }
 }

@@ -52,7 +52,7 @@ pub fn prepare_rootfs(path: &Path) -> Result<RootFs> {
     let path = std::fs::canonicalize(path).with_context(|| format!("bad --rootfs {}", path.display()))?;
     let dir = rustix::fs::open(&path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .with_context(|| format!("bad --rootfs {}: not a directory", path.display()))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    let mountinfo = std::fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
     if let Some(m) = covered_mount(&mountinfo, &path) {
         bail!(
             "bad --rootfs {}: {} is a mount point, which the container would uncover by unmounting its own mount above it",
@@ -74,11 +74,9 @@ pub fn prepare_rootfs(path: &Path) -> Result<RootFs> {
 /// A mount point in `mountinfo` at or below one of `root`'s [`OWN`]
 /// directories: the rootfs's copy of it would lie under the container's own
 /// mount there, locked, for it to uncover.
-fn covered_mount(mountinfo: &str, root: &Path) -> Option<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(crate::cgroup::unescape(m)))
+fn covered_mount(mountinfo: impl AsRef<[u8]>, root: &Path) -> Option<PathBuf> {
+    devns_core::mountinfo::mounts(mountinfo.as_ref())
+        .map(|m| m.mount_point)
         .find(|m| OWN.iter().any(|o| m.starts_with(root.join(o))))
 }
 

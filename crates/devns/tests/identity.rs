@@ -19,6 +19,24 @@ fn held_by(env: &Env, ns: &str, name: &str, key: Key) -> [bool; 4] {
     [owned, in_view, in_map, rec.devices.contains(&dev)]
 }
 
+/// A daemon of the test's own, with a container `a` under it.
+fn daemon_with_a(env: &Env) -> (Daemon<'_>, Container) {
+    let d = Daemon::start(env);
+    (d, shell_container(env, &["--name", "a"]))
+}
+
+/// Waits until the daemon knows device `name`, then assigns it to `a`.
+fn assign_to_a(env: &Env, name: &str) {
+    eventually("device known to the daemon", || devns_ok(env, &["ls"]).contains(name));
+    devns_ok(env, &["assign", name, "--to", "a"]);
+}
+
+/// Removes loop device `l` and makes it again: the same numbers, a new device.
+fn remake(l: &AddedLoop) {
+    assert!(loop_ctl(LOOP_CTL_REMOVE, l.0) >= 0, "remove {}", l.name());
+    assert!(loop_ctl(LOOP_CTL_ADD, l.0) >= 0, "make {} again", l.name());
+}
+
 #[test]
 #[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn a_disk_made_again_while_the_daemon_was_killed_is_the_host_s_at_its_restart() {
@@ -26,12 +44,10 @@ fn a_disk_made_again_while_the_daemon_was_killed_is_the_host_s_at_its_restart() 
         return;
     }
     let env = Env::new();
-    let mut d = Daemon::start(&env);
-    let mut a = shell_container(&env, &["--name", "a"]);
+    let (mut d, mut a) = daemon_with_a(&env);
     let l = AddedLoop::new();
     let name = l.name();
-    eventually("loop known to the daemon", || devns_ok(&env, &["ls"]).contains(&name));
-    devns_ok(&env, &["assign", &name, "--to", "a"]);
+    assign_to_a(&env, &name);
     let (major, minor) = block_numbers(&name);
     let key = Key { ty: 1, major, minor };
     assert_eq!(held_by(&env, "a", &name, key), [true; 4]);
@@ -41,8 +57,7 @@ fn a_disk_made_again_while_the_daemon_was_killed_is_the_host_s_at_its_restart() 
     assert!(rec.identity[&dev].diskseq.is_some(), "and its DISKSEQ");
 
     d.kill9();
-    assert!(loop_ctl(LOOP_CTL_REMOVE, l.0) >= 0, "remove {name}");
-    assert!(loop_ctl(LOOP_CTL_ADD, l.0) >= 0, "make {name} again");
+    remake(&l);
     let _d = Daemon::start(&env);
     // Ready means reconciled: the new disk is the host's everywhere.
     assert_eq!(held_by(&env, "a", &name, key), [false; 4], "registry, view, map, record");
@@ -60,12 +75,10 @@ fn the_same_disk_attached_again_while_the_daemon_was_killed_stays_its_owner_s() 
         return;
     }
     let env = Env::new();
-    let mut d = Daemon::start(&env);
-    let _a = shell_container(&env, &["--name", "a"]);
+    let (mut d, _a) = daemon_with_a(&env);
     let l = AddedLoop::new();
     let name = l.name();
-    eventually("loop known to the daemon", || devns_ok(&env, &["ls"]).contains(&name));
-    devns_ok(&env, &["assign", &name, "--to", "a"]);
+    assign_to_a(&env, &name);
     let (major, minor) = block_numbers(&name);
     let key = Key { ty: 1, major, minor };
     d.kill9();
@@ -87,13 +100,11 @@ fn a_character_device_made_again_while_the_daemon_was_killed_is_the_host_s_at_it
         return;
     }
     let env = Env::new();
-    let mut d = Daemon::start(&env);
-    let _a = shell_container(&env, &["--name", "a"]);
+    let (mut d, _a) = daemon_with_a(&env);
     // VT 47: no other test allocates virtual consoles.
     let vt = Vt::new(47);
     let name = vt.vcs();
-    eventually("vcs known to the daemon", || devns_ok(&env, &["ls"]).contains(&name));
-    devns_ok(&env, &["assign", &name, "--to", "a"]);
+    assign_to_a(&env, &name);
     let key = Key { ty: 2, major: 7, minor: vt.0 };
     assert_eq!(held_by(&env, "a", &name, key), [true; 4]);
 
@@ -111,18 +122,15 @@ fn a_stand_alone_run_takes_a_disk_made_again_since_a_killed_daemon_s_record() {
         return;
     }
     let env = Env::new();
-    let mut d = Daemon::start(&env);
-    let _a = shell_container(&env, &["--name", "a"]);
+    let (mut d, _a) = daemon_with_a(&env);
     let l = AddedLoop::new();
     let name = l.name();
-    eventually("loop known to the daemon", || devns_ok(&env, &["ls"]).contains(&name));
-    devns_ok(&env, &["assign", &name, "--to", "a"]);
+    assign_to_a(&env, &name);
     d.kill9();
     // With the daemon's record saying `a` has it, a run may not.
     let out = env.run(&["--dev", &name, "--", "true"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("already owned by namespace"), "{out:?}");
-    assert!(loop_ctl(LOOP_CTL_REMOVE, l.0) >= 0, "remove {name}");
-    assert!(loop_ctl(LOOP_CTL_ADD, l.0) >= 0, "make {name} again");
+    remake(&l);
     // The stand-alone keeper reads the record and knows the new disk for
     // the host's.
     let out = env.run(&["--dev", &name, "--", "sh", "-c", &format!("[ -b /dev/{name} ] && echo there")]);

@@ -19,10 +19,9 @@ use std::path::{Path, PathBuf};
 pub fn prepare_views_dir(state_dir: &Path) -> Result<PathBuf> {
     let dir = state_dir.join("views");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
     let canon = std::fs::canonicalize(&dir)?;
-    let shown = canon.to_string_lossy();
-    if !mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(&*shown)) {
+    if !devns_core::mountinfo::mounts(&mountinfo).any(|m| m.mount_point == canon) {
         rustix::mount::mount_bind(&canon, &canon).with_context(|| format!("cannot bind {}", canon.display()))?;
     }
     rustix::mount::mount_change(&canon, MountPropagationFlags::PRIVATE)
