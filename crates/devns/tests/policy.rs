@@ -198,7 +198,12 @@ fn a_killed_stand_alone_run_s_cgroup_goes_with_the_next_devns_command() {
     let env = Env::new();
     let mut c = shell_container(&env, &["--name", "killed"]);
     let (rec, ids) = cgroup_and_ids(&env, "killed");
-    // SIGKILL: no cleanup of its own; its container dies with it.
+    // Its watcher killed first (as a kill of its whole process group or
+    // cgroup may), then the keeper, with SIGKILL: no cleanup of its own;
+    // its container dies with it.
+    let watcher = watcher_of(c.pid()).expect("the run's watcher");
+    rustix::process::pidfd_send_signal(&watcher, rustix::process::Signal::KILL).unwrap();
+    eventually("the watcher is gone", || exited(&watcher));
     let _ = c.child.kill();
     let _ = c.child.wait();
     eventually("the container is gone", || cgroup_pids(Path::new(&rec.path)).is_empty());
