@@ -3,6 +3,18 @@
 use rustix::fd::{AsRawFd, BorrowedFd};
 use rustix::io;
 
+/// The open fds above 2 but `keep`, listed before any is closed (the
+/// listing's own fd is gone by then).
+fn open_fds(keep: &[BorrowedFd<'_>]) -> io::Result<Vec<i32>> {
+    let keep: Vec<i32> = keep.iter().map(|f| f.as_raw_fd()).collect();
+    Ok(std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| io::Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
+        .collect())
+}
+
 /// Closes every open fd above 2 but `keep` that is close-on-exec (its
 /// parent's own, which an exec would have closed) or a terminal; returns
 /// how many it closed. What is left are the fds its parent meant to pass on.
@@ -12,16 +24,8 @@ use rustix::io;
 /// of them again (true of a freshly forked child that never returns into
 /// its parent's frames and passes this every fd it goes on using).
 pub unsafe fn close_inherited(keep: &[BorrowedFd<'_>]) -> io::Result<usize> {
-    let keep: Vec<i32> = keep.iter().map(|f| f.as_raw_fd()).collect();
-    // Listed first, closed after: the listing's own fd is gone by then.
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| io::Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2 && !keep.contains(fd))
-        .collect();
     let mut closed = 0;
-    for fd in fds {
+    for fd in open_fds(keep)? {
         // SAFETY: F_GETFD and isatty only query `fd` (one that is not open
         // answers -1 and 0).
         let own = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -34,4 +38,19 @@ pub unsafe fn close_inherited(keep: &[BorrowedFd<'_>]) -> io::Result<usize> {
         }
     }
     Ok(closed)
+}
+
+/// Closes every open fd above 2 but `keep`, whoever meant it for whom;
+/// returns how many it closed.
+///
+/// # Safety
+/// As for [`close_inherited`].
+pub unsafe fn close_all_but(keep: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    let fds = open_fds(keep)?;
+    for fd in &fds {
+        // SAFETY: the caller guarantees that nothing in this process uses
+        // or closes `fd` again.
+        unsafe { libc::close(*fd) };
+    }
+    Ok(fds.len())
 }

@@ -73,3 +73,12 @@ pub fn peer_pidfd(sock: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
     // SAFETY: getsockopt(SO_PEERPIDFD) stored a new fd that nothing else owns.
     Ok(unsafe { rustix::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// Moves the calling thread into a new cgroup namespace rooted at the
+/// cgroup it is in now (`unshare(CLONE_NEWCGROUP)`).
+pub fn unshare_cgroup() -> io::Result<()> {
+    // SAFETY: of unshare's flags only CLONE_FILES (absent here) can change
+    // what the fds of this process refer to; a new cgroup namespace changes
+    // only how cgroup paths are shown to and resolved by this thread.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWCGROUP) }
+}

@@ -18,8 +18,13 @@
 //! - `losetup`: the unmodified tool, `losetup -f --show IMG` as a process
 //!   (then `losetup -d`, untimed), spawned the same way on both sides.
 //! - cleanup: a container holding two loop devices (one attached) is
-//!   killed with SIGKILL; time until both are gone from the host, against
-//!   host root detaching and removing two such devices itself.
+//!   killed with SIGKILL (through the daemon: its init; stand-alone: its
+//!   keeper, whose watcher then cleans up), in turns; time until both are
+//!   gone from the host, against host root detaching and removing two such
+//!   devices itself, and stand-alone against the daemon.
+//! - start-up: a stand-alone `devns run -- true` from spawn to exit,
+//!   against the binary `DEVNS_BENCH_BEFORE_BIN` names (another tree's, in
+//!   turns with this one) when it is set.
 //!
 //! Containers run through a `devns daemon` of the benchmark's own (state
 //! dir and socket in its work dir) and stand-alone (no daemon: `devns run`
@@ -244,69 +249,151 @@ fn driver() -> Result<()> {
         );
     }
     cleanup_latency(&devns, &img_s, &with_env)?;
+    startup(&devns, &with_env)?;
     drop(work);
     Ok(())
 }
 
-/// A container takes two devices (one attached) and is killed; the time
-/// until the daemon has removed both, against host root removing two such
-/// devices itself.
+/// Who is killed in a cleanup sample.
+#[derive(Clone, Copy, PartialEq)]
+enum Killed {
+    /// The container's init, its keeper the daemon.
+    InitOfDaemons,
+    /// The keeper of a stand-alone run (its container dies with it; its
+    /// watcher cleans up).
+    StandAloneKeeper,
+}
+
+/// A container takes two devices (one attached) and is killed, through the
+/// daemon and stand-alone, in turns; the time until both are removed,
+/// against host root removing two such devices itself.
 fn cleanup_latency(devns: &Path, img: &str, with_env: &dyn Fn(&mut Command, &str)) -> Result<()> {
+    let (mut daemon, mut alone, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..CLEANUPS {
+        daemon.push(cleanup_once(devns, img, with_env, Killed::InitOfDaemons)?);
+        alone.push(cleanup_once(devns, img, with_env, Killed::StandAloneKeeper)?);
+        ours.push(host_cleanup(img)?);
+    }
+    let (d, a, o) = (stats(daemon), stats(alone), stats(ours));
+    println!(
+        "cleanup of a killed container's 2 loop devices (1 attached), {CLEANUPS} times: p50 {:.1} µs, p99 {:.1} µs after SIGKILL; host root doing the same itself: p50 {:.1} µs, p99 {:.1} µs ({:.2}x / {:.2}x)",
+        d.0,
+        d.1,
+        o.0,
+        o.1,
+        d.0 / o.0,
+        d.1 / o.1
+    );
+    println!(
+        "the same, stand-alone, its keeper SIGKILLed (its watcher cleans up): p50 {:.1} µs, p99 {:.1} µs ({:.2}x / {:.2}x host root's, {:.2}x / {:.2}x the daemon's)",
+        a.0,
+        a.1,
+        a.0 / o.0,
+        a.1 / o.1,
+        a.0 / d.0,
+        a.1 / d.1
+    );
+    Ok(())
+}
+
+/// One sample: the time from the SIGKILL until both devices are gone.
+fn cleanup_once(devns: &Path, img: &str, with_env: &dyn Fn(&mut Command, &str), killed: Killed) -> Result<u64> {
     // A device's identity for its life: its sysfs directory's inode (a new
     // device at the index has another; a detach, unlike DISKSEQ, keeps it).
     let ino = |n: &str| rustix::fs::stat(format!("/sys/class/block/{n}")).ok().map(|s| s.st_ino);
-    let (mut theirs, mut ours) = (Vec::new(), Vec::new());
-    for _ in 0..CLEANUPS {
-        let script = format!("losetup -f --show {img}; losetup -f; echo ready; exec sleep 1000");
-        let mut c = Command::new(devns);
-        c.args(["run", "--", "sh", "-c", &script]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-        with_env(&mut c, "devns.sock");
-        let mut child = c.spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut devs = Vec::new();
-        for l in lines.by_ref() {
-            let l = l?;
-            if l == "ready" {
-                break;
-            }
-            devs.push(l.trim_start_matches("/dev/").to_owned());
+    let script = format!("losetup -f --show {img}; losetup -f; echo ready; exec sleep 1000");
+    let mut c = Command::new(devns);
+    c.args(["run", "--", "sh", "-c", &script]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    // No daemon listens at `none.sock`: the run is its own keeper.
+    with_env(&mut c, if killed == Killed::InitOfDaemons { "devns.sock" } else { "none.sock" });
+    let mut child = c.spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut devs = Vec::new();
+    for l in lines.by_ref() {
+        let l = l?;
+        if l == "ready" {
+            break;
         }
-        ensure!(devs.len() == 2, "the container printed {devs:?}");
-        let inos: Vec<(String, Option<u64>)> = devs.iter().map(|d| (d.clone(), ino(d))).collect();
-        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))?;
-        let init: i32 = kids.split_whitespace().next().context("no container init")?.parse()?;
-        let t = Instant::now();
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(init).context("pid")?,
-            rustix::process::Signal::KILL,
-        )?;
-        while inos.iter().any(|(d, i)| ino(d) == *i) {
-            ensure!(t.elapsed() < Duration::from_secs(10), "the container's devices are still there after 10 s");
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        theirs.push(t.elapsed().as_nanos() as u64);
-        let _ = child.wait();
-        // Host root: the same two devices' worth of work, itself.
-        let f = open(img)?;
-        let (a, da) = allocate(&f, true)?;
-        let ctl = open("/dev/loop-control")?;
-        let b = ioctl(&ctl, LOOP_CTL_ADD, u64::MAX as libc::c_ulong)?;
-        let t = Instant::now();
-        ioctl(&da, LOOP_CLR_FD, 0)?;
-        drop(da);
-        remove(a)?;
-        remove(b)?;
-        ours.push(t.elapsed().as_nanos() as u64);
+        devs.push(l.trim_start_matches("/dev/").to_owned());
     }
-    let (t, o) = (stats(theirs), stats(ours));
-    println!(
-        "cleanup of a killed container's 2 loop devices (1 attached), {CLEANUPS} times: p50 {:.1} µs, p99 {:.1} µs after SIGKILL; host root doing the same itself: p50 {:.1} µs, p99 {:.1} µs ({:.2}x / {:.2}x)",
-        t.0,
-        t.1,
-        o.0,
-        o.1,
-        t.0 / o.0,
-        t.1 / o.1
-    );
+    ensure!(devs.len() == 2, "the container printed {devs:?}");
+    let inos: Vec<(String, Option<u64>)> = devs.iter().map(|d| (d.clone(), ino(d))).collect();
+    let victim = match killed {
+        Killed::InitOfDaemons => {
+            let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))?;
+            kids.split_whitespace().next().context("no container init")?.parse()?
+        }
+        Killed::StandAloneKeeper => child.id() as i32,
+    };
+    let t = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(victim).context("pid")?,
+        rustix::process::Signal::KILL,
+    )?;
+    while inos.iter().any(|(d, i)| ino(d) == *i) {
+        ensure!(t.elapsed() < Duration::from_secs(10), "the container's devices are still there after 10 s");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let took = t.elapsed().as_nanos() as u64;
+    let _ = child.wait();
+    Ok(took)
+}
+
+/// Host root: the same two devices' worth of work, itself.
+fn host_cleanup(img: &str) -> Result<u64> {
+    let f = open(img)?;
+    let (a, da) = allocate(&f, true)?;
+    let ctl = open("/dev/loop-control")?;
+    let b = ioctl(&ctl, LOOP_CTL_ADD, u64::MAX as libc::c_ulong)?;
+    let t = Instant::now();
+    ioctl(&da, LOOP_CLR_FD, 0)?;
+    drop(da);
+    remove(a)?;
+    remove(b)?;
+    Ok(t.elapsed().as_nanos() as u64)
+}
+
+/// Timed stand-alone `devns run -- true` runs per binary.
+const STARTS: usize = 100;
+
+/// What a stand-alone `devns run -- true` costs from spawn to exit (its
+/// watcher's fork and end included), against `DEVNS_BENCH_BEFORE_BIN` (the
+/// binary of the tree before, in turns with this one) when that is set.
+fn startup(devns: &Path, with_env: &dyn Fn(&mut Command, &str)) -> Result<()> {
+    let before = std::env::var_os("DEVNS_BENCH_BEFORE_BIN").map(PathBuf::from);
+    let once = |bin: &Path| -> Result<u64> {
+        let mut c = Command::new(bin);
+        c.args(["run", "--", "true"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        with_env(&mut c, "none.sock");
+        let t = Instant::now();
+        let st = c.status()?;
+        let took = t.elapsed().as_nanos() as u64;
+        ensure!(st.success(), "{} run -- true: {st}", bin.display());
+        Ok(took)
+    };
+    let (mut now, mut then) = (Vec::new(), Vec::new());
+    for _ in 0..STARTS {
+        now.push(once(devns)?);
+        if let Some(b) = &before {
+            then.push(once(b)?);
+        }
+    }
+    let n = stats(now);
+    match before {
+        Some(b) => {
+            let t = stats(then);
+            println!(
+                "stand-alone `devns run -- true`, {STARTS} times: p50 {:.1} µs, p99 {:.1} µs; before ({}): p50 {:.1} µs, p99 {:.1} µs ({:.2}x / {:.2}x)",
+                n.0,
+                n.1,
+                b.display(),
+                t.0,
+                t.1,
+                n.0 / t.0,
+                n.1 / t.1
+            );
+        }
+        None => println!("stand-alone `devns run -- true`, {STARTS} times: p50 {:.1} µs, p99 {:.1} µs", n.0, n.1),
+    }
     Ok(())
 }

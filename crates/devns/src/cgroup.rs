@@ -121,13 +121,20 @@ pub fn populated(path: &Path) -> bool {
 /// The processes in cgroup `path` and every cgroup below it (a cgroup
 /// that vanished meanwhile has none).
 pub fn procs_tree(path: &Path) -> Vec<i32> {
-    let mut out = procs(path).unwrap_or_default();
+    procs_below(path).unwrap_or_default().into_iter().map(|(_, p)| p).collect()
+}
+
+/// The processes in cgroup `path` and every cgroup below it, each with
+/// the cgroup it is in; an error only when `path` itself cannot be read
+/// (one below that vanished meanwhile has none).
+pub fn procs_below(path: &Path) -> Result<Vec<(PathBuf, i32)>, CgroupError> {
+    let mut out: Vec<(PathBuf, i32)> = procs(path)?.into_iter().map(|p| (path.to_owned(), p)).collect();
     for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(procs_tree(&e.path()));
+            out.extend(procs_below(&e.path()).unwrap_or_default());
         }
     }
-    out
+    Ok(out)
 }
 
 /// SIGKILLs every process in cgroup `path` and below, at once and with no

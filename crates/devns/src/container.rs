@@ -2,9 +2,10 @@
 //! over the mounts) and the child's (mounting them inside its namespaces and
 //! running the command under a minimal init).
 //!
-//! The child is pid 1 of its pid namespace. It stays there as init: it
-//! forwards signals to the command, reaps orphans, and exits with the
-//! command's status, which ends every other process of the namespace.
+//! The child is pid 1 of its pid namespace, in a cgroup namespace rooted
+//! at its own cgroup. It stays there as init: it forwards signals to the
+//! command, reaps orphans, and exits with the command's status, which ends
+//! every other process of the namespace.
 
 use anyhow::{Context, Result, anyhow, bail};
 use devns_core::idmap::IdMap;
@@ -261,6 +262,11 @@ fn setup(plan: &ChildPlan<'_>) -> Result<Option<OwnedFd>> {
     // outlive its keeper. (The cost: /proc/1's files are host root's.)
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .context("PR_SET_DUMPABLE")?;
+    // A cgroup namespace of its own, rooted at the cgroup it is in: the
+    // keeper (or the daemon) moved it into its namespace's cgroup before
+    // it sent the mounts, so the container sees that one as `/` and none
+    // of the host's tree above it.
+    devns_sys::ns::unshare_cgroup().context("cannot create a cgroup namespace")?;
     rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
         .context("cannot make the mount namespace private")?;
     let root = match plan.rootfs {

@@ -24,12 +24,19 @@ pub fn require_host_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Field 22 of `/proc/PID/stat`: the process's start time in clock ticks.
-pub fn start_time(pid: i32) -> Option<u64> {
+/// Fields 3 and 22 of `/proc/PID/stat`: the process's state and its start
+/// time in clock ticks.
+fn state_and_start(pid: i32) -> Option<(String, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parens: skip past its end.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.to_owned();
+    Some((state, rest.nth(18)?.parse().ok()?))
+}
+
+/// Field 22 of `/proc/PID/stat`: the process's start time in clock ticks.
+pub fn start_time(pid: i32) -> Option<u64> {
+    state_and_start(pid).map(|(_, t)| t)
 }
 
 pub fn current_keeper() -> Result<Keeper> {
@@ -38,9 +45,10 @@ pub fn current_keeper() -> Result<Keeper> {
     Ok(Keeper { pid, start_time })
 }
 
-/// Whether the devns process `k` still runs (same pid, same start time).
+/// Whether the devns process `k` still runs (same pid, same start time,
+/// not a zombie: one that only waits to be reaped holds nothing).
 pub fn keeper_alive(k: &Keeper) -> bool {
-    start_time(k.pid) == Some(k.start_time)
+    state_and_start(k.pid).is_some_and(|(state, t)| t == k.start_time && !ended(&state))
 }
 
 /// The pid behind a pidfd, from `/proc/self/fdinfo` (`None` once it died).
@@ -97,8 +105,12 @@ fn open_user_ns(pid: i32) -> Option<OwnedFd> {
 /// Whether `/proc/PID` is a zombie (or dead): it runs nothing, holds no
 /// file, and waits only to be reaped.
 fn is_zombie(pid: i32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
-    stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_some_and(|s| s == "Z" || s == "X")
+    state_and_start(pid).is_none_or(|(s, _)| ended(&s))
+}
+
+/// Whether a `/proc/PID/stat` state is a zombie's or a dead process's.
+fn ended(state: &str) -> bool {
+    state == "Z" || state == "X"
 }
 
 /// The pids `/proc` lists.
@@ -188,7 +200,7 @@ pub fn kill_leftovers(r: &NsRecord) -> bool {
 
 /// Waits until every pidfd in `fds` is readable (its process exited), or
 /// `deadline`.
-fn wait_exited(fds: &[OwnedFd], deadline: Instant) {
+pub fn wait_exited(fds: &[OwnedFd], deadline: Instant) {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     for fd in fds {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -21,4 +21,5 @@ pub mod refusal;
 pub mod store;
 pub mod uevents;
 pub mod view;
+pub mod watcher;
 pub mod wire;

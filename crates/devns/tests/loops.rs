@@ -300,6 +300,35 @@ fn init_of(c: &Container) -> i32 {
     kids.split_whitespace().next().expect("a container init").parse().unwrap()
 }
 
+/// The host's mounts that name `env`'s state dir.
+fn state_mounts(env: &Env) -> Vec<String> {
+    let state = env.state_dir().to_string_lossy().into_owned();
+    host_mounts().into_iter().filter(|l| l.contains(&state)).collect()
+}
+
+/// A container script that takes three loop devices (two of a plain image
+/// of `imgs`, one of a partitioned one, its partition in the view), prints
+/// them and how many the view holds, then `ready`, and waits.
+fn three_loops(imgs: &Images) -> String {
+    let (plain, parted) = (imgs.make("plain.img", false), imgs.make("parted.img", true));
+    format!(
+        "for i in 1 2; do losetup -f --show {plain} || exit 1; done; \
+         p=$(losetup -P -f --show {parted}) || exit 1; [ -e ${{p}}p1 ] || partx -a $p || exit 1; echo $p; \
+         ls /dev | grep -c '^loop[0-9]'; echo ready; sleep 1000"
+    )
+}
+
+/// Lifecycle `i`: a container running `script` ([`three_loops`]), `args`
+/// before the command. Returns it and its devices.
+fn with_three_loops(env: &Env, imgs: &Images, script: &str, args: &[&str], i: usize) -> (Container, Vec<Disk>) {
+    let mut c = env.spawn(&[args, &["--", "sh", "-c", script]].concat());
+    let lines: Vec<String> = c.lines_until("ready");
+    assert_eq!(lines.len(), 4, "lifecycle {i}: {lines:?}");
+    assert_eq!(lines[3], "4", "three loop devices and a partition in the view: {lines:?}");
+    let disks = lines[..3].iter().map(|l| imgs.disk(l)).collect();
+    (c, disks)
+}
+
 #[test]
 #[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn two_hundred_killed_containers_leave_no_loop_device_behind() {
@@ -309,29 +338,51 @@ fn two_hundred_killed_containers_leave_no_loop_device_behind() {
     let env = Env::new();
     let _d = Daemon::start(&env);
     let imgs = Images::new("life");
-    let (plain, parted) = (imgs.make("plain.img", false), imgs.make("parted.img", true));
-    let state = env.state_dir().to_string_lossy().into_owned();
-    let mine = || host_mounts().into_iter().filter(|l| l.contains(&state)).collect::<Vec<_>>();
-    let mounts = mine();
-    let script = format!(
-        "for i in 1 2; do losetup -f --show {plain} || exit 1; done; \
-         p=$(losetup -P -f --show {parted}) || exit 1; [ -e ${{p}}p1 ] || partx -a $p || exit 1; echo $p; \
-         ls /dev | grep -c '^loop[0-9]'; echo ready; sleep 1000"
-    );
+    let script = three_loops(&imgs);
+    let mounts = state_mounts(&env);
     let mut taken = std::collections::BTreeSet::new();
     for i in 0..200 {
-        let mut c = env.spawn(&["--", "sh", "-c", &script]);
-        let lines: Vec<String> = c.lines_until("ready");
-        assert_eq!(lines.len(), 4, "lifecycle {i}: {lines:?}");
-        assert_eq!(lines[3], "4", "three loop devices and a partition in the view: {lines:?}");
-        taken.extend(lines[..3].iter().map(|l| imgs.disk(l)));
+        let (mut c, disks) = with_three_loops(&env, &imgs, &script, &[], i);
+        taken.extend(disks);
         let init = rustix::process::Pid::from_raw(init_of(&c)).unwrap();
         rustix::process::kill_process(init, rustix::process::Signal::KILL).unwrap();
         let _ = c.child.wait();
     }
     eventually("every loop device of the containers removed", || taken.iter().all(Disk::gone));
     assert!(imgs.bound().is_empty(), "bound to a test's file: {:?}", imgs.bound());
-    eventually("no leftover mount", || mine() == mounts);
+    eventually("no leftover mount", || state_mounts(&env) == mounts);
+    assert!(env.owned().is_empty());
+}
+
+/// Stand-alone keepers SIGKILLed one after the other, each holding three
+/// loop devices (one partitioned): each run's devices, cgroup and record
+/// are gone, and its watcher with them, before the next devns command
+/// (the next run) starts: nothing but the run's own watcher frees them.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn two_hundred_killed_stand_alone_keepers_leave_nothing_without_another_devns_command() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let imgs = Images::new("keepers");
+    let script = three_loops(&imgs);
+    let mounts = state_mounts(&env);
+    for i in 0..200 {
+        let name = format!("keeper{i}");
+        let (mut c, disks) = with_three_loops(&env, &imgs, &script, &["--name", &name], i);
+        let cgroup = PathBuf::from(record_of(&env, &name).cgroup.expect("a cgroup").path);
+        let watcher = watcher_of(c.pid());
+        let _ = c.child.kill();
+        let _ = c.child.wait();
+        eventually(&format!("lifecycle {i}: devices, cgroup and record gone"), || {
+            disks.iter().all(Disk::gone) && !cgroup.exists() && env.recorded_namespaces() == 0
+        });
+        let watcher = watcher.expect("the run's watcher");
+        eventually(&format!("lifecycle {i}: the watcher has exited"), || exited(&watcher));
+    }
+    assert!(imgs.bound().is_empty(), "bound to a test's file: {:?}", imgs.bound());
+    assert_eq!(state_mounts(&env), mounts, "no leftover mount");
     assert!(env.owned().is_empty());
 }
 

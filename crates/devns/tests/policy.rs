@@ -198,7 +198,12 @@ fn a_killed_stand_alone_run_s_cgroup_goes_with_the_next_devns_command() {
     let env = Env::new();
     let mut c = shell_container(&env, &["--name", "killed"]);
     let (rec, ids) = cgroup_and_ids(&env, "killed");
-    // SIGKILL: no cleanup of its own; its container dies with it.
+    // Its watcher killed first (as a kill of its whole process group or
+    // cgroup may), then the keeper, with SIGKILL: no cleanup of its own;
+    // its container dies with it.
+    let watcher = watcher_of(c.pid()).expect("the run's watcher");
+    rustix::process::pidfd_send_signal(&watcher, rustix::process::Signal::KILL).unwrap();
+    eventually("the watcher is gone", || exited(&watcher));
     let _ = c.child.kill();
     let _ = c.child.wait();
     eventually("the container is gone", || cgroup_pids(Path::new(&rec.path)).is_empty());
@@ -327,11 +332,14 @@ fn attach_refuses_a_cgroup_that_holds_devns_or_a_host_process() {
     if !privileged() {
         return;
     }
+    // The processes attach is asked about have mount namespaces of their
+    // own: should it wrongly succeed, the view it mounts at their /dev
+    // covers no /dev of the host's.
     let env = Env::new();
     let _d = Daemon::start(&env);
     let mark = marker("hostcg");
     let mut p = Command::new("unshare")
-        .args(["--user", "--map-root-user", "sh", "-c", "while :; do sleep 0.2; done", &mark])
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", "while :; do sleep 0.2; done", &mark])
         .spawn()
         .unwrap();
     let pid = p.id();
@@ -347,22 +355,54 @@ fn attach_refuses_a_cgroup_that_holds_devns_or_a_host_process() {
 
     // A cgroup of its own that also holds a host process: refused too.
     let cg = TestCgroup::new("mixed");
-    let mut host = cg.command("sh").args(["-c", "sleep 1000", &mark]).spawn().unwrap();
-    let mut p =
-        cg.command("unshare").args(["--user", "--map-root-user", "sh", "-c", "sleep 1000", &mark]).spawn().unwrap();
+    let err = attach_beside_a_host_process(&env, &cg, &cg, &mark);
+    assert!(err.contains("of the host's user namespace"), "{err}");
+}
+
+/// `devns attach` of a user-namespaced process in `cg` (in a mount
+/// namespace of its own: should attach wrongly succeed, the view it mounts
+/// at its /dev covers no /dev of the host's) while a host process runs in
+/// `host_in` (`cg` or a cgroup below it): refused, nothing recorded, no
+/// program attached. Returns the error.
+fn attach_beside_a_host_process(env: &Env, cg: &TestCgroup, host_in: &TestCgroup, mark: &str) -> String {
+    let mut host = host_in.command("sh").args(["-c", "sleep 1000", mark]).spawn().unwrap();
+    let mut p = cg
+        .command("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", "sleep 1000", mark])
+        .spawn()
+        .unwrap();
     let pid = p.id();
     eventually("the process is in its user namespace", || {
         std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
     });
+    eventually("the host process is in its cgroup", || !cgroup_pids(&host_in.path).is_empty());
     let out = env.devns().args(["attach", "--pid", &pid.to_string()]).output().unwrap();
     for c in [&mut host, &mut p] {
         let _ = c.kill();
         let _ = c.wait();
     }
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("of the host's user namespace"), "{err}");
-    assert_eq!(devns_ok(&env, &["ns", "ls", "--json"]).trim(), "[]", "nothing recorded");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "attach succeeded: {err}");
+    assert_eq!(devns_ok(env, &["ns", "ls", "--json"]).trim(), "[]", "nothing recorded");
     assert_eq!(devns_sys::bpf::prog_query(devns::cgroup::open(&cg.path).unwrap(), 6).unwrap(), Vec::<u32>::new());
+    err
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn attach_refuses_a_cgroup_with_a_host_process_in_a_cgroup_below_it() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let cg = TestCgroup::new("below");
+    // Dropped before `cg` (declared after it), as a cgroup goes before its
+    // parent.
+    let sub = TestCgroup { path: cg.path.join("host") };
+    std::fs::create_dir(&sub.path).unwrap();
+    let err = attach_beside_a_host_process(&env, &cg, &sub, &marker("hostbelow"));
+    assert!(err.contains(&format!("(in {} below it) of the host's user namespace", sub.path.display())), "{err}");
 }
 
 #[test]

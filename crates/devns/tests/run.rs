@@ -361,3 +361,53 @@ fn a_stand_alone_run_hears_its_own_devices_uevents_and_no_others() {
     assert_eq!(a.line(), format!("remove {}", la.partition()), "a heard something it does not own");
     partx("-a", &la.name);
 }
+
+/// The container sees its own cgroup as the root of a cgroup namespace of
+/// its own, which on the host is the cgroup devns made for it.
+fn the_container_s_cgroup_is_the_root_of_its_cgroup_namespace(env: &Env, name: &str) {
+    let script = "cat /proc/self/cgroup; echo init; cat /proc/1/cgroup; echo ready; read x";
+    let mut c = env.spawn(&["--name", name, "--", "sh", "-c", script]);
+    let lines = c.lines_until("ready");
+    // The v2 line, and the v1 hierarchies a hybrid host has: every one
+    // rooted where the container is.
+    assert_eq!(
+        lines.iter().filter(|l| *l == "0::/").count(),
+        2,
+        "the container names no cgroup of the host's: {lines:?}"
+    );
+    assert!(lines.iter().all(|l| l == "init" || l.ends_with(":/")), "{lines:?}");
+    let cgroup = record_of(env, name).cgroup.expect("a cgroup of its own").path;
+    assert!(cgroup.ends_with(&format!("/devns-{}", record_of(env, name).id.expect("an id").0)), "{cgroup}");
+    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.pid())).unwrap();
+    let init = kids.split_whitespace().find(|p| {
+        std::fs::read_link(format!("/proc/{p}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
+    });
+    let init = init.expect("the container's init");
+    let own = std::fs::read_link(format!("/proc/{init}/ns/cgroup")).unwrap();
+    assert_ne!(own, std::fs::read_link("/proc/self/ns/cgroup").unwrap(), "a cgroup namespace of its own");
+    let seen = devns::cgroup::v2_path(&std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap()).unwrap();
+    assert!(cgroup.ends_with(&seen), "host sees {seen:?}, the record says {cgroup}");
+    c.send("\n");
+    assert_eq!(c.wait().0, 0);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_stand_alone_run_has_a_cgroup_namespace_rooted_at_its_cgroup() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    the_container_s_cgroup_is_the_root_of_its_cgroup_namespace(&env, "cgns");
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_run_through_the_daemon_has_a_cgroup_namespace_rooted_at_its_cgroup() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    the_container_s_cgroup_is_the_root_of_its_cgroup_namespace(&env, "cgns");
+}

@@ -135,10 +135,11 @@ fn outsider(init: i32, cgroup: Option<&str>, mark: &str) -> (std::process::Child
 
 /// What survives a killed run's keeper (however it got there: here a
 /// process host root put in the namespace, as the ptrace of init once
-/// did) is killed by the next devns command, before the run's ids are
-/// handed out again: with its cgroup (`cgroup.kill`), or, with the access
-/// layer off, by pidfd; nested user namespaces count as the namespace's.
-fn what_outlives_a_killed_run_dies_before_its_ids_are_reused(policy: bool, daemon: bool) {
+/// did) is killed by the run's watcher, or, when that was killed too, by
+/// the next devns command, before the run's ids are handed out again: with
+/// its cgroup (`cgroup.kill`), or, with the access layer off, by pidfd;
+/// nested user namespaces count as the namespace's.
+fn what_outlives_a_killed_run_dies(policy: bool, daemon: bool, watched: bool) {
     let env = Env::new();
     if !policy {
         std::fs::write(env.config(), "device_policy = false\n").unwrap();
@@ -154,8 +155,25 @@ fn what_outlives_a_killed_run_dies_before_its_ids_are_reused(policy: bool, daemo
     let old_map = uid_map(init);
     let (mut child, fd) = outsider(init, cgroup.as_deref(), &mark);
     let fd = KillAll(vec![fd]);
+    let watcher = watcher_of(c.pid()).expect("the run's watcher");
+    if !watched {
+        rustix::process::pidfd_send_signal(&watcher, rustix::process::Signal::KILL).unwrap();
+        eventually("the watcher is gone", || exited(&watcher));
+    }
     let _ = c.child.kill();
     let _ = c.child.wait();
+    if watched {
+        // No devns command runs: the watcher kills it and frees the run.
+        eventually("what outlived the keeper is killed by its watcher", || !running(&fd.0[0]));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        eventually("the run's record is gone", || env.recorded_namespaces() == 0);
+        if let Some(p) = cgroup {
+            eventually("the old container's cgroup is gone", || !Path::new(&p).exists());
+        }
+        eventually("the watcher has exited", || exited(&watcher));
+        return;
+    }
     // The next devns command: a stand-alone run, or a daemon starting up
     // (and then giving ids to a run).
     let _d = daemon.then(|| Daemon::start(&env));
@@ -184,7 +202,7 @@ fn what_outlives_a_killed_run_dies_with_its_cgroup_before_its_ids_are_reused() {
     if !privileged() {
         return;
     }
-    what_outlives_a_killed_run_dies_before_its_ids_are_reused(true, false);
+    what_outlives_a_killed_run_dies(true, false, false);
 }
 
 #[test]
@@ -193,7 +211,25 @@ fn what_outlives_a_killed_run_without_a_cgroup_is_killed_by_pidfd_before_its_ids
     if !privileged() {
         return;
     }
-    what_outlives_a_killed_run_dies_before_its_ids_are_reused(false, false);
+    what_outlives_a_killed_run_dies(false, false, false);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn what_outlives_a_killed_run_dies_with_its_cgroup_by_the_run_s_watcher() {
+    if !privileged() {
+        return;
+    }
+    what_outlives_a_killed_run_dies(true, false, true);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn what_outlives_a_killed_run_without_a_cgroup_is_killed_by_pidfd_by_the_run_s_watcher() {
+    if !privileged() {
+        return;
+    }
+    what_outlives_a_killed_run_dies(false, false, true);
 }
 
 #[test]
@@ -202,7 +238,7 @@ fn what_outlives_a_killed_run_dies_when_a_daemon_starts_before_its_ids_are_reuse
     if !privileged() {
         return;
     }
-    what_outlives_a_killed_run_dies_before_its_ids_are_reused(true, true);
+    what_outlives_a_killed_run_dies(true, true, false);
 }
 
 /// The record of namespace `name`, if there is one.
@@ -347,4 +383,42 @@ fn a_daemon_s_run_lives_while_a_process_is_left_in_its_cgroup() {
         return;
     }
     a_daemon_s_run_lives_while_a_process_is_left(false);
+}
+
+/// A stand-alone run's watcher keeps nothing of the keeper's alive: it
+/// holds the keeper's and the container's pidfds, `/dev/null` as stdin and
+/// stdout and the keeper's stderr, in a session of its own; and it ends
+/// with a run that ends normally, leaving its records to nobody.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn the_watcher_holds_only_two_pidfds_and_ends_with_its_run() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let lp = Loop::new(false);
+    let mut c = env.spawn(&["--dev", &lp.name, "--", "sh", "-c", "echo up; read x"]);
+    assert_eq!(c.line(), "up");
+    let watcher = watcher_of(c.pid()).expect("the run's watcher");
+    let pid = devns::host::pid_of_pidfd(&watcher).expect("running");
+    let mut fds = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let what = std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
+        fds.push((e.file_name().to_string_lossy().into_owned(), what));
+    }
+    fds.sort_by_key(|(fd, _)| fd.parse::<i32>().unwrap());
+    let keeper_stderr = std::fs::read_link(format!("/proc/{}/fd/2", c.pid())).unwrap().display().to_string();
+    assert_eq!(fds.len(), 5, "{fds:?}");
+    assert_eq!(fds[0], ("0".into(), "/dev/null".into()));
+    assert_eq!(fds[1], ("1".into(), "/dev/null".into()));
+    assert_eq!(fds[2], ("2".into(), keeper_stderr));
+    assert!(fds[3..].iter().all(|(_, w)| w == "anon_inode:[pidfd]"), "{fds:?}");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    assert_eq!(fields[3], pid.to_string(), "a session of its own: {stat}");
+    c.send("\n");
+    assert_eq!(c.wait().0, 0);
+    assert!(exited(&watcher), "the watcher ended with its run");
+    assert!(env.owned().is_empty());
+    assert_eq!(env.recorded_namespaces(), 0);
 }

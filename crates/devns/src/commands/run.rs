@@ -7,7 +7,8 @@
 //! socket); with one, the daemon does. Here: the command line, the spawn,
 //! and the supervision (signals forwarded, the command's exit status
 //! returned). Everything made is undone on every path out: the child by
-//! `ChildGuard`, the namespace by the engine's end of a run.
+//! `ChildGuard`, the namespace by the engine's end of a run, and when this
+//! process is killed before that, by its watcher (`crate::watcher`).
 
 use super::Global;
 use crate::client::Client;
@@ -15,12 +16,13 @@ use crate::container::tty::Terminal;
 use crate::container::{self, ChildPlan};
 use crate::engine::{Engine, Role};
 use crate::store::Store;
+use crate::watcher::Watcher;
 use crate::{config, host};
 use anyhow::{Context, Result, anyhow};
 use devns_sys::process::{self as sysproc, Forked};
 use devns_sys::signal::SignalFd;
 use rustix::event::{PollFd, PollFlags, poll};
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::process::{Pid, Signal};
 use std::path::PathBuf;
 
@@ -97,8 +99,9 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let store = Store::open(&global.state_dir)?;
     // Whatever happens from here, also a panic, the namespace this run
     // provisions is ended once its child is reaped (`serve_alone` reaps it).
-    let mut engine = EndsRun(Engine::open(Role::Run(host::current_keeper()?), cfg, store, None)?);
-    let engine = &mut engine.0;
+    let engine = Engine::open(Role::Run(host::current_keeper()?), cfg.clone(), store, None)?;
+    let mut run = EndsRun { engine, watcher: None };
+    let engine = &mut run.engine;
     // What died meanwhile is freed before anything is decided.
     engine.recover()?;
     // Named devices must exist before anything is started.
@@ -111,27 +114,45 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let uevents = crate::uevents::socket()
         .map_err(|e| tracing::warn!(error = %e, "no uevents: partitions appear only through partx"))
         .ok();
-    serve_alone(engine, &args, rootfs.as_ref(), uevents.as_ref())
+    let watcher = &mut run.watcher;
+    let watch = |container: BorrowedFd<'_>| {
+        // SAFETY: still single-threaded: as at the container's spawn, just
+        // before (the terminal's relay starts its threads later).
+        *watcher = unsafe { Watcher::start(container, &global.state_dir, &cfg) }
+            .map_err(|e| tracing::warn!(error = %format!("{e:#}"), "no watcher: if this process is killed, the next devns command cleans up"))
+            .ok();
+    };
+    serve_alone(engine, watch, &args, rootfs.as_ref(), uevents.as_ref())
 }
 
-/// A stand-alone run's engine, which ends the run's namespace when dropped.
-struct EndsRun(Engine);
+/// A stand-alone run's engine, which ends the run's namespace when
+/// dropped, and then its watcher.
+struct EndsRun {
+    engine: Engine,
+    watcher: Option<Watcher>,
+}
 
 impl Drop for EndsRun {
     fn drop(&mut self) {
-        self.0.end_run();
+        self.engine.end_run();
+        drop(self.watcher.take());
     }
 }
 
-/// Spawns the container, has the engine provision its namespace, starts
-/// it, and answers its trapped calls until it ends.
+/// Spawns the container, has `watch` fork its watcher, has the engine
+/// provision its namespace, starts it, and answers its trapped calls until
+/// it ends.
 fn serve_alone(
     engine: &mut Engine,
+    watch: impl FnOnce(BorrowedFd<'_>),
     args: &Args,
     rootfs: Option<&container::RootFs>,
     uevents: Option<&OwnedFd>,
 ) -> Result<i32> {
     let (signals, mine, pid, mut child, terminal) = spawn(args, rootfs)?;
+    // Before anything is recorded: from its claim on, the namespace has
+    // someone to free it if this process is killed.
+    watch(child.pidfd.as_ref().expect("not waited").as_fd());
     let pidfd = child.pidfd.as_ref().expect("not waited").try_clone().context("cannot hold the container's pidfd")?;
     let (_, fds) = engine.provision(pidfd, args.name.as_deref(), &args.devs)?;
     let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();

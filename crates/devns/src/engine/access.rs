@@ -43,15 +43,17 @@ impl Engine {
                     path.display()
                 );
             }
-            // Every process of a cgroup is under its programs: one of the
-            // host's own would be policed by a container's map.
+            // Every process of a cgroup and of the cgroups below it is
+            // under its programs: one of the host's own would be policed
+            // by a container's map.
             let host_ns = self.host_ns;
-            let of_host = crate::cgroup::procs(&path)?
+            let of_host = crate::cgroup::procs_below(&path)?
                 .into_iter()
-                .find(|p| crate::host::user_ns_of(*p).is_ok_and(|n| n == host_ns));
-            if let Some(p) = of_host {
+                .find(|(_, p)| crate::host::user_ns_of(*p).is_ok_and(|n| n == host_ns));
+            if let Some((at, p)) = of_host {
+                let below = if at == path { String::new() } else { format!(" (in {} below it)", at.display()) };
                 bail!(
-                    "cgroup {} of process {pid} also holds process {p} of the host's user namespace: its device policy would apply to it; run the container in a cgroup of its own, or set device_policy = false",
+                    "cgroup {} of process {pid} also holds process {p}{below} of the host's user namespace: its device policy would apply to it; run the container in a cgroup of its own, or set device_policy = false",
                     path.display()
                 );
             }

@@ -870,3 +870,20 @@ impl Drop for Vt {
         self.deallocate();
     }
 }
+
+/// A pidfd of the watcher that the stand-alone `devns run` process
+/// `keeper` forked (`devns::watcher`), while the keeper lives.
+pub fn watcher_of(keeper: i32) -> Option<rustix::fd::OwnedFd> {
+    let kids = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).ok()?;
+    let pid = kids
+        .split_whitespace()
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == devns::watcher::NAME))?;
+    let pid = rustix::process::Pid::from_raw(pid.parse().ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// Whether the process behind `pidfd` has exited.
+pub fn exited(pidfd: &rustix::fd::OwnedFd) -> bool {
+    let mut p = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+    rustix::event::poll(&mut p, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).unwrap_or(0) == 1
+}
