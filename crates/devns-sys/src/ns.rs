@@ -49,6 +49,15 @@ pub fn pidfd_user_ns(pidfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
     new_fd_ioctl(pidfd.as_fd(), PIDFD_GET_USER_NAMESPACE)
 }
 
+/// `PIDFD_GET_MNT_NAMESPACE` (`_IO(0xFF, 3)`, `linux/pidfd.h`, Linux 6.11):
+/// the mount namespace of the process behind a pidfd. rustix has no wrapper.
+const PIDFD_GET_MNT_NAMESPACE: rustix::ioctl::Opcode = opcode::none(0xFF, 3);
+
+/// An nsfs fd for the mount namespace of the process behind `pidfd`.
+pub fn pidfd_mnt_ns(pidfd: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {
+    new_fd_ioctl(pidfd.as_fd(), PIDFD_GET_MNT_NAMESPACE)
+}
+
 /// `SO_PEERPIDFD` (Linux 6.5): a pidfd for the process at the other end of
 /// a unix socket, taken when it connected. rustix has no wrapper.
 pub fn peer_pidfd(sock: impl AsFd) -> io::Result<rustix::fd::OwnedFd> {

@@ -543,3 +543,41 @@ fn a_program_the_verifier_refuses_says_why() {
     assert!(matches!(e, devns_sys::bpf::BpfError::Verifier { .. }), "{text}");
     assert!(text.contains("invalid bpf_context access"), "the verifier's own words: {text}");
 }
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn attach_refuses_a_process_that_shares_devns_s_own_mount_namespace() {
+    if !privileged() {
+        return;
+    }
+    // The whole test in a mount namespace of its own (this thread's, and so
+    // its children's, the daemon's too): should attach wrongly succeed, the
+    // view covers that namespace's `/dev`, never the host's.
+    // SAFETY: unshare(CLONE_NEWNS) changes only the calling thread's mount
+    // namespace and filesystem context; no memory is involved.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNS) }, 0, "unshare the test's mount namespace");
+    let private = Command::new("mount").args(["--make-rprivate", "/"]).status().unwrap();
+    assert!(private.success(), "mount --make-rprivate /");
+    let dev_before = std::fs::metadata("/dev").map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap();
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let cg = TestCgroup::new("samemnt");
+    let mark = marker("samemnt");
+    // A user namespace of its own, but no mount namespace: devns's.
+    let mut p =
+        cg.command("unshare").args(["--user", "--map-root-user", "sh", "-c", "sleep 1000", &mark]).spawn().unwrap();
+    let pid = p.id();
+    eventually("the process is in its user namespace", || {
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
+    });
+    let out = env.devns().args(["attach", "--pid", &pid.to_string()]).output().unwrap();
+    let _ = p.kill();
+    let _ = p.wait();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "attach succeeded: {err}");
+    assert!(err.contains("shares devns's own mount namespace"), "{err}");
+    let dev_after = std::fs::metadata("/dev").map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap();
+    assert_eq!(dev_before, dev_after, "nothing mounted over /dev");
+    assert_eq!(devns_ok(&env, &["ns", "ls", "--json"]).trim(), "[]", "nothing recorded");
+    assert_eq!(devns_sys::bpf::prog_query(devns::cgroup::open(&cg.path).unwrap(), 6).unwrap(), Vec::<u32>::new());
+}

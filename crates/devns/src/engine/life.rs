@@ -131,6 +131,18 @@ impl Engine {
         if id == self.host_ns {
             bail!("process {pid} is in the host's user namespace; devns attaches user-namespaced processes");
         }
+        // The view is mounted in the process's mount namespace: were that
+        // devns's own, it would cover this host's own `at` (its `/dev`).
+        let mnt_of = |fd: &rustix::fd::OwnedFd| devns_sys::ns::pidfd_mnt_ns(fd).and_then(devns_sys::ns::ns_id);
+        let ours = rustix::process::pidfd_open(rustix::process::getpid(), PidfdFlags::empty())
+            .and_then(|me| mnt_of(&me))
+            .context("cannot get devns's own mount namespace")?;
+        if mnt_of(&pidfd).context("cannot get the process's mount namespace")? == ours {
+            bail!(
+                "process {pid} shares devns's own mount namespace, where its view at {at} would cover the host's; \
+                 attach a process in a mount namespace of its own"
+            );
+        }
         let start_time = host::start_time(pid).ok_or_else(|| anyhow!("process {pid} is gone"))?;
         let keeper = Keeper { pid, start_time };
         let new = !self.kept.contains_key(&id);
