@@ -10,6 +10,7 @@ pub mod api;
 pub mod bpf;
 pub mod clients;
 pub mod config;
+pub mod dac;
 pub mod device;
 pub mod idmap;
 pub mod loopctl;
