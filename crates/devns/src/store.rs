@@ -26,6 +26,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
 }
 
 /// The file of dead namespaces' loop devices pending removal.
@@ -97,6 +99,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        crate::layout::prepare(dir)?;
         for sub in ["ns", "runs"] {
             let path = dir.join(sub);
             fs::DirBuilder::new()
