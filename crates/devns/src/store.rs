@@ -1,5 +1,6 @@
-//! The state under the state directory (`/run/devns` by default): one file
-//! per namespace record (`ns/KEY.json`) and one for run-time global flags
+//! The state under the state directory (`/run/devns/state` by default, see
+//! `crate::layout`): one file per namespace record (`ns/KEY.json`) and one
+//! for run-time global flags
 //! (`global.json`), each written atomically (temp file, fsync, rename, fsync
 //! of the directory) so a crash at any moment leaves the old version or the
 //! new. A save writes only what changed: with a thousand namespaces, an
