@@ -221,6 +221,9 @@ pub struct AsFsIdentity<'a> {
     /// ones, `CAP_MKNOD` kept.
     caps: CapabilitySets,
     groups: bool,
+    /// Whether the fsuid taken on was 0 (a caller mapped to host root):
+    /// then no change of the fsuid gives the capabilities back by itself.
+    fsuid_zero: bool,
     _umask: Umask,
 }
 
@@ -236,7 +239,7 @@ impl AsFsIdentity<'_> {
         crate::creds::set_fsuid(id.fsuid);
         let mut caps = own.caps;
         caps.effective = (caps.effective - FS_CAPS) | CapabilitySet::MKNOD;
-        let guard = AsFsIdentity { own, caps, groups, _umask: umask };
+        let guard = AsFsIdentity { own, caps, groups, fsuid_zero: id.fsuid == 0, _umask: umask };
         // After the fsuid: a change of it away from 0 drops the filesystem
         // capabilities from the effective set (`cap_task_fix_setuid`), so
         // only what is raised after it stays.
@@ -285,7 +288,7 @@ impl Drop for AsFsIdentity<'_> {
         if self.groups {
             let _ = crate::creds::set_groups(&[]);
         }
-        if !self.own.restored_by_fsuid {
+        if !self.own.restored_by_fsuid || self.fsuid_zero {
             let _ = rustix::thread::set_capabilities(None, self.own.caps);
         }
         // The umask comes back as the field drops.

@@ -254,6 +254,17 @@ fn a_raised_capability_counts_while_its_guard_lives_only() {
         }
         assert_eq!(rustix::thread::capabilities(None).expect("caps"), lowered);
         assert_eq!(search(), Err(io::Errno::ACCESS));
+        drop(g);
+        // A caller whose fsuid is host root's: giving the fsuid back
+        // changes nothing, so the capabilities are given back as such.
+        let before = rustix::thread::capabilities(None).expect("caps");
+        let root = FsIdentity { fsuid: 0, fsgid: 0, groups: &[], umask: 0o022 };
+        {
+            let g = AsFsIdentity::take(&root, &own).expect("take");
+            assert_eq!(rustix::thread::capabilities(None).expect("caps").effective & FS_CAPS, CapabilitySet::MKNOD);
+            let _r = g.raise(CapabilitySet::DAC_OVERRIDE).expect("raise");
+        }
+        assert_eq!(rustix::thread::capabilities(None).expect("caps"), before);
         true
     });
     let _ = std::fs::remove_dir_all(&dir);
