@@ -129,22 +129,24 @@ impl Drop for RealRunDir {
     }
 }
 
-/// `devns` with the defaults alone.
-fn devns() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_devns"));
+/// `program`, with devns's defaults alone (none of its variables).
+fn defaults(program: &str) -> Command {
+    let mut c = Command::new(program);
     for v in ["DEVNS_STATE_DIR", "DEVNS_SOCKET", "DEVNS_CONFIG", "DEVNS_LOG"] {
         c.env_remove(v);
     }
     c
 }
 
+/// `devns` with the defaults alone.
+fn devns() -> Command {
+    defaults(env!("CARGO_BIN_EXE_devns"))
+}
+
 /// `CMD ARGS` as host uid [`USER`], without capabilities or groups.
 fn as_user(cmd: &str, args: &[&str]) -> Output {
     let user = USER.to_string();
-    let mut c = Command::new("setpriv");
-    for v in ["DEVNS_STATE_DIR", "DEVNS_SOCKET", "DEVNS_CONFIG", "DEVNS_LOG"] {
-        c.env_remove(v);
-    }
+    let mut c = defaults("setpriv");
     c.args([format!("--reuid={user}"), format!("--regid={user}"), "--clear-groups".into()]).arg(cmd).args(args);
     c.stdin(Stdio::null()).output().expect("setpriv")
 }
