@@ -1,7 +1,8 @@
 //! Where a caller's `mknod` would make its node: the directory that holds
 //! the path's last component, resolved as the caller's own lookup resolves
-//! it (with its search permission on the way, from its root, its working
-//! directory or a directory fd of its own) but never leaving its root.
+//! it (with its search permission on the way, and its capabilities where
+//! the kernel counts them, from its root, its working directory or a
+//! directory fd of its own) but never leaving its root.
 //!
 //! The kernel resolves (`openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`);
 //! what it cannot resolve for the agent although the caller's own call

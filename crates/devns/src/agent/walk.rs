@@ -5,8 +5,12 @@
 //! `thread-self` (which name the reading process, and the agent is in no
 //! pid namespace of a container's procfs) and through procfs's magic links
 //! (`/proc/PID/root`, `cwd`, `fd/N`), which the kernel never follows below
-//! a root. Tried only when that resolution failed with `ENOENT` or
-//! `ELOOP`, so it changes only answers that differed from native ones.
+//! a root; and those past a directory the caller's ids may not search
+//! but a capability of its may (`CAP_DAC_READ_SEARCH`, `CAP_DAC_OVERRIDE`
+//! where they count: [`super::identity`]), which `openat2` as the caller
+//! refuses. Tried only when that resolution failed with `ENOENT` or
+//! `ELOOP`, or with `EACCES` for a caller with such a capability, so it
+//! changes only answers that differed from native ones.
 //!
 //! Each component is opened `O_PATH | O_NOFOLLOW` from the directory held
 //! so far and looked at through its own fd (no name is looked up twice);
