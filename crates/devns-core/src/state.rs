@@ -1,6 +1,6 @@
 //! The state that outlives one devns process, as it is written: one record
 //! per namespace under devns (its id blocks, the devices it owns, its loop
-//! devices and cgroup), in the state directory (`/run/devns`, one file per
+//! devices and cgroup), in the state directory (`/run/devns/state`, one file per
 //! namespace: see `devns::store`); what becomes of a record whose keeper is
 //! gone; and why a change is refused. The model that decides is
 //! `crate::model`.

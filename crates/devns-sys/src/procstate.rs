@@ -217,7 +217,13 @@ pub struct FsIdentity<'a> {
 #[must_use = "the thread's own identity returns when the guard drops"]
 pub struct AsFsIdentity<'a> {
     own: &'a OwnIdentity,
+    /// The capabilities while it lives: the own ones but the filesystem
+    /// ones, `CAP_MKNOD` kept.
+    caps: CapabilitySets,
     groups: bool,
+    /// Whether the fsuid taken on was 0 (a caller mapped to host root):
+    /// then no change of the fsuid gives the capabilities back by itself.
+    fsuid_zero: bool,
     _umask: Umask,
 }
 
@@ -231,11 +237,44 @@ impl AsFsIdentity<'_> {
         }
         crate::creds::set_fsgid(id.fsgid);
         crate::creds::set_fsuid(id.fsuid);
-        let guard = AsFsIdentity { own, groups, _umask: umask };
         let mut caps = own.caps;
         caps.effective = (caps.effective - FS_CAPS) | CapabilitySet::MKNOD;
+        let guard = AsFsIdentity { own, caps, groups, fsuid_zero: id.fsuid == 0, _umask: umask };
+        // After the fsuid: a change of it away from 0 drops the filesystem
+        // capabilities from the effective set (`cap_task_fix_setuid`), so
+        // only what is raised after it stays.
         rustix::thread::set_capabilities(None, caps)?;
         Ok(guard)
+    }
+
+    /// The filesystem capabilities `extra` (those of them the thread's
+    /// own permitted set has) raised as well while the returned guard
+    /// lives: for one operation that the caller's capability would be
+    /// counted for. The fsuid stays the caller's.
+    pub fn raise(&self, extra: CapabilitySet) -> io::Result<Raised<'_>> {
+        let mut caps = self.caps;
+        caps.effective |= extra & FS_CAPS & caps.permitted;
+        rustix::thread::set_capabilities(None, caps)?;
+        Ok(Raised { lowered: &self.caps })
+    }
+}
+
+/// Capabilities raised over an [`AsFsIdentity`] ([`AsFsIdentity::raise`]),
+/// lowered again on drop.
+#[must_use = "the capabilities are lowered when the guard drops"]
+pub struct Raised<'g> {
+    lowered: &'g CapabilitySets,
+}
+
+impl Drop for Raised<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if rustix::thread::set_capabilities(None, *self.lowered).is_err() {
+            // The thread would go on acting for a caller with capabilities
+            // the caller's check did not count.
+            eprintln!("devns: cannot lower the capabilities raised for a caller: aborting");
+            std::process::abort();
+        }
     }
 }
 
@@ -249,7 +288,7 @@ impl Drop for AsFsIdentity<'_> {
         if self.groups {
             let _ = crate::creds::set_groups(&[]);
         }
-        if !self.own.restored_by_fsuid {
+        if !self.own.restored_by_fsuid || self.fsuid_zero {
             let _ = rustix::thread::set_capabilities(None, self.own.caps);
         }
         // The umask comes back as the field drops.

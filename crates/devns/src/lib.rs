@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod discover;
 pub mod engine;
 pub mod host;
+pub mod layout;
 pub mod loopctl;
 pub mod reconcile;
 pub mod refusal;

@@ -1,5 +1,6 @@
-//! The state under the state directory (`/run/devns` by default): one file
-//! per namespace record (`ns/KEY.json`) and one for run-time global flags
+//! The state under the state directory (`/run/devns/state` by default, see
+//! `crate::layout`): one file per namespace record (`ns/KEY.json`) and one
+//! for run-time global flags
 //! (`global.json`), each written atomically (temp file, fsync, rename, fsync
 //! of the directory) so a crash at any moment leaves the old version or the
 //! new. A save writes only what changed: with a thousand namespaces, an
@@ -26,6 +27,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
 }
 
 /// The file of dead namespaces' loop devices pending removal.
@@ -97,6 +100,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        crate::layout::prepare(dir)?;
         for sub in ["ns", "runs"] {
             let path = dir.join(sub);
             fs::DirBuilder::new()

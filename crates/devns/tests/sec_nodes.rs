@@ -381,3 +381,65 @@ fn the_path_is_looked_up_with_the_caller_s_permissions() {
     let o = env.run(&["--", "sh", "-c", &script]);
     assert_eq!(out(&o).lines().collect::<Vec<_>>(), ["Permission denied"; 6], "{}", err(&o));
 }
+
+/// The caller's capabilities over the directories on its path count as
+/// natively, and only as natively (the kernel's `capable_wrt_inode_uidgid`:
+/// held effective in its namespace, over an inode whose owner and group
+/// that namespace maps): each identity's `mknod` answers what its `mkfifo`
+/// (never trapped) answers in the same directory. `/tmp/a` is container
+/// root's and 0700 (with `/tmp/a/b` 0777), `/tmp/o` uid 1000's and 0755,
+/// `/tmp/s` uid 1000's and 0700 (with `/tmp/s/t` 0777), `/tmp/g` uid
+/// 1000's, 2777.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn the_caller_s_capabilities_count_over_its_path_as_natively() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let user = |caps: &str| {
+        format!("setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps {caps} --ambient-caps {caps}")
+    };
+    let root_without = |caps: &str| format!("setpriv --inh-caps -all --bounding-set {caps}");
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        // (label, identity, directory, what both answer)
+        ("user", user("+mknod"), "/tmp/a/b", "Permission denied"),
+        ("user+search", user("+mknod,+dac_read_search"), "/tmp/a/b", "ok"),
+        ("user+search:write", user("+mknod,+dac_read_search"), "/tmp/a", "Permission denied"),
+        ("root", "env".into(), "/tmp/o", "ok"),
+        ("root:search", "env".into(), "/tmp/s/t", "ok"),
+        ("root:proc", "env".into(), "/proc/self/root/tmp/s/t", "ok"),
+        ("root-dac", root_without("-dac_override,-dac_read_search"), "/tmp/o", "Permission denied"),
+        ("root-dac:search", root_without("-dac_override,-dac_read_search"), "/tmp/s/t", "Permission denied"),
+        ("root-search", root_without("-dac_read_search"), "/tmp/s/t", "ok"),
+        ("root-override", root_without("-dac_override"), "/tmp/o", "Permission denied"),
+        ("root-override:search", root_without("-dac_override"), "/tmp/s/t", "ok"),
+        // Root of a nested namespace that maps container root alone: uid
+        // 1000's directories have unmapped ids there.
+        ("nested", "unshare -U -r".into(), "/tmp/o", "Permission denied"),
+        ("nested:search", "unshare -U -r".into(), "/tmp/s/t", "Permission denied"),
+        ("nested:own", "unshare -U -r".into(), "/tmp/a/b", "ok"),
+    ];
+    let mut script = String::from(
+        "set -u; mkdir -p /tmp/a/b /tmp/o /tmp/s/t /tmp/g && chmod 0777 /tmp/a/b /tmp/s/t && chmod 0700 /tmp/a \
+         && chown 1000:1000 /tmp/o /tmp/s /tmp/g && chmod 0755 /tmp/o && chmod 0700 /tmp/s && chmod 2777 /tmp/g \
+         || exit 9; \
+         r() { \"$@\" 2>&1 >/dev/null | sed 's/.*: //' | grep . || echo ok; }; ",
+    );
+    for (i, (label, who, dir, _)) in cases.iter().enumerate() {
+        script.push_str(&format!("echo \"{label}|$(r {who} mkfifo {dir}/f{i})|$(r {who} mknod {dir}/n{i} c 1 3)\"; "));
+    }
+    // `S_ISGID` in a setgid directory of a group not the caller's: kept
+    // where `CAP_FSETID` counts, dropped where it does not.
+    for (label, who) in [("sgid", "env"), ("sgid-fsetid", "setpriv --inh-caps -all --bounding-set -fsetid")] {
+        script.push_str(&format!(
+            "{who} busybox mkfifo -m 2750 /tmp/g/f{label}; {who} busybox mknod -m 2750 /tmp/g/n{label} c 1 3; \
+             echo \"{label}|$(stat -c %a /tmp/g/f{label})|$(stat -c %a /tmp/g/n{label})\"; "
+        ));
+    }
+    let o = env.run(&["--", "sh", "-c", &script]);
+    let got = out(&o);
+    let mut want: Vec<String> = cases.iter().map(|(l, _, _, a)| format!("{l}|{a}|{a}")).collect();
+    want.extend(["sgid|2750|2750".into(), "sgid-fsetid|750|750".into()]);
+    assert_eq!(got.lines().collect::<Vec<_>>(), want, "{}", err(&o));
+}

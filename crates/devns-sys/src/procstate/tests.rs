@@ -225,3 +225,48 @@ fn a_filesystem_identity_is_taken_on_and_given_back_exactly() {
     });
     assert_eq!(status, 0);
 }
+
+/// A capability raised for one operation over a caller's identity counts
+/// (a directory the fsuid may not search is searched), is only a
+/// filesystem one, and is lowered again when its guard drops, the
+/// caller's fsuid kept throughout.
+#[test]
+fn a_raised_capability_counts_while_its_guard_lives_only() {
+    if !root() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("devns-raise-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("in")).expect("mkdir");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    let status = in_child(|| {
+        let own = OwnIdentity::of_this_thread().expect("own identity");
+        let id = FsIdentity { fsuid: 100_001, fsgid: 100_002, groups: &[], umask: 0o022 };
+        let g = AsFsIdentity::take(&id, &own).expect("take");
+        let search = || rustix::fs::open(dir.join("in"), OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).map(drop);
+        assert_eq!(search(), Err(io::Errno::ACCESS));
+        let lowered = rustix::thread::capabilities(None).expect("caps");
+        {
+            let _r = g.raise(CapabilitySet::DAC_READ_SEARCH | CapabilitySet::SYS_ADMIN).expect("raise");
+            assert_eq!(search(), Ok(()));
+            assert_eq!(fs_ids(), (100_001, 100_002));
+            let now = rustix::thread::capabilities(None).expect("caps");
+            assert_eq!(now.effective, lowered.effective | CapabilitySet::DAC_READ_SEARCH, "a filesystem cap only");
+        }
+        assert_eq!(rustix::thread::capabilities(None).expect("caps"), lowered);
+        assert_eq!(search(), Err(io::Errno::ACCESS));
+        drop(g);
+        // A caller whose fsuid is host root's: giving the fsuid back
+        // changes nothing, so the capabilities are given back as such.
+        let before = rustix::thread::capabilities(None).expect("caps");
+        let root = FsIdentity { fsuid: 0, fsgid: 0, groups: &[], umask: 0o022 };
+        {
+            let g = AsFsIdentity::take(&root, &own).expect("take");
+            assert_eq!(rustix::thread::capabilities(None).expect("caps").effective & FS_CAPS, CapabilitySet::MKNOD);
+            let _r = g.raise(CapabilitySet::DAC_OVERRIDE).expect("raise");
+        }
+        assert_eq!(rustix::thread::capabilities(None).expect("caps"), before);
+        true
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status, 0);
+}

@@ -12,6 +12,7 @@
 //! after the reads, confirms that the thread with that id was the caller
 //! all along.
 
+use devns_core::idmap::IdMap;
 use devns_core::registry::NsId;
 use devns_core::seccomp::Creds;
 use rustix::fd::OwnedFd;
@@ -146,6 +147,21 @@ impl Caller<'_> {
         let id = NsId(devns_sys::ns::ns_id(&fd)?);
         self.t.ns = Some((ino, id));
         Ok(id)
+    }
+
+    /// Its user namespace's `uid_map` and `gid_map`, as the initial
+    /// namespace sees them (host ids outside). Read only where a
+    /// capability's counting depends on them ([`devns_core::dac`]).
+    pub fn id_maps(&self) -> Result<(IdMap, IdMap), Errno> {
+        let map = |what: &str| -> Result<IdMap, Errno> {
+            let f = self.open_at(what, OFlags::RDONLY)?;
+            // 340 lines of three 10-digit numbers at most.
+            let mut text = vec![0u8; 16 * 1024];
+            let n = rustix::io::pread(&f, &mut text, 0)?;
+            let text = std::str::from_utf8(&text[..n]).map_err(|_| Errno::IO)?;
+            IdMap::parse(text).map_err(|_| Errno::IO)
+        };
+        Ok((map("uid_map")?, map("gid_map")?))
     }
 
     /// Exactly `len` bytes of its memory at `addr`, read once.

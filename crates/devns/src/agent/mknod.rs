@@ -9,7 +9,7 @@ use super::identity::{AsCaller, Base};
 use super::resolve::{AT_FDCWD, resolve_parent};
 use super::{Answer, PATH_MAX, Policy, refuse};
 use devns_core::registry::NsId;
-use devns_core::seccomp::{self, CAP_MKNOD, Creds, NR_MKNOD};
+use devns_core::seccomp::{self, CAP_MKNOD, NR_MKNOD};
 use devns_core::{DevId, Kind, nodes};
 use devns_sys::seccomp::Notif;
 use rustix::fd::{BorrowedFd, OwnedFd};
@@ -75,7 +75,7 @@ pub(super) fn mknod(
         nodev: rustix::fs::fstatvfs(&parent).map_or(true, |s| s.f_flag.contains(StatVfsMountFlags::NODEV)),
     };
     if let Err(why) = nodes::decide(&facts) {
-        return match native_refusal(&parent, &name, &c.creds, base) {
+        return match native_refusal(&parent, &name, &c, base) {
             Errno::PERM => refuse(c.pid, Some(ns), "mknod", &why.to_string(), Errno::PERM),
             // The kernel's own answer, before any question of devices.
             e => {
@@ -86,12 +86,12 @@ pub(super) fn mknod(
     }
     let ft = if dev.kind == Kind::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
     let perm = Mode::from_raw_mode(mode as u32 & 0o7777);
-    let r = match AsCaller::become_(&c.creds, base) {
-        Ok(_as_caller) => {
-            rustix::fs::mknodat(&parent, name.as_slice(), ft, perm, rustix::fs::makedev(dev.major, dev.minor))
-        }
-        Err(e) => Err(e),
-    };
+    let make = || rustix::fs::mknodat(&parent, name.as_slice(), ft, perm, rustix::fs::makedev(dev.major, dev.minor));
+    // `S_ISGID` with group execute is kept in a setgid directory only for
+    // a member of its group or one whose `CAP_FSETID` counts over it.
+    let keeps_sgid = mode as u32 & 0o2010 == 0o2010 && c.creds.has_cap(devns_core::dac::CAP_FSETID);
+    let r = AsCaller::become_(&c.creds, base)
+        .and_then(|me| if keeps_sgid { me.over_eagerly(&c, &parent, make) } else { me.over(&c, &parent, make) });
     Answer::Done(r)
 }
 
@@ -134,7 +134,7 @@ fn kept_ancestor(c: &Caller<'_>, policy: &dyn Policy, ns: NsId) -> NsId {
 /// kernel's checks before the capability (the name taken, a read-only
 /// mount, the caller's own write and search permission on the directory),
 /// found out without creating anything; else `EPERM`.
-fn native_refusal(parent: &OwnedFd, name: &[u8], creds: &Creds, base: &Base) -> Errno {
+fn native_refusal(parent: &OwnedFd, name: &[u8], c: &Caller<'_>, base: &Base) -> Errno {
     let exists = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(_) => true,
         Err(Errno::NOENT) => false,
@@ -144,9 +144,12 @@ fn native_refusal(parent: &OwnedFd, name: &[u8], creds: &Creds, base: &Base) -> 
     let may_write = if exists || read_only {
         Ok(())
     } else {
-        // The caller's own access check (its fsuid, fsgid, groups).
-        AsCaller::become_(creds, base).and_then(|_as_caller| {
-            rustix::fs::accessat(parent, ".", Access::WRITE_OK | Access::EXEC_OK, AtFlags::EACCESS)
+        // The caller's own access check (its fsuid, fsgid, groups, and the
+        // capabilities that count over the directory).
+        AsCaller::become_(&c.creds, base).and_then(|me| {
+            me.over(c, parent, || {
+                rustix::fs::accessat(parent, ".", Access::WRITE_OK | Access::EXEC_OK, AtFlags::EACCESS)
+            })
         })
     };
     let before = nodes::Before { exists, read_only, may_write: may_write.map_err(|e| e.raw_os_error()) };

@@ -1,7 +1,8 @@
 //! Where a caller's `mknod` would make its node: the directory that holds
 //! the path's last component, resolved as the caller's own lookup resolves
-//! it (with its search permission on the way, from its root, its working
-//! directory or a directory fd of its own) but never leaving its root.
+//! it (with its search permission on the way, and its capabilities where
+//! the kernel counts them, from its root, its working directory or a
+//! directory fd of its own) but never leaving its root.
 //!
 //! The kernel resolves (`openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`);
 //! what it cannot resolve for the agent although the caller's own call
@@ -109,40 +110,60 @@ pub(super) fn resolve_parent(
     }
     let root = c.dir("root")?;
     let absolute = path.starts_with(b"/");
-    // Where a relative path starts, checked (as devns) to lie in the root.
-    let start = || -> Result<Option<(OwnedFd, String)>, Errno> {
-        if absolute {
-            return Ok(None);
-        }
-        let (base, link) = base_dir(c, dirfd)?;
-        if !inside(&base, &root)? {
-            return Err(Errno::PERM);
-        }
-        Ok(Some((base, link)))
-    };
-    let from = start()?;
+    let from = start(c, dirfd, absolute, &root)?;
     // Looked up as the caller: its search permission on every directory
     // on the way, as in its own lookup.
     let looked_up = AsCaller::become_(&c.creds, base).and_then(|_as_caller| resolve_dir(c, &root, from, dir_part));
     let parent = match looked_up {
         // Through procfs's `self` or a magic link, perhaps, which the
-        // caller's own lookup follows: walked as it would walk them.
-        Err(Errno::NOENT | Errno::LOOP) if !dir_part.is_empty() => {
-            let from = match start()? {
-                Some((b, _)) => b,
-                None => c.dir("root")?,
-            };
-            let creds = c.creds.clone();
-            let dir =
-                AsCaller::become_(&creds, base).and_then(|_as_caller| super::walk::walk(c, &root, from, dir_part))?;
-            if !inside(&dir, &root)? {
-                return Err(Errno::PERM);
-            }
-            dir
+        // caller's own lookup follows, or past a directory its ids may not
+        // search but a capability of its may: walked as it would walk
+        // them, each step checked by the kernel.
+        Err(Errno::NOENT | Errno::LOOP) if !dir_part.is_empty() => walked(c, base, &root, dirfd, absolute, dir_part)?,
+        Err(Errno::ACCESS) if !dir_part.is_empty() && devns_core::dac::may_count(&c.creds) => {
+            walked(c, base, &root, dirfd, absolute, dir_part)?
         }
         r => r?,
     };
     Ok((parent, name.to_vec()))
+}
+
+/// Where a relative path starts, checked (as devns) to lie in the root;
+/// `None` for an absolute one.
+fn start(c: &Caller<'_>, dirfd: i32, absolute: bool, root: &OwnedFd) -> Result<Option<(OwnedFd, String)>, Errno> {
+    if absolute {
+        return Ok(None);
+    }
+    let (base, link) = base_dir(c, dirfd)?;
+    if !inside(&base, root)? {
+        return Err(Errno::PERM);
+    }
+    Ok(Some((base, link)))
+}
+
+/// The directory `dir_part` names, walked ([`super::walk`]) as the caller,
+/// checked to lie inside its root.
+fn walked(
+    c: &mut Caller<'_>,
+    base: &Base,
+    root: &OwnedFd,
+    dirfd: i32,
+    absolute: bool,
+    dir_part: &[u8],
+) -> Result<OwnedFd, Errno> {
+    let from = match start(c, dirfd, absolute, root)? {
+        Some((b, _)) => b,
+        None => c.dir("root")?,
+    };
+    let creds = c.creds.clone();
+    let dir = {
+        let as_caller = AsCaller::become_(&creds, base)?;
+        super::walk::walk(c, &as_caller, root, from, dir_part)?
+    };
+    if !inside(&dir, root)? {
+        return Err(Errno::PERM);
+    }
+    Ok(dir)
 }
 
 /// The directory `dir_part` of a caller's path names, resolved inside its

@@ -5,8 +5,12 @@
 //! `thread-self` (which name the reading process, and the agent is in no
 //! pid namespace of a container's procfs) and through procfs's magic links
 //! (`/proc/PID/root`, `cwd`, `fd/N`), which the kernel never follows below
-//! a root. Tried only when that resolution failed with `ENOENT` or
-//! `ELOOP`, so it changes only answers that differed from native ones.
+//! a root; and those past a directory the caller's ids may not search
+//! but a capability of its may (`CAP_DAC_READ_SEARCH`, `CAP_DAC_OVERRIDE`
+//! where they count: [`super::identity`]), which `openat2` as the caller
+//! refuses. Tried only when that resolution failed with `ENOENT` or
+//! `ELOOP`, or with `EACCES` for a caller with such a capability, so it
+//! changes only answers that differed from native ones.
 //!
 //! Each component is opened `O_PATH | O_NOFOLLOW` from the directory held
 //! so far and looked at through its own fd (no name is looked up twice);
@@ -18,6 +22,7 @@
 //! inside the caller's root by the caller of this module, as for a dirfd.
 
 use super::caller::Caller;
+use super::identity::AsCaller;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -58,8 +63,18 @@ fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = Vec<u8>> + '_ {
 
 /// The directory `path` names, walked from `start` (or from `root` when
 /// it is absolute) inside `root`.
-pub(super) fn walk(c: &mut Caller<'_>, root: &OwnedFd, start: OwnedFd, path: &[u8]) -> Result<OwnedFd, Errno> {
-    let dup = |fd: &OwnedFd| open(fd, b".", OFlags::DIRECTORY);
+/// Each step is taken as the caller (`as_caller`), with the capabilities
+/// counted for it over the directory it looks a name up in.
+pub(super) fn walk(
+    c: &mut Caller<'_>,
+    as_caller: &AsCaller<'_>,
+    root: &OwnedFd,
+    start: OwnedFd,
+    path: &[u8],
+) -> Result<OwnedFd, Errno> {
+    // A second fd of the same directory, which needs no lookup (and so no
+    // search permission) at all.
+    let dup = |fd: &OwnedFd| rustix::io::fcntl_dupfd_cloexec(fd, 0);
     let mut cur = if path.starts_with(b"/") { dup(root)? } else { start };
     let mut todo: VecDeque<Vec<u8>> = components(path).collect();
     let mut links = 0;
@@ -74,7 +89,7 @@ pub(super) fn walk(c: &mut Caller<'_>, root: &OwnedFd, start: OwnedFd, path: &[u
         }
         if name == b".." {
             if !same(&cur, root)? {
-                cur = open(&cur, b"..", OFlags::DIRECTORY)?;
+                cur = as_caller.over(c, &cur, || open(&cur, b"..", OFlags::DIRECTORY))?;
             }
             process = None;
             continue;
@@ -82,7 +97,7 @@ pub(super) fn walk(c: &mut Caller<'_>, root: &OwnedFd, start: OwnedFd, path: &[u
         if rustix::fs::fstat(&cur).map(|s| FileType::from_raw_mode(s.st_mode))? != FileType::Directory {
             return Err(Errno::NOTDIR);
         }
-        let fd = open(&cur, &name, OFlags::NOFOLLOW)?;
+        let fd = as_caller.over(c, &cur, || open(&cur, &name, OFlags::NOFOLLOW))?;
         let st = rustix::fs::fstat(&fd)?;
         if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
             if on_procfs(&cur)
@@ -116,7 +131,7 @@ pub(super) fn walk(c: &mut Caller<'_>, root: &OwnedFd, start: OwnedFd, path: &[u
                 if !own && !may_trace(c, p)? {
                     return Err(Errno::ACCESS);
                 }
-                cur = rustix::fs::openat(&cur, name.as_slice(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+                cur = as_caller.over(c, &cur, || open(&cur, &name, OFlags::empty()))?;
                 process = None;
                 continue;
             }

@@ -29,11 +29,11 @@ pub struct Global {
     /// Policy file; a missing file means the built-in defaults.
     #[arg(long, global = true, value_name = "FILE", default_value = "/etc/devns/config.toml", env = "DEVNS_CONFIG")]
     pub config: PathBuf,
-    /// Where devns keeps what must outlive one process (assignments, namespaces).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/run/devns", env = "DEVNS_STATE_DIR")]
+    /// Where devns keeps what must outlive one process (assignments, namespaces): root's alone.
+    #[arg(long, global = true, value_name = "DIR", default_value = devns_core::layout::STATE_DIR, env = "DEVNS_STATE_DIR")]
     pub state_dir: PathBuf,
-    /// The daemon's socket.
-    #[arg(long, global = true, value_name = "PATH", default_value = "/run/devns/devns.sock", env = "DEVNS_SOCKET")]
+    /// The daemon's socket, which every user may reach.
+    #[arg(long, global = true, value_name = "PATH", default_value = devns_core::layout::SOCKET, env = "DEVNS_SOCKET")]
     pub socket: PathBuf,
     /// Print results and errors as JSON.
     #[arg(long, global = true)]

@@ -138,6 +138,7 @@ pub fn run(opts: Options) -> Result<()> {
     // Bound before the first scan of sysfs, so that nothing falls between.
     let uevents = crate::uevents::socket()?;
     let views_dir = crate::engine::prepare_views_dir(store.dir())?;
+    crate::layout::adopt_old_views(store.dir(), &views_dir);
     let mut engine = Engine::open(Role::Daemon, cfg, store, Some(views_dir))?;
     engine.recover()?;
     let host_ns = engine.host_ns();
