@@ -338,14 +338,10 @@ fn attach_refuses_a_cgroup_that_holds_devns_or_a_host_process() {
     let env = Env::new();
     let _d = Daemon::start(&env);
     let mark = marker("hostcg");
-    let mut p = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--mount", "sh", "-c", "while :; do sleep 0.2; done", &mark])
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", "while :; do sleep 0.2; done", &mark]);
+    let mut p = in_its_user_namespace(cmd);
     let pid = p.id();
-    eventually("the process is in its user namespace", || {
-        std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
-    });
     let out = env.devns().args(["attach", "--pid", &pid.to_string()]).output().unwrap();
     let _ = p.kill();
     let _ = p.wait();
@@ -366,15 +362,10 @@ fn attach_refuses_a_cgroup_that_holds_devns_or_a_host_process() {
 /// program attached. Returns the error.
 fn attach_beside_a_host_process(env: &Env, cg: &TestCgroup, host_in: &TestCgroup, mark: &str) -> String {
     let mut host = host_in.command("sh").args(["-c", "sleep 1000", mark]).spawn().unwrap();
-    let mut p = cg
-        .command("unshare")
-        .args(["--user", "--map-root-user", "--mount", "sh", "-c", "sleep 1000", mark])
-        .spawn()
-        .unwrap();
+    let mut cmd = cg.command("unshare");
+    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", "sleep 1000", mark]);
+    let mut p = in_its_user_namespace(cmd);
     let pid = p.id();
-    eventually("the process is in its user namespace", || {
-        std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
-    });
     eventually("the host process is in its cgroup", || !cgroup_pids(&host_in.path).is_empty());
     let out = env.devns().args(["attach", "--pid", &pid.to_string()]).output().unwrap();
     for c in [&mut host, &mut p] {
@@ -564,12 +555,10 @@ fn attach_refuses_a_process_that_shares_devns_s_own_mount_namespace() {
     let cg = TestCgroup::new("samemnt");
     let mark = marker("samemnt");
     // A user namespace of its own, but no mount namespace: devns's.
-    let mut p =
-        cg.command("unshare").args(["--user", "--map-root-user", "sh", "-c", "sleep 1000", &mark]).spawn().unwrap();
+    let mut cmd = cg.command("unshare");
+    cmd.args(["--user", "--map-root-user", "sh", "-c", "sleep 1000", &mark]);
+    let mut p = in_its_user_namespace(cmd);
     let pid = p.id();
-    eventually("the process is in its user namespace", || {
-        std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
-    });
     let out = env.devns().args(["attach", "--pid", &pid.to_string()]).output().unwrap();
     let _ = p.kill();
     let _ = p.wait();
@@ -580,4 +569,15 @@ fn attach_refuses_a_process_that_shares_devns_s_own_mount_namespace() {
     assert_eq!(dev_before, dev_after, "nothing mounted over /dev");
     assert_eq!(devns_ok(&env, &["ns", "ls", "--json"]).trim(), "[]", "nothing recorded");
     assert_eq!(devns_sys::bpf::prog_query(devns::cgroup::open(&cg.path).unwrap(), 6).unwrap(), Vec::<u32>::new());
+}
+
+/// `cmd` (an `unshare --user ...`) spawned, once it is in a user namespace
+/// of its own.
+fn in_its_user_namespace(mut cmd: Command) -> std::process::Child {
+    let p = cmd.spawn().unwrap();
+    let pid = p.id();
+    eventually("the process is in its user namespace", || {
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
+    });
+    p
 }
