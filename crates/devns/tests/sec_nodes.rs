@@ -389,7 +389,8 @@ fn the_path_is_looked_up_with_the_caller_s_permissions() {
 /// (never trapped) answers in the same directory. `/tmp/a` is container
 /// root's and 0700 (with `/tmp/a/b` 0777), `/tmp/o` uid 1000's and 0755,
 /// `/tmp/s` uid 1000's and 0700 (with `/tmp/s/t` 0777), `/tmp/g` uid
-/// 1000's, 2777.
+/// 1000's, 2777; `/tmp/acl` root's, 0700 with an ACL granting uid 1000 rwx,
+/// `/tmp/acld` 0777 with one granting it r-x only.
 #[test]
 #[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_caller_s_capabilities_count_over_its_path_as_natively() {
@@ -419,10 +420,16 @@ fn the_caller_s_capabilities_count_over_its_path_as_natively() {
         ("nested", "unshare -U -r".into(), "/tmp/o", "Permission denied"),
         ("nested:search", "unshare -U -r".into(), "/tmp/s/t", "Permission denied"),
         ("nested:own", "unshare -U -r".into(), "/tmp/a/b", "ok"),
+        // POSIX ACLs, the kernel's own: a named-user entry that grants what
+        // the mode does not, and one that denies what "other" grants.
+        ("user:acl", user("+mknod"), "/tmp/acl", "ok"),
+        ("user:acl-deny", user("+mknod"), "/tmp/acld", "Permission denied"),
     ];
     let mut script = String::from(
         "set -u; mkdir -p /tmp/a/b /tmp/o /tmp/s/t /tmp/g && chmod 0777 /tmp/a/b /tmp/s/t && chmod 0700 /tmp/a \
          && chown 1000:1000 /tmp/o /tmp/s /tmp/g && chmod 0755 /tmp/o && chmod 0700 /tmp/s && chmod 2777 /tmp/g \
+         && mkdir -m 0700 /tmp/acl && setfacl -m u:1000:rwx /tmp/acl \
+         && mkdir -m 0777 /tmp/acld && setfacl -m u:1000:r-x /tmp/acld \
          || exit 9; \
          r() { \"$@\" 2>&1 >/dev/null | sed 's/.*: //' | grep . || echo ok; }; ",
     );
