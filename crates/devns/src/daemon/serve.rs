@@ -64,12 +64,24 @@ impl Daemon {
                             // No filtered process is left; a call still
                             // pending came from one that is gone.
                             self.targets.remove(&token);
-                            self.listeners.remove(&key);
+                            if let Some(s) = self.listeners.remove(&key)
+                                && let Some(k) = s.key
+                            {
+                                self.outlive.forget(k, s.ns);
+                            }
                         } else if flags.contains(EventFlags::IN)
-                            && let Some(mut l) = self.listeners.remove(&key)
+                            && let Some(s) = self.listeners.get_mut(&key)
+                            && let Some(n) = s.listener.recv()
                         {
-                            l.handle(&mut self.engine);
-                            self.listeners.insert(key, l);
+                            // Journaled, so that a daemon killed meanwhile
+                            // leaves the call to the next one.
+                            let j = self.journal.as_ref();
+                            j.inspect(|j| j.received(s.key.unwrap_or(0), &n));
+                            if let Some(r) = s.listener.answer(&n, &mut self.engine) {
+                                j.inspect(|j| j.answered(&r));
+                                s.listener.send(&r);
+                            }
+                            j.inspect(|j| j.done());
                         }
                     }
                 }

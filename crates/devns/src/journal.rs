@@ -1,0 +1,151 @@
+//! The journal of the call in flight: a memfd of a few words that the
+//! daemon writes around each trapped call and that outlives it (the holder
+//! or systemd's fd store keeps it beside the listeners).
+//!
+//! Why: a notification the daemon has received (`NOTIF_RECV`) is in the
+//! kernel's `SENT` state; it is never delivered again, and if the daemon
+//! dies before answering, its caller waits forever (the listener lives on
+//! in the holder). So the daemon records the notification on receipt and
+//! the answer before sending it; the next daemon sends an answer left
+//! there, or handles a call received but unanswered again, if the kernel
+//! still waits for it (`NOTIF_ID_VALID`): `devns_core::keep::resume`.
+//! The daemon answers one call at a time, so one record is all there is.
+//! Three stores to shared memory per call, no syscall.
+
+use devns_core::keep::InFlight;
+use devns_sys::seccomp::{Notif, NotifResp, SeccompData};
+use devns_sys::shm::Words;
+use rustix::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+const MAGIC: u64 = 0x6465_766e_736a_0001; // "devnsj", version 1
+const WORDS: usize = 16;
+// Layout: magic, state, key, the notification (10 words), the answer (3).
+const STATE: usize = 1;
+const KEY: usize = 2;
+const NOTIF: usize = 3;
+const RESP: usize = 13;
+const IDLE: u64 = 0;
+const RECEIVED: u64 = 1;
+const ANSWERED: u64 = 2;
+
+pub struct Journal {
+    w: Words,
+}
+
+impl Journal {
+    pub fn create() -> rustix::io::Result<Journal> {
+        let w = Words::create("devns-journal", WORDS)?;
+        w.words()[0].store(MAGIC, Release);
+        Ok(Journal { w })
+    }
+
+    /// A journal handed back; `None` if it is not one of ours.
+    pub fn open(fd: OwnedFd) -> Option<Journal> {
+        let w = Words::open(fd, WORDS).ok()?;
+        (w.words()[0].load(Acquire) == MAGIC).then_some(Journal { w })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.w.fd()
+    }
+
+    /// Notification `n` from listener `key` is being handled.
+    pub fn received(&self, key: u64, n: &Notif) {
+        let w = self.w.words();
+        w[KEY].store(key, Relaxed);
+        let d = &n.data;
+        let head = [n.id, u64::from(n.pid) | u64::from(n.flags) << 32, d.nr as u32 as u64 | u64::from(d.arch) << 32];
+        for (i, v) in head.into_iter().chain([d.instruction_pointer]).chain(d.args).enumerate() {
+            w[NOTIF + i].store(v, Relaxed);
+        }
+        // Everything above is seen by whoever sees the state.
+        w[STATE].store(RECEIVED, Release);
+    }
+
+    /// Its answer `r` is about to be sent.
+    pub fn answered(&self, r: &NotifResp) {
+        let w = self.w.words();
+        w[RESP].store(r.id, Relaxed);
+        w[RESP + 1].store(r.val as u64, Relaxed);
+        w[RESP + 2].store(r.error as u32 as u64 | u64::from(r.flags) << 32, Relaxed);
+        w[STATE].store(ANSWERED, Release);
+    }
+
+    /// Sent (or nobody to send it to).
+    pub fn done(&self) {
+        self.w.words()[STATE].store(IDLE, Release);
+    }
+
+    /// The call in flight when the last writer stopped.
+    pub fn in_flight(&self) -> (InFlight, Notif, NotifResp) {
+        let w = self.w.words();
+        let state = w[STATE].load(Acquire);
+        let key = w[KEY].load(Relaxed);
+        let at = |i: usize| w[i].load(Relaxed);
+        let mut args = [0; 6];
+        for (i, a) in args.iter_mut().enumerate() {
+            *a = at(NOTIF + 4 + i);
+        }
+        let n = Notif {
+            id: at(NOTIF),
+            pid: at(NOTIF + 1) as u32,
+            flags: (at(NOTIF + 1) >> 32) as u32,
+            data: SeccompData {
+                nr: at(NOTIF + 2) as u32 as i32,
+                arch: (at(NOTIF + 2) >> 32) as u32,
+                instruction_pointer: at(NOTIF + 3),
+                args,
+            },
+        };
+        let r = NotifResp {
+            id: at(RESP),
+            val: at(RESP + 1) as i64,
+            error: at(RESP + 2) as u32 as i32,
+            flags: (at(RESP + 2) >> 32) as u32,
+        };
+        let f = match state {
+            RECEIVED => InFlight::Received { key },
+            ANSWERED if r.id == n.id => InFlight::Answered { key },
+            _ => InFlight::Idle,
+        };
+        (f, n, r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back_through_another_mapping() {
+        let j = Journal::create().unwrap();
+        let n = Notif {
+            id: 0xdead_beef_1234,
+            pid: 77,
+            flags: 0,
+            data: SeccompData { nr: 259, arch: 0xc000_003e, instruction_pointer: 9, args: [1, 2, 3, 4, 5, u64::MAX] },
+        };
+        j.received(5, &n);
+        let again = Journal::open(j.fd().try_clone_to_owned().unwrap()).unwrap();
+        let (f, got, _) = again.in_flight();
+        assert_eq!(f, InFlight::Received { key: 5 });
+        assert_eq!(
+            (got.id, got.pid, got.data.nr, got.data.arch, got.data.args),
+            (n.id, 77, 259, 0xc000_003e, n.data.args)
+        );
+        let r = NotifResp { id: n.id, val: -1, error: -1, flags: 1 };
+        j.answered(&r);
+        let (f, _, rr) = again.in_flight();
+        assert_eq!(f, InFlight::Answered { key: 5 });
+        assert_eq!((rr.id, rr.val, rr.error, rr.flags), (r.id, -1, -1, 1));
+        j.done();
+        assert_eq!(again.in_flight().0, InFlight::Idle);
+    }
+
+    #[test]
+    fn a_memfd_that_is_not_a_journal_is_refused() {
+        let w = Words::create("x", WORDS).unwrap();
+        assert!(Journal::open(w.fd().try_clone_to_owned().unwrap()).is_none());
+    }
+}
