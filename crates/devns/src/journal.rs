@@ -113,6 +113,32 @@ impl Journal {
     }
 }
 
+/// Where a daemon under test stops itself in a call (see the daemon's
+/// `stop_in_call`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Received,
+    Answered,
+}
+
+impl Stop {
+    pub fn parse(s: &str) -> Option<Stop> {
+        match s {
+            "received" => Some(Stop::Received),
+            "answered" => Some(Stop::Answered),
+            _ => None,
+        }
+    }
+
+    /// Stops this process if `armed` is `self`, once.
+    pub fn here(self, armed: &mut Option<Stop>) {
+        if *armed == Some(self) {
+            *armed = None;
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

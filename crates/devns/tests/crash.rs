@@ -54,3 +54,262 @@ fn calls_made_while_the_daemon_is_down_wait_and_succeed_after_its_restart() {
     drop(_d);
     eventually("the holder exits: nothing held, no daemon attached", || env.holders().is_empty());
 }
+
+/// Whether process `pid` is stopped (`T` in `/proc/PID/stat`).
+fn stopped(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+}
+
+/// A daemon that stops itself in its first trapped call once it has
+/// journaled `at` (`received` or `answered`), killed there; the call is
+/// answered by the next daemon, exactly once.
+fn killed_in_a_call(at: &str) {
+    let env = Env::new();
+    let mut d = Daemon::start_wrapped(&env, &["env", &format!("DEVNS_TEST_STOP_IN_CALL={at}")]);
+    let mut c = shell_container(&env, &["--name", "a"]);
+    c.send("mknod /tmp/n c 1 3 && echo made || echo failed\n");
+    eventually("the daemon stopped in the call", || stopped(d.pid()));
+    d.kill9();
+    let _d = Daemon::start(&env);
+    // `answered`: the node was made; handled again, it would be EEXIST.
+    assert_eq!(c.lines_until("end"), ["made"]);
+    assert_eq!(c.sh("[ -c /tmp/n ] && echo node"), ["node"]);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_call_the_killed_daemon_had_received_but_not_answered_is_handled_by_the_next() {
+    if !privileged() {
+        return;
+    }
+    killed_in_a_call("received");
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn an_answer_the_killed_daemon_had_decided_but_not_sent_is_sent_by_the_next() {
+    if !privileged() {
+        return;
+    }
+    killed_in_a_call("answered");
+}
+
+/// Sets a path's mode for the guard's life.
+struct Mode(std::path::PathBuf, u32);
+impl Mode {
+    fn set(path: &Path, mode: u32) -> Mode {
+        use std::os::unix::fs::PermissionsExt;
+        let old = std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        Mode(path.to_owned(), old)
+    }
+}
+impl Drop for Mode {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(self.1));
+    }
+}
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Once the daemon serves `c`'s trapped calls: a container runs before
+/// its `devns run` has handed its listener over, and a `devns run` whose
+/// `listen` is not acknowledged (the daemon killed first) ends its
+/// container.
+fn served(c: &mut Container) {
+    assert_eq!(c.sh("mknod /tmp/served c 1 3 && rm /tmp/served && echo served"), ["served"]);
+}
+
+/// The keys and namespaces the holder of `env` holds, as root sees them.
+fn held(env: &Env) -> Vec<(u64, u64)> {
+    let c = devns::holder::client::Client::connect(&env.state_dir()).unwrap().expect("a holder runs");
+    c.take().unwrap().listeners.iter().map(|(k, ns, _)| (*k, *ns)).collect()
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn only_root_can_use_the_holder_s_socket() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mut c = shell_container(&env, &["--name", "a"]);
+    served(&mut c);
+    let before = held(&env);
+    assert_eq!(before.len(), 1);
+    let shared = SharedDir::new("holder-peer");
+    let bin = shared.testbin();
+    let sock = devns::holder::socket_path(&env.state_dir());
+    let peer = || {
+        let out = Command::new(&bin)
+            .arg("holder-peer")
+            .env("DEVNS_HOLDER_SOCK", &sock)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    use std::os::unix::process::CommandExt;
+    // The holder's directory is root's alone.
+    assert_eq!(peer(), format!("connect: {}\n", libc::EACCES));
+    {
+        // Opened up here, for this check only: SO_PEERCRED still refuses.
+        let _modes = [
+            Mode::set(env.dir.path(), 0o711),
+            Mode::set(&env.state_dir(), 0o711),
+            Mode::set(&devns::holder::dir(&env.state_dir()), 0o711),
+            Mode::set(&sock, 0o777),
+        ];
+        assert_eq!(peer(), "connect: ok\nreply: closed\n");
+    }
+    assert_eq!(held(&env), before);
+}
+
+/// Sends one datagram with `fds` on `sock` and returns the reply's text
+/// (`None`: the holder closed the connection).
+fn exchange(sock: &rustix::fd::OwnedFd, msg: &[u8], fds: &[rustix::fd::BorrowedFd<'_>]) -> Option<String> {
+    use rustix::fd::AsFd;
+    devns::wire::send_with_fds(sock.as_fd(), msg, fds).ok()?;
+    let mut buf = [0u8; 512];
+    let mut got = Vec::new();
+    match devns::wire::recv_with_fds(sock.as_fd(), &mut buf, &mut got) {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+    }
+}
+
+fn holder_socket(env: &Env) -> rustix::fd::OwnedFd {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+    let sock = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+    let addr = SocketAddrUnix::new(devns::holder::socket_path(&env.state_dir())).unwrap();
+    rustix::net::connect(&sock, &addr).unwrap();
+    sock
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn junk_oversized_messages_and_fds_that_are_no_listeners_change_nothing_in_the_holder() {
+    if !privileged() {
+        return;
+    }
+    use rustix::fd::AsFd;
+    let env = Env::new();
+    let mut d = Daemon::start(&env);
+    let mut c = shell_container(&env, &["--name", "a"]);
+    served(&mut c);
+    let before = held(&env);
+    let ns = before[0].1;
+    let copy = devns::holder::client::Client::connect(&env.state_dir()).unwrap().unwrap().take().unwrap();
+    let listener = copy.listeners[0].2.as_fd();
+    let null: rustix::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
+    let unsealed = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let root_dir: rustix::fd::OwnedFd = std::fs::File::open("/proc").unwrap().into();
+    let sock = holder_socket(&env);
+    let big = vec![b'a'; 64 * 1024];
+    let cases: Vec<(&[u8], Vec<rustix::fd::BorrowedFd<'_>>)> = vec![
+        (b"\xff\xfe", vec![]),
+        (b"put", vec![]),
+        (b"put 1 2", vec![listener]),
+        (b"put -1", vec![listener]),
+        (&big, vec![]),
+        (&big, vec![listener]),
+        (b"drop 999999", vec![]),
+        (b"take", vec![null.as_fd()]),
+        (b"put 1", vec![]),
+        (b"put 1", vec![null.as_fd()]),
+        (b"put 1", vec![pipe_r.as_fd()]),
+        (b"put 1", vec![listener, null.as_fd()]),
+        (b"journal", vec![null.as_fd()]),
+        (b"journal", vec![unsealed.as_fd()]),
+        (b"tmp 0", vec![null.as_fd()]),
+        (b"tmp 1", vec![root_dir.as_fd()]),
+    ];
+    for (msg, fds) in &cases {
+        let reply = exchange(&sock, msg, fds)
+            .unwrap_or_else(|| panic!("the holder hung up on {:?}", &msg[..msg.len().min(20)]));
+        assert!(reply.starts_with("err "), "{:?}: {reply}", &msg[..msg.len().min(20)]);
+    }
+    // An empty message reads as a hang-up: the connection ends, nothing else.
+    assert_eq!(exchange(&sock, b"", &[]), None);
+    assert_eq!(held(&env), before, "namespace {ns}");
+    // And the listeners it holds still carry the container over a crash.
+    d.kill9();
+    let _d = Daemon::start(&env);
+    assert_eq!(c.sh("mknod /tmp/n c 1 3 && echo made"), ["made"]);
+}
+
+/// A process of the test's, killed and reaped on drop.
+struct Proc(std::process::Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_listener_whose_namespace_ended_while_the_daemon_was_down_is_dropped_at_restart() {
+    if !privileged() {
+        return;
+    }
+    use std::io::BufRead;
+    let env = Env::new();
+    let mut d = Daemon::start(&env);
+    let mut c = shell_container(&env, &["--name", "a"]);
+    served(&mut c);
+    let live = held(&env);
+    // A filtered process outside every namespace devns keeps, its listener
+    // handed to the holder as the listener of a namespace that is gone.
+    let mut p =
+        Proc(Command::new(TESTBIN).arg("filtered").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
+    let mut line = String::new();
+    std::io::BufReader::new(p.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let n: i32 = line.trim().strip_prefix("listener ").unwrap().parse().unwrap();
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(p.0.id() as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    let stale = rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty()).unwrap();
+    let holder = devns::holder::client::Client::connect(&env.state_dir()).unwrap().unwrap();
+    let gone_ns = live[0].1 + 1_000_000;
+    let key = holder.put(gone_ns, rustix::fd::AsFd::as_fd(&stale)).unwrap();
+    drop((holder, stale));
+    assert_eq!(held(&env).len(), 2);
+    d.kill9();
+    let _d = Daemon::start(&env);
+    assert_eq!(held(&env), live, "the stale listener {key} is dropped, the live one kept");
+    assert_eq!(c.sh("mknod /tmp/n c 1 3 && echo made"), ["made"]);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn the_holder_exits_once_it_holds_nothing_and_no_daemon_is_attached() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut d = Daemon::start(&env);
+    let first = env.holders();
+    assert_eq!(first.len(), 1, "the daemon started a holder");
+    let mut c = shell_container(&env, &["--name", "a"]);
+    served(&mut c);
+    d.kill9();
+    // It holds the container's listener: it stays.
+    assert_eq!(env.holders(), first);
+    let mut d = Daemon::start(&env);
+    assert_eq!(env.holders(), first, "the next daemon attached to the same holder");
+    drop(c);
+    eventually("the container's listener is dropped", || held(&env).is_empty());
+    // Empty, but a daemon is attached: it stays.
+    assert_eq!(env.holders(), first);
+    d.stop();
+    eventually("the holder exits", || env.holders().is_empty());
+}

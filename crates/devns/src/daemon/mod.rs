@@ -65,6 +65,11 @@ pub struct Daemon {
     /// Where the listeners outlive the daemon, and the call in flight.
     outlive: outlive::Outlive,
     journal: Option<crate::journal::Journal>,
+    /// For the tests of the journal (`DEVNS_TEST_STOP_IN_CALL`, not
+    /// documented): the daemon stops itself (SIGSTOP) in its first trapped
+    /// call, once it has journaled its receipt or its answer, so that a
+    /// test can kill it exactly there.
+    stop_in_call: Option<crate::journal::Stop>,
     /// One epoll set, each fd registered once: a loop iteration costs the
     /// same with 1 view or 1,000.
     ep: OwnedFd,
@@ -165,6 +170,7 @@ pub fn run(opts: Options) -> Result<()> {
         listeners: BTreeMap::new(),
         outlive,
         journal: None,
+        stop_in_call: std::env::var("DEVNS_TEST_STOP_IN_CALL").ok().and_then(|v| crate::journal::Stop::parse(&v)),
         ep: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).context("epoll")?,
         targets: std::collections::HashMap::new(),
         next_token: 0,

@@ -77,8 +77,10 @@ impl Daemon {
                             // leaves the call to the next one.
                             let j = self.journal.as_ref();
                             j.inspect(|j| j.received(s.key.unwrap_or(0), &n));
+                            crate::journal::Stop::Received.here(&mut self.stop_in_call);
                             if let Some(r) = s.listener.answer(&n, &mut self.engine) {
                                 j.inspect(|j| j.answered(&r));
+                                crate::journal::Stop::Answered.here(&mut self.stop_in_call);
                                 s.listener.send(&r);
                             }
                             j.inspect(|j| j.done());
