@@ -28,6 +28,8 @@ const RESP: usize = 13;
 const IDLE: u64 = 0;
 const RECEIVED: u64 = 1;
 const ANSWERED: u64 = 2;
+/// In `NOTIF_RECV`, which writes the notification into the journal.
+const RECEIVING: u64 = 3;
 
 pub struct Journal {
     w: Words,
@@ -50,17 +52,61 @@ impl Journal {
         self.w.fd()
     }
 
-    /// Notification `n` from listener `key` is being handled.
+    /// The next notification of listener `key`, received by the kernel
+    /// straight into the journal: a daemon killed at the end of the ioctl
+    /// (where a pending SIGKILL strikes) leaves it there, not lost.
+    pub fn recv(&self, key: u64, listener: BorrowedFd<'_>) -> Option<Notif> {
+        let w = self.w.words();
+        w[KEY].store(key, Relaxed);
+        w[STATE].store(RECEIVING, Release);
+        let got = devns_sys::seccomp::recv_into(listener, &w[NOTIF..RESP]);
+        if got.is_err() {
+            w[STATE].store(IDLE, Release);
+            return None;
+        }
+        w[STATE].store(RECEIVED, Release);
+        Some(self.notif())
+    }
+
+    /// Notification `n` from listener `key` is being handled (one not
+    /// received through [`Journal::recv`]).
     pub fn received(&self, key: u64, n: &Notif) {
         let w = self.w.words();
         w[KEY].store(key, Relaxed);
         let d = &n.data;
-        let head = [n.id, u64::from(n.pid) | u64::from(n.flags) << 32, d.nr as u32 as u64 | u64::from(d.arch) << 32];
-        for (i, v) in head.into_iter().chain([d.instruction_pointer]).chain(d.args).enumerate() {
-            w[NOTIF + i].store(v, Relaxed);
+        let mut b = [0u8; 8 * devns_sys::seccomp::NOTIF_WORDS];
+        b[0..8].copy_from_slice(&n.id.to_ne_bytes());
+        b[8..12].copy_from_slice(&n.pid.to_ne_bytes());
+        b[12..16].copy_from_slice(&n.flags.to_ne_bytes());
+        b[16..20].copy_from_slice(&d.nr.to_ne_bytes());
+        b[20..24].copy_from_slice(&d.arch.to_ne_bytes());
+        b[24..32].copy_from_slice(&d.instruction_pointer.to_ne_bytes());
+        for (i, a) in d.args.iter().enumerate() {
+            b[32 + 8 * i..40 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
+        for (i, c) in b.chunks_exact(8).enumerate() {
+            w[NOTIF + i].store(u64::from_ne_bytes(c.try_into().expect("8 bytes")), Relaxed);
         }
         // Everything above is seen by whoever sees the state.
         w[STATE].store(RECEIVED, Release);
+    }
+
+    /// The notification recorded, in the kernel's layout.
+    fn notif(&self) -> Notif {
+        let w = self.w.words();
+        let b: Vec<u8> = (NOTIF..RESP).flat_map(|i| w[i].load(Relaxed).to_ne_bytes()).collect();
+        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        let mut args = [0; 6];
+        for (i, a) in args.iter_mut().enumerate() {
+            *a = u64_at(32 + 8 * i);
+        }
+        Notif {
+            id: u64_at(0),
+            pid: u32_at(8),
+            flags: u32_at(12),
+            data: SeccompData { nr: u32_at(16) as i32, arch: u32_at(20), instruction_pointer: u64_at(24), args },
+        }
     }
 
     /// Its answer `r` is about to be sent.
@@ -83,21 +129,7 @@ impl Journal {
         let state = w[STATE].load(Acquire);
         let key = w[KEY].load(Relaxed);
         let at = |i: usize| w[i].load(Relaxed);
-        let mut args = [0; 6];
-        for (i, a) in args.iter_mut().enumerate() {
-            *a = at(NOTIF + 4 + i);
-        }
-        let n = Notif {
-            id: at(NOTIF),
-            pid: at(NOTIF + 1) as u32,
-            flags: (at(NOTIF + 1) >> 32) as u32,
-            data: SeccompData {
-                nr: at(NOTIF + 2) as u32 as i32,
-                arch: (at(NOTIF + 2) >> 32) as u32,
-                instruction_pointer: at(NOTIF + 3),
-                args,
-            },
-        };
+        let n = self.notif();
         let r = NotifResp {
             id: at(RESP),
             val: at(RESP + 1) as i64,
@@ -106,6 +138,8 @@ impl Journal {
         };
         let f = match state {
             RECEIVED => InFlight::Received { key },
+            // Killed in the ioctl: received iff the kernel wrote one.
+            RECEIVING if n.id != 0 || n.pid != 0 => InFlight::Received { key },
             ANSWERED if r.id == n.id => InFlight::Answered { key },
             _ => InFlight::Idle,
         };

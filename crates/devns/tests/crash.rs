@@ -313,3 +313,85 @@ fn the_holder_exits_once_it_holds_nothing_and_no_daemon_is_attached() {
     d.stop();
     eventually("the holder exits", || env.holders().is_empty());
 }
+
+/// The next `sd_notify` message on the stand-in notify socket, with fds.
+fn notification(sock: &std::os::unix::net::UnixDatagram) -> (String, Vec<rustix::fd::OwnedFd>) {
+    let mut buf = [0u8; 4096];
+    let mut fds = Vec::new();
+    let n = devns::wire::recv_with_fds(rustix::fd::AsFd::as_fd(sock), &mut buf, &mut fds).expect("a notification");
+    (String::from_utf8_lossy(&buf[..n]).into_owned(), fds)
+}
+
+/// Notifications until one that starts with `what`; the fds stored meanwhile by name.
+fn until(
+    sock: &std::os::unix::net::UnixDatagram,
+    what: &str,
+    stored: &mut Vec<(String, rustix::fd::OwnedFd)>,
+) -> String {
+    loop {
+        let (text, mut fds) = notification(sock);
+        if let Some(name) = text.strip_prefix("FDSTORE=1\nFDNAME=") {
+            assert_eq!(fds.len(), 1, "{text}");
+            stored.push((name.to_owned(), fds.remove(0)));
+        }
+        if text.starts_with(what) {
+            return text;
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn under_systemd_listeners_go_to_its_fd_store_and_come_back_as_listen_fds() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let path = env.dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let notify = format!("NOTIFY_SOCKET={}", path.display());
+    let mut d = Daemon::start_wrapped(&env, &["env", &notify]);
+    let mut stored = Vec::new();
+    until(&sock, "READY=1", &mut stored);
+    let mut c = shell_container(&env, &["--name", "a"]);
+    served(&mut c);
+    until(&sock, "FDSTORE=1\nFDNAME=devns-tmp-", &mut stored);
+    assert!(env.holders().is_empty(), "no holder beside systemd's store");
+    let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names[0], "devns-journal");
+    assert!(names[1].starts_with("devns-listener-1-"), "{names:?}");
+    assert!(devns_sys::seccomp::is_listener(&stored[1].1));
+
+    d.kill9();
+    c.send("mknod /tmp/n c 1 3 && echo made || echo failed\n");
+    eventually("a mknod waits for the next daemon", || waits_in_mknod(&c));
+    // Given back as the service manager does: from fd 3 on, named, for
+    // the daemon's pid (the shell's, which execs it).
+    let inherit: Vec<i32> = stored
+        .iter()
+        .map(|(_, fd)| {
+            // SAFETY: F_DUPFD makes a new inheritable fd (>= 100) of a live fd.
+            unsafe { libc::fcntl(rustix::fd::AsRawFd::as_raw_fd(fd), libc::F_DUPFD, 100) }
+        })
+        .collect();
+    let moves: String = inherit.iter().enumerate().map(|(i, fd)| format!("{}<&{fd} {fd}<&- ", 3 + i)).collect();
+    let script = format!("exec {moves}; LISTEN_PID=$$ exec \"$0\" \"$@\"");
+    let fds = format!("LISTEN_FDS={}", stored.len());
+    let fdnames = format!("LISTEN_FDNAMES={}", names.join(":"));
+    let _d = Daemon::start_wrapped(&env, &["env", &notify, &fds, &fdnames, "bash", "-c", &script]);
+    for fd in inherit {
+        // SAFETY: the copies made above, owned by nothing else, closed once.
+        unsafe { libc::close(fd) };
+    }
+    assert_eq!(c.lines_until("end"), ["made"]);
+    let mut again = Vec::new();
+    until(&sock, "READY=1", &mut again);
+    assert!(again.is_empty(), "nothing stored twice: {:?}", again.iter().map(|a| &a.0).collect::<Vec<_>>());
+    // Its container gone, its listener and /tmp leave the store.
+    drop(c);
+    let removed = until(&sock, "FDSTOREREMOVE=1\nFDNAME=devns-listener-1-", &mut again);
+    assert_eq!(removed, format!("FDSTOREREMOVE=1\nFDNAME={}", names[1]));
+    assert!(env.holders().is_empty());
+}

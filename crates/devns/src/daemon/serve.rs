@@ -71,12 +71,14 @@ impl Daemon {
                             }
                         } else if flags.contains(EventFlags::IN)
                             && let Some(s) = self.listeners.get_mut(&key)
-                            && let Some(n) = s.listener.recv()
+                            && let Some(n) = match &self.journal {
+                                // Journaled, so that a daemon killed meanwhile
+                                // leaves the call to the next one.
+                                Some(j) => j.recv(s.key.unwrap_or(0), s.listener.fd()),
+                                None => s.listener.recv(),
+                            }
                         {
-                            // Journaled, so that a daemon killed meanwhile
-                            // leaves the call to the next one.
                             let j = self.journal.as_ref();
-                            j.inspect(|j| j.received(s.key.unwrap_or(0), &n));
                             crate::journal::Stop::Received.here(&mut self.stop_in_call);
                             if let Some(r) = s.listener.answer(&n, &mut self.engine) {
                                 j.inspect(|j| j.answered(&r));

@@ -160,6 +160,11 @@ impl Container {
         }
     }
 
+    /// The next line of output if one is there already.
+    pub fn try_line(&mut self) -> Option<String> {
+        self.lines.try_recv().ok()
+    }
+
     /// Lines until (not including) `end`.
     pub fn lines_until(&mut self, end: &str) -> Vec<String> {
         let mut out = Vec::new();
