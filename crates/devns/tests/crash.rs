@@ -37,9 +37,7 @@ fn calls_made_while_the_daemon_is_down_wait_and_succeed_after_its_restart() {
         return;
     }
     let env = Env::new();
-    let mut d = Daemon::start(&env);
-    let mut c = shell_container(&env, &["--name", "a"]);
-    assert_eq!(c.sh("mknod /tmp/n0 c 1 3 && echo made"), ["made"]);
+    let (mut d, mut c) = daemon_serving_a(&env);
     d.kill9();
     c.send("for i in 1 2 3 4 5; do mknod /tmp/n$i c 1 3 && echo made$i || echo failed$i; done\n");
     eventually("a mknod waits for the next daemon", || waits_in_mknod(&c));
@@ -123,6 +121,14 @@ fn served(c: &mut Container) {
     assert_eq!(c.sh("mknod /tmp/served c 1 3 && rm /tmp/served && echo served"), ["served"]);
 }
 
+/// A daemon of `env`'s and a container `a` whose calls it serves.
+fn daemon_serving_a(env: &Env) -> (Daemon<'_>, Container) {
+    let d = Daemon::start(env);
+    let mut c = shell_container(env, &["--name", "a"]);
+    served(&mut c);
+    (d, c)
+}
+
 /// The keys and namespaces the holder of `env` holds, as root sees them.
 fn held(env: &Env) -> Vec<(u64, u64)> {
     let c = devns::holder::client::Client::connect(&env.state_dir()).unwrap().expect("a holder runs");
@@ -136,9 +142,7 @@ fn only_root_can_use_the_holder_s_socket() {
         return;
     }
     let env = Env::new();
-    let _d = Daemon::start(&env);
-    let mut c = shell_container(&env, &["--name", "a"]);
-    served(&mut c);
+    let (_d, _c) = daemon_serving_a(&env);
     let before = held(&env);
     assert_eq!(before.len(), 1);
     let shared = SharedDir::new("holder-peer");
@@ -199,9 +203,7 @@ fn junk_oversized_messages_and_fds_that_are_no_listeners_change_nothing_in_the_h
     }
     use rustix::fd::AsFd;
     let env = Env::new();
-    let mut d = Daemon::start(&env);
-    let mut c = shell_container(&env, &["--name", "a"]);
-    served(&mut c);
+    let (mut d, mut c) = daemon_serving_a(&env);
     let before = held(&env);
     let ns = before[0].1;
     let copy = devns::holder::client::Client::connect(&env.state_dir()).unwrap().unwrap().take().unwrap();
@@ -261,9 +263,7 @@ fn a_listener_whose_namespace_ended_while_the_daemon_was_down_is_dropped_at_rest
     }
     use std::io::BufRead;
     let env = Env::new();
-    let mut d = Daemon::start(&env);
-    let mut c = shell_container(&env, &["--name", "a"]);
-    served(&mut c);
+    let (mut d, mut c) = daemon_serving_a(&env);
     let live = held(&env);
     // A filtered process outside every namespace devns keeps, its listener
     // handed to the holder as the listener of a namespace that is gone.
