@@ -56,3 +56,4 @@ impl LogLimit {
         self.count <= Self::PER_SECOND
     }
 }
+
