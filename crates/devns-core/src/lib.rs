@@ -13,6 +13,7 @@ pub mod config;
 pub mod dac;
 pub mod device;
 pub mod idmap;
+pub mod keep;
 pub mod layout;
 pub mod loopctl;
 pub mod model;

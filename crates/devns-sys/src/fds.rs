@@ -54,3 +54,22 @@ pub unsafe fn close_all_but(keep: &[BorrowedFd<'_>]) -> io::Result<usize> {
     }
     Ok(fds.len())
 }
+
+/// Takes ownership of fd `fd`, inherited from the parent by number (as
+/// systemd passes `LISTEN_FDS` from 3 on), and makes it close-on-exec;
+/// `BADF` when it is not open.
+///
+/// # Safety
+/// Nothing else in this process may own or close fd `fd`: it must be an
+/// inherited fd that this process has not opened, taken, or closed itself
+/// (true of `LISTEN_FDS`'s numbers, taken once at start).
+pub unsafe fn take_inherited(fd: i32) -> io::Result<rustix::fd::OwnedFd> {
+    // SAFETY: F_GETFD only queries `fd`.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Errno::BADF);
+    }
+    // SAFETY: `fd` is open and, per the caller, owned by nothing else.
+    let owned = unsafe { <rustix::fd::OwnedFd as rustix::fd::FromRawFd>::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(owned)
+}

@@ -12,6 +12,7 @@ pub mod ns;
 pub mod process;
 pub mod procstate;
 pub mod seccomp;
+pub mod shm;
 pub mod signal;
 
 /// The calling thread's errno as a rustix error.

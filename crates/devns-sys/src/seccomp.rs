@@ -141,3 +141,23 @@ pub fn is_listener(fd: impl AsFd) -> bool {
     let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), NOTIF_ID_VALID, &id as *const u64) };
     r < 0 && last_errno() == io::Errno::NOENT
 }
+
+/// Words of a `struct seccomp_notif`.
+pub const NOTIF_WORDS: usize = size_of::<Notif>() / 8;
+
+/// Like [`recv`], with the kernel writing the notification straight into
+/// `into` (zeroed first), memory shared with another process: once the
+/// ioctl has taken a notification off the queue, it is there, even if this
+/// process is killed before it returns.
+pub fn recv_into(listener: impl AsFd, into: &[std::sync::atomic::AtomicU64]) -> io::Result<()> {
+    let into = into.get(..NOTIF_WORDS).ok_or(io::Errno::INVAL)?;
+    for w in into {
+        w.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+    let ptr = into.as_ptr() as *mut Notif;
+    // SAFETY: `into` is NOTIF_WORDS u64s, 8-byte aligned: room for one
+    // `struct seccomp_notif`, zeroed as NOTIF_RECV requires. It is made of
+    // atomics, so memory that changes behind Rust's back (here: the
+    // kernel's write) is allowed, and no non-atomic reference to it exists.
+    check(unsafe { libc::ioctl(listener.as_fd().as_raw_fd(), NOTIF_RECV, ptr) })
+}

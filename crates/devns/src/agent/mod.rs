@@ -95,33 +95,48 @@ impl Listener {
 
     /// Handles one pending notification.
     pub fn handle(&mut self, policy: &mut dyn Policy) {
+        let Some(n) = self.recv() else { return };
+        if let Some(resp) = self.answer(&n, policy) {
+            self.send(&resp);
+        }
+    }
+
+    /// The next notification; `None` when interrupted, or when the caller
+    /// died between poll and recv.
+    pub fn recv(&self) -> Option<devns_sys::seccomp::Notif> {
+        devns_sys::seccomp::recv(self.fd.as_fd()).ok()
+    }
+
+    /// Does call `n` (after the agent's checks) and decides its answer;
+    /// `None` when its caller is gone. Also for a call received by a
+    /// daemon that died before it answered: everything is read again.
+    pub fn answer(&mut self, n: &devns_sys::seccomp::Notif, policy: &mut dyn Policy) -> Option<NotifResp> {
         let listener = self.fd.as_fd();
-        let n = match devns_sys::seccomp::recv(listener) {
-            Ok(n) => n,
-            // Interrupted, or the caller died between poll and recv.
-            Err(_) => return,
-        };
         let nr = n.data.nr as u32;
-        let device = if nr == NR_MKNOD || nr == NR_MKNODAT { mknod::device_of(&n) } else { None };
+        let device = if nr == NR_MKNOD || nr == NR_MKNODAT { mknod::device_of(n) } else { None };
         let answer = match (nr, device, self.last.caller(n.pid)) {
             // A FIFO, socket or file: the kernel's, whoever asks.
             (NR_MKNOD | NR_MKNODAT, None, _) => Answer::Continue,
             (_, _, Err(e)) => unreadable(listener, n.id, n.pid, e),
-            (_, Some(dev), Ok(c)) => mknod::mknod(listener, &n, c, dev, &*policy, &self.base),
-            (NR_MOUNT, _, Ok(c)) => mount::mount(listener, &n, c, &*policy),
-            (NR_FSOPEN, _, Ok(c)) => mount::fsopen(&n, c),
-            (NR_IOCTL, _, Ok(c)) => ioctl::ioctl(listener, &n, c, policy),
+            (_, Some(dev), Ok(c)) => mknod::mknod(listener, n, c, dev, &*policy, &self.base),
+            (NR_MOUNT, _, Ok(c)) => mount::mount(listener, n, c, &*policy),
+            (NR_FSOPEN, _, Ok(c)) => mount::fsopen(n, c),
+            (NR_IOCTL, _, Ok(c)) => ioctl::ioctl(listener, n, c, policy),
             _ => Answer::Done(Err(Errno::NOSYS)),
         };
-        let resp = match answer {
-            Answer::Gone => return,
+        Some(match answer {
+            Answer::Gone => return None,
             Answer::Continue => NotifResp { id: n.id, val: 0, error: 0, flags: devns_sys::seccomp::FLAG_CONTINUE },
             Answer::Done(Ok(())) => NotifResp { id: n.id, val: 0, error: 0, flags: 0 },
             Answer::Value(v) => NotifResp { id: n.id, val: i64::from(v), error: 0, flags: 0 },
             Answer::Done(Err(e)) => NotifResp { id: n.id, val: 0, error: -e.raw_os_error(), flags: 0 },
-        };
-        // ENOENT: the caller died meanwhile; nothing else can go wrong here.
-        let _ = devns_sys::seccomp::send(listener, &resp);
+        })
+    }
+
+    /// Sends an answer. ENOENT: the caller died meanwhile (or the call
+    /// was answered already); nothing else can go wrong here.
+    pub fn send(&self, resp: &NotifResp) {
+        let _ = devns_sys::seccomp::send(self.fd.as_fd(), resp);
     }
 }
 

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod daemon;
 pub mod events;
 pub mod global;
+pub mod hold;
 pub mod ls;
 pub mod ns;
 pub mod release;
@@ -65,6 +66,10 @@ pub enum Command {
     Attach(attach::Args),
     /// Stream ownership, hotplug and namespace events.
     Events(events::Args),
+    /// Hold the daemon's seccomp listeners while no daemon runs (started
+    /// by the daemon).
+    #[command(hide = true)]
+    Hold(hold::Args),
 }
 
 impl Command {
@@ -80,6 +85,7 @@ impl Command {
             Command::View(a) => view::run(global, a),
             Command::Attach(a) => attach::run(global, a),
             Command::Events(a) => events::run(global, a),
+            Command::Hold(a) => hold::run(global, a),
         }
     }
 }

@@ -98,6 +98,9 @@ pub struct Conn {
     pub out_watched: bool,
     /// Its token in the daemon's epoll set.
     pub token: u64,
+    /// The namespace its `run` provisioned (0: none), which a `listen`
+    /// on it serves.
+    pub ran: u64,
     partial_since: Option<Instant>,
     last_progress: Instant,
 }
@@ -117,6 +120,7 @@ impl Conn {
             why: None,
             out_watched: false,
             token,
+            ran: 0,
             partial_since: None,
             last_progress: Instant::now(),
         }

@@ -69,9 +69,9 @@ impl Daemon {
                     Ok(l) => l,
                     Err(e) => return Reply::err(format!("cannot serve the seccomp listener: {e}")),
                 };
-                let token = self.watch(l.fd(), super::Target::Agent(0));
-                self.targets.insert(token, super::Target::Agent(token));
-                self.listeners.insert(token, l);
+                // Tagged with the namespace this connection ran, if any.
+                let ns = c.ran;
+                self.serve_listener(l, ns);
                 Ok(json!("listening"))
             }
             Request::Run { name, devices } => {
@@ -83,6 +83,9 @@ impl Daemon {
                 return match self.engine.provision(pidfd, name.as_deref(), &devices) {
                     Ok((v, fds)) => {
                         if let Some(id) = v["id"].as_u64() {
+                            if let Some(c) = self.conns.get_mut(&conn) {
+                                c.ran = id;
+                            }
                             self.watch_members(NsId(id));
                         }
                         Reply { fds, ..Reply::ok(v) }

@@ -7,6 +7,7 @@
 mod conn;
 mod handle;
 mod limits;
+mod outlive;
 mod serve;
 
 use crate::config;
@@ -60,7 +61,15 @@ pub struct Daemon {
     /// Given up to refuse a connection when no fd is left for accept.
     spare_fd: Option<OwnedFd>,
     /// seccomp listeners whose trapped calls this daemon answers, by token.
-    listeners: BTreeMap<u64, crate::agent::Listener>,
+    listeners: BTreeMap<u64, outlive::Served>,
+    /// Where the listeners outlive the daemon, and the call in flight.
+    outlive: outlive::Outlive,
+    journal: Option<crate::journal::Journal>,
+    /// For the tests of the journal (`DEVNS_TEST_STOP_IN_CALL`, not
+    /// documented): the daemon stops itself (SIGSTOP) in its first trapped
+    /// call, once it has journaled its receipt or its answer, so that a
+    /// test can kill it exactly there.
+    stop_in_call: Option<crate::journal::Stop>,
     /// One epoll set, each fd registered once: a loop iteration costs the
     /// same with 1 view or 1,000.
     ep: OwnedFd,
@@ -128,6 +137,9 @@ fn listen(path: &Path) -> Result<OwnedFd> {
 }
 
 pub fn run(opts: Options) -> Result<()> {
+    // First: the fds a service manager passed, by number, before anything
+    // else is opened.
+    let passed = crate::fdstore::passed();
     host::require_host_root("devns daemon")?;
     limits::raise_fd_limit();
     let cfg = config::load(&opts.config)?;
@@ -141,6 +153,7 @@ pub fn run(opts: Options) -> Result<()> {
     crate::layout::adopt_old_views(store.dir(), &views_dir);
     let mut engine = Engine::open(Role::Daemon, cfg, store, Some(views_dir))?;
     engine.recover()?;
+    let (outlive, given) = outlive::Outlive::open(&opts.state_dir, passed);
     let host_ns = engine.host_ns();
     let mut d = Daemon {
         engine,
@@ -155,12 +168,19 @@ pub fn run(opts: Options) -> Result<()> {
         conn_log: limits::LogLimit::new(),
         spare_fd: None,
         listeners: BTreeMap::new(),
+        outlive,
+        journal: None,
+        stop_in_call: std::env::var("DEVNS_TEST_STOP_IN_CALL").ok().and_then(|v| crate::journal::Stop::parse(&v)),
         ep: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).context("epoll")?,
         targets: std::collections::HashMap::new(),
         next_token: 0,
     };
+    d.adopt(given);
     // Only now, ready: the socket starts accepting.
     let listener = listen(&opts.socket)?;
+    if let outlive::Outlive::Systemd { store, .. } = &d.outlive {
+        let _ = store.notify("READY=1", &[]);
+    }
     tracing::info!(socket = %opts.socket.display(), namespaces = d.engine.kept_ids().len(), "devns daemon ready");
     let result = d.serve(&listener, &uevents, &signals);
     let _ = std::fs::remove_file(&opts.socket);

@@ -105,6 +105,12 @@ impl Env {
             .collect()
     }
 
+    /// Pids of this test's holders (`devns --state-dir DIR hold`).
+    pub fn holders(&self) -> Vec<i32> {
+        let args = format!("--state-dir\0{}\0hold", self.state_dir().display());
+        processes_with(&args)
+    }
+
     /// A container that keeps running: stdin and stdout piped.
     pub fn spawn(&self, args: &[&str]) -> Container {
         Container::spawn(self.devns().arg("run").args(args))
@@ -152,6 +158,11 @@ impl Container {
                 panic!("no output from the container ({e}); stderr: {err}");
             }
         }
+    }
+
+    /// The next line of output if one is there already.
+    pub fn try_line(&mut self) -> Option<String> {
+        self.lines.try_recv().ok()
     }
 
     /// Lines until (not including) `end`.
@@ -425,6 +436,13 @@ impl Drop for Env {
             }
         }
         devns::engine::clean_dead(dead);
+        // The holder a daemon started outlives it by design: this test's is
+        // ended here, by its pid.
+        for pid in self.holders() {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
         let views = self.state_dir().join("views");
         if views.exists() {
             let _ = Command::new("umount").args(["-R", "-l"]).arg(&views).stderr(Stdio::null()).status();

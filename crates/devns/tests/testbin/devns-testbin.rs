@@ -5,6 +5,7 @@
 //! `testbin` feature that builds it is on only for this package's tests.
 
 mod bpf;
+mod holder;
 mod loops;
 mod mknod;
 mod ptrace;
@@ -17,6 +18,8 @@ type Role = (&'static str, &'static [&'static str], fn());
 const ROLES: &[Role] = &[
     ("attack", &["DEVNS_ATTACK_OUTSIDE", "DEVNS_ATTACK_FD"], mknod::attack),
     ("bpf", &["DEVNS_BPF_CHILD"], bpf::bpf),
+    ("filtered", &[], holder::filtered),
+    ("holder-peer", &["DEVNS_HOLDER_SOCK"], holder::peer),
     ("loop-ioctls", &["DEVNS_LOOP_OPS"], loops::ioctls),
     ("loop-ops", &["DEVNS_SEC_OPS"], loops::ops),
     ("loop-race", &["DEVNS_RACE"], loops::race),

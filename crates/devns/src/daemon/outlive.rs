@@ -1,0 +1,240 @@
+//! Where the daemon's seccomp listeners outlive it: systemd's fd store
+//! when it runs as a service (`NOTIFY_SOCKET`), else devns's own holder
+//! (`crate::holder`), started when none runs for the state dir. Each
+//! listener is handed over as it is accepted, with the namespace it
+//! serves; at start the daemon takes them all back, serves those whose
+//! namespace lives on, drops the stale ones, and finishes the call its
+//! predecessor had in flight (`crate::journal`).
+
+use super::{Daemon, Target};
+use crate::agent::Listener;
+use crate::fdstore::FdStore;
+use crate::holder::client::Client;
+use crate::journal::Journal;
+use devns_core::keep::{self, Recovered, Resume, Stored};
+use devns_core::registry::NsId;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+pub enum Outlive {
+    Holder(Client, PathBuf),
+    Systemd {
+        store: FdStore,
+        next_key: u64,
+    },
+    /// Neither could be had: listeners die with the daemon (logged).
+    Nowhere,
+}
+
+/// A listener the daemon serves, with its key in the store.
+pub struct Served {
+    pub listener: Listener,
+    pub key: Option<u64>,
+    pub ns: u64,
+}
+
+/// What the store gave back at start.
+#[derive(Default)]
+pub struct Given {
+    listeners: Vec<(u64, u64, OwnedFd)>,
+    journal: Option<OwnedFd>,
+    tmps: Vec<(u64, OwnedFd)>,
+}
+
+impl Outlive {
+    /// The store for this daemon, and what it holds from the last one.
+    /// `passed` are the fds systemd passed at start.
+    pub fn open(state_dir: &Path, passed: Vec<(OwnedFd, String)>) -> (Outlive, Given) {
+        match FdStore::from_env() {
+            Ok(Some(store)) => {
+                let mut given = Given::default();
+                for (fd, name) in passed {
+                    match Stored::parse(&name) {
+                        Some(Stored::Listener { key, ns }) => given.listeners.push((key, ns, fd)),
+                        Some(Stored::Journal) => given.journal = Some(fd),
+                        Some(Stored::Tmp { ns }) => given.tmps.push((ns, fd)),
+                        None => tracing::warn!(name, "closing an fd passed by the service manager that is not devns's"),
+                    }
+                }
+                let next_key = given.listeners.iter().map(|l| l.0).max().unwrap_or(0) + 1;
+                return (Outlive::Systemd { store, next_key }, given);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "not using the service manager's fd store"),
+        }
+        let taken = Client::connect_or_start(state_dir).and_then(|c| Ok((c.take()?, c)));
+        match taken {
+            Ok((t, c)) => (
+                Outlive::Holder(c, state_dir.to_owned()),
+                Given { listeners: t.listeners, journal: t.journal, tmps: t.tmps },
+            ),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"),
+                    "no holder for the seccomp listeners: a daemon that dies leaves its containers' trapped calls failing");
+                (Outlive::Nowhere, Given::default())
+            }
+        }
+    }
+
+    /// Keeps `fd` (a listener of `ns`, or the journal); its key.
+    fn put(&mut self, what: Option<u64>, fd: BorrowedFd<'_>) -> anyhow::Result<Option<u64>> {
+        match (self, what) {
+            (Outlive::Holder(c, _), Some(ns)) => c.put(ns, fd).map(Some),
+            (Outlive::Holder(c, _), None) => c.journal(fd).map(|()| None),
+            (Outlive::Systemd { store, next_key }, Some(ns)) => {
+                let key = *next_key;
+                *next_key += 1;
+                store.store(Stored::Listener { key, ns }, fd).map(|()| Some(key))
+            }
+            (Outlive::Systemd { store, .. }, None) => store.store(Stored::Journal, fd).map(|()| None),
+            (Outlive::Nowhere, _) => Ok(None),
+        }
+    }
+
+    /// Keeps namespace `ns`'s `/tmp` beside its listener.
+    fn put_tmp(&mut self, ns: u64, dir: BorrowedFd<'_>) {
+        let r = match self {
+            Outlive::Holder(c, _) => c.tmp(ns, dir),
+            Outlive::Systemd { store, .. } => store.store(Stored::Tmp { ns }, dir),
+            Outlive::Nowhere => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(ns, error = %format!("{e:#}"), "cannot keep a namespace's /tmp past the daemon");
+        }
+    }
+
+    /// The store has no more use for listener `key`.
+    pub fn forget(&mut self, key: u64, ns: u64) {
+        let r = match self {
+            Outlive::Holder(c, _) => c.drop_key(key),
+            // The namespace's /tmp too: a namespace has one listener.
+            Outlive::Systemd { store, .. } => {
+                store.remove(Stored::Listener { key, ns }).and_then(|()| store.remove(Stored::Tmp { ns }))
+            }
+            Outlive::Nowhere => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::debug!(key, error = %format!("{e:#}"), "the store did not drop a listener");
+        }
+    }
+}
+
+impl Daemon {
+    /// Hands `l` (serving `ns`, 0 if not known) to the store and serves it.
+    pub(super) fn serve_listener(&mut self, l: Listener, ns: u64) {
+        let key = self.keep(Some(ns), l.fd());
+        self.keep_tmp(ns);
+        self.add_served(Served { listener: l, key, ns });
+    }
+
+    fn keep_tmp(&mut self, ns: u64) {
+        if let Some(tmp) = self.engine.kept(NsId(ns)).and_then(|k| k.tmp.as_ref()) {
+            self.outlive.put_tmp(ns, tmp.as_fd());
+        }
+    }
+
+    /// Keeps an fd in the store; a holder that died is started again and
+    /// given everything again.
+    fn keep(&mut self, ns: Option<u64>, fd: BorrowedFd<'_>) -> Option<u64> {
+        match self.outlive.put(ns, fd) {
+            Ok(key) => return key,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "the holder is gone; starting another"),
+        }
+        let Outlive::Holder(_, dir) = &self.outlive else { return None };
+        let dir = dir.clone();
+        match Client::connect_or_start(&dir) {
+            Ok(c) => self.outlive = Outlive::Holder(c, dir),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "no holder for the seccomp listeners");
+                self.outlive = Outlive::Nowhere;
+                return None;
+            }
+        }
+        if let Some(j) = &self.journal {
+            let _ = self.outlive.put(None, j.fd());
+        }
+        for s in self.listeners.values_mut() {
+            s.key = self.outlive.put(Some(s.ns), s.listener.fd()).ok().flatten();
+        }
+        let nss: Vec<u64> = self.listeners.values().map(|s| s.ns).collect();
+        for n in nss {
+            self.keep_tmp(n);
+        }
+        self.outlive.put(ns, fd).ok().flatten()
+    }
+
+    fn add_served(&mut self, s: Served) {
+        let token = self.watch(s.listener.fd(), Target::Agent(0));
+        self.targets.insert(token, Target::Agent(token));
+        self.listeners.insert(token, s);
+    }
+
+    /// At start: the journal and the listeners the store gave back.
+    pub(super) fn adopt(&mut self, given: Given) {
+        let journal = given.journal.and_then(Journal::open);
+        let resumed = journal.is_some();
+        self.journal = journal.or_else(|| Journal::create().ok());
+        if !resumed && let Some(j) = self.journal.take() {
+            self.keep(None, j.fd());
+            self.journal = Some(j);
+        }
+        let kept = self.engine.kept_ids();
+        for (key, ns, fd) in given.listeners {
+            match keep::recovered(ns, hung_up(fd.as_fd()), |n| kept.contains(&NsId(n))) {
+                Recovered::Serve => match Listener::new(fd) {
+                    Ok(l) => self.add_served(Served { listener: l, key: Some(key), ns }),
+                    Err(e) => tracing::warn!(key, error = %e, "cannot serve a listener given back"),
+                },
+                Recovered::Stale(why) => {
+                    tracing::info!(key, ns, "dropping a listener given back: {why}");
+                    self.outlive.forget(key, ns);
+                }
+            }
+        }
+        // The /tmp devns made for each: where it makes their nodes again.
+        for (ns, dir) in given.tmps {
+            if let Some(k) = self.engine.kept_mut(NsId(ns))
+                && k.tmp.is_none()
+            {
+                k.tmp = Some(dir);
+            }
+        }
+        tracing::info!(listeners = self.listeners.len(), "seccomp listeners taken back");
+        self.resume_in_flight();
+    }
+
+    /// The call the last daemon had received but not answered, if the
+    /// kernel still waits for it.
+    fn resume_in_flight(&mut self) {
+        let Some(j) = &self.journal else { return };
+        let (f, n, resp) = j.in_flight();
+        let key = match f {
+            keep::InFlight::Idle => return,
+            keep::InFlight::Received { key } | keep::InFlight::Answered { key } => key,
+        };
+        let Some(s) = self.listeners.values_mut().find(|s| s.key == Some(key)) else {
+            j.done();
+            return;
+        };
+        match keep::resume(f, devns_sys::seccomp::id_valid(s.listener.fd(), n.id)) {
+            Resume::Nothing => {}
+            Resume::SendAnswer { .. } => s.listener.send(&resp),
+            Resume::HandleAgain { .. } => {
+                if let Some(r) = s.listener.answer(&n, &mut self.engine) {
+                    j.answered(&r);
+                    s.listener.send(&r);
+                }
+            }
+        }
+        tracing::info!(id = n.id, ?f, "the call in flight at the last daemon's death is answered");
+        j.done();
+    }
+}
+
+/// Whether no filtered process is left on `fd` (`POLLHUP` now).
+fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut p = [rustix::event::PollFd::from_borrowed_fd(fd, rustix::event::PollFlags::empty())];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    rustix::event::poll(&mut p, Some(&zero)).is_ok()
+        && p[0].revents().intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR)
+}
