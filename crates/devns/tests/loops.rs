@@ -294,11 +294,6 @@ fn the_limit_answers_enospc_and_says_why() {
     assert!(imgs.bound().is_empty());
 }
 
-/// The host pid of a `devns run`'s container init.
-fn init_of(c: &Container) -> i32 {
-    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.pid())).unwrap();
-    kids.split_whitespace().next().expect("a container init").parse().unwrap()
-}
 
 /// The host's mounts that name `env`'s state dir.
 fn state_mounts(env: &Env) -> Vec<String> {
@@ -344,7 +339,7 @@ fn two_hundred_killed_containers_leave_no_loop_device_behind() {
     for i in 0..200 {
         let (mut c, disks) = with_three_loops(&env, &imgs, &script, &[], i);
         taken.extend(disks);
-        let init = rustix::process::Pid::from_raw(init_of(&c)).unwrap();
+        let init = rustix::process::Pid::from_raw(c.init()).unwrap();
         rustix::process::kill_process(init, rustix::process::Signal::KILL).unwrap();
         let _ = c.child.wait();
     }
@@ -402,7 +397,7 @@ fn loops_of_a_namespace_that_died_while_the_daemon_was_down_go_at_its_restart() 
     // for it on asking, A's all the same.
     let free = imgs.disk(&a.sh("losetup -f")[0]);
     d.kill9();
-    let init = rustix::process::Pid::from_raw(init_of(&a)).unwrap();
+    let init = rustix::process::Pid::from_raw(a.init()).unwrap();
     rustix::process::kill_process(init, rustix::process::Signal::KILL).unwrap();
     let _ = a.child.wait();
     assert!(!bound.gone(), "nobody cleans while the daemon is down");

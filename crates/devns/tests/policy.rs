@@ -14,12 +14,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The host pid of the init of a `devns run` (its only child).
-fn init_of(c: &Container) -> i32 {
-    let pid = c.pid();
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-    children.split_whitespace().next().expect("devns run has its init").parse().unwrap()
-}
 
 /// Bind-mounts host path `src` over file `dst` in the mount namespace of
 /// process `pid`, from outside devns (what a runtime or an admin might do).
@@ -96,7 +90,7 @@ fn a_host_node_bind_mounted_from_outside_opens_only_while_assigned() {
     let (l, _shared, node) = loop_with_node(&env, "bind");
     let (major, minor) = block_numbers(&l.name());
     a.sh("touch /tmp/bound");
-    bind_into(init_of(&a), node.path(), "/tmp/bound");
+    bind_into(a.init(), node.path(), "/tmp/bound");
     assert_eq!(a.sh("stat -c %t:%T /tmp/bound"), [format!("{major:x}:{minor:x}")], "the node is there");
     assert!(refused(&a.open("/tmp/bound")), "not assigned: EPERM");
 
@@ -104,7 +98,7 @@ fn a_host_node_bind_mounted_from_outside_opens_only_while_assigned() {
     assert_eq!(a.open("/tmp/bound"), "opened", "assigned: opens, nothing restarted");
     devns_ok(&env, &["release", &l.name()]);
     assert!(refused(&a.open("/tmp/bound")), "released: EPERM again");
-    let _ = Command::new("nsenter").args(["-t", &init_of(&a).to_string(), "-m", "--", "umount", "/tmp/bound"]).status();
+    let _ = Command::new("nsenter").args(["-t", &a.init().to_string(), "-m", "--", "umount", "/tmp/bound"]).status();
 }
 
 #[test]
@@ -174,7 +168,7 @@ fn program_map_and_cgroup_are_gone_when_the_container_dies() {
     let mut c = shell_container(&env, &["--name", "solo"]);
     let (rec, ids) = cgroup_and_ids(&env, "solo");
     assert!(rec.created && Path::new(&rec.path).is_dir());
-    assert!(cgroup_pids(Path::new(&rec.path)).contains(&init_of(&c)), "its init is in it");
+    assert!(cgroup_pids(Path::new(&rec.path)).contains(&c.init()), "its init is in it");
     c.send("exit\n");
     let _ = c.wait();
     assert!(!Path::new(&rec.path).exists(), "the cgroup is removed when the run ends");
@@ -264,7 +258,7 @@ fn the_container_can_neither_change_nor_leave_its_policy() {
     // of its ancestors run for it.
     let sub = mine.join("sub");
     std::fs::create_dir(&sub).unwrap();
-    let shell = *cgroup_pids(mine).iter().find(|p| **p != init_of(&c)).expect("the shell");
+    let shell = *cgroup_pids(mine).iter().find(|p| **p != c.init()).expect("the shell");
     std::fs::write(sub.join("cgroup.procs"), shell.to_string()).unwrap();
     assert!(refused(&c.open(mem.path())), "below its cgroup: still refused");
     assert_eq!(c.open("/dev/null"), "opened");

@@ -378,11 +378,7 @@ fn the_container_s_cgroup_is_the_root_of_its_cgroup_namespace(env: &Env, name: &
     assert!(lines.iter().all(|l| l == "init" || l.ends_with(":/")), "{lines:?}");
     let cgroup = record_of(env, name).cgroup.expect("a cgroup of its own").path;
     assert!(cgroup.ends_with(&format!("/devns-{}", record_of(env, name).id.expect("an id").0)), "{cgroup}");
-    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.pid())).unwrap();
-    let init = kids.split_whitespace().find(|p| {
-        std::fs::read_link(format!("/proc/{p}/ns/user")).ok() != std::fs::read_link("/proc/self/ns/user").ok()
-    });
-    let init = init.expect("the container's init");
+    let init = c.init();
     let own = std::fs::read_link(format!("/proc/{init}/ns/cgroup")).unwrap();
     assert_ne!(own, std::fs::read_link("/proc/self/ns/cgroup").unwrap(), "a cgroup namespace of its own");
     let seen = devns::cgroup::v2_path(&std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap()).unwrap();

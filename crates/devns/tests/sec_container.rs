@@ -306,14 +306,15 @@ fn the_container_s_init_holds_none_of_the_keeper_s_fds() {
     // read from the host.
     let mut c = env.spawn(&["--", "sh", "-c", "echo up; read x"]);
     assert_eq!(c.line(), "up");
-    let keeper = c.pid();
-    let init: i32 = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .expect("the container's init")
-        .parse()
-        .unwrap();
+    let init = c.init();
+    // Once init waits for signals: its spawn of the command is over, and
+    // with it the fds the spawn makes for a moment (the command may print
+    // before init is done with them).
+    eventually("init waits in poll", || {
+        let call = std::fs::read_to_string(format!("/proc/{init}/syscall")).unwrap_or_default();
+        let nr = call.split_whitespace().next().unwrap_or_default();
+        nr == libc::SYS_poll.to_string() || nr == libc::SYS_ppoll.to_string()
+    });
     let mut out = String::new();
     for e in std::fs::read_dir(format!("/proc/{init}/fd")).unwrap().flatten() {
         let what = std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();

@@ -49,12 +49,6 @@ impl Drop for KillCgroup {
     }
 }
 
-/// The host pid of the init of a `devns run` (its only child).
-fn init_of(c: &Container) -> i32 {
-    let pid = c.pid();
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-    children.split_whitespace().next().expect("devns run has its init").parse().unwrap()
-}
 
 /// The processes of cgroup `path` and all below it.
 fn cgroup_tree_pids(path: &Path) -> Vec<i32> {
@@ -151,7 +145,7 @@ fn what_outlives_a_killed_run_dies(policy: bool, daemon: bool, watched: bool) {
     let cgroup = rec.cgroup.as_ref().map(|c| c.path.clone());
     assert_eq!(cgroup.is_some(), policy);
     let _gone = cgroup.as_ref().map(|p| KillCgroup(p.into()));
-    let init = init_of(&c);
+    let init = c.init();
     let old_map = uid_map(init);
     let (mut child, fd) = outsider(init, cgroup.as_deref(), &mark);
     let fd = KillAll(vec![fd]);
@@ -332,7 +326,7 @@ fn a_daemon_s_run_lives_while_a_process_is_left(nested: bool) {
     let rec = record_of(&env, "y");
     let cgroup = rec.cgroup.clone().expect("a cgroup").path;
     let _gone = KillCgroup(cgroup.clone().into());
-    let init = init_of(&c);
+    let init = c.init();
     let (mut child, fd) = if nested {
         outsider(init, Some(&cgroup), &mark)
     } else {

@@ -144,6 +144,20 @@ pub struct Container {
 }
 
 impl Container {
+    /// The host pid of the container's init: the child of this `devns run`
+    /// in a user namespace other than the host's (a stand-alone run's
+    /// watcher is a child too, in the host's).
+    pub fn init(&self) -> i32 {
+        let pid = self.pid();
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let host = std::fs::read_link("/proc/self/ns/user").ok();
+        kids.split_whitespace()
+            .find(|p| std::fs::read_link(format!("/proc/{p}/ns/user")).ok().is_some_and(|ns| Some(ns) != host))
+            .expect("devns run has its init")
+            .parse()
+            .unwrap()
+    }
+
     /// The next line of output; panics after a generous timeout, so a broken
     /// container fails the test instead of hanging it.
     pub fn line(&mut self) -> String {
