@@ -294,7 +294,6 @@ fn the_limit_answers_enospc_and_says_why() {
     assert!(imgs.bound().is_empty());
 }
 
-
 /// The host's mounts that name `env`'s state dir.
 fn state_mounts(env: &Env) -> Vec<String> {
     let state = env.state_dir().to_string_lossy().into_owned();

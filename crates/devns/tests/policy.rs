@@ -14,7 +14,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 /// Bind-mounts host path `src` over file `dst` in the mount namespace of
 /// process `pid`, from outside devns (what a runtime or an admin might do).
 fn bind_into(pid: i32, src: &str, dst: &str) {

@@ -49,7 +49,6 @@ impl Drop for KillCgroup {
     }
 }
 
-
 /// The processes of cgroup `path` and all below it.
 fn cgroup_tree_pids(path: &Path) -> Vec<i32> {
     let mut out = cgroup_pids(path);

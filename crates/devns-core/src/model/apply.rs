@@ -51,7 +51,12 @@ pub enum Effect {
     /// (removed and made anew with its numbers while nobody watched): the
     /// device that has the numbers now is the host's. With what the record
     /// knew of the old one and what the new one is, for the log.
-    Remade { ns: NsId, dev: DevId, recorded: Identity, now: Identity },
+    Remade {
+        ns: NsId,
+        dev: DevId,
+        recorded: Identity,
+        now: Identity,
+    },
 }
 
 /// Whether a namespace coming under devns gets id blocks.
@@ -66,30 +71,75 @@ pub enum Ids {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// A namespace comes under devns with the devices it wants.
-    Claim { id: NsId, name: Option<String>, keeper: Option<Keeper>, members: Vec<Keeper>, devices: Vec<DevId>, ids: Ids },
-    Assign { dev: DevId, to: NsId },
-    Release { dev: DevId },
-    Global { dev: DevId, on: bool },
+    Claim {
+        id: NsId,
+        name: Option<String>,
+        keeper: Option<Keeper>,
+        members: Vec<Keeper>,
+        devices: Vec<DevId>,
+        ids: Ids,
+    },
+    Assign {
+        dev: DevId,
+        to: NsId,
+    },
+    Release {
+        dev: DevId,
+    },
+    Global {
+        dev: DevId,
+        on: bool,
+    },
     /// `ns` allocated loop device `l` (described by `dev`) through loop-control.
-    LoopTake { ns: NsId, l: LoopDev, dev: Device },
+    LoopTake {
+        ns: NsId,
+        l: LoopDev,
+        dev: Device,
+    },
     /// The kernel removed `ns`'s loop device `l` at its request.
-    LoopReturn { ns: NsId, l: LoopDev },
+    LoopReturn {
+        ns: NsId,
+        l: LoopDev,
+    },
     /// `ns` edited `disk`'s partitions: `now` is what sysfs has.
-    Partitions { ns: NsId, disk: DevId, now: Vec<Device> },
+    Partitions {
+        ns: NsId,
+        disk: DevId,
+        now: Vec<Device>,
+    },
     /// The kernel's `add` or `change` of `dev`.
-    DeviceAdd { dev: Device },
+    DeviceAdd {
+        dev: Device,
+    },
     /// The kernel's `remove` of `dev` (with the event's `DISKSEQ`).
-    DeviceRemove { dev: DevId, diskseq: Option<u64> },
+    DeviceRemove {
+        dev: DevId,
+        diskseq: Option<u64>,
+    },
     /// Nothing of the namespace is left.
-    Death { ns: NsId },
-    Members { ns: NsId, members: Vec<Keeper> },
-    Cgroup { ns: NsId, rec: Option<CgroupRecord> },
+    Death {
+        ns: NsId,
+    },
+    Members {
+        ns: NsId,
+        members: Vec<Keeper>,
+    },
+    Cgroup {
+        ns: NsId,
+        rec: Option<CgroupRecord>,
+    },
     /// Records read from the state directory replace every namespace but
     /// those in `except` (the keeper's own, which it knows better); the
     /// flags replace the run-time global flags when given.
-    Records { records: Vec<NsRecord>, except: BTreeSet<NsId>, global: Option<BTreeMap<DevId, bool>> },
+    Records {
+        records: Vec<NsRecord>,
+        except: BTreeSet<NsId>,
+        global: Option<BTreeMap<DevId, bool>>,
+    },
     /// After lost uevents: the host's devices as sysfs has them now.
-    Rescan { devices: Vec<Device> },
+    Rescan {
+        devices: Vec<Device>,
+    },
 }
 
 /// The name of the one device that may never be global: without devns
@@ -163,7 +213,8 @@ impl Model {
         }
         let (uid_base, gid_base) = match ids {
             Ids::Allocate { uids, gids } => {
-                let taken = |f: fn(&Namespace) -> Option<u32>| -> Vec<u32> { self.nss.values().filter_map(|n| f(n)).collect() };
+                let taken =
+                    |f: fn(&Namespace) -> Option<u32>| -> Vec<u32> { self.nss.values().filter_map(|n| f(n)).collect() };
                 let u = subid::allocate(&uids, &taken(|n| n.uid_base)).ok_or(ClaimError::NoIds { kind: "user" })?;
                 let g = subid::allocate(&gids, &taken(|n| n.gid_base)).ok_or(ClaimError::NoIds { kind: "group" })?;
                 (Some(u), Some(g))

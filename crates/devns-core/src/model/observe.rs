@@ -3,8 +3,8 @@
 //! records read from the state directory, a rescan of sysfs. Nothing here
 //! is refused: the kernel (or a death) already made the change.
 
-use super::{Model, Namespace};
 use super::apply::{Announce, Effect, Scope};
+use super::{Model, Namespace};
 use crate::api::Event;
 use crate::device::{DevId, Device, removes_known};
 use crate::loopctl::LoopDev;
@@ -152,7 +152,6 @@ impl Model {
         fx
     }
 
-
     pub(super) fn records(
         &mut self,
         records: Vec<NsRecord>,
@@ -202,7 +201,8 @@ impl Model {
     }
 
     pub(super) fn rescan(&mut self, devices: Vec<Device>) -> Vec<Effect> {
-        let owners: Vec<(NsId, DevId)> = self.ids().into_iter().flat_map(|id| self.owned(id).into_iter().map(move |d| (id, d))).collect();
+        let owners: Vec<(NsId, DevId)> =
+            self.ids().into_iter().flat_map(|id| self.owned(id).into_iter().map(move |d| (id, d))).collect();
         let mut next = crate::registry::Registry::new(devices, &self.global_names);
         // Events were lost: those awaited may never come.
         self.departed.clear();

@@ -56,4 +56,3 @@ impl LogLimit {
         self.count <= Self::PER_SECOND
     }
 }
-

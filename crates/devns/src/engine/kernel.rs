@@ -196,7 +196,6 @@ pub(crate) fn mount_into(pid: i32, view: &OwnedFd, at: &str) -> Result<()> {
     }
 }
 
-
 /// Sends `payload` (a kernel-format uevent) through `sock`, a uevent socket
 /// in namespace `id`'s network namespace.
 ///
@@ -219,7 +218,13 @@ pub(crate) fn send_uevent(sock: &OwnedFd, payload: &[u8], uids: &IdMap, gids: &I
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
     let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
     let sent = if cmsg.push(rustix::net::SendAncillaryMessage::ScmCredentials(creds)) {
-        rustix::net::sendmsg_addr(sock, &to, &[std::io::IoSlice::new(&req)], &mut cmsg, rustix::net::SendFlags::DONTWAIT)
+        rustix::net::sendmsg_addr(
+            sock,
+            &to,
+            &[std::io::IoSlice::new(&req)],
+            &mut cmsg,
+            rustix::net::SendFlags::DONTWAIT,
+        )
     } else {
         Err(rustix::io::Errno::NOBUFS)
     };

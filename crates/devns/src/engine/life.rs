@@ -60,7 +60,8 @@ impl Engine {
 
     /// A clone of `id`'s view to hand to a container.
     pub fn view_clone(&self, id: NsId) -> Result<OwnedFd> {
-        let view = self.kept.get(&id).and_then(|n| n.view.as_ref()).ok_or_else(|| anyhow!("namespace {id} has no view"))?;
+        let view =
+            self.kept.get(&id).and_then(|n| n.view.as_ref()).ok_or_else(|| anyhow!("namespace {id} has no view"))?;
         clone_tree(view).context("cannot clone the view")
     }
 
@@ -68,7 +69,12 @@ impl Engine {
     /// child whose maps are unset, waiting to be told to go on) gets an id
     /// block, its devices, a view, its device policy and a `/tmp`; returns
     /// the ids, a clone of the view and the `/tmp`. Undone on failure.
-    pub fn provision(&mut self, pidfd: OwnedFd, name: Option<&str>, devices: &[String]) -> Result<(serde_json::Value, Vec<OwnedFd>)> {
+    pub fn provision(
+        &mut self,
+        pidfd: OwnedFd,
+        name: Option<&str>,
+        devices: &[String],
+    ) -> Result<(serde_json::Value, Vec<OwnedFd>)> {
         let pid = host::pid_of_pidfd(&pidfd).ok_or_else(|| anyhow!("the process behind the pidfd is gone"))?;
         let nsfd = devns_sys::ns::pidfd_user_ns(&pidfd).context("cannot get the process's user namespace")?;
         let id = NsId(devns_sys::ns::ns_id(&nsfd)?);
@@ -238,8 +244,7 @@ impl Engine {
         let Some(k) = self.kept.get_mut(&id) else { return false };
         k.members.retain(|m| m.keeper.pid != pid);
         if k.members.is_empty() {
-            let cgroup =
-                self.model.namespace(id).and_then(|n| n.cgroup.as_ref()).map(|c| PathBuf::from(&c.path));
+            let cgroup = self.model.namespace(id).and_then(|n| n.cgroup.as_ref()).map(|c| PathBuf::from(&c.path));
             let adopted = adopt_from_proc(id, cgroup.as_deref(), &[pid]);
             if adopted.is_empty() {
                 tracing::info!(ns = %id, "last process gone: releasing its devices and view");

@@ -178,7 +178,8 @@ pub fn clean_dead(dead: Vec<devns_core::state::NsRecord>) {
             }
         }
         if let Some(c) = &r.cgroup
-            && let Some(busy) = crate::bpf::log_close(r.label(), crate::bpf::close_recorded(c, super::access::RUN_PATIENCE))
+            && let Some(busy) =
+                crate::bpf::log_close(r.label(), crate::bpf::close_recorded(c, super::access::RUN_PATIENCE))
         {
             tracing::warn!(cgroup = %busy.display(), "a dead namespace's cgroup still has processes: left (its map is empty: they may open no device)");
         }

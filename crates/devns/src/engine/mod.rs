@@ -220,8 +220,9 @@ impl Engine {
     pub fn commit(&mut self, change: Change) -> Result<()> {
         let old = self.model.clone();
         let effects = self.model.apply(change)?;
-        let (checked, after): (Vec<Effect>, Vec<Effect>) =
-            effects.into_iter().partition(|e| matches!(e, Effect::Reconcile(..) | Effect::Save(_) | Effect::SaveGlobal));
+        let (checked, after): (Vec<Effect>, Vec<Effect>) = effects
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Reconcile(..) | Effect::Save(_) | Effect::SaveGlobal));
         if let Err(e) = self.carry_checked(&checked) {
             self.model = old;
             for fx in &checked {

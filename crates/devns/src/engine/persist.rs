@@ -25,7 +25,10 @@ impl Engine {
     /// Runs `f` with the writers' lock held by this engine: the one it
     /// holds, or one taken for the call. Everything `f` calls that saves
     /// uses it (a second `flock` of the file would wait for this one).
-    pub(super) fn holding<T, E: From<StoreError>>(&mut self, f: impl FnOnce(&mut Engine) -> Result<T, E>) -> Result<T, E> {
+    pub(super) fn holding<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&mut Engine) -> Result<T, E>,
+    ) -> Result<T, E> {
         if self.held {
             return f(self);
         }
@@ -132,7 +135,11 @@ pub(super) fn watch_records(store: &crate::store::Store, role: Role) -> Option<r
         | WatchFlags::CLOSE_WRITE
         | WatchFlags::DELETE_SELF;
     let dir = store.dir();
-    let dirs = if role == Role::Daemon { vec![dir.join("runs")] } else { vec![dir.join("runs"), dir.join("ns"), dir.to_owned()] };
+    let dirs = if role == Role::Daemon {
+        vec![dir.join("runs")]
+    } else {
+        vec![dir.join("runs"), dir.join("ns"), dir.to_owned()]
+    };
     for d in dirs {
         inotify::add_watch(&fd, &d, what).ok()?;
     }
