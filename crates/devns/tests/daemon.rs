@@ -211,7 +211,15 @@ fn lifecycles_leave_nothing_and_the_daemon_holds_no_extra_fds() {
         // Its namespace (with the fds it holds: view, /tmp, listener) is
         // gone only after its devices are released.
         eventually("first namespace gone", || devns_ok(&env, &["ns", "ls", "--json"]).trim() == "[]");
-        d.fd_count()
+        // The fewest over a moment: a client's connection (and with it a
+        // listener) closes asynchronously, and would count as the daemon's.
+        (0..50)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                d.fd_count()
+            })
+            .min()
+            .expect("sampled")
     };
     for i in 0..100 {
         if i % 3 == 0 {
@@ -234,7 +242,7 @@ fn lifecycles_leave_nothing_and_the_daemon_holds_no_extra_fds() {
     assert_eq!(env.recorded_namespaces(), 0);
     // Connections and listeners of the last containers close asynchronously.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while d.fd_count() != baseline && std::time::Instant::now() < deadline {
+    while d.fd_count() > baseline && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
@@ -242,7 +250,7 @@ fn lifecycles_leave_nothing_and_the_daemon_holds_no_extra_fds() {
         .flatten()
         .map(|e| format!("{} -> {:?}", e.file_name().to_string_lossy(), std::fs::read_link(e.path())))
         .collect();
-    assert_eq!(d.fd_count(), baseline, "the daemon's fd count grew: {fds:#?}");
+    assert!(d.fd_count() <= baseline, "the daemon's fd count grew from {baseline}: {fds:#?}");
 }
 
 #[test]
