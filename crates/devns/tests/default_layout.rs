@@ -129,6 +129,35 @@ impl Drop for RealRunDir {
     }
 }
 
+/// `/run/devns` moved aside, when it exists, for a test that lays it out
+/// as an older devns would have from nothing (a machine where this devns
+/// already ran has it in the new layout); moved back on drop, after the
+/// test's [`RealRunDir`] (declared after this) removed what it made.
+struct Aside(Option<PathBuf>);
+
+impl Aside {
+    fn take() -> Aside {
+        // Its checks alone: no daemon uses it, no record lies in it.
+        drop(RealRunDir::take());
+        assert!(mounts_below_run().is_empty(), "mounts below {RUN}: this test needs it to itself");
+        if !Path::new(RUN).exists() {
+            return Aside(None);
+        }
+        let to = PathBuf::from(format!("{RUN}.aside-{}", std::process::id()));
+        std::fs::rename(RUN, &to).unwrap_or_else(|e| panic!("cannot move {RUN} aside: {e}"));
+        Aside(Some(to))
+    }
+}
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        if let Some(to) = &self.0 {
+            let _ = std::fs::remove_dir_all(RUN);
+            let _ = std::fs::rename(to, RUN);
+        }
+    }
+}
+
 /// `program`, with devns's defaults alone (none of its variables).
 fn defaults(program: &str) -> Command {
     let mut c = Command::new(program);
@@ -279,6 +308,7 @@ fn an_older_layout_with_a_running_container_moves_into_the_default_layout() {
     if !privileged() {
         return;
     }
+    let _aside = Aside::take();
     let _run = RealRunDir::take();
     let lo = Loop::new(false);
     let old = ["--state-dir", RUN, "--socket", "/run/devns/devns.sock"];
