@@ -100,6 +100,10 @@ impl RealRunDir {
 
 impl Drop for RealRunDir {
     fn drop(&mut self) {
+        // Dropped after the test's daemons and containers: what their
+        // records still name ends before the records go.
+        clean_records(&Path::new(RUN).join("state"));
+        clean_records(Path::new(RUN));
         let mut made: Vec<String> = mounts_below_run().into_iter().filter(|m| !self.mounts.contains(m)).collect();
         made.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in made {

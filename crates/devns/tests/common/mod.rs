@@ -441,15 +441,7 @@ impl Drop for Env {
         // could end what they had (a restarted daemon would): the loop
         // devices and device policies the records still name are ended here,
         // by the cleanup the next devns command does for dead runs.
-        let mut dead = Vec::new();
-        for sub in ["ns", "runs"] {
-            for e in std::fs::read_dir(self.state_dir().join(sub)).into_iter().flatten().flatten() {
-                let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
-                let Ok(r) = serde_json::from_str::<devns_core::state::NsRecord>(&text) else { continue };
-                dead.push(r);
-            }
-        }
-        devns::engine::clean_dead(dead);
+        clean_records(&self.state_dir());
         // The holder a daemon started outlives it by design: this test's is
         // ended here, by its pid.
         for pid in self.holders() {
@@ -462,6 +454,21 @@ impl Drop for Env {
             let _ = Command::new("umount").args(["-R", "-l"]).arg(&views).stderr(Stdio::null()).status();
         }
     }
+}
+
+/// Ends what the records in state directory `state` still name (loop
+/// devices, device policies, cgroups), as the next devns command does for
+/// dead runs: for a test whose daemon was killed before it could.
+pub fn clean_records(state: &Path) {
+    let mut dead = Vec::new();
+    for sub in ["ns", "runs"] {
+        for e in std::fs::read_dir(state.join(sub)).into_iter().flatten().flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+            let Ok(r) = serde_json::from_str::<devns_core::state::NsRecord>(&text) else { continue };
+            dead.push(r);
+        }
+    }
+    devns::engine::clean_dead(dead);
 }
 
 /// A raw connection to the daemon's socket.
