@@ -395,3 +395,31 @@ fn under_systemd_listeners_go_to_its_fd_store_and_come_back_as_listen_fds() {
     assert_eq!(removed, format!("FDSTOREREMOVE=1\nFDNAME={}", names[1]));
     assert!(env.holders().is_empty());
 }
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_holder_killed_under_a_running_daemon_is_replaced_and_given_everything_again() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let (mut d, mut c) = daemon_serving_a(&env);
+    let first = env.holders();
+    assert_eq!(first.len(), 1, "one holder: {first:?}");
+    let pid = rustix::process::Pid::from_raw(first[0]).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    // With no container started meanwhile: the daemon notices by itself.
+    eventually("another holder holds a's listener", || {
+        let now = env.holders();
+        now.len() == 1 && now != first && !held(&env).is_empty()
+    });
+    // And it is the one that keeps the calls over the daemon's kill.
+    d.kill9();
+    c.send("mknod /tmp/n c 1 3 && echo made || echo failed\n");
+    eventually("the mknod waits for the next daemon", || waits_in_mknod(&c));
+    let _d = Daemon::start(&env);
+    assert_eq!(c.lines_until("end"), ["made"]);
+    drop(c);
+    drop(_d);
+    eventually("the holder exits: nothing held, no daemon attached", || env.holders().is_empty());
+}

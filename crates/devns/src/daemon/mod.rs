@@ -40,6 +40,8 @@ enum Target {
     Conn(u64),
     Member(NsId, i32),
     Agent(u64),
+    /// The connection to the holder of the listeners (`outlive`).
+    Holder,
 }
 
 pub struct Daemon {

@@ -140,16 +140,48 @@ impl Daemon {
             Ok(key) => return key,
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "the holder is gone; starting another"),
         }
-        let Outlive::Holder(_, dir) = &self.outlive else { return None };
+        if !self.rehold() {
+            return None;
+        }
+        self.outlive.put(ns, fd).ok().flatten()
+    }
+
+    /// Watches the connection to the holder, if the listeners are in one.
+    pub(super) fn watch_holder(&mut self) {
+        if let Outlive::Holder(c, _) = &self.outlive {
+            super::watch_in(&self.ep, &mut self.targets, &mut self.next_token, c.fd(), Target::Holder);
+        }
+    }
+
+    /// Whether the holder's connection, readable, is at its end. The
+    /// holder speaks only to answer a request (read there and then), so
+    /// anything else is discarded, lest it wake the loop again and again.
+    pub(super) fn holder_gone(&self) -> bool {
+        let Outlive::Holder(c, _) = &self.outlive else { return false };
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+        match rustix::net::recv(c.fd(), &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((_, 0)) => true,
+            Ok(_) | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// A holder that died started again (or found) and given everything
+    /// this daemon serves again: so that a kill of the daemon after it
+    /// still loses nothing. Whether one holds them now.
+    pub(super) fn rehold(&mut self) -> bool {
+        let Outlive::Holder(_, dir) = &self.outlive else { return false };
         let dir = dir.clone();
+        self.targets.retain(|_, t| !matches!(t, Target::Holder));
         match Client::connect_or_start(&dir) {
             Ok(c) => self.outlive = Outlive::Holder(c, dir),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "no holder for the seccomp listeners");
                 self.outlive = Outlive::Nowhere;
-                return None;
+                return false;
             }
         }
+        self.watch_holder();
         if let Some(j) = &self.journal {
             let _ = self.outlive.put(None, j.fd());
         }
@@ -160,7 +192,7 @@ impl Daemon {
         for n in nss {
             self.keep_tmp(n);
         }
-        self.outlive.put(ns, fd).ok().flatten()
+        true
     }
 
     fn add_served(&mut self, s: Served) {

@@ -17,6 +17,7 @@ impl Daemon {
         self.watch(signals, Target::Signals);
         self.watch(listener, Target::Listener);
         self.watch(uevents, Target::Uevents);
+        self.watch_holder();
         for id in self.engine.kept_ids() {
             self.watch_members(id);
         }
@@ -57,6 +58,12 @@ impl Daemon {
                             self.watch_members(ns);
                         } else {
                             self.targets.retain(|_, t| !matches!(t, Target::Member(n, _) if *n == ns));
+                        }
+                    }
+                    Target::Holder => {
+                        if self.holder_gone() {
+                            tracing::warn!("the holder of the seccomp listeners is gone; starting another");
+                            self.rehold();
                         }
                     }
                     Target::Agent(key) => {

@@ -62,6 +62,12 @@ impl Client {
         Client::connect(state_dir)?.ok_or_else(|| anyhow!("the holder started but does not listen"))
     }
 
+    /// The connection, for the daemon to watch: it hangs up when the
+    /// holder dies.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
     fn call(&self, req: Request, fds: &[BorrowedFd<'_>]) -> Result<Option<u64>> {
         super::send_request(self.sock.as_fd(), req, fds).context("cannot reach the holder")?;
         match self.reply()?.0 {
