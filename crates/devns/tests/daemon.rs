@@ -445,8 +445,9 @@ fn events_stream_ownership_hotplug_and_namespaces() {
 
 /// A container whose busybox `uevent` prints "ACTION DEVNAME" per event.
 fn uevent_listener(env: &Env, name: &str) -> Container {
-    let script = "busybox uevent sh -c 'echo \"$ACTION $DEVNAME\"' & sleep 0.3; echo ready; wait";
-    let mut c = env.spawn(&["--name", name, "--", "sh", "-c", script]);
+    let script =
+        format!("{}; echo ready; wait", uevents_listened_by("busybox uevent sh -c 'echo \"$ACTION $DEVNAME\"'"));
+    let mut c = env.spawn(&["--name", name, "--", "sh", "-c", &script]);
     assert_eq!(c.line(), "ready");
     c
 }
@@ -504,7 +505,8 @@ fn udevadm_monitor_inside_sees_attach_resize_and_detach_of_its_loop_device() {
     let _d = Daemon::start(&env);
     // Debian's udevadm (systemd's device monitor) takes only kernel events
     // from port 0 with root's credentials: what the kernel broadcasts for devns.
-    let mut a = env.spawn(&["--name", "a", "--", "sh", "-c", "udevadm monitor --kernel & sleep 0.5; echo ready; wait"]);
+    let script = format!("{}; echo ready; wait", uevents_listened_by("udevadm monitor --kernel"));
+    let mut a = env.spawn(&["--name", "a", "--", "sh", "-c", &script]);
     let mut mark = a.line();
     while mark != "ready" {
         mark = a.line();

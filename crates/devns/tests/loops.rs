@@ -419,7 +419,7 @@ fn loop_allocation_is_announced_to_the_owner_like_a_hotplug() {
     let img = imgs.make("a.img", false);
     let mut a = shell_container(&env, &["--name", "a"]);
     let mut b = shell_container(&env, &["--name", "b"]);
-    a.sh("udevadm monitor --kernel >/tmp/ev 2>&1 & sleep 0.5");
+    a.sh(&uevents_listened_by("udevadm monitor --kernel >/tmp/ev 2>&1"));
     // B's allocation reaches B alone.
     let bd = b.sh("losetup -f")[0].trim_start_matches("/dev/").to_owned();
     let b_disk = imgs.disk(&bd);

@@ -337,8 +337,9 @@ fn a_stand_alone_run_hears_its_own_devices_uevents_and_no_others() {
     let env = Env::new();
     let (la, lb) = (Loop::new(true), Loop::new(true));
     let listen = |name: &str, dev: &str| {
-        let script = "busybox uevent sh -c 'echo \"$ACTION $DEVNAME\"' & sleep 0.3; echo ready; wait";
-        let mut c = env.spawn(&["--name", name, "--dev", dev, "--", "sh", "-c", script]);
+        let script =
+            format!("{}; echo ready; wait", uevents_listened_by("busybox uevent sh -c 'echo \"$ACTION $DEVNAME\"'"));
+        let mut c = env.spawn(&["--name", name, "--dev", dev, "--", "sh", "-c", &script]);
         assert_eq!(c.line(), "ready");
         c
     };

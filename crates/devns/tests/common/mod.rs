@@ -471,6 +471,16 @@ pub fn clean_records(state: &Path) {
     devns::engine::clean_dead(dead);
 }
 
+/// Shell words that start `listener` (a uevent monitor such as `udevadm
+/// monitor --kernel` or `busybox uevent`) in the background and wait until
+/// its uevent socket is bound to the kernel's group, in the container's
+/// network namespace as its `/proc` shows it: no fixed wait, which a busy
+/// machine outlasts.
+pub fn uevents_listened_by(listener: &str) -> String {
+    let bound = "awk '$2 == 15 && $3 != 0 && $4 != \"00000000\" { f = 1 } END { exit !f }' /proc/net/netlink";
+    format!("{listener} & until {bound}; do sleep 0.05; done")
+}
+
 /// A raw connection to the daemon's socket.
 pub struct Api {
     pub stream: std::os::unix::net::UnixStream,
