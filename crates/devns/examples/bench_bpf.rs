@@ -182,7 +182,7 @@ fn driver() -> Result<()> {
     };
     // A cgroup2 mount devns might make (on a host without one) goes with it.
     common::private_mount_ns()?;
-    let h = devns::cgroup::Hierarchy::find_or_mount(Path::new("/run/devns"))?;
+    let h = devns::cgroup::Hierarchy::find_or_mount(Path::new("/run/devns/state"))?;
     let top = h.of("self")?.join(format!("devns-bench-bpf-{}", std::process::id()));
     let dir = PathBuf::from(format!("/var/tmp/devns-bench-bpf-{}", std::process::id()));
     devns::cgroup::create(&top)?;
