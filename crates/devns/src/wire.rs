@@ -27,13 +27,26 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>])
 /// Receives what is there (at most `buf.len()` bytes) with any fds;
 /// 0 bytes means the peer closed.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    recv_message(sock, buf, fds, RecvFlags::empty()).map(|(n, _)| n)
+}
+
+/// One message (at most `buf.len()` bytes) with any fds, received with
+/// `flags` (fds close-on-exec): its length, and whether it or its fds were
+/// cut short (`MSG_TRUNC`/`MSG_CTRUNC`, for datagram sockets).
+pub fn recv_message(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    flags: RecvFlags,
+) -> io::Result<(usize, bool)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut cmsg, RecvFlags::CMSG_CLOEXEC)?;
+    let msg = rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut cmsg, flags | RecvFlags::CMSG_CLOEXEC)?;
     for m in cmsg.drain() {
         if let RecvAncillaryMessage::ScmRights(got) = m {
             fds.extend(got);
         }
     }
-    Ok(msg.bytes)
+    let cut = msg.flags.intersects(rustix::net::ReturnFlags::TRUNC | rustix::net::ReturnFlags::CTRUNC);
+    Ok((msg.bytes, cut))
 }

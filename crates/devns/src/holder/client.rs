@@ -120,8 +120,4 @@ impl Client {
             }
         }
     }
-
-    pub fn sock(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
-    }
 }

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use devns_core::keep::{MAX_MESSAGE, Reply, Request};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::net::{AddressFamily, RecvFlags, ReturnFlags, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::net::{AddressFamily, RecvFlags, SocketAddrUnix, SocketFlags, SocketType};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -112,26 +112,14 @@ type Message = (Result<Vec<u8>, String>, Vec<OwnedFd>);
 fn recv(sock: BorrowedFd<'_>) -> rustix::io::Result<Option<Message>> {
     let mut buf = [0u8; MAX_MESSAGE + 1];
     let mut fds = Vec::new();
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(crate::wire::MAX_FDS))];
-    let mut cmsg = rustix::net::RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        sock,
-        &mut [std::io::IoSliceMut::new(&mut buf)],
-        &mut cmsg,
-        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-    )?;
-    for m in cmsg.drain() {
-        if let rustix::net::RecvAncillaryMessage::ScmRights(got) = m {
-            fds.extend(got);
-        }
-    }
-    if msg.bytes == 0 && fds.is_empty() {
+    let (bytes, cut) = crate::wire::recv_message(sock, &mut buf, &mut fds, RecvFlags::DONTWAIT)?;
+    if bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
-    if msg.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) || msg.bytes > MAX_MESSAGE {
+    if cut || bytes > MAX_MESSAGE {
         return Ok(Some((Err(format!("message longer than {MAX_MESSAGE} bytes or with too many fds")), fds)));
     }
-    Ok(Some((Ok(buf[..msg.bytes].to_vec()), fds)))
+    Ok(Some((Ok(buf[..bytes].to_vec()), fds)))
 }
 
 pub(crate) fn send(sock: BorrowedFd<'_>, reply: &Reply, fds: &[BorrowedFd<'_>]) -> rustix::io::Result<()> {
