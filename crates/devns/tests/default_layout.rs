@@ -22,12 +22,10 @@ fn names(dir: &Path) -> Option<BTreeSet<String>> {
 }
 
 fn mounts_below_run() -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut v: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| *p == RUN || p.starts_with("/run/devns/"))
-        .map(str::to_owned)
+    let text = std::fs::read("/proc/self/mountinfo").unwrap();
+    let mut v: Vec<String> = devns_core::mountinfo::mounts(&text)
+        .map(|m| m.mount_point.to_string_lossy().into_owned())
+        .filter(|p| p == RUN || p.starts_with("/run/devns/"))
         .collect();
     v.sort();
     v.dedup();
