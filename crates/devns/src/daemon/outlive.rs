@@ -195,6 +195,41 @@ impl Daemon {
         true
     }
 
+    /// No filtered process of listener `key` is left (a call still
+    /// pending came from one that is gone): neither it nor the store
+    /// keeps it.
+    pub(super) fn listener_hung_up(&mut self, key: u64) {
+        if let Some(s) = self.listeners.remove(&key)
+            && let Some(k) = s.key
+        {
+            self.outlive.forget(k, s.ns);
+        }
+    }
+
+    /// Answers one call trapped by listener `key`, journaled (received,
+    /// then answered, then done), so that a daemon killed meanwhile leaves
+    /// the call to the next one.
+    pub(super) fn answer_call(&mut self, key: u64) {
+        let Some(s) = self.listeners.get_mut(&key) else { return };
+        let j = self.journal.as_ref();
+        let n = match j {
+            Some(j) => j.recv(s.key.unwrap_or(0), s.listener.fd()),
+            None => s.listener.recv(),
+        };
+        let Some(n) = n else { return };
+        crate::journal::Stop::Received.here(&mut self.stop_in_call);
+        if let Some(r) = s.listener.answer(&n, &mut self.engine) {
+            if let Some(j) = j {
+                j.answered(&r);
+            }
+            crate::journal::Stop::Answered.here(&mut self.stop_in_call);
+            s.listener.send(&r);
+        }
+        if let Some(j) = j {
+            j.done();
+        }
+    }
+
     fn add_served(&mut self, s: Served) {
         let token = self.watch(s.listener.fd(), Target::Agent(0));
         self.targets.insert(token, Target::Agent(token));

@@ -68,31 +68,10 @@ impl Daemon {
                     }
                     Target::Agent(key) => {
                         if flags.intersects(EventFlags::HUP | EventFlags::ERR) {
-                            // No filtered process is left; a call still
-                            // pending came from one that is gone.
                             self.targets.remove(&token);
-                            if let Some(s) = self.listeners.remove(&key)
-                                && let Some(k) = s.key
-                            {
-                                self.outlive.forget(k, s.ns);
-                            }
-                        } else if flags.contains(EventFlags::IN)
-                            && let Some(s) = self.listeners.get_mut(&key)
-                            && let Some(n) = match &self.journal {
-                                // Journaled, so that a daemon killed meanwhile
-                                // leaves the call to the next one.
-                                Some(j) => j.recv(s.key.unwrap_or(0), s.listener.fd()),
-                                None => s.listener.recv(),
-                            }
-                        {
-                            let j = self.journal.as_ref();
-                            crate::journal::Stop::Received.here(&mut self.stop_in_call);
-                            if let Some(r) = s.listener.answer(&n, &mut self.engine) {
-                                j.inspect(|j| j.answered(&r));
-                                crate::journal::Stop::Answered.here(&mut self.stop_in_call);
-                                s.listener.send(&r);
-                            }
-                            j.inspect(|j| j.done());
+                            self.listener_hung_up(key);
+                        } else if flags.contains(EventFlags::IN) {
+                            self.answer_call(key);
                         }
                     }
                 }
