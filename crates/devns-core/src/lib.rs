@@ -12,6 +12,7 @@ pub mod clients;
 pub mod config;
 pub mod dac;
 pub mod device;
+pub mod hook;
 pub mod idmap;
 pub mod keep;
 pub mod layout;

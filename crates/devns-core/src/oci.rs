@@ -102,28 +102,48 @@ fn check(s: &ProcessState) -> Result<usize, OciError> {
     if named.next().is_some() {
         return Err(OciError::TwoSeccompFds(s.fds.clone()));
     }
-    for pid in [Some(s.pid), s.state.pid].into_iter().flatten() {
-        if pid <= 0 {
-            return Err(OciError::BadPid(pid.into()));
-        }
+    if s.pid <= 0 {
+        return Err(OciError::BadPid(s.pid.into()));
     }
     text("ociVersion", &s.oci_version, MAX_FIELD_BYTES, false)?;
-    text("state.ociVersion", &s.state.oci_version, MAX_FIELD_BYTES, false)?;
-    text("state.id", &s.state.id, MAX_FIELD_BYTES, false)?;
-    text("state.status", &s.state.status, MAX_FIELD_BYTES, true)?;
     if let Some(m) = &s.metadata {
         text("metadata", m, MAX_FIELD_BYTES, true)?;
     }
-    text("state.bundle", &s.state.bundle, MAX_BUNDLE_BYTES, false)?;
-    if !s.state.bundle.starts_with('/') {
+    check_state(&s.state)?;
+    Ok(index)
+}
+
+/// The checks of a container's state beyond its shape (its fields named
+/// `state.*`, as in the agent's message).
+fn check_state(s: &State) -> Result<(), OciError> {
+    if let Some(pid) = s.pid.filter(|p| *p <= 0) {
+        return Err(OciError::BadPid(pid.into()));
+    }
+    text("state.ociVersion", &s.oci_version, MAX_FIELD_BYTES, false)?;
+    text("state.id", &s.id, MAX_FIELD_BYTES, false)?;
+    text("state.status", &s.status, MAX_FIELD_BYTES, true)?;
+    text("state.bundle", &s.bundle, MAX_BUNDLE_BYTES, false)?;
+    if !s.bundle.starts_with('/') {
         return Err(OciError::BadField { field: "state.bundle", why: "not an absolute path" });
     }
-    for (k, v) in &s.state.annotations {
+    for (k, v) in &s.annotations {
         if k.is_empty() || k.contains('\0') || v.contains('\0') {
             return Err(OciError::BadField { field: "state.annotations", why: "an empty key or a NUL byte" });
         }
     }
-    Ok(index)
+    Ok(())
+}
+
+/// Parses and checks the state a runtime gives an OCI hook on its stdin
+/// (the runtime-spec's `State`: `ociVersion`, `id`, `status`, `pid`,
+/// `bundle`, `annotations`), bounded as the agent's message is.
+pub fn parse_state(msg: &[u8]) -> Result<State, OciError> {
+    if msg.len() > MAX_PROCESS_STATE_BYTES {
+        return Err(OciError::TooLarge(msg.len()));
+    }
+    let state: State = serde_json::from_slice(msg).map_err(|e| OciError::Json(e.to_string()))?;
+    check_state(&state)?;
+    Ok(state)
 }
 
 fn text(field: &'static str, v: &str, max: usize, empty_ok: bool) -> Result<(), OciError> {
@@ -211,6 +231,39 @@ mod tests {
         assert_eq!(parse_process_state(&big), Err(OciError::TooLarge(MAX_PROCESS_STATE_BYTES + 1)));
         // Newer runtimes' fields are ignored.
         assert!(parse_process_state(with(r#""pid":2585,"m"#, r#""pid":2585,"future":[1],"m"#).as_bytes()).is_ok());
+    }
+
+    /// What runc 1.1.5 gave its createRuntime and poststop hooks on stdin.
+    const RUNC_HOOK: &[u8] = br#"{"ociVersion":"1.0.2-dev","id":"hk1","status":"creating","pid":15491,"bundle":"/tmp/hk/b","annotations":{"devns.io/enable":"true"}}"#;
+    const RUNC_POSTSTOP: &[u8] =
+        br#"{"ociVersion":"1.0.2-dev","id":"hk1","status":"stopped","bundle":"/tmp/hk/b","annotations":{"devns.io/enable":"true"}}"#;
+
+    #[test]
+    fn a_hook_s_state_is_read_with_the_agent_s_checks() {
+        let s = parse_state(RUNC_HOOK).unwrap();
+        assert_eq!(
+            (s.id.as_str(), s.status.as_str(), s.pid, s.bundle.as_str()),
+            ("hk1", "creating", Some(15491), "/tmp/hk/b")
+        );
+        assert_eq!(s.annotations["devns.io/enable"], "true");
+        let s = parse_state(RUNC_POSTSTOP).unwrap();
+        assert_eq!((s.status.as_str(), s.pid), ("stopped", None));
+        let with = |from: &str, to: &str| String::from_utf8_lossy(RUNC_HOOK).replacen(from, to, 1);
+        let cases = [
+            (with(r#""pid":15491"#, r#""pid":0"#), "bad pid 0"),
+            (with(r#""id":"hk1""#, r#""id":"""#), "bad state.id: empty"),
+            (with(r#""bundle":"/tmp/hk/b""#, r#""bundle":"b""#), "not an absolute path"),
+            (with(r#""id":"hk1""#, r#""id":"hk1","id":"x""#), "duplicate field `id`"),
+            (with(r#""devns.io/enable""#, r#""""#), "an empty key"),
+            (with(r#"}}"#, "}"), "EOF"),
+            (String::new(), "EOF"),
+        ];
+        for (msg, want) in cases {
+            let e = parse_state(msg.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(want), "{msg}: {e}");
+        }
+        let big = vec![b' '; MAX_PROCESS_STATE_BYTES + 1];
+        assert_eq!(parse_state(&big), Err(OciError::TooLarge(MAX_PROCESS_STATE_BYTES + 1)));
     }
 
     #[test]

@@ -457,6 +457,31 @@ fn fuzz_runtime_spec_listener_message() {
     fuzz("runtime-spec listener message", inputs(process_state(), corpus("oci", &[]), JSON_TOKENS), targets::oci_state);
 }
 
+fn hook_state() -> impl Strategy<Value = Vec<u8>> {
+    use devns_core::oci::State;
+    let status = prop_oneof![Just("creating".to_owned()), Just("stopped".to_owned()), ".{0,8}"];
+    let key = prop_oneof![
+        Just("devns.io/enable".to_owned()),
+        Just("devns.io/devices".to_owned()),
+        Just("devns.io/name".to_owned()),
+        ".{0,6}"
+    ];
+    let value =
+        prop_oneof![Just("true".to_owned()), Just("loop3, /dev/net/tun".to_owned()), Just(",,".to_owned()), ".{0,8}"];
+    let annotations = proptest::collection::btree_map(key, value, 0..4);
+    let id = prop_oneof![Just("c1".to_owned()), "[a-f0-9]{64,66}", ".{0,8}"];
+    let pid = prop_oneof![1i32..100_000, Just(0), any::<i32>()];
+    (id, status, proptest::option::of(pid), annotations).prop_map(|(id, status, pid, annotations)| {
+        let s = State { oci_version: "1.0.2-dev".into(), id, status, pid, bundle: "/b".into(), annotations };
+        serde_json::to_vec(&s).unwrap()
+    })
+}
+
+#[test]
+fn fuzz_oci_hook_state() {
+    fuzz("OCI hook state", inputs(hook_state(), corpus("oci-hook", &[]), JSON_TOKENS), targets::oci_hook);
+}
+
 /// The real messages of the corpus are taken, as they are.
 #[test]
 fn the_real_runc_and_crun_messages_are_taken() {

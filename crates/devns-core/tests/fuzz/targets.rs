@@ -6,11 +6,11 @@
 use devns_core::api::{self, MAX_REQUEST_BYTES, Request};
 use devns_core::config::Config;
 use devns_core::mountinfo;
-use devns_core::oci;
 use devns_core::seccomp::Creds;
 use devns_core::spec::is_safe_dev_name;
 use devns_core::uevent::{self, Action};
 use devns_core::{Kind, nodes};
+use devns_core::{hook, oci};
 
 /// An error is a clear message: one non-empty line, of bounded length.
 fn clear(e: &impl std::fmt::Display) {
@@ -178,5 +178,30 @@ pub fn oci_state(data: &[u8]) {
             clear(&e);
             assert!(e.to_string().starts_with("container process state "), "{e}");
         }
+    }
+}
+
+/// The state a runtime gives an OCI hook on stdin (`oci::parse_state`),
+/// then what it asks of devns (`hook::wanted`), and the same bytes as a
+/// bundle's `config.json` (`hook::root_path`).
+pub fn oci_hook(data: &[u8]) {
+    match oci::parse_state(data) {
+        Ok(s) => {
+            assert!(s.bundle.starts_with('/') && !s.id.is_empty() && s.pid.is_none_or(|p| p > 0));
+            assert_eq!(oci::parse_state(&serde_json::to_vec(&s).unwrap()).as_ref(), Ok(&s));
+            match hook::wanted(&s) {
+                Ok(Some(w)) => {
+                    assert!(hook::is_name(&w.name), "{:?}", w.name);
+                    assert!(w.devices.iter().all(|d| !d.is_empty() && d.trim() == d), "{:?}", w.devices);
+                }
+                Ok(None) => assert_ne!(s.annotations.get(hook::ENABLE).map(String::as_str), Some("true")),
+                Err(e) => clear(&e),
+            }
+        }
+        Err(e) => clear(&e),
+    }
+    match hook::root_path(data, "/run/b") {
+        Ok(p) => assert!(p.starts_with('/') && !p.contains('\0'), "{p:?}"),
+        Err(e) => clear(&e),
     }
 }
