@@ -40,6 +40,29 @@ pub enum Request {
         name: Option<String>,
         #[serde(default)]
         at: Option<String>,
+        /// A directory resolved inside the process's root (a container's
+        /// rootfs before `pivot_root`), in which `at` is then resolved.
+        #[serde(default)]
+        root: Option<String>,
+        /// Device specs assigned to the namespace.
+        #[serde(default)]
+        devices: Vec<String>,
+        /// An OCI runtime's container (its hook): the runtime's mounts below
+        /// the old `at` are carried onto the view, and the runtime's own
+        /// device controller defers to devns's program.
+        #[serde(default)]
+        runtime: bool,
+        /// The OCI container id, recorded so that only its `detach` lets
+        /// the namespace go.
+        #[serde(default)]
+        container: Option<String>,
+    },
+    /// Let go of the namespace named `name` that an `attach` with this
+    /// `container` brought in (an OCI poststop hook); any other is left
+    /// alone.
+    Detach {
+        name: String,
+        container: String,
     },
     /// Stream events on this connection.
     Events {},
@@ -206,7 +229,15 @@ mod tests {
         assert_eq!(parse_request(br#"{"v":1,"op":"ns-ls"}"#), Ok(Request::NsLs {}));
         assert_eq!(
             parse_request(br#"{"v":1,"op":"attach","pid":42}"#),
-            Ok(Request::Attach { pid: 42, name: None, at: None })
+            Ok(Request::Attach {
+                pid: 42,
+                name: None,
+                at: None,
+                root: None,
+                devices: vec![],
+                runtime: false,
+                container: None
+            })
         );
     }
 
@@ -231,6 +262,8 @@ mod tests {
         r#""op":"release","device":"loop3""#,
         r#""op":"global","device":"null","on":false"#,
         r#""op":"attach","pid":42,"name":"web","at":"/dev""#,
+        r#""op":"attach","pid":42,"root":"/b/rootfs","devices":["loop3"],"runtime":true,"container":"c1""#,
+        r#""op":"detach","name":"web","container":"c1""#,
         r#""op":"events""#,
         r#""op":"listen""#,
         r#""op":"run","name":"web","devices":["loop3"]"#,
@@ -254,7 +287,16 @@ mod tests {
             Request::Assign { device: "d".into(), to: "web".into() },
             Request::Release { device: "d".into() },
             Request::Global { device: "d".into(), on: true },
-            Request::Attach { pid: 1, name: None, at: None },
+            Request::Attach {
+                pid: 1,
+                name: None,
+                at: None,
+                root: None,
+                devices: vec![],
+                runtime: false,
+                container: None,
+            },
+            Request::Detach { name: "web".into(), container: "c1".into() },
             Request::Events {},
             Request::Listen {},
             Request::Run { name: None, devices: vec![] },

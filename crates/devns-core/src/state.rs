@@ -57,6 +57,10 @@ pub struct NsRecord {
     /// before the access layer, and when the policy is off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<CgroupRecord>,
+    /// The OCI container id a runtime's createRuntime hook attached it
+    /// for: its poststop hook lets go of this namespace and no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Where a namespace's device program is attached: so that a namespace
@@ -170,6 +174,7 @@ mod tests {
             identity: BTreeMap::new(),
             loops: vec![],
             cgroup: None,
+            container: None,
         };
         let attached = NsRecord { keeper: None, members: vec![K2], ..run.clone() };
         let seen = |keeper_alive, member_alive, processes_left| Seen { keeper_alive, member_alive, processes_left };

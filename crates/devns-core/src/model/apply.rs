@@ -78,6 +78,8 @@ pub enum Change {
         members: Vec<Keeper>,
         devices: Vec<DevId>,
         ids: Ids,
+        /// The OCI container a runtime's hook attached it for.
+        container: Option<String>,
     },
     Assign {
         dev: DevId,
@@ -151,8 +153,10 @@ impl Model {
     /// (and then nothing changed).
     pub fn apply(&mut self, change: Change) -> Result<Vec<Effect>, ClaimError> {
         match change {
-            Change::Claim { id, name, keeper, members, devices, ids } => {
-                self.claim(id, name, keeper, members, devices, ids)
+            Change::Claim { id, name, keeper, members, devices, ids, container } => {
+                let fx = self.claim(id, name, keeper, members, devices, ids)?;
+                self.ns_mut(id).expect("claimed").container = container;
+                Ok(fx)
             }
             Change::Assign { dev, to } => self.assign(dev, to),
             Change::Release { dev } => self.release(dev),

@@ -41,6 +41,8 @@ pub struct Namespace {
     /// The loop devices it allocated through `loop-control` (owned, too).
     pub loops: Vec<LoopDev>,
     pub cgroup: Option<CgroupRecord>,
+    /// The OCI container a runtime's hook attached it for.
+    pub container: Option<String>,
 }
 
 impl Namespace {
@@ -53,6 +55,7 @@ impl Namespace {
             gid_base: r.gid_base,
             loops: r.loops.clone(),
             cgroup: r.cgroup.clone(),
+            container: r.container.clone(),
         }
     }
 }
@@ -150,6 +153,7 @@ impl Model {
             devices: self.owned(id),
             loops: n.loops.clone(),
             cgroup: n.cgroup.clone(),
+            container: n.container.clone(),
         })
     }
 

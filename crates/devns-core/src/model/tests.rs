@@ -38,6 +38,7 @@ fn claim(id: NsId, name: Option<&str>, keeper: Keeper, devices: &[DevId]) -> Cha
         members: vec![],
         devices: devices.to_vec(),
         ids: Ids::Allocate { uids: vec![], gids: vec![] },
+        container: None,
     }
 }
 
@@ -112,6 +113,7 @@ fn an_attached_namespace_takes_no_block() {
         members: vec![K1],
         devices: vec![LOOP1, LOOP0],
         ids: Ids::Own,
+        container: None,
     };
     assert_eq!(m.apply(c), Ok(vec![Effect::Save(A)]));
     let r = m.record(A).unwrap();
@@ -142,6 +144,7 @@ fn conflicting_claims_change_nothing() {
         members: vec![],
         devices: vec![LOOP1],
         ids: Ids::Allocate { uids, gids },
+        container: None,
     };
     assert_eq!(refused(&mut m, with(tiny.clone(), vec![])), ClaimError::NoIds { kind: "user" });
     assert_eq!(refused(&mut m, with(vec![], tiny)), ClaimError::NoIds { kind: "group" });
@@ -587,6 +590,7 @@ fn record(id: Option<NsId>, name: Option<&str>, devices: Vec<DevId>, loops: Vec<
         identity: BTreeMap::new(),
         loops,
         cgroup: None,
+        container: None,
     }
 }
 
@@ -863,6 +867,7 @@ fn change(o: Op) -> Change {
             members: vec![],
             devices: vec![],
             ids: Ids::Allocate { uids: vec![], gids: vec![] },
+            container: None,
         },
     }
 }
