@@ -44,3 +44,10 @@ fn setattr(fd: impl AsFd, attrs: u64, flags: libc::c_int) -> io::Result<()> {
     };
     if r < 0 { Err(last_errno()) } else { Ok(()) }
 }
+
+/// Moves mount `from` (a detached tree, or the root of an attached mount)
+/// onto `to`, both fds (`move_mount(2)` with both `*_EMPTY_PATH`).
+pub fn move_onto(from: impl AsFd, to: impl AsFd) -> io::Result<()> {
+    use rustix::mount::MoveMountFlags as F;
+    rustix::mount::move_mount(from, "", to, "", F::MOVE_MOUNT_F_EMPTY_PATH | F::MOVE_MOUNT_T_EMPTY_PATH)
+}

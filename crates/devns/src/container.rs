@@ -12,7 +12,7 @@ use devns_core::idmap::IdMap;
 use devns_core::registry::NsId;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
-use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MountPropagationFlags, MoveMountFlags, UnmountFlags};
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MountPropagationFlags, UnmountFlags};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
     SendFlags, SocketFlags, SocketType,
@@ -206,14 +206,7 @@ fn receive_mounts(sock: &OwnedFd) -> Result<(OwnedFd, OwnedFd)> {
 /// Moves the detached mount `mnt` onto directory `at` below `root`.
 fn attach(mnt: impl AsFd, root: impl AsFd, at: &str) -> Result<()> {
     let target = open_in(root, at).with_context(|| format!("cannot open /{at}"))?;
-    rustix::mount::move_mount(
-        mnt,
-        "",
-        &target,
-        "",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
-    .with_context(|| format!("cannot mount on /{at}"))
+    devns_sys::mount::move_onto(mnt, &target).with_context(|| format!("cannot mount on /{at}"))
 }
 
 /// A new filesystem instance made in the child's namespaces (`proc` needs
