@@ -241,6 +241,27 @@ impl AccessPolicy {
         Ok(())
     }
 
+    /// Detaches every other device program from the cgroup (a runtime's
+    /// own, made for this container alone), so that devns's, attached
+    /// already, decides alone; their ids. One gone meanwhile is skipped.
+    pub fn detach_others(&self) -> Result<Vec<u32>, PolicyError> {
+        let query = |source| PolicyError::Query { cgroup: self.cgroup.clone(), source };
+        let mut gone = Vec::new();
+        for id in sys::prog_query(&self.cgroup_fd, sys::BPF_CGROUP_DEVICE).map_err(query)? {
+            if id == self.prog_id {
+                continue;
+            }
+            let detached =
+                sys::prog_fd_by_id(id).and_then(|fd| sys::prog_detach(&fd, &self.cgroup_fd, sys::BPF_CGROUP_DEVICE));
+            match detached {
+                Ok(()) => gone.push(id),
+                Err(e) if e.errno() == Some(rustix::io::Errno::NOENT) => {}
+                Err(source) => return Err(PolicyError::Detach { cgroup: self.cgroup.clone(), prog: id, source }),
+            }
+        }
+        Ok(gone)
+    }
+
     /// Takes devns's program off its cgroup, which stays (the operator
     /// turned the layer off while the namespace lives).
     pub fn detach(self) -> Result<(), PolicyError> {

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod events;
 pub mod global;
 pub mod hold;
+pub mod hook;
 pub mod ls;
 pub mod ns;
 pub mod release;
@@ -66,6 +67,8 @@ pub enum Command {
     Attach(attach::Args),
     /// Stream ownership, hotplug and namespace events.
     Events(events::Args),
+    /// An OCI hook (createRuntime, poststop): a container's state on stdin.
+    Hook(hook::Args),
     /// Hold the daemon's seccomp listeners while no daemon runs (started
     /// by the daemon).
     #[command(hide = true)]
@@ -85,6 +88,7 @@ impl Command {
             Command::View(a) => view::run(global, a),
             Command::Attach(a) => attach::run(global, a),
             Command::Events(a) => events::run(global, a),
+            Command::Hook(a) => hook::run(global, a),
             Command::Hold(a) => hold::run(global, a),
         }
     }

@@ -24,6 +24,7 @@ impl Daemon {
                 | Request::Release { .. }
                 | Request::Global { .. }
                 | Request::Attach { .. }
+                | Request::Detach { .. }
                 | Request::Run { .. }
                 | Request::Listen {}
         );
@@ -40,13 +41,30 @@ impl Daemon {
             Request::Assign { device, to } => self.assign(&device, &to),
             Request::Release { device } => self.release(&device),
             Request::Global { device, on } => self.global(&device, on),
-            Request::Attach { pid, name, at } => {
-                let at = at.as_deref().unwrap_or("/dev");
-                let r = self.engine.attach(pid, name.as_deref(), at);
+            Request::Attach { pid, name, at, root, devices, runtime, container } => {
+                let spec = crate::engine::Attach {
+                    pid,
+                    name: name.as_deref(),
+                    at: at.as_deref().unwrap_or("/dev"),
+                    root: root.as_deref(),
+                    devices: &devices,
+                    runtime,
+                    container: container.as_deref(),
+                };
+                let r = self.engine.attach(&spec);
                 if let Ok(v) = &r
                     && let Some(id) = v["id"].as_u64()
                 {
                     self.watch_members(NsId(id));
+                }
+                r
+            }
+            Request::Detach { name, container } => {
+                let r = self.engine.detach(&name, &container);
+                if let Ok(v) = &r
+                    && let Some(id) = v["id"].as_u64()
+                {
+                    self.forget_members(NsId(id));
                 }
                 r
             }

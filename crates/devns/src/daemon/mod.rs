@@ -227,6 +227,11 @@ impl Daemon {
         watch_in(&self.ep, &mut self.targets, &mut self.next_token, fd, target)
     }
 
+    /// Stops watching the members of `id`, which is let go.
+    fn forget_members(&mut self, id: NsId) {
+        self.targets.retain(|_, t| !matches!(t, Target::Member(n, _) if *n == id));
+    }
+
     /// Watches the members of `id` not watched yet (every fd once).
     fn watch_members(&mut self, id: NsId) {
         let Some(ns) = self.engine.kept_mut(id) else { return };

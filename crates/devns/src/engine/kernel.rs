@@ -1,16 +1,17 @@
 //! The kernel side of a namespace under devns: the host mounts of the
 //! daemon's views, its id maps, the uevent socket in its network namespace,
-//! the processes watched in it, and a view mounted into its mount namespace.
+//! the processes watched in it (its view mounted into its mount namespace:
+//! `place`).
 
 use super::Member;
 use crate::host;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use devns_core::idmap::IdMap;
 use devns_core::registry::NsId;
 use devns_core::state::Keeper;
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{Mode, OFlags, ResolveFlags};
-use rustix::mount::{MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags};
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::{MountPropagationFlags, UnmountFlags};
 use rustix::process::{Pid, PidfdFlags};
 use std::path::{Path, PathBuf};
 
@@ -127,71 +128,6 @@ pub(crate) fn unmount_orphan_views(views: &Path, live: &[NsId]) {
             && !live.contains(&id)
         {
             unmount_view(views, id);
-        }
-    }
-}
-
-/// Mounts a new bind of `view` at `at` (inside the process's root) in the
-/// mount namespace of `pid`, from a short-lived child: `setns` changes the
-/// whole process, and the daemon must stay where it is.
-pub(crate) fn mount_into(pid: i32, view: &OwnedFd, at: &str) -> Result<()> {
-    let root = rustix::fs::open(
-        format!("/proc/{pid}/root"),
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("cannot open the root of process {pid}"))?;
-    let mntns = rustix::fs::open(format!("/proc/{pid}/ns/mnt"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .with_context(|| format!("cannot open the mount namespace of process {pid}"))?;
-    let tree = rustix::mount::open_tree(
-        view,
-        "",
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
-    )
-    .context("cannot clone the view")?;
-    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    // SAFETY: the daemon is single-threaded; the child only makes syscalls
-    // and exits.
-    match unsafe { devns_sys::process::fork_into(0) }? {
-        devns_sys::process::Forked::Child => {
-            drop(r);
-            let res = (|| -> rustix::io::Result<()> {
-                devns_sys::procstate::enter_for_good(&mntns, devns_sys::procstate::Namespace::Mount)?;
-                let target = rustix::fs::openat2(
-                    &root,
-                    at,
-                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-                )?;
-                rustix::mount::move_mount(
-                    &tree,
-                    "",
-                    &target,
-                    "",
-                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-                )
-            })();
-            let code = match res {
-                Ok(()) => 0,
-                Err(e) => e.raw_os_error(),
-            };
-            let _ = rustix::io::write(&w, &code.to_ne_bytes());
-            std::process::exit(0);
-        }
-        devns_sys::process::Forked::Parent { pidfd, .. } => {
-            drop(w);
-            let mut buf = [0u8; 4];
-            let n = rustix::io::read(&r, &mut buf).unwrap_or(0);
-            let _ = devns_sys::process::wait_pidfd(&pidfd);
-            match (n, i32::from_ne_bytes(buf)) {
-                (4, 0) => Ok(()),
-                (4, e) => bail!(
-                    "cannot mount the view at {at} in process {pid}'s mount namespace: {}",
-                    rustix::io::Errno::from_raw_os_error(e)
-                ),
-                _ => bail!("the helper that mounts the view in process {pid}'s namespace died"),
-            }
         }
     }
 }

@@ -2,8 +2,9 @@
 //! without the daemon), attached (`devns attach`), its watched processes,
 //! and its end — one path for every keeper.
 
-use super::kernel::{self, adopt_from_proc, mount_into, read_maps, uevent_sender};
-use super::{Engine, Kept, Member, POLICY_HINT, Role};
+use super::kernel::{self, adopt_from_proc, read_maps, uevent_sender};
+use super::place::{Place, mount_into};
+use super::{Attach, Engine, Kept, Member, POLICY_HINT, Role};
 use crate::host;
 use anyhow::{Context, Result, anyhow, bail};
 use devns_core::api::Event;
@@ -95,7 +96,7 @@ impl Engine {
         let name = name.map(str::to_owned);
         // Recorded first (under the lock, against every keeper's records):
         // whatever happens from here, the next devns command finds it.
-        self.locked(|e| e.commit(Change::Claim { id, name, keeper, members, devices: devs, ids }))?;
+        self.locked(|e| e.commit(Change::Claim { id, name, keeper, members, devices: devs, ids, container: None }))?;
         let ns = self.model.namespace(id).expect("claimed");
         let (ub, gb) = (ns.uid_base.expect("allocated"), ns.gid_base.expect("allocated"));
         let (uids, gids) = (IdMap::single(ub, BLOCK), IdMap::single(gb, BLOCK));
@@ -127,9 +128,13 @@ impl Engine {
         }
     }
 
-    /// `devns attach`: bring `pid`'s user namespace under devns and mount
-    /// its view at `at` in `pid`'s mount namespace.
-    pub fn attach(&mut self, pid: i32, name: Option<&str>, at: &str) -> Result<serde_json::Value> {
+    /// `devns attach` (and a runtime's createRuntime hook): bring `pid`'s
+    /// user namespace under devns and mount its view as `spec` says.
+    pub fn attach(&mut self, spec: &Attach<'_>) -> Result<serde_json::Value> {
+        let (pid, at) = (spec.pid, spec.at);
+        if let Some(n) = spec.name.filter(|n| !devns_core::hook::is_name(n)) {
+            bail!("{n:?} is not a namespace name (1 to 64 bytes, no ':')");
+        }
         let p = Pid::from_raw(pid).ok_or_else(|| anyhow!("invalid pid {pid}"))?;
         let pidfd = rustix::process::pidfd_open(p, PidfdFlags::empty()).with_context(|| format!("no process {pid}"))?;
         let nsfd = devns_sys::ns::pidfd_user_ns(&pidfd).context("cannot get the process's user namespace")?;
@@ -152,15 +157,20 @@ impl Engine {
         let start_time = host::start_time(pid).ok_or_else(|| anyhow!("process {pid} is gone"))?;
         let keeper = Keeper { pid, start_time };
         let new = !self.kept.contains_key(&id);
+        if !new && (spec.runtime || !spec.devices.is_empty()) {
+            bail!("the user namespace of process {pid} is already under devns ({id})");
+        }
         if new {
+            let devices = spec.devices.iter().map(|d| self.resolve(d)).collect::<Result<Vec<_>>>()?;
             let (uids, gids) = read_maps(pid)?;
             let claim = Change::Claim {
                 id,
-                name: name.map(str::to_owned),
+                name: spec.name.map(str::to_owned),
                 keeper: None,
                 members: vec![keeper],
-                devices: vec![],
+                devices,
                 ids: Ids::Own,
+                container: spec.container.map(str::to_owned),
             };
             self.locked(|e| e.commit(claim))?;
             let uevents = uevent_sender(pid);
@@ -186,7 +196,12 @@ impl Engine {
         }
         self.sync_members(id);
         let view = self.view_clone(id)?;
-        if let Err(e) = mount_into(pid, &view, at) {
+        let place = Place { root: spec.root, at, carry: spec.runtime };
+        // A runtime's own device controller defers to devns's program
+        // only once that decides, and the view is in place.
+        let placed = mount_into(pid, &view, &place)
+            .and_then(|()| if spec.runtime { self.defer_runtime_devices(id, pid) } else { Ok(()) });
+        if let Err(e) = placed {
             if new {
                 self.let_go(id);
             }

@@ -22,7 +22,9 @@ mod kernel;
 mod life;
 mod loops;
 mod persist;
+mod place;
 mod recover;
+mod runtime;
 mod uevents;
 
 pub use kernel::prepare_views_dir;
@@ -55,6 +57,24 @@ pub enum Role {
     /// A command that only looks (`devns ls` without a daemon): it frees
     /// what died, as every keeper does, and keeps nothing.
     Look,
+}
+
+/// What [`Engine::attach`] is asked (the API's `attach`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Attach<'a> {
+    pub pid: i32,
+    pub name: Option<&'a str>,
+    /// Where the view goes, inside `root` when given, else inside the
+    /// process's root.
+    pub at: &'a str,
+    pub root: Option<&'a str>,
+    pub devices: &'a [String],
+    /// An OCI runtime's container before `pivot_root`: its mounts below
+    /// `at` carried onto the view, its device controller deferring to
+    /// devns's program.
+    pub runtime: bool,
+    /// The OCI container id, recorded for its `detach`.
+    pub container: Option<&'a str>,
 }
 
 /// A watched process inside a namespace.

@@ -1,0 +1,77 @@
+//! `devns hook createRuntime|poststop`: devns as an OCI hook
+//! (oci-hooks(5), `dist/oci-hooks.d/devns.json`). The runtime gives the
+//! container's state on stdin. A container whose annotation
+//! `devns.io/enable` is not `true` is never touched. createRuntime asks
+//! the daemon to bring the container's user namespace under devns
+//! (`attach` with its rootfs, devices and `runtime`); poststop asks it to
+//! let go of that namespace (`detach`), harmless when it is gone already.
+
+use super::Global;
+use crate::client::Client;
+use anyhow::{Context, Result, anyhow, bail};
+use devns_core::{hook, oci};
+use serde_json::json;
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The hook's stage, as the runtime-spec names it; by default the one
+    /// the state's status tells (`creating` or `created`: createRuntime,
+    /// `stopped`: poststop), so that one hooks.d file serves both.
+    #[arg(value_enum)]
+    pub stage: Option<Stage>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Stage {
+    #[value(name = "createRuntime")]
+    CreateRuntime,
+    #[value(name = "poststop")]
+    Poststop,
+}
+
+/// At most `max` bytes of `r`; more is an error.
+fn read_bounded(r: impl Read, max: usize, what: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    r.take(max as u64 + 1).read_to_end(&mut buf).with_context(|| format!("cannot read {what}"))?;
+    if buf.len() > max {
+        bail!("{what} is larger than {max} bytes");
+    }
+    Ok(buf)
+}
+
+pub fn run(global: &Global, args: Args) -> Result<i32> {
+    let input = read_bounded(std::io::stdin().lock(), oci::MAX_PROCESS_STATE_BYTES, "the OCI state on stdin")?;
+    let state = oci::parse_state(&input).context("bad OCI state on stdin")?;
+    let Some(wanted) = hook::wanted(&state).with_context(|| format!("container {}", state.id))? else {
+        return Ok(0);
+    };
+    let stage = match (args.stage, hook::stage_of(&state.status)) {
+        (Some(Stage::CreateRuntime), _) | (None, Some(hook::Stage::CreateRuntime)) => hook::Stage::CreateRuntime,
+        (Some(Stage::Poststop), _) | (None, Some(hook::Stage::Poststop)) => hook::Stage::Poststop,
+        (None, None) => bail!(
+            "container {}: status {:?} is no stage devns serves (name it: devns hook createRuntime|poststop)",
+            state.id,
+            state.status
+        ),
+    };
+    let req = match stage {
+        hook::Stage::CreateRuntime => {
+            let pid = state.pid.ok_or_else(|| anyhow!("the OCI state of container {} names no pid", state.id))?;
+            let file = Path::new(&state.bundle).join("config.json");
+            let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            let config = read_bounded(f, hook::MAX_CONFIG_BYTES, &file.display().to_string())?;
+            let root = hook::root_path(&config, &state.bundle).with_context(|| file.display().to_string())?;
+            json!({
+                "op": "attach", "pid": pid, "name": wanted.name, "root": root, "at": "/dev",
+                "devices": wanted.devices, "runtime": true, "container": state.id,
+            })
+        }
+        hook::Stage::Poststop => json!({ "op": "detach", "name": wanted.name, "container": state.id }),
+    };
+    Client::connect(&global.socket)?
+        .call(req, &[])
+        .with_context(|| format!("container {} (namespace {})", state.id, wanted.name))?;
+    Ok(0)
+}

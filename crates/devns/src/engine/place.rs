@@ -1,0 +1,203 @@
+//! A view placed in a process's mount namespace: `at` resolved inside the
+//! process's root (and inside `root` there, a container's rootfs before
+//! `pivot_root`) with `RESOLVE_IN_ROOT`, never by host path; for a
+//! runtime's container, the mounts the runtime made below its old `/dev`
+//! (devpts, shm, mqueue, bound nodes) moved onto the view at the same
+//! places. Done from a short-lived child: `setns` changes the whole
+//! process, and the daemon must stay where it is.
+
+use anyhow::{Result, bail};
+use devns_core::hook::Carry;
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags};
+use rustix::mount::OpenTreeFlags;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Longest mountinfo read (a container has a few dozen mounts).
+const MAX_MOUNTINFO: usize = 4 << 20;
+/// Longest error the child reports.
+const MAX_REPORT: usize = 4096;
+
+/// Where in the process's root the view goes.
+pub(crate) struct Place<'a> {
+    pub root: Option<&'a str>,
+    pub at: &'a str,
+    /// Carry the mounts below the old `at` onto the view.
+    pub carry: bool,
+}
+
+/// Mounts a new bind of `view` at `place` in the mount namespace of `pid`.
+pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<()> {
+    let open = |p: String, flags| rustix::fs::open(&p, flags | OFlags::CLOEXEC, Mode::empty());
+    let Ok(root) = open(format!("/proc/{pid}/root"), OFlags::PATH | OFlags::DIRECTORY) else {
+        bail!("cannot open the root of process {pid}");
+    };
+    let Ok(mntns) = open(format!("/proc/{pid}/ns/mnt"), OFlags::RDONLY) else {
+        bail!("cannot open the mount namespace of process {pid}");
+    };
+    let tree = rustix::mount::open_tree(
+        view,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
+    )?;
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // SAFETY: the daemon is single-threaded; the child only makes syscalls,
+    // writes its report and exits.
+    match unsafe { devns_sys::process::fork_into(0) }? {
+        devns_sys::process::Forked::Child => {
+            drop(r);
+            let report = match place_view(&root, &mntns, &tree, place) {
+                Ok(()) => String::new(),
+                Err(e) => e,
+            };
+            let _ = rustix::io::write(&w, &report.as_bytes()[..report.len().min(MAX_REPORT)]);
+            std::process::exit(0);
+        }
+        devns_sys::process::Forked::Parent { pidfd, .. } => {
+            drop(w);
+            let mut buf = vec![0u8; MAX_REPORT + 1];
+            let mut n = 0;
+            while let Ok(k @ 1..) = rustix::io::read(&r, &mut buf[n..]) {
+                n += k;
+            }
+            let status = devns_sys::process::wait_pidfd(&pidfd);
+            let at = place.at;
+            match (n, status) {
+                (0, Ok(0)) => Ok(()),
+                (0, _) => bail!("the helper that mounts the view in process {pid}'s namespace died"),
+                _ => bail!(
+                    "cannot mount the view at {at} in process {pid}'s mount namespace: {}",
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+            }
+        }
+    }
+}
+
+/// In the child: enters the namespace, resolves, carries, mounts; the
+/// error as the report's text.
+fn place_view(proc_root: &OwnedFd, mntns: &OwnedFd, view: &OwnedFd, place: &Place<'_>) -> Result<(), String> {
+    let step = |what: &str| {
+        let what = what.to_owned();
+        move |e: rustix::io::Errno| format!("{what}: {e}")
+    };
+    // The child's own /proc entry, opened while it is in devns's namespace:
+    // read after setns, it tells the new namespace's mounts.
+    let me = rustix::fs::open("/proc/thread-self", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(step("cannot open /proc/thread-self"))?;
+    devns_sys::procstate::enter_for_good(mntns, devns_sys::procstate::Namespace::Mount)
+        .map_err(step("cannot enter the mount namespace"))?;
+    let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let rootfs = match place.root {
+        Some(r) => Some(
+            rustix::fs::openat2(proc_root, r, dir, Mode::empty(), in_root)
+                .map_err(step(&format!("cannot open the container's root {r}")))?,
+        ),
+        None => None,
+    };
+    let base = rootfs.as_ref().unwrap_or(proc_root);
+    let target = rustix::fs::openat2(base, place.at, dir, Mode::empty(), in_root)
+        .map_err(step(&format!("cannot open {}", place.at)))?;
+    let carried = if place.carry { take_carried(&me, &target)? } else { vec![] };
+    devns_sys::mount::move_onto(view, &target).map_err(step("cannot mount the view"))?;
+    // The view's fd is its mounted root now.
+    for (fd, rel) in carried {
+        carry(view, &fd, &rel).map_err(|e| format!("cannot carry the runtime's mount {}: {e}", rel.display()))?;
+    }
+    Ok(())
+}
+
+fn mnt_id(fd: BorrowedFd<'_>) -> rustix::io::Result<u64> {
+    Ok(rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)?.stx_mnt_id)
+}
+
+/// The runtime's mounts on `target` (an fd of its `/dev`), each opened
+/// and checked to be the mount its mountinfo line names.
+fn take_carried(me: &OwnedFd, target: &OwnedFd) -> Result<Vec<(OwnedFd, PathBuf)>, String> {
+    let step = |what: &'static str| move |e: rustix::io::Errno| format!("{what}: {e}");
+    let info = rustix::fs::openat(me, "mountinfo", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(step("cannot open the namespace's mountinfo"))?;
+    let text = read_bounded(&info).map_err(step("cannot read the namespace's mountinfo"))?;
+    let link = rustix::fs::readlinkat(me, format!("fd/{}", target.as_raw_fd()), Vec::new())
+        .map_err(step("cannot read where /dev is"))?;
+    let dev_path = Path::new(std::ffi::OsStr::from_bytes(link.as_bytes()));
+    let dev_id = mnt_id(target.as_fd()).map_err(step("cannot stat /dev"))?;
+    let dev_id = u32::try_from(dev_id).map_err(|_| "a mount id beyond 32 bits".to_owned())?;
+    let mounts: Vec<_> = devns_core::mountinfo::mounts(&text).collect();
+    let mut out = Vec::new();
+    for Carry { id, rel } in devns_core::hook::carried(&mounts, dev_id, dev_path) {
+        let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let fd = rustix::fs::openat2(
+            target,
+            &rel,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            beneath,
+        )
+        .map_err(|e| format!("cannot open the runtime's mount {}: {e}", rel.display()))?;
+        // Another mount stacked on it since: what is seen there is carried
+        // with it; a different one at its place is refused.
+        if mnt_id(fd.as_fd()).ok() != Some(u64::from(id)) {
+            return Err(format!("the runtime's mount {} changed while devns read it", rel.display()));
+        }
+        out.push((fd, rel));
+    }
+    Ok(out)
+}
+
+fn read_bounded(fd: &OwnedFd) -> rustix::io::Result<Vec<u8>> {
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = rustix::io::read(fd, &mut chunk)?;
+        if n == 0 || text.len() + n > MAX_MOUNTINFO {
+            return if n == 0 { Ok(text) } else { Err(rustix::io::Errno::FBIG) };
+        }
+        text.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Moves `src` (a mount of the runtime's) to `rel` on the view: its
+/// mountpoint made there as a directory or an empty file like the mount's
+/// root (and its parents as directories), unless the view holds a node
+/// at that place (the view's own node of the device stands; the runtime's
+/// bind stays covered). Nothing on the way is followed.
+fn carry(view: &OwnedFd, src: &OwnedFd, rel: &Path) -> rustix::io::Result<()> {
+    let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let kind = |fd: BorrowedFd<'_>| rustix::fs::fstat(fd).map(|s| FileType::from_raw_mode(s.st_mode));
+    let is_dir = kind(src.as_fd())? == FileType::Directory;
+    let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut at = rustix::io::fcntl_dupfd_cloexec(view, 0)?;
+    let names: Vec<_> = rel.components().map(|c| c.as_os_str().to_owned()).collect();
+    let (last, parents) = names.split_last().ok_or(rustix::io::Errno::INVAL)?;
+    for name in parents {
+        match rustix::fs::mkdirat(&at, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e),
+        }
+        at = rustix::fs::openat2(&at, name, dir, Mode::empty(), beneath)?;
+    }
+    // openat2 takes a mode only with O_CREAT.
+    let open = |flags: OFlags| {
+        let mode = if flags.contains(OFlags::CREATE) { Mode::from_raw_mode(0o644) } else { Mode::empty() };
+        rustix::fs::openat2(&at, last, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, mode, beneath)
+    };
+    let dst = match open(OFlags::PATH) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => {
+            if is_dir {
+                rustix::fs::mkdirat(&at, last, Mode::from_raw_mode(0o755))?;
+            } else {
+                drop(open(OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?);
+            }
+            open(OFlags::PATH)?
+        }
+        Err(e) => return Err(e),
+    };
+    if matches!(kind(dst.as_fd())?, FileType::CharacterDevice | FileType::BlockDevice) {
+        return Ok(());
+    }
+    devns_sys::mount::move_onto(src, &dst)
+}
