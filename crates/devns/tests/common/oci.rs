@@ -228,18 +228,26 @@ impl Runc {
     }
 
     /// `runc create` (the container's stdio goes nowhere: a runc that kept
-    /// a pipe of ours open would hang the test); its output.
+    /// a pipe of ours open would hang the test; its init holds runc's
+    /// stderr until `runc start`, so that goes to a file); its output.
     pub fn create(&self, b: &Bundle) -> Output {
         self.track(&b.id);
-        self.cmd()
+        std::fs::create_dir_all(&self.root).expect("runc root");
+        let err_path = self.root.join(format!("{}.create-stderr", b.id));
+        let err = std::fs::File::create(&err_path).expect("stderr file");
+        let mut out = self
+            .cmd()
             .args(["create", "--bundle"])
             .arg(&b.dir)
             .arg(&b.id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(err)
             .output()
-            .expect("runc create")
+            .expect("runc create");
+        out.stderr = std::fs::read(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&err_path);
+        out
     }
 
     /// `runc create` + `runc start` of a container that stays up (its

@@ -24,6 +24,7 @@ const ROLES: &[Role] = &[
     ("loop-ops", &["DEVNS_SEC_OPS"], loops::ops),
     ("loop-race", &["DEVNS_RACE"], loops::race),
     ("ptrace-init", &[], ptrace::ptrace_init),
+    ("runtime-program", &["DEVNS_RUNTIME_ALLOW"], bpf::runtime_program),
     ("signal-storm", &["DEVNS_STORM_ITERATIONS"], mknod::signal_storm),
     ("tiocsti", &["DEVNS_TIOCSTI", "DEVNS_OUTER_TTY"], tty::tiocsti),
 ];
