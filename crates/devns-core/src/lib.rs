@@ -6,6 +6,7 @@
 //! kernel, asks these functions what should be, and applies the answer.
 #![forbid(unsafe_code)]
 
+pub mod agentsock;
 pub mod api;
 pub mod bpf;
 pub mod clients;

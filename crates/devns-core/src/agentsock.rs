@@ -1,0 +1,175 @@
+//! The runtime-spec seccomp agent socket (`linux.seccomp.listenerPath`),
+//! as decisions: who may connect, how much a connection may send and for
+//! how long, and whether the listener it passed is taken. The message
+//! itself is parsed by `crate::oci`.
+
+use crate::oci::{self, MAX_PROCESS_STATE_BYTES};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Connections that have not finished their message, at most: runtimes
+/// connect once per container start, and each closes at once.
+pub const MAX_PENDING: usize = 64;
+/// Fds one connection may pass over all its message's parts (runc and
+/// crun pass one).
+pub const MAX_FDS: usize = 8;
+/// How long a connection may take from accept to its end of file: the
+/// API's request deadline.
+pub const DEADLINE: Duration = crate::clients::REQUEST_DEADLINE;
+/// Bytes read of a connection, at most: one more than a message may have.
+pub const MAX_READ: usize = MAX_PROCESS_STATE_BYTES + 1;
+
+/// Why a connection or its listener is refused (each one log line).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the peer is not host root (uid {uid}{})", if *.host_ns { "" } else { " in another user namespace" })]
+    NotHostRoot { uid: u32, host_ns: bool },
+    #[error("too many connections are unfinished (at most {MAX_PENDING})")]
+    TooManyPending,
+    #[error("it passed more than {MAX_FDS} fds")]
+    TooManyFds,
+    #[error("it sent more than {MAX_PROCESS_STATE_BYTES} bytes")]
+    TooLarge,
+    #[error("it did not send its whole message and close in time")]
+    TooSlow,
+    #[error("{0}")]
+    Message(#[from] oci::OciError),
+    #[error("it passed {fds} fds, so none is its seccompFd (fds[{index}])")]
+    NoFd { index: usize, fds: usize },
+    #[error("its seccompFd is not a seccomp listener")]
+    NotListener,
+    #[error("no process {0}")]
+    NoProcess(i32),
+    #[error("process {0} is in the host's user namespace")]
+    HostNamespace(i32),
+    #[error("a listener of its user namespace {0} is served already")]
+    NamespaceServed(u64),
+    #[error("a listener of container {0:?} is served already")]
+    ContainerServed(String),
+}
+
+/// Whether a connection is kept: its peer (`SO_PEERCRED` uid, and whether
+/// it is in the host's user namespace) and the connections unfinished.
+pub fn admit(uid: u32, host_ns: bool, pending: usize) -> Result<(), Refusal> {
+    if uid != 0 || !host_ns {
+        return Err(Refusal::NotHostRoot { uid, host_ns });
+    }
+    if pending >= MAX_PENDING {
+        return Err(Refusal::TooManyPending);
+    }
+    Ok(())
+}
+
+/// What the daemon serves already: the user namespaces its listeners are
+/// tagged with, and the containers that passed them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    pub namespaces: BTreeSet<u64>,
+    pub containers: BTreeSet<String>,
+}
+
+/// What the shell found of a parsed message's fds and process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// Fds that came with the message.
+    pub fds: usize,
+    /// Whether its `seccompFd` is a seccomp listener (when it came).
+    pub is_listener: bool,
+    /// The user namespace of its `pid`; `None`: no such process.
+    pub pid_ns: Option<u64>,
+}
+
+/// The listener taken: which namespace it is tagged with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub ns: u64,
+    pub container: String,
+}
+
+/// Whether the listener of message `m` is taken.
+pub fn take(m: &oci::Listener, f: &Facts, host_ns: u64, served: &Served) -> Result<Taken, Refusal> {
+    let pid = m.state.pid;
+    if m.seccomp_fd >= f.fds {
+        return Err(Refusal::NoFd { index: m.seccomp_fd, fds: f.fds });
+    }
+    if !f.is_listener {
+        return Err(Refusal::NotListener);
+    }
+    let ns = f.pid_ns.ok_or(Refusal::NoProcess(pid))?;
+    if ns == host_ns {
+        return Err(Refusal::HostNamespace(pid));
+    }
+    if served.namespaces.contains(&ns) {
+        return Err(Refusal::NamespaceServed(ns));
+    }
+    let container = m.state.state.id.clone();
+    if served.containers.contains(&container) {
+        return Err(Refusal::ContainerServed(container));
+    }
+    Ok(Taken { ns, container })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: &str, pid: i32, fds: &str) -> oci::Listener {
+        let m = format!(
+            r#"{{"ociVersion":"1.0.2","fds":{fds},"pid":{pid},"state":{{"ociVersion":"1.0.2","id":"{id}","status":"creating","bundle":"/b"}}}}"#
+        );
+        oci::parse_process_state(m.as_bytes()).unwrap()
+    }
+
+    const OK: Facts = Facts { fds: 1, is_listener: true, pid_ns: Some(7) };
+
+    #[test]
+    fn only_host_root_connects_and_only_so_many_at_once() {
+        assert_eq!(admit(0, true, 0), Ok(()));
+        assert_eq!(admit(0, true, MAX_PENDING - 1), Ok(()));
+        assert_eq!(admit(0, true, MAX_PENDING), Err(Refusal::TooManyPending));
+        assert_eq!(admit(1000, true, 0), Err(Refusal::NotHostRoot { uid: 1000, host_ns: true }));
+        // Root of another user namespace, mapped to host root or not.
+        let e = admit(0, false, 0).unwrap_err();
+        assert_eq!(e.to_string(), "the peer is not host root (uid 0 in another user namespace)");
+    }
+
+    #[test]
+    fn a_listener_of_a_container_in_its_own_namespace_is_taken() {
+        let m = message("web", 40, r#"["seccompFd"]"#);
+        let t = take(&m, &OK, 1, &Served::default()).unwrap();
+        assert_eq!(t, Taken { ns: 7, container: "web".into() });
+        // Another container's, in another namespace, beside it.
+        let served = Served { namespaces: [8].into(), containers: ["db".into()].into() };
+        assert!(take(&m, &OK, 1, &served).is_ok());
+    }
+
+    #[test]
+    fn every_other_listener_is_refused_with_the_reason() {
+        let m = message("web", 40, r#"["seccompFd"]"#);
+        let second = message("web", 40, r#"["other","seccompFd"]"#);
+        let host = 1;
+        let none = Served::default();
+        let cases = [
+            (&m, Facts { fds: 0, ..OK }, &none, Refusal::NoFd { index: 0, fds: 0 }),
+            (&second, OK, &none, Refusal::NoFd { index: 1, fds: 1 }),
+            (&m, Facts { is_listener: false, ..OK }, &none, Refusal::NotListener),
+            (&m, Facts { pid_ns: None, ..OK }, &none, Refusal::NoProcess(40)),
+            (&m, Facts { pid_ns: Some(host), ..OK }, &none, Refusal::HostNamespace(40)),
+        ];
+        for (m, f, served, want) in cases {
+            assert_eq!(take(m, &f, host, served), Err(want));
+        }
+        let same_ns = Served { namespaces: [7].into(), ..Served::default() };
+        assert_eq!(take(&m, &OK, host, &same_ns), Err(Refusal::NamespaceServed(7)));
+        let same_id = Served { containers: ["web".into()].into(), ..Served::default() };
+        let e = take(&m, &OK, host, &same_id).unwrap_err();
+        assert_eq!(e.to_string(), "a listener of container \"web\" is served already");
+    }
+
+    #[test]
+    fn a_message_s_own_errors_read_as_refusals() {
+        let e = oci::parse_process_state(b"{").unwrap_err();
+        assert!(Refusal::from(e).to_string().starts_with("container process state is not valid"));
+        assert_eq!(Refusal::TooLarge.to_string(), format!("it sent more than {MAX_PROCESS_STATE_BYTES} bytes"));
+    }
+}
