@@ -3,7 +3,7 @@
 //!
 //! `/run/devns` is the run directory, world-traversable (0755), holding
 //! the sockets (`devns.sock`, 0666, which every host user and container
-//! may reach; later `seccomp.sock` and `lxc.sock` beside it) and nothing
+//! may reach; `seccomp.sock`, 0600, for runtimes; later `lxc.sock`) and nothing
 //! else but `state/`, the state directory (0700, root's), holding every
 //! record, lock and mount. Before issue 13 the state lived in
 //! `/run/devns` itself, made 0700, which left the socket below it
