@@ -48,11 +48,27 @@ pub enum Refusal {
     ContainerServed(String),
 }
 
-/// Whether a connection is kept: its peer (`SO_PEERCRED` uid, and whether
-/// it is in the host's user namespace) and the connections unfinished.
-pub fn admit(uid: u32, host_ns: bool, pending: usize) -> Result<(), Refusal> {
-    if uid != 0 || !host_ns {
-        return Err(Refusal::NotHostRoot { uid, host_ns });
+/// Whether what a connection sent so far is to be decided now: a whole
+/// JSON value (maybe a bad one), or something that cannot become one. runc
+/// sends its message and keeps the connection open while `runc run` lasts
+/// (it never closes it), so a message is taken when it is whole, not at
+/// the end of file; crun's ends with a newline and the close.
+pub fn whole(buf: &[u8]) -> bool {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(buf) {
+        Ok(_) => true,
+        Err(e) => !e.is_eof(),
+    }
+}
+
+/// Whether a connection is kept: its peer (`SO_PEERCRED` uid, and
+/// whether it is in the host's user namespace: `None` when that cannot be
+/// asked any more, the peer having exited since it connected, as `runc
+/// create` may before the daemon accepts) and the connections unfinished.
+/// A peer gone is judged by its uid alone: the socket's mode let in only
+/// processes with host root's file access.
+pub fn admit(uid: u32, host_ns: Option<bool>, pending: usize) -> Result<(), Refusal> {
+    if uid != 0 || host_ns == Some(false) {
+        return Err(Refusal::NotHostRoot { uid, host_ns: host_ns.unwrap_or(true) });
     }
     if pending >= MAX_PENDING {
         return Err(Refusal::TooManyPending);
@@ -123,13 +139,32 @@ mod tests {
     const OK: Facts = Facts { fds: 1, is_listener: true, pid_ns: Some(7) };
 
     #[test]
+    fn a_message_is_decided_once_whole_or_once_it_cannot_become_whole() {
+        let runc = include_bytes!("../tests/corpus/oci/runc-1.1.5-run.json");
+        let crun = include_bytes!("../tests/corpus/oci/crun-1.8.1-run.json");
+        for m in [&runc[..], &crun[..]] {
+            assert!(whole(m));
+            for cut in [0, 1, m.len() / 2, m.len() - 2] {
+                assert!(!whole(&m[..cut]), "{cut} bytes of {}", m.len());
+            }
+        }
+        assert!(!whole(b"  \n"));
+        for bad in [&b"{]"[..], b"x", b"{} {}", b"\"s\" x"] {
+            assert!(whole(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn only_host_root_connects_and_only_so_many_at_once() {
-        assert_eq!(admit(0, true, 0), Ok(()));
-        assert_eq!(admit(0, true, MAX_PENDING - 1), Ok(()));
-        assert_eq!(admit(0, true, MAX_PENDING), Err(Refusal::TooManyPending));
-        assert_eq!(admit(1000, true, 0), Err(Refusal::NotHostRoot { uid: 1000, host_ns: true }));
+        assert_eq!(admit(0, Some(true), 0), Ok(()));
+        assert_eq!(admit(0, Some(true), MAX_PENDING - 1), Ok(()));
+        assert_eq!(admit(0, Some(true), MAX_PENDING), Err(Refusal::TooManyPending));
+        assert_eq!(admit(1000, Some(true), 0), Err(Refusal::NotHostRoot { uid: 1000, host_ns: true }));
+        // Gone since it connected: its uid decides.
+        assert_eq!(admit(0, None, 0), Ok(()));
+        assert_eq!(admit(1000, None, 0), Err(Refusal::NotHostRoot { uid: 1000, host_ns: true }));
         // Root of another user namespace, mapped to host root or not.
-        let e = admit(0, false, 0).unwrap_err();
+        let e = admit(0, Some(false), 0).unwrap_err();
         assert_eq!(e.to_string(), "the peer is not host root (uid 0 in another user namespace)");
     }
 

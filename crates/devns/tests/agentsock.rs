@@ -236,6 +236,34 @@ fn bad_messages_and_listeners_are_refused_each_with_a_log_line_and_change_nothin
 
 #[test]
 #[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_listener_whose_runtime_exited_before_the_daemon_accepted_it_is_served() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let d = daemon(&env, &[]);
+    let mut f = Fake::new("gone");
+    f.attach(&env, "gone");
+    // `runc create` sends and exits; the daemon may come to it only later.
+    let stopped = Stopped::new(d.pid());
+    let listener = f.listener.try_clone().unwrap();
+    let out = Command::new(TESTBIN)
+        .arg("oci-peer")
+        .env("DEVNS_OCI_SOCK", seccomp_sock(&env))
+        .env("DEVNS_OCI_MSG", runc_message(f.pid(), "gone"))
+        .env("DEVNS_OCI_STDIN", "1")
+        .env("DEVNS_OCI_EXIT", "1")
+        .stdin(Stdio::from(listener))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "connect: ok");
+    drop(stopped);
+    eventually("served", || served(&env) == 1);
+    assert_eq!(mknod_in_view(&mut f, "null2"), ["made", "/dev/null2"]);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn peers_other_than_host_root_are_refused() {
     if !privileged() {
         return;
@@ -270,7 +298,7 @@ fn peers_other_than_host_root_are_refused() {
     // With the mode opened, SO_PEERCRED still does.
     std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     assert_eq!(peer(Some(65534)), "connect: ok");
-    eventually("refused", || log_lines(&env, REFUSED).len() == 1);
+    eventually(&format!("refused: {:?}", log_lines(&env, "")), || log_lines(&env, REFUSED).len() == 1);
     assert!(log_lines(&env, REFUSED)[0].contains("the peer is not host root (uid 65534)"));
     assert_eq!(peer(None), "connect: ok");
     eventually("refused", || log_lines(&env, REFUSED).len() == 2);
@@ -361,4 +389,61 @@ fn the_socket_is_where_the_flag_env_or_config_says_and_a_stale_one_is_replaced()
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"), "{out:?}");
     assert_eq!(std::fs::read_to_string(&by_env).unwrap(), "x");
+}
+
+/// `linux.seccomp` as a user writes it for devns: allow all, but have the
+/// agent at `listener` answer `mknod`/`mknodat`.
+fn notify_profile(listener: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": listener,
+        "syscalls": [{ "names": ["mknod", "mknodat"], "action": "SCMP_ACT_NOTIFY" }],
+    })
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn runc_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = daemon(&env, &[]);
+    let runc = common::oci::Runc::new(&env);
+    let b = common::oci::Bundle::new("agentsock");
+    b.seccomp(notify_profile(&seccomp_sock(&env)));
+    // runc's own /dev: no filesystem devns made, so the agent refuses the
+    // node (natively, the kernel would refuse it too: the log tells them
+    // apart).
+    b.script("mknod /dev/x c 1 3 2>&1; echo rc=$?; mkfifo /tmp/f && echo fifo");
+    let out = runc.run(&b);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "runc run: {text}");
+    assert!(text.contains("Operation not permitted") && text.contains("rc=1"), "{text}");
+    assert!(text.contains("fifo"), "a FIFO is the kernel's: {text}");
+    let served = log_lines(&env, "serving a runtime's seccomp listener");
+    assert!(served.len() == 1 && served[0].contains(&b.id), "{served:?}");
+    // The agent's own refusal (runc gives its container no CAP_MKNOD).
+    let refused = log_lines(&env, "devns::agent");
+    let all = log_lines(&env, "");
+    assert!(refused.len() == 1 && refused[0].contains("refused: ") && refused[0].contains("mknod"), "{all:?}");
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn runc_fails_to_start_a_container_when_no_daemon_listens() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let runc = common::oci::Runc::new(&env);
+    let b = common::oci::Bundle::new("agentsock-none");
+    b.seccomp(notify_profile(&seccomp_sock(&env)));
+    b.script("echo started");
+    let out = runc.run(&b);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("started"), "{text}");
+    let path = seccomp_sock(&env).display().to_string();
+    assert!(text.contains("seccomp agent") && text.contains(&path), "names the socket: {text}");
 }

@@ -86,7 +86,7 @@ impl Daemon {
                     return;
                 }
             };
-            let peer = match Peer::of(&sock, self.host_ns) {
+            let (uid, pid, host_ns) = match peer_of(&sock, self.host_ns) {
                 Ok(p) => p,
                 Err(e) => {
                     if self.agent_log.allow() {
@@ -95,8 +95,8 @@ impl Daemon {
                     continue;
                 }
             };
-            if let Err(why) = decide::admit(peer.uid, peer.ns.is_none(), self.agent.pending.len()) {
-                self.refuse(&why, None, peer.pid);
+            if let Err(why) = decide::admit(uid, host_ns, self.agent.pending.len()) {
+                self.refuse(&why, None, pid);
                 continue;
             }
             self.agent.next += 1;
@@ -105,7 +105,7 @@ impl Daemon {
             let p = Pending {
                 sock,
                 token,
-                peer_pid: peer.pid,
+                peer_pid: pid,
                 buf: Vec::new(),
                 fds: Vec::new(),
                 deadline: Instant::now() + self.timeouts.request,
@@ -114,7 +114,8 @@ impl Daemon {
         }
     }
 
-    /// What a connection sent; at its end of file, its message decided.
+    /// What a connection sent; once it is a whole message (or at its end
+    /// of file), the message decided and the connection closed.
     pub(super) fn agent_read(&mut self, id: u64) {
         let Some(p) = self.agent.pending.get_mut(&id) else { return };
         let mut chunk = vec![0u8; 64 << 10];
@@ -126,7 +127,15 @@ impl Daemon {
             let n = chunk.len().min(room);
             match crate::wire::recv_with_fds(p.sock.as_fd(), &mut chunk[..n], &mut p.fds) {
                 Ok(0) => break Ok(()),
-                Ok(n) => p.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    p.buf.extend_from_slice(&chunk[..n]);
+                    if p.fds.len() > decide::MAX_FDS {
+                        break Err(Refusal::TooManyFds);
+                    }
+                    if decide::whole(&p.buf) {
+                        break Ok(());
+                    }
+                }
                 Err(rustix::io::Errno::AGAIN) => return,
                 Err(rustix::io::Errno::INTR) => {}
                 // A reset before its end: what it sent is not whole.
@@ -136,9 +145,6 @@ impl Daemon {
                     tracing::warn!(pid, error = %e, "refused a runtime's seccomp listener: cannot read its message");
                     return;
                 }
-            }
-            if p.fds.len() > decide::MAX_FDS {
-                break Err(Refusal::TooManyFds);
             }
         };
         let Some(p) = self.agent.pending.remove(&id) else { return };
@@ -208,6 +214,18 @@ impl Daemon {
         }
         s
     }
+}
+
+/// The peer's host uid and pid (`SO_PEERCRED`, as it connected), and
+/// whether it is in the host's user namespace (`None`: it is gone, so that
+/// cannot be asked).
+fn peer_of(sock: &OwnedFd, host: devns_core::NsId) -> rustix::io::Result<(u32, i32, Option<bool>)> {
+    let cred = rustix::net::sockopt::socket_peercred(sock)?;
+    let ns = match Peer::of(sock, host) {
+        Ok(p) => Some(p.ns.is_none()),
+        Err(_) => None,
+    };
+    Ok((cred.uid.as_raw(), cred.pid.as_raw_nonzero().get(), ns))
 }
 
 /// The user namespace of process `pid`, asked of a pidfd; `None` if there

@@ -1,6 +1,7 @@
 //! Roles for the seccomp agent socket's tests (`tests/agentsock.rs`): the
 //! container side of a runtime, and a peer that is not host root.
 
+use rustix::fd::AsFd;
 use std::os::unix::process::CommandExt;
 
 /// Installs devns's container filter with a listener, prints `listener
@@ -16,8 +17,10 @@ pub fn filtered_shell() {
     panic!("exec sh: {e}");
 }
 
-/// Connects to `DEVNS_OCI_SOCK` and sends `DEVNS_OCI_MSG`, as whoever runs
-/// it; prints `connect: ok|ERRNO`.
+/// Connects to `DEVNS_OCI_SOCK` and sends `DEVNS_OCI_MSG` (with its stdin
+/// as the listener when `DEVNS_OCI_STDIN=1`), as whoever runs it; prints
+/// `connect: ok|ERRNO`; then waits for the daemon to close the connection,
+/// unless `DEVNS_OCI_EXIT=1` (a runtime that exits at once).
 pub fn peer() {
     let path = super::var("DEVNS_OCI_SOCK");
     let sock = rustix::net::socket(rustix::net::AddressFamily::UNIX, rustix::net::SocketType::STREAM, None).unwrap();
@@ -27,5 +30,20 @@ pub fn peer() {
         return;
     }
     println!("connect: ok");
-    let _ = rustix::net::send(&sock, super::var("DEVNS_OCI_MSG").as_bytes(), rustix::net::SendFlags::NOSIGNAL);
+    let msg = super::var("DEVNS_OCI_MSG");
+    let stdin = std::io::stdin();
+    let fds: Vec<_> = if is_set("DEVNS_OCI_STDIN") { vec![stdin.as_fd()] } else { vec![] };
+    let _ = devns::wire::send_with_fds(sock.as_fd(), msg.as_bytes(), &fds);
+    if !is_set("DEVNS_OCI_EXIT") {
+        let mut buf = [0u8; 16];
+        while let Ok((n, _)) = rustix::net::recv(&sock, &mut buf, rustix::net::RecvFlags::empty()) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+fn is_set(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| v == "1")
 }
