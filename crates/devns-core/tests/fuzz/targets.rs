@@ -163,10 +163,20 @@ pub fn mountinfo(data: &[u8]) {
 
 /// The runtime-spec seccomp agent message (runc's, crun's). What parses
 /// names its listener, a live pid and an absolute bundle, and writes back
-/// (compact, as runc does, and pretty, as crun does) to the same.
+/// (compact, as runc does, and pretty, as crun does) to the same. The
+/// agent socket, which decides a message once it is whole
+/// (`agentsock::whole`), decides one that parses when it has come, and
+/// never on less of it than the same message.
 pub fn oci_state(data: &[u8]) {
     match oci::parse_process_state(data) {
         Ok(l) => {
+            assert!(devns_core::agentsock::whole(data));
+            for cut in [1, data.len() / 3, data.len() / 2, data.len().saturating_sub(1)] {
+                let part = &data[..cut.min(data.len())];
+                if devns_core::agentsock::whole(part) {
+                    assert_eq!(oci::parse_process_state(part).as_ref(), Ok(&l), "decided at {cut} bytes");
+                }
+            }
             assert_eq!(l.state.fds.get(l.seccomp_fd).map(String::as_str), Some(oci::SECCOMP_FD_NAME));
             assert!(l.state.pid > 0 && l.state.state.pid.is_none_or(|p| p > 0));
             assert!(l.state.state.bundle.starts_with('/') && !l.state.state.id.is_empty());
