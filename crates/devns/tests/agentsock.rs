@@ -447,3 +447,35 @@ fn runc_fails_to_start_a_container_when_no_daemon_listens() {
     let path = seccomp_sock(&env).display().to_string();
     assert!(text.contains("seccomp agent") && text.contains(&path), "names the socket: {text}");
 }
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn crun_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = daemon(&env, &[]);
+    let crun = common::oci::crun_wrapper(env.dir.path());
+    let b = common::oci::Bundle::new("agentsock-crun");
+    b.seccomp(notify_profile(&seccomp_sock(&env)));
+    b.script("mknod /dev/x c 1 3 2>&1; echo rc=$?");
+    let root = env.dir.path().join("crun");
+    let out = Command::new(&crun)
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--bundle"])
+        .arg(&b.dir)
+        .arg(&b.id)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = Command::new(&crun).arg("--root").arg(&root).args(["delete", "--force", &b.id]).output();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "crun run: {text}");
+    assert!(text.contains("Operation not permitted") && text.contains("rc=1"), "{text}");
+    let served = log_lines(&env, "serving a runtime's seccomp listener");
+    assert!(served.len() == 1 && served[0].contains(&b.id), "{served:?}");
+    let refused = log_lines(&env, "devns::agent");
+    assert!(refused.len() == 1 && refused[0].contains("mknod"), "{:?}", log_lines(&env, ""));
+}
