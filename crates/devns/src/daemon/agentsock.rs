@@ -79,7 +79,9 @@ impl Daemon {
                 Err(rustix::io::Errno::AGAIN) => return,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
-                    // Out of fds: the backlog waits, the loop goes on.
+                    if matches!(e, rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) {
+                        super::serve::shed(&mut self.spare_fd, &self.agent.fd);
+                    }
                     if self.agent_log.allow() {
                         tracing::warn!(error = %e, "cannot accept on the seccomp agent socket");
                     }

@@ -138,12 +138,7 @@ impl Daemon {
                 Ok(s) => s,
                 Err(rustix::io::Errno::AGAIN) => return,
                 Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
-                    // No fd for it: refused through the spare one, or it
-                    // would wake the loop again and again.
-                    drop(self.spare_fd.take());
-                    drop(rustix::net::accept(listener));
-                    self.spare_fd =
-                        rustix::fs::open("/dev/null", rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).ok();
+                    shed(&mut self.spare_fd, listener);
                     if self.conn_log.allow() {
                         tracing::warn!(error = %e, "no fd left for a new connection; refused it");
                     }
@@ -250,4 +245,12 @@ impl Daemon {
         c.refresh_deadline(&self.timeouts);
         self.update_interest(id);
     }
+}
+
+/// A connection there is no fd for, refused through the spare fd: left in
+/// the backlog, it would wake the loop again and again.
+pub(super) fn shed(spare: &mut Option<OwnedFd>, listener: &OwnedFd) {
+    drop(spare.take());
+    drop(rustix::net::accept(listener));
+    *spare = rustix::fs::open("/dev/null", rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).ok();
 }
