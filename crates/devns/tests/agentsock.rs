@@ -416,17 +416,23 @@ fn runc_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
     // node (natively, the kernel would refuse it too: the log tells them
     // apart).
     b.script("mknod /dev/x c 1 3 2>&1; echo rc=$?; mkfifo /tmp/f && echo fifo");
-    let out = runc.run(&b);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "runc run: {text}");
-    assert!(text.contains("Operation not permitted") && text.contains("rc=1"), "{text}");
+    let text = answered_by_the_agent(&env, &b.id, runc.run(&b));
     assert!(text.contains("fifo"), "a FIFO is the kernel's: {text}");
-    let served = log_lines(&env, "serving a runtime's seccomp listener");
-    assert!(served.len() == 1 && served[0].contains(&b.id), "{served:?}");
-    // The agent's own refusal (runc gives its container no CAP_MKNOD).
-    let refused = log_lines(&env, "devns::agent");
-    let all = log_lines(&env, "");
+}
+
+/// The output of a container whose `mknod` the agent refused (the runtimes
+/// give their containers no `CAP_MKNOD`): its listener served, its `EPERM`
+/// the agent's (its log line), not the kernel's.
+fn answered_by_the_agent(env: &Env, id: &str, out: std::process::Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the runtime: {text}");
+    assert!(text.contains("Operation not permitted") && text.contains("rc=1"), "{text}");
+    let served = log_lines(env, "serving a runtime's seccomp listener");
+    assert!(served.len() == 1 && served[0].contains(id), "{served:?}");
+    let refused = log_lines(env, "devns::agent");
+    let all = log_lines(env, "");
     assert!(refused.len() == 1 && refused[0].contains("refused: ") && refused[0].contains("mknod"), "{all:?}");
+    text
 }
 
 #[test]
@@ -471,11 +477,5 @@ fn crun_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
         .output()
         .unwrap();
     let _ = Command::new(&crun).arg("--root").arg(&root).args(["delete", "--force", &b.id]).output();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "crun run: {text}");
-    assert!(text.contains("Operation not permitted") && text.contains("rc=1"), "{text}");
-    let served = log_lines(&env, "serving a runtime's seccomp listener");
-    assert!(served.len() == 1 && served[0].contains(&b.id), "{served:?}");
-    let refused = log_lines(&env, "devns::agent");
-    assert!(refused.len() == 1 && refused[0].contains("mknod"), "{:?}", log_lines(&env, ""));
+    answered_by_the_agent(&env, &b.id, out);
 }
