@@ -467,13 +467,17 @@ fn crun_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
     b.seccomp(notify_profile(&seccomp_sock(&env)));
     b.script("mknod /dev/x c 1 3 2>&1; echo rc=$?");
     let root = env.dir.path().join("crun");
+    // Not the host's /dev/null as its stdin: crun 1.8.1 chowns its stdio
+    // to the container's root (runc skips /dev/null).
+    let empty = env.dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
     let out = Command::new(&crun)
         .arg("--root")
         .arg(&root)
         .args(["run", "--bundle"])
         .arg(&b.dir)
         .arg(&b.id)
-        .stdin(Stdio::null())
+        .stdin(std::fs::File::open(&empty).unwrap())
         .output()
         .unwrap();
     let _ = Command::new(&crun).arg("--root").arg(&root).args(["delete", "--force", &b.id]).output();
