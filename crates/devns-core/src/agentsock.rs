@@ -4,7 +4,7 @@
 //! itself is parsed by `crate::oci`.
 
 use crate::oci::{self, MAX_PROCESS_STATE_BYTES};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Connections that have not finished their message, at most: runtimes
@@ -16,6 +16,9 @@ pub const MAX_FDS: usize = 8;
 /// How long a connection may take from accept to its end of file: the
 /// API's request deadline.
 pub const DEADLINE: Duration = crate::clients::REQUEST_DEADLINE;
+/// Listeners of one user namespace, at most: its container's init's and
+/// those of the processes `runc exec` starts in it while they run.
+pub const MAX_PER_NAMESPACE: usize = 64;
 /// Bytes read of a connection, at most: one more than a message may have.
 pub const MAX_READ: usize = MAX_PROCESS_STATE_BYTES + 1;
 
@@ -46,6 +49,8 @@ pub enum Refusal {
     NamespaceServed(u64),
     #[error("a listener of container {0:?} is served already")]
     ContainerServed(String),
+    #[error("its user namespace {0} has {MAX_PER_NAMESPACE} listeners served already")]
+    TooManyListeners(u64),
 }
 
 /// Whether what a connection sent so far is to be decided now: a whole
@@ -77,11 +82,12 @@ pub fn admit(uid: u32, host_ns: Option<bool>, pending: usize) -> Result<(), Refu
 }
 
 /// What the daemon serves already: the user namespaces its listeners are
-/// tagged with, and the containers that passed them.
+/// tagged with (and how many each), and the containers that passed them
+/// (with their namespace).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Served {
-    pub namespaces: BTreeSet<u64>,
-    pub containers: BTreeSet<String>,
+    pub namespaces: BTreeMap<u64, usize>,
+    pub containers: BTreeMap<String, u64>,
 }
 
 /// What the shell found of a parsed message's fds and process.
@@ -115,11 +121,23 @@ pub fn take(m: &oci::Listener, f: &Facts, host_ns: u64, served: &Served) -> Resu
     if ns == host_ns {
         return Err(Refusal::HostNamespace(pid));
     }
-    if served.namespaces.contains(&ns) {
-        return Err(Refusal::NamespaceServed(ns));
-    }
     let container = m.state.state.id.clone();
-    if served.containers.contains(&container) {
+    if let Some(&n) = served.namespaces.get(&ns) {
+        // `runc exec` (so `podman exec`) gives each process it starts in a
+        // running container the container's filter anew, and passes that
+        // listener too: one more of the same namespace (its process is in
+        // it: the kernel says so), never a second one for its init.
+        let s = &m.state.state;
+        let exec = s.status == "running" && s.pid.is_some_and(|init| init != pid);
+        if !exec || served.containers.get(&container).is_some_and(|&c| c != ns) {
+            return Err(Refusal::NamespaceServed(ns));
+        }
+        if n >= MAX_PER_NAMESPACE {
+            return Err(Refusal::TooManyListeners(ns));
+        }
+        return Ok(Taken { ns, container });
+    }
+    if served.containers.contains_key(&container) {
         return Err(Refusal::ContainerServed(container));
     }
     Ok(Taken { ns, container })
@@ -174,8 +192,37 @@ mod tests {
         let t = take(&m, &OK, 1, &Served::default()).unwrap();
         assert_eq!(t, Taken { ns: 7, container: "web".into() });
         // Another container's, in another namespace, beside it.
-        let served = Served { namespaces: [8].into(), containers: ["db".into()].into() };
+        let served = Served { namespaces: [(8, 1)].into(), containers: [("db".into(), 8)].into() };
         assert!(take(&m, &OK, 1, &served).is_ok());
+    }
+
+    /// What `runc exec` passes: the exec'd process's pid, the container's
+    /// init as `state.pid`, status running.
+    fn exec_message(id: &str, pid: i32, init: i32) -> oci::Listener {
+        let m = format!(
+            r#"{{"ociVersion":"1.0.2","fds":["seccompFd"],"pid":{pid},"state":{{"ociVersion":"1.0.2","id":"{id}","status":"running","pid":{init},"bundle":"/b"}}}}"#
+        );
+        oci::parse_process_state(m.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_listeners_of_processes_exec_starts_in_a_served_container_are_taken_up_to_a_bound() {
+        let served = |n| Served { namespaces: [(7, n)].into(), containers: [("web".into(), 7)].into() };
+        let exec = exec_message("web", 41, 40);
+        assert_eq!(take(&exec, &OK, 1, &served(1)), Ok(Taken { ns: 7, container: "web".into() }));
+        // After a restart the container's id is not known: its namespace is.
+        let after_restart = Served { namespaces: [(7, 1)].into(), ..Served::default() };
+        assert!(take(&exec, &OK, 1, &after_restart).is_ok());
+        assert_eq!(take(&exec, &OK, 1, &served(MAX_PER_NAMESPACE)), Err(Refusal::TooManyListeners(7)));
+        // Its init's again, or one claiming to be it: refused.
+        assert_eq!(take(&exec_message("web", 40, 40), &OK, 1, &served(1)), Err(Refusal::NamespaceServed(7)));
+        assert_eq!(take(&message("web", 41, r#"["seccompFd"]"#), &OK, 1, &served(1)), Err(Refusal::NamespaceServed(7)));
+        // Named as another namespace's container: refused.
+        let other = Served { namespaces: [(7, 1), (8, 1)].into(), containers: [("web".into(), 8)].into() };
+        assert_eq!(take(&exec, &OK, 1, &other), Err(Refusal::NamespaceServed(7)));
+        // A process of a namespace not served, naming a served container.
+        let elsewhere = Served { namespaces: [(8, 1)].into(), containers: [("web".into(), 8)].into() };
+        assert_eq!(take(&exec, &OK, 1, &elsewhere), Err(Refusal::ContainerServed("web".into())));
     }
 
     #[test]
@@ -194,9 +241,9 @@ mod tests {
         for (m, f, served, want) in cases {
             assert_eq!(take(m, &f, host, served), Err(want));
         }
-        let same_ns = Served { namespaces: [7].into(), ..Served::default() };
+        let same_ns = Served { namespaces: [(7, 1)].into(), ..Served::default() };
         assert_eq!(take(&m, &OK, host, &same_ns), Err(Refusal::NamespaceServed(7)));
-        let same_id = Served { containers: ["web".into()].into(), ..Served::default() };
+        let same_id = Served { containers: [("web".into(), 9)].into(), ..Served::default() };
         let e = take(&m, &OK, host, &same_id).unwrap_err();
         assert_eq!(e.to_string(), "a listener of container \"web\" is served already");
     }

@@ -420,6 +420,34 @@ fn runc_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
     assert!(text.contains("fifo"), "a FIFO is the kernel's: {text}");
 }
 
+/// `runc exec` gives each process it starts the container's filter anew
+/// and passes that listener too: its calls are the agent's as well (one
+/// more listener of the same namespace), while a second one claiming to be
+/// the container's init is still refused.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn the_processes_runc_exec_starts_in_a_served_container_are_served_too() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = daemon(&env, &[]);
+    let runc = common::oci::Runc::new(&env);
+    let b = common::oci::Bundle::new("agentsock-exec");
+    b.seccomp(notify_profile(&seccomp_sock(&env)));
+    b.args(&["sleep", "1000"]);
+    runc.start(&b);
+    for n in 1..=2 {
+        let out = runc.exec(&b.id, "mknod /dev/x c 1 3 2>&1; echo rc=$?");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("Operation not permitted") && text.contains("rc=1"), "exec {n}: {text}");
+        common::eventually("the agent answered the exec'd mknod", || log_lines(&env, "devns::agent").len() == n);
+    }
+    let served = log_lines(&env, "serving a runtime's seccomp listener");
+    assert_eq!(served.len(), 3, "the init's and two exec'd processes' listeners: {served:?}");
+    runc.delete(&b.id);
+}
+
 /// The output of a container whose `mknod` the agent refused (the runtimes
 /// give their containers no `CAP_MKNOD`): its listener served, its `EPERM`
 /// the agent's (its log line), not the kernel's.

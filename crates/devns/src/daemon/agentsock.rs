@@ -208,10 +208,10 @@ impl Daemon {
         let mut s = Served::default();
         for l in self.listeners.values() {
             if l.ns != 0 {
-                s.namespaces.insert(l.ns);
+                *s.namespaces.entry(l.ns).or_default() += 1;
             }
             if let Some(c) = &l.container {
-                s.containers.insert(c.clone());
+                s.containers.insert(c.clone(), l.ns);
             }
         }
         s

@@ -106,14 +106,14 @@ impl Outlive {
         }
     }
 
-    /// The store has no more use for listener `key`.
-    pub fn forget(&mut self, key: u64, ns: u64) {
+    /// The store has no more use for listener `key` (nor, when it was
+    /// `ns`'s `last`, for the namespace's `/tmp`).
+    pub fn forget(&mut self, key: u64, ns: u64, last: bool) {
         let r = match self {
             Outlive::Holder(c, _) => c.drop_key(key),
-            // The namespace's /tmp too: a namespace has one listener.
-            Outlive::Systemd { store, .. } => {
-                store.remove(Stored::Listener { key, ns }).and_then(|()| store.remove(Stored::Tmp { ns }))
-            }
+            Outlive::Systemd { store, .. } => store
+                .remove(Stored::Listener { key, ns })
+                .and_then(|()| if last { store.remove(Stored::Tmp { ns }) } else { Ok(()) }),
             Outlive::Nowhere => Ok(()),
         };
         if let Err(e) = r {
@@ -206,7 +206,8 @@ impl Daemon {
         if let Some(s) = self.listeners.remove(&key)
             && let Some(k) = s.key
         {
-            self.outlive.forget(k, s.ns);
+            let last = !self.listeners.values().any(|o| o.ns == s.ns);
+            self.outlive.forget(k, s.ns, last);
         }
     }
 
@@ -259,7 +260,8 @@ impl Daemon {
                 },
                 Recovered::Stale(why) => {
                     tracing::info!(key, ns, "dropping a listener given back: {why}");
-                    self.outlive.forget(key, ns);
+                    let last = !self.listeners.values().any(|o| o.ns == ns);
+                    self.outlive.forget(key, ns, last);
                 }
             }
         }

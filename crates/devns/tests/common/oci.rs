@@ -227,19 +227,25 @@ impl Runc {
         self.cmd().args(["run", "--bundle"]).arg(&b.dir).arg(&b.id).stdin(Stdio::null()).output().expect("runc run")
     }
 
-    /// `runc create` (the container's stdio goes nowhere: a runc that kept
-    /// a pipe of ours open would hang the test); its output.
+    /// `runc create`: its output. The container's stdio goes nowhere and
+    /// runc's stderr to a file: a container keeps the stdio runc had, and
+    /// one that held a pipe of ours would hang the test.
     pub fn create(&self, b: &Bundle) -> Output {
         self.track(&b.id);
-        self.cmd()
+        let log = b.dir.join("runc-create.err");
+        let err = std::fs::File::create(&log).expect("stderr file");
+        let mut out = self
+            .cmd()
             .args(["create", "--bundle"])
             .arg(&b.dir)
             .arg(&b.id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(err)
             .output()
-            .expect("runc create")
+            .expect("runc create");
+        out.stderr = std::fs::read(&log).unwrap_or_default();
+        out
     }
 
     /// `runc create` + `runc start` of a container that stays up (its
