@@ -21,6 +21,8 @@ pub mod mountinfo;
 pub mod nodes;
 pub mod nstree;
 pub mod oci;
+pub mod ociprofile;
+pub mod ociruntime;
 pub mod registry;
 pub mod seccomp;
 pub mod spec;
