@@ -3,6 +3,8 @@
 //! what it made on drop, also when the test fails.
 #![allow(dead_code)]
 
+pub mod oci;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};

@@ -1,0 +1,375 @@
+//! Real OCI runtimes in the tests: a rootfs of busybox and the host's own
+//! tools, a runc bundle whose container is user-namespaced onto a block of
+//! its own, and runc, crun and podman driven as a user would, each guard
+//! undoing what it started on drop (also when the test fails).
+//!
+//! Facts these follow are in `shared/runtimes.md`: hybrid cgroups here, so
+//! crun runs with cgroup2 mounted at `/sys/fs/cgroup` in a private mount
+//! namespace; podman as root with the cgroupfs manager and explicit rlimits.
+
+use super::{Env, reachable_dir};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The host tools a container gets beside busybox, as the containers'
+/// users run them: util-linux, e2fsprogs, coreutils' mknod, udev.
+pub const TOOLS: &[&str] = &[
+    "/usr/sbin/losetup",
+    "/usr/sbin/blkid",
+    "/usr/sbin/mke2fs",
+    "/usr/bin/mknod",
+    "/usr/bin/mount",
+    "/usr/bin/umount",
+    "/usr/bin/udevadm",
+];
+
+/// Size of a container's id block.
+pub const BLOCK: u32 = 65_536;
+
+/// A uid/gid block no other test of this run uses, and far from the blocks
+/// devns allocates itself (from 100000 up): tests run in parallel, and ids
+/// shared between containers would hide holes.
+pub fn id_block() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 64;
+    // 0x4000_0000 + (pid mod 512, 64 blocks each) blocks: below 2^32.
+    0x4000_0000 + ((std::process::id() % 512) * 64 + n) * BLOCK
+}
+
+/// Copies `file` (and the libraries it links) into `root` at the same path.
+fn copy_with_libs(root: &Path, file: &Path, to: &Path) {
+    let ldd = Command::new("ldd").arg(file).output().expect("ldd");
+    let libs = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from))
+        .collect::<Vec<_>>();
+    for lib in &libs {
+        let dest = root.join(lib.strip_prefix("/").expect("absolute"));
+        if !dest.exists() {
+            std::fs::create_dir_all(dest.parent().expect("parent")).expect("lib dir");
+            std::fs::copy(lib, &dest).unwrap_or_else(|e| panic!("cannot copy {}: {e}", lib.display()));
+        }
+    }
+    let dest = root.join(to.strip_prefix("/").expect("absolute"));
+    std::fs::create_dir_all(dest.parent().expect("parent")).expect("bin dir");
+    std::fs::copy(file, &dest).unwrap_or_else(|e| panic!("cannot copy {}: {e}", file.display()));
+}
+
+/// A rootfs at `dir/rootfs`: busybox with every applet linked in `/bin`,
+/// the host's [`TOOLS`] (their own names win over busybox's), `mkfs.ext4`,
+/// and the empty directories a runtime mounts on.
+pub fn tools_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    copy_with_libs(&root, Path::new("/bin/busybox"), Path::new("/bin/busybox"));
+    for tool in TOOLS {
+        let name = Path::new(tool).file_name().expect("name");
+        copy_with_libs(&root, Path::new(tool), &Path::new("/bin").join(name));
+    }
+    std::os::unix::fs::symlink("mke2fs", root.join("bin/mkfs.ext4")).expect("mkfs.ext4");
+    let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = root.join("bin").join(applet);
+        if !link.exists() && !applet.contains('/') {
+            std::os::unix::fs::symlink("busybox", link).expect("applet");
+        }
+    }
+    for d in ["proc", "sys", "dev", "tmp", "run", "mnt", "etc"] {
+        std::fs::create_dir_all(root.join(d)).expect("rootfs dir");
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
+    root
+}
+
+/// A runc bundle in a directory of its own that a container's root reaches
+/// (outside `/tmp`): `config.json` from `runc spec --rootless`, made
+/// user-namespaced (0 → [`id_block`], size [`BLOCK`]) with a network
+/// namespace of its own, no terminal, a writable `/tmp` and `/run`.
+/// Removed on drop.
+pub struct Bundle {
+    pub dir: PathBuf,
+    /// The container id (unique to this bundle).
+    pub id: String,
+    /// The host uid and gid of the container's root.
+    pub base: u32,
+}
+
+impl Bundle {
+    pub fn new(tag: &str) -> Bundle {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = reachable_dir(&format!("{tag}-{n}"));
+        let id = format!("devns-test-{tag}-{}-{n}", std::process::id());
+        let base = id_block();
+        let root = tools_rootfs(&dir);
+        // The container's root owns its rootfs, as an image unpacked for its
+        // id mapping is: runtimes make mountpoints in it.
+        let out =
+            Command::new("chown").args(["-R", "-h", &format!("{base}:{base}")]).arg(&root).output().expect("chown");
+        assert!(out.status.success(), "chown: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("runc").args(["spec", "--rootless", "--bundle"]).arg(&dir).output().expect("runc spec");
+        assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+        let b = Bundle { dir, id, base };
+        b.edit(|c| {
+            let map = json!([{ "containerID": 0, "hostID": base, "size": BLOCK }]);
+            c["linux"]["uidMappings"] = map.clone();
+            c["linux"]["gidMappings"] = map;
+            c["linux"]["namespaces"].as_array_mut().expect("namespaces").push(json!({ "type": "network" }));
+            c["process"]["terminal"] = json!(false);
+            c["root"]["readonly"] = json!(false);
+            let mounts = c["mounts"].as_array_mut().expect("mounts");
+            for at in ["/tmp", "/run"] {
+                mounts.push(json!({ "destination": at, "type": "tmpfs", "source": "tmpfs",
+                    "options": ["nosuid", "nodev", "mode=1777"] }));
+            }
+        });
+        b
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    pub fn config(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.config_path()).expect("config.json")).expect("config.json is JSON")
+    }
+
+    pub fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let mut c = self.config();
+        f(&mut c);
+        std::fs::write(self.config_path(), serde_json::to_vec_pretty(&c).expect("json")).expect("write config.json");
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// The container's command.
+    pub fn args(&self, args: &[&str]) {
+        self.edit(|c| c["process"]["args"] = json!(args));
+    }
+
+    /// `sh -c SCRIPT` as the container's command.
+    pub fn script(&self, script: &str) {
+        self.args(&["/bin/sh", "-c", script]);
+    }
+
+    pub fn annotate(&self, key: &str, value: &str) {
+        self.edit(|c| c["annotations"][key] = json!(value));
+    }
+
+    /// Asks for devns (`devns.io/enable=true`).
+    pub fn enable_devns(&self) {
+        self.annotate("devns.io/enable", "true");
+    }
+
+    /// The devns hooks (createRuntime, poststop) of `env`'s world in the
+    /// config, as the wrapper and hooks.d add them.
+    pub fn hooks(&self, env: &Env) {
+        let hook = |stage: &str| {
+            json!([{
+                "path": env!("CARGO_BIN_EXE_devns"),
+                "args": ["devns", "hook", stage],
+                "env": [format!("DEVNS_SOCKET={}", env.socket().display()),
+                        format!("DEVNS_STATE_DIR={}", env.state_dir().display()),
+                        format!("DEVNS_CONFIG={}", env.config().display())],
+            }])
+        };
+        self.edit(|c| {
+            c["hooks"]["createRuntime"] = hook("createRuntime");
+            c["hooks"]["poststop"] = hook("poststop");
+        });
+    }
+
+    /// `linux.seccomp`: the given profile.
+    pub fn seccomp(&self, profile: Value) {
+        self.edit(|c| c["linux"]["seccomp"] = profile);
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// runc with a state root of the test's own; every container it created is
+/// killed and deleted on drop.
+pub struct Runc {
+    pub root: PathBuf,
+    ids: std::cell::RefCell<Vec<String>>,
+}
+
+impl Runc {
+    pub fn new(env: &Env) -> Runc {
+        Runc { root: env.dir.path().join("runc"), ids: Default::default() }
+    }
+
+    /// `runc --root ROOT`.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("runc");
+        c.arg("--root").arg(&self.root);
+        c
+    }
+
+    fn track(&self, id: &str) {
+        let mut ids = self.ids.borrow_mut();
+        if !ids.iter().any(|i| i == id) {
+            ids.push(id.to_owned());
+        }
+    }
+
+    /// `runc run`: the container's command to its end, its output.
+    pub fn run(&self, b: &Bundle) -> Output {
+        self.track(&b.id);
+        self.cmd().args(["run", "--bundle"]).arg(&b.dir).arg(&b.id).stdin(Stdio::null()).output().expect("runc run")
+    }
+
+    /// `runc create` (the container's stdio goes nowhere: a runc that kept
+    /// a pipe of ours open would hang the test); its output.
+    pub fn create(&self, b: &Bundle) -> Output {
+        self.track(&b.id);
+        self.cmd()
+            .args(["create", "--bundle"])
+            .arg(&b.dir)
+            .arg(&b.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("runc create")
+    }
+
+    /// `runc create` + `runc start` of a container that stays up (its
+    /// command such as `sleep 1000`); panics unless both succeed.
+    pub fn start(&self, b: &Bundle) {
+        let out = self.create(b);
+        assert!(out.status.success(), "runc create: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.cmd().args(["start", &b.id]).output().expect("runc start");
+        assert!(out.status.success(), "runc start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `runc exec ID sh -c SCRIPT`: its output.
+    pub fn exec(&self, id: &str, script: &str) -> Output {
+        self.cmd().args(["exec", id, "/bin/sh", "-c", script]).stdin(Stdio::null()).output().expect("runc exec")
+    }
+
+    /// The container's init, as runc states it.
+    pub fn pid(&self, id: &str) -> Option<i32> {
+        let out = self.cmd().args(["state", id]).output().ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["pid"].as_i64().filter(|&p| p > 0).map(|p| p as i32)
+    }
+
+    /// `runc kill ID KILL` and `runc delete --force ID`.
+    pub fn delete(&self, id: &str) {
+        let _ = self.cmd().args(["kill", id, "KILL"]).output();
+        let out = self.cmd().args(["delete", "--force", id]).output().expect("runc delete");
+        assert!(out.status.success(), "runc delete: {}", String::from_utf8_lossy(&out.stderr));
+        self.ids.borrow_mut().retain(|i| i != id);
+    }
+}
+
+impl Drop for Runc {
+    fn drop(&mut self) {
+        for id in self.ids.take() {
+            let _ = self.cmd().args(["kill", &id, "KILL"]).output();
+            let _ = self.cmd().args(["delete", "--force", &id]).output();
+        }
+    }
+}
+
+/// The crun wrapper of `runtimes.md`: every crun command in a private mount
+/// namespace where cgroup2 is mounted at `/sys/fs/cgroup` (crun refuses this
+/// host's hybrid cgroups). Written once into `dir`; its path.
+pub fn crun_wrapper(dir: &Path) -> PathBuf {
+    let path = dir.join("crun-unified");
+    if !path.exists() {
+        std::fs::write(
+            &path,
+            "#!/bin/sh\nexec unshare -m sh -c 'mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && exec crun \"$@\"' crun \"$@\"\n",
+        )
+        .expect("crun wrapper");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    path
+}
+
+/// podman as root with storage, run and tmp directories of the test's own
+/// (`env`'s), the cgroupfs manager and file events (no systemd here); every
+/// container named through [`Podman::run_args`] is removed on drop.
+pub struct Podman {
+    dir: PathBuf,
+    /// The test's own `--cgroup-parent` (podman's default one would stay).
+    pub parent: String,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+impl Podman {
+    pub fn new(env: &Env) -> Podman {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let parent = format!("/{}", super::marker(&format!("podman{}", N.fetch_add(1, Ordering::Relaxed))));
+        Podman { dir: env.dir.path().join("podman"), parent, names: Default::default() }
+    }
+
+    /// `podman` with the global flags.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .arg("--tmpdir")
+            .arg(self.dir.join("tmp"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager=cgroupfs", "--events-backend=file"]);
+        c
+    }
+
+    /// `podman run --name NAME` of `rootfs`, user-namespaced onto `base`,
+    /// with the flags this host needs (runtimes.md), before the caller's
+    /// options, image and command.
+    pub fn run_args(&self, name: &str, base: u32) -> Command {
+        self.names.borrow_mut().push(name.to_owned());
+        let mut c = self.cmd();
+        let map = format!("0:{base}:{BLOCK}");
+        c.args(["run", "--name", name, "--network", "none", "--uidmap", &map, "--gidmap", &map])
+            .args(["--cgroup-parent", &self.parent])
+            .args(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]);
+        c
+    }
+
+    /// `podman rm -f NAME`.
+    pub fn rm(&self, name: &str) -> Output {
+        self.names.borrow_mut().retain(|n| n != name);
+        self.cmd().args(["rm", "-f", "-t", "0", name]).output().expect("podman rm")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for name in self.names.take() {
+            let _ = self.cmd().args(["rm", "-f", "-t", "0", &name]).output();
+        }
+        // The parent cgroup in every hierarchy (empty once its containers
+        // are), with the `conmon` cgroup podman makes below it.
+        let rel = self.parent.trim_start_matches('/');
+        for d in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            remove_cgroup_tree(&d.path().join(rel));
+        }
+        // Whatever its storage left mounted below the test's dir.
+        let _ = Command::new("umount").arg("-R").arg(self.dir.join("root")).stderr(Stdio::null()).status();
+        let _ = Command::new("umount").arg("-R").arg(self.dir.join("runroot")).stderr(Stdio::null()).status();
+    }
+}
+
+/// Removes an empty cgroup and the empty cgroups below it, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
