@@ -94,8 +94,12 @@ pub fn invocation(args: &[OsString]) -> Invocation<'_> {
 pub struct Edit<'a> {
     /// The devns binary the hooks run (its real path).
     pub devns: &'a str,
-    /// The API socket the hooks talk to.
+    /// The API socket the hooks talk to, the state directory and the
+    /// config file: what devns is told to use, passed on to the hooks
+    /// (as the `DEVNS_*` variables, which every devns command reads).
     pub socket: &'a str,
+    pub state_dir: &'a str,
+    pub config: &'a str,
     /// The seccomp agent socket (`listenerPath`).
     pub listener: &'a str,
     /// Whether devns's device program decides (the config's
@@ -173,7 +177,11 @@ fn object_in<'v>(o: &'v mut Map<String, Value>, key: &'static str) -> Result<&'v
 /// The hooks (`devns hook createRuntime|poststop`), unless there already.
 fn add_hooks(hooks: &mut Map<String, Value>, e: &Edit) {
     for stage in ["createRuntime", "poststop"] {
-        let hook = json!({ "path": e.devns, "args": ["devns", "--socket", e.socket, "hook", stage] });
+        let hook = json!({
+            "path": e.devns,
+            "args": ["devns", "hook", stage],
+            "env": [format!("DEVNS_SOCKET={}", e.socket), format!("DEVNS_STATE_DIR={}", e.state_dir), format!("DEVNS_CONFIG={}", e.config)],
+        });
         let list = hooks.entry(stage).or_insert_with(|| json!([]));
         if !list.is_array() {
             *list = json!([]);

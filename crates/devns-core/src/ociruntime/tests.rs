@@ -55,6 +55,8 @@ fn edit_params() -> Edit<'static> {
     Edit {
         devns: "/usr/bin/devns",
         socket: "/run/devns/devns.sock",
+        state_dir: "/run/devns/state",
+        config: "/etc/devns/config.toml",
         listener: "/run/devns/seccomp.sock",
         device_policy: true,
     }
@@ -89,8 +91,12 @@ fn edited(c: &Value, e: &Edit) -> Option<Value> {
 #[test]
 fn a_container_that_asks_gets_hooks_rules_and_the_view_s_devices() {
     let c = edited(&config(Some("true")), &edit_params()).unwrap();
-    let hook =
-        |s: &str| json!({"path": "/usr/bin/devns", "args": ["devns", "--socket", "/run/devns/devns.sock", "hook", s]});
+    let env = [
+        "DEVNS_SOCKET=/run/devns/devns.sock",
+        "DEVNS_STATE_DIR=/run/devns/state",
+        "DEVNS_CONFIG=/etc/devns/config.toml",
+    ];
+    let hook = |s: &str| json!({"path": "/usr/bin/devns", "args": ["devns", "hook", s], "env": env});
     assert_eq!(c["hooks"]["createRuntime"], json!([{"path": "/other", "args": ["other"]}, hook("createRuntime")]));
     assert_eq!(c["hooks"]["poststop"], json!([hook("poststop")]));
     // No seccomp of its own: the allow-all one with devns's rules.

@@ -75,7 +75,15 @@ fn prepare(global: &Global, bundle: &OsStr) -> Result<()> {
     let listener = super::listener(&socket, std::env::var_os("DEVNS_SECCOMP_SOCKET").map(PathBuf::from));
     let utf8 = |p: &Path| p.to_str().map(str::to_owned).with_context(|| format!("{} is not UTF-8", p.display()));
     let (devns, socket, listener) = (utf8(&devns)?, utf8(&socket)?, utf8(&absolute(&listener)?)?);
-    let edit = Edit { devns: &devns, socket: &socket, listener: &listener, device_policy: policy.device_policy };
+    let (state_dir, config) = (utf8(&absolute(&global.state_dir)?)?, utf8(&absolute(&global.config)?)?);
+    let edit = Edit {
+        devns: &devns,
+        socket: &socket,
+        state_dir: &state_dir,
+        config: &config,
+        listener: &listener,
+        device_policy: policy.device_policy,
+    };
     let Some(new) = ociruntime::edit(&bytes, &edit)? else { return Ok(()) };
     replace(&dir, &new, &st).context("cannot write config.json")
 }
