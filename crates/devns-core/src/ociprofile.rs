@@ -164,7 +164,8 @@ fn rewrite(rule: Value, out: &mut Vec<Value>) -> Result<(), String> {
     };
     let served = |n: &str| CONDITIONAL.contains(&n) || WHOLE.contains(&n);
     if let Some(n) = names.iter().find(|n| notify && !served(n)) {
-        return Err(format!("{n} goes to a listener, which would be devns's: devns does not serve it"));
+        let n: String = n.chars().take(64).collect();
+        return Err(format!("{n:?} goes to a listener, which would be devns's: devns does not serve it"));
     }
     let has_args = match r.get("args") {
         None | Some(Value::Null) => false,

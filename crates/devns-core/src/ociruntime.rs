@@ -105,6 +105,9 @@ pub struct Edit<'a> {
     /// Whether devns's device program decides (the config's
     /// `device_policy`): only then is the runtime's own device list opened.
     pub device_policy: bool,
+    /// Every container asks, whatever its annotations: for stacks that
+    /// cannot set one (Docker 20.10), where choosing the runtime is the ask.
+    pub all: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,7 +116,7 @@ pub enum EditError {
     TooLarge(usize),
     #[error("config.json: {0} is not an object")]
     NotObject(&'static str),
-    #[error("config.json: a bad linux.devices entry: {0}")]
+    #[error("config.json: a bad linux.devices entry {0}")]
     Device(String),
     #[error("config.json: linux.seccomp: {0}")]
     Seccomp(#[from] ProfileError),
@@ -126,13 +129,14 @@ pub fn asks_for_devns(config: &Value) -> bool {
 
 /// The edited config.json, or `None` when the container does not ask for
 /// devns (then the file stays as it is, byte for byte). A file that is no
-/// JSON object cannot ask: the runtime refuses it itself.
+/// JSON object cannot ask: the runtime refuses it itself (also with
+/// [`Edit::all`]).
 pub fn edit(bytes: &[u8], e: &Edit) -> Result<Option<Vec<u8>>, EditError> {
     if bytes.len() > MAX_CONFIG_BYTES {
         return Err(EditError::TooLarge(bytes.len()));
     }
     let Ok(mut config) = serde_json::from_slice::<Value>(bytes) else { return Ok(None) };
-    if !config.is_object() || !asks_for_devns(&config) {
+    if !config.is_object() || !(e.all || asks_for_devns(&config)) {
         return Ok(None);
     }
     add_hooks(object(&mut config, "hooks")?, e);
@@ -203,8 +207,9 @@ fn take_devices(linux: &mut Map<String, Value>) -> Result<Vec<String>, EditError
     let Some(list) = devices.as_array_mut() else { return Err(EditError::NotObject("linux.devices (an array)")) };
     let mut moved = Vec::new();
     let mut kept = Vec::new();
-    for d in list.drain(..) {
-        let path = d.get("path").and_then(Value::as_str).ok_or_else(|| EditError::Device(d.to_string()))?;
+    for (i, d) in list.drain(..).enumerate() {
+        let bad = |why: &str| EditError::Device(format!("[{i}]: {why}"));
+        let path = d.get("path").and_then(Value::as_str).ok_or_else(|| bad("no path"))?;
         if !path.starts_with("/dev/") {
             kept.push(d);
             continue;
@@ -214,7 +219,7 @@ fn take_devices(linux: &mut Map<String, Value>) -> Result<Vec<String>, EditError
             (Some("c" | "u"), Some(ma), Some(mi)) => Some(format!("c:{ma}:{mi}")),
             (Some("b"), Some(ma), Some(mi)) => Some(format!("b:{ma}:{mi}")),
             (Some("p"), _, _) => None,
-            _ => return Err(EditError::Device(d.to_string())),
+            _ => return Err(bad("a type or numbers not of a device")),
         };
         moved.extend(spec);
     }

@@ -537,3 +537,21 @@ fn runc_runs_the_edited_config_of_a_container_that_asks() {
     assert_trapped_exactly(&text(&out));
     assert_eq!(agent.finish(), 2);
 }
+
+/// `--all-containers` (Docker 20.10's runtimeArgs, which has no
+/// annotations): every container created through it is edited.
+#[test]
+fn with_all_containers_a_container_without_the_annotation_is_edited() {
+    let env = Env::new();
+    let rec = Recorder::new(&env);
+    let dir = bundle(&env, br#"{"ociVersion":"1.0.2","process":{"args":["sh"]}}"#);
+    let mut c = env.devns();
+    c.args(["oci", "runtime", "--all-containers", "--runtime-path"]).arg(rec.path()).arg("--");
+    c.args(["create", "--bundle"]).arg(&dir).arg("id");
+    let (out, pid) = spawn(c);
+    assert!(out.status.success() && out.stdout.is_empty(), "{}", text(&out));
+    assert_eq!(rec.record().unwrap().0, pid);
+    let seen = rec.seen();
+    assert_eq!(seen["linux"]["seccomp"]["listenerPath"], env.dir.path().join("seccomp.sock").to_str().unwrap());
+    assert_eq!(seen["hooks"]["createRuntime"][0]["args"], json!(["devns", "hook", "createRuntime"]));
+}

@@ -130,7 +130,7 @@ fn bad_bases_are_refused_with_the_reason() {
         ),
         (
             json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mount", "read"], "action": NOTIFY}]}),
-            "read goes to a listener",
+            "\"read\" goes to a listener",
         ),
     ];
     for (b, want) in shapes {

@@ -59,6 +59,7 @@ fn edit_params() -> Edit<'static> {
         config: "/etc/devns/config.toml",
         listener: "/run/devns/seccomp.sock",
         device_policy: true,
+        all: false,
     }
 }
 
@@ -152,6 +153,17 @@ fn only_the_exact_annotation_counts() {
     assert_eq!(edit(twice, &edit_params()), Ok(None));
     let twice = br#"{"annotations":{"devns.io/enable":"false","devns.io/enable":"true"}}"#;
     assert!(edit(twice, &edit_params()).unwrap().is_some());
+}
+
+#[test]
+fn with_all_every_container_asks() {
+    let all = Edit { all: true, ..edit_params() };
+    for a in [None, Some("false"), Some("TRUE ")] {
+        let c = edited(&config(a), &all).unwrap();
+        let asked = edited(&config(Some("true")), &edit_params()).unwrap();
+        assert_eq!((&c["linux"], &c["hooks"]), (&asked["linux"], &asked["hooks"]), "{a:?}");
+    }
+    assert_eq!(edit(b"[]", &all), Ok(None));
 }
 
 #[test]

@@ -23,6 +23,10 @@ pub struct Args {
     /// The real runtime (a path, or a name looked up in PATH).
     #[arg(long, value_name = "PATH", default_value = "runc", env = "DEVNS_RUNTIME_PATH")]
     pub runtime_path: OsString,
+    /// Every container asks for devns, whatever its annotations (for Docker
+    /// 20.10, which cannot set one: choosing this runtime is the ask).
+    #[arg(long)]
+    pub all_containers: bool,
     /// The runtime's arguments, as the caller gave them.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "RUNTIME-ARGS")]
     pub args: Vec<OsString>,
@@ -36,7 +40,8 @@ pub fn argv_of_wrapper(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
 
 pub fn run(global: &Global, args: Args) -> Result<i32> {
     if let Invocation::Create { bundle } = ociruntime::invocation(&args.args) {
-        prepare(global, bundle.unwrap_or(OsStr::new("."))).context("cannot prepare the container for devns")?;
+        prepare(global, bundle.unwrap_or(OsStr::new(".")), args.all_containers)
+            .context("cannot prepare the container for devns")?;
     }
     let e = std::process::Command::new(&args.runtime_path).args(&args.args).exec();
     bail!("cannot run the runtime {}: {e}", Path::new(&args.runtime_path).display())
@@ -45,7 +50,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
 /// Edits `bundle/config.json` when it asks for devns; leaves it alone
 /// (not even rewritten) otherwise, and when it is not there (the runtime
 /// says so itself).
-fn prepare(global: &Global, bundle: &OsStr) -> Result<()> {
+fn prepare(global: &Global, bundle: &OsStr, all: bool) -> Result<()> {
     let dir = rustix::fs::open(bundle, OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::PATH, Mode::empty());
     let dir = match dir {
         Err(rustix::io::Errno::NOENT) => return Ok(()),
@@ -66,7 +71,7 @@ fn prepare(global: &Global, bundle: &OsStr) -> Result<()> {
     let mut bytes = Vec::new();
     std::fs::File::from(fd).take(MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut bytes).context("config.json")?;
     let asks = serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|c| ociruntime::asks_for_devns(&c));
-    if !asks && bytes.len() <= MAX_CONFIG_BYTES {
+    if !all && !asks && bytes.len() <= MAX_CONFIG_BYTES {
         return Ok(());
     }
     let policy = crate::config::load(&global.config)?;
@@ -83,6 +88,7 @@ fn prepare(global: &Global, bundle: &OsStr) -> Result<()> {
         config: &config,
         listener: &listener,
         device_policy: policy.device_policy,
+        all,
     };
     let Some(new) = ociruntime::edit(&bytes, &edit)? else { return Ok(()) };
     replace(&dir, &new, &st).context("cannot write config.json")
