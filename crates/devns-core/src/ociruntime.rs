@@ -110,6 +110,19 @@ pub struct Edit<'a> {
     pub all: bool,
 }
 
+impl Edit<'static> {
+    /// The edit for devns installed in `/usr/bin` with the default layout.
+    pub const DEFAULT: Edit<'static> = Edit {
+        devns: "/usr/bin/devns",
+        socket: crate::layout::SOCKET,
+        state_dir: crate::layout::STATE_DIR,
+        config: "/etc/devns/config.toml",
+        listener: "/run/devns/seccomp.sock",
+        device_policy: true,
+        all: false,
+    };
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EditError {
     #[error("config.json too large: {0} bytes (at most {MAX_CONFIG_BYTES})")]

@@ -52,15 +52,7 @@ fn the_command_is_found_among_the_global_flags() {
 }
 
 fn edit_params() -> Edit<'static> {
-    Edit {
-        devns: "/usr/bin/devns",
-        socket: "/run/devns/devns.sock",
-        state_dir: "/run/devns/state",
-        config: "/etc/devns/config.toml",
-        listener: "/run/devns/seccomp.sock",
-        device_policy: true,
-        all: false,
-    }
+    Edit::DEFAULT
 }
 
 fn config(annotation: Option<&str>) -> Value {

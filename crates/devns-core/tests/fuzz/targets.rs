@@ -205,15 +205,7 @@ pub fn seccomp_profile(data: &[u8]) {
 /// edited, into JSON that still asks, with devns's hooks and listener.
 pub fn oci_config(data: &[u8]) {
     use devns_core::ociruntime::{self, Edit};
-    let e = Edit {
-        devns: "/usr/bin/devns",
-        socket: "/run/devns/devns.sock",
-        state_dir: "/run/devns/state",
-        config: "/etc/devns/config.toml",
-        listener: "/run/devns/seccomp.sock",
-        device_policy: true,
-        all: false,
-    };
+    let e = Edit::DEFAULT;
     match ociruntime::edit(data, &e) {
         Ok(None) => {
             let v: Option<serde_json::Value> = serde_json::from_slice(data).ok();
