@@ -22,6 +22,8 @@ pub mod mountinfo;
 pub mod nodes;
 pub mod nstree;
 pub mod oci;
+pub mod ociprofile;
+pub mod ociruntime;
 pub mod registry;
 pub mod seccomp;
 pub mod spec;

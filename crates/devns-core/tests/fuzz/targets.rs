@@ -190,3 +190,47 @@ pub fn oci_state(data: &[u8]) {
         }
     }
 }
+
+/// A base seccomp profile (`devns oci profile --base`, a container's
+/// `linux.seccomp` in the runtime wrapper). What builds ends in devns's
+/// rules, has the listener, sends nothing else to it, and builds again to
+/// itself.
+pub fn seccomp_profile(data: &[u8]) {
+    use devns_core::ociprofile::{self, NOTIFY};
+    let built = ociprofile::parse_base(data).and_then(|b| ociprofile::build(b, "/run/devns/seccomp.sock", None));
+    match built {
+        Ok(p) => {
+            assert_eq!(p["listenerPath"], "/run/devns/seccomp.sock");
+            let rules = p["syscalls"].as_array().expect("syscalls");
+            let ours = ociprofile::notify_rules();
+            assert!(rules.ends_with(&ours));
+            assert!(rules[..rules.len() - ours.len()].iter().all(|r| r["action"] != NOTIFY));
+            assert_eq!(ociprofile::build(Some(p.clone()), "/run/devns/seccomp.sock", None).as_ref(), Ok(&p));
+        }
+        Err(e) => clear(&e),
+    }
+}
+
+/// A bundle's config.json in the runtime wrapper. Only one that asks is
+/// edited, into JSON that still asks, with devns's hooks and listener.
+pub fn oci_config(data: &[u8]) {
+    use devns_core::ociruntime::{self, Edit};
+    let e = Edit::DEFAULT;
+    match ociruntime::edit(data, &e) {
+        Ok(None) => {
+            let v: Option<serde_json::Value> = serde_json::from_slice(data).ok();
+            assert!(!v.is_some_and(|v| v.is_object() && ociruntime::asks_for_devns(&v)));
+        }
+        Ok(Some(out)) => {
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("the edit is JSON");
+            assert!(ociruntime::asks_for_devns(&v));
+            assert_eq!(v["linux"]["seccomp"]["listenerPath"], "/run/devns/seccomp.sock");
+            assert!(v["hooks"]["createRuntime"].as_array().is_some_and(|h| !h.is_empty()));
+            assert_eq!(
+                ociruntime::edit(&out, &e).map(|o| o.map(|o| serde_json::from_slice::<serde_json::Value>(&o).unwrap())),
+                Ok(Some(v))
+            );
+        }
+        Err(e) => clear(&e),
+    }
+}

@@ -8,6 +8,7 @@ pub mod global;
 pub mod hold;
 pub mod ls;
 pub mod ns;
+pub mod oci;
 pub mod release;
 pub mod run;
 pub mod view;
@@ -66,6 +67,8 @@ pub enum Command {
     Attach(attach::Args),
     /// Stream ownership, hotplug and namespace events.
     Events(events::Args),
+    /// For container runtimes: a seccomp profile, a runtime wrapper.
+    Oci(oci::Args),
     /// Hold the daemon's seccomp listeners while no daemon runs (started
     /// by the daemon).
     #[command(hide = true)]
@@ -85,6 +88,7 @@ impl Command {
             Command::View(a) => view::run(global, a),
             Command::Attach(a) => attach::run(global, a),
             Command::Events(a) => events::run(global, a),
+            Command::Oci(a) => oci::run(global, a),
             Command::Hold(a) => hold::run(global, a),
         }
     }
