@@ -35,5 +35,5 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
 /// The daemon's seccomp agent socket: `seccomp.sock` beside the API
 /// socket, unless given.
 pub fn listener(socket: &Path, given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| socket.parent().unwrap_or(Path::new("/")).join("seccomp.sock"))
+    given.unwrap_or_else(|| devns_core::layout::seccomp_socket(socket))
 }
