@@ -30,6 +30,10 @@ pub struct Config {
     /// cgroup2 or BPF makes `devns run` fail rather than run without it.
     #[serde(default = "default_device_policy")]
     pub device_policy: bool,
+    /// The seccomp agent socket (`linux.seccomp.listenerPath`); `None`:
+    /// `seccomp.sock` beside the API socket (`crate::layout`).
+    #[serde(default)]
+    pub seccomp_socket: Option<std::path::PathBuf>,
 }
 
 fn default_device_policy() -> bool {
@@ -46,7 +50,7 @@ fn default_global() -> Vec<String> {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { global: default_global(), loop_limit: default_loop_limit(), device_policy: true }
+        Config { global: default_global(), loop_limit: default_loop_limit(), device_policy: true, seccomp_socket: None }
     }
 }
 
@@ -102,6 +106,18 @@ impl Config {
                 return Err(err(place_of(name), format!("global: {name:?} cannot be global: {why}")));
             }
         }
+        if let Some(p) = &cfg.seccomp_socket {
+            // A unix socket's path: absolute, and within `sun_path` (108
+            // bytes with its NUL).
+            let bytes = p.as_os_str().len();
+            if !p.is_absolute() || bytes >= 108 {
+                let shown = p.display();
+                return Err(err(
+                    place_of(&shown.to_string()),
+                    format!("seccomp_socket: {shown:?} is not an absolute path of at most 107 bytes"),
+                ));
+            }
+        }
         Ok(cfg)
     }
 }
@@ -126,6 +142,14 @@ mod tests {
         assert!(c.device_policy, "the access layer is on unless turned off");
         assert!(!Config::parse("device_policy = false\n", "c.toml").unwrap().device_policy);
         assert!(Config::parse("device_policy = \"no\"\n", "c.toml").is_err());
+        assert_eq!(Config::parse("", "c.toml").unwrap().seccomp_socket, None);
+        let c = Config::parse("seccomp_socket = \"/run/s.sock\"\n", "c.toml").unwrap();
+        assert_eq!(c.seccomp_socket.as_deref(), Some(std::path::Path::new("/run/s.sock")));
+        for bad in ["rel.sock".to_owned(), format!("/{}", "x".repeat(107))] {
+            let e = Config::parse(&format!("\nseccomp_socket = \"{bad}\"\n"), "c.toml").unwrap_err();
+            assert_eq!(e.line.map(|l| l.0), Some(2), "{e}");
+            assert!(e.message.contains("not an absolute path"), "{e}");
+        }
         let e = Config::parse("loop_limit = -1\n", "c.toml").unwrap_err();
         assert_eq!(e.line.map(|l| l.0), Some(1), "{e}");
     }

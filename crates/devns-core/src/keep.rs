@@ -174,12 +174,17 @@ pub enum Recovered {
 }
 
 /// A listener given back serves on iff no filtered process has hung it up
-/// and the namespace it was tagged with (if any) is still kept: one that
-/// died while the daemon was down leaves no caller behind.
-pub fn recovered(ns: u64, hung_up: bool, kept: impl Fn(u64) -> bool) -> Recovered {
+/// and the namespace it was tagged with (if any) is still kept or still
+/// has a process (`alive`, asked only of one not kept): one that died
+/// while the daemon was down leaves no caller behind. A runtime's
+/// listener (the seccomp agent socket) is tagged with its container's
+/// namespace before any hook brings that under the daemon (crun connects
+/// before its hooks run), or without one ever doing so: not kept, yet
+/// alive, it serves on.
+pub fn recovered(ns: u64, hung_up: bool, kept: impl Fn(u64) -> bool, alive: impl Fn(u64) -> bool) -> Recovered {
     if hung_up {
         Recovered::Stale("no filtered process is left")
-    } else if ns != 0 && !kept(ns) {
+    } else if ns != 0 && !kept(ns) && !alive(ns) {
         Recovered::Stale("its namespace ended while the daemon was down")
     } else {
         Recovered::Serve
@@ -294,10 +299,14 @@ mod tests {
     #[test]
     fn a_listener_of_a_namespace_that_ended_or_hung_up_is_stale() {
         let kept = |ns| ns == 5;
-        assert_eq!(recovered(5, false, kept), Recovered::Serve);
-        assert_eq!(recovered(0, false, kept), Recovered::Serve);
-        assert!(matches!(recovered(6, false, kept), Recovered::Stale(_)));
-        assert!(matches!(recovered(5, true, kept), Recovered::Stale(_)));
+        let alive = |ns| ns == 5 || ns == 7;
+        assert_eq!(recovered(5, false, kept, alive), Recovered::Serve);
+        assert_eq!(recovered(0, false, kept, alive), Recovered::Serve);
+        assert!(matches!(recovered(6, false, kept, alive), Recovered::Stale(_)));
+        assert!(matches!(recovered(5, true, kept, alive), Recovered::Stale(_)));
+        // Not kept (yet), but its processes live: a runtime's container.
+        assert_eq!(recovered(7, false, kept, alive), Recovered::Serve);
+        assert!(matches!(recovered(7, true, kept, alive), Recovered::Stale(_)));
     }
 
     #[test]

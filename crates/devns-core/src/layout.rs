@@ -3,7 +3,7 @@
 //!
 //! `/run/devns` is the run directory, world-traversable (0755), holding
 //! the sockets (`devns.sock`, 0666, which every host user and container
-//! may reach; later `seccomp.sock` and `lxc.sock` beside it) and nothing
+//! may reach; `seccomp.sock`, 0600, for runtimes; later `lxc.sock`) and nothing
 //! else but `state/`, the state directory (0700, root's), holding every
 //! record, lock and mount. Before issue 13 the state lived in
 //! `/run/devns` itself, made 0700, which left the socket below it
@@ -15,6 +15,16 @@ pub const RUN_DIR: &str = "/run/devns";
 pub const STATE_DIR: &str = "/run/devns/state";
 /// The API socket's default (`--socket`, `DEVNS_SOCKET`).
 pub const SOCKET: &str = "/run/devns/devns.sock";
+/// The seccomp agent socket's name (`--seccomp-socket`,
+/// `DEVNS_SECCOMP_SOCKET`, config `seccomp_socket`), beside the API
+/// socket: what runtimes connect to for `linux.seccomp.listenerPath`.
+pub const SECCOMP_SOCKET_NAME: &str = "seccomp.sock";
+
+/// The seccomp agent socket's default: `seccomp.sock` in the directory of
+/// the API socket `api_socket` (`/run/devns/seccomp.sock` by default).
+pub fn seccomp_socket(api_socket: &std::path::Path) -> std::path::PathBuf {
+    api_socket.parent().unwrap_or(std::path::Path::new("/")).join(SECCOMP_SOCKET_NAME)
+}
 /// The run directory's mode: anyone may reach the sockets, nobody but
 /// root may add, rename or remove anything there.
 pub const RUN_DIR_MODE: u32 = 0o755;
@@ -60,6 +70,13 @@ pub fn migration(mode: u32, present: &[&str], in_state: &[&str]) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seccomp_socket_is_beside_the_api_socket() {
+        assert_eq!(seccomp_socket(SOCKET.as_ref()), std::path::Path::new("/run/devns/seccomp.sock"));
+        assert_eq!(seccomp_socket("/tmp/t/devns.sock".as_ref()), std::path::Path::new("/tmp/t/seccomp.sock"));
+        assert_eq!(seccomp_socket("devns.sock".as_ref()), std::path::Path::new("seccomp.sock"));
+    }
 
     #[test]
     fn an_older_run_directory_moves_its_state_and_then_opens() {

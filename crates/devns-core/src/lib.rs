@@ -6,6 +6,7 @@
 //! kernel, asks these functions what should be, and applies the answer.
 #![forbid(unsafe_code)]
 
+pub mod agentsock;
 pub mod api;
 pub mod bpf;
 pub mod clients;
@@ -22,6 +23,8 @@ pub mod mountinfo;
 pub mod nodes;
 pub mod nstree;
 pub mod oci;
+pub mod ociprofile;
+pub mod ociruntime;
 pub mod registry;
 pub mod seccomp;
 pub mod spec;

@@ -491,3 +491,19 @@ fn the_real_runc_and_crun_messages_are_taken() {
         assert_eq!((l.seccomp_fd, l.state.state.bundle.as_str()), (0, "/tmp/fz/ctr"));
     }
 }
+
+// ---- the runtime wrapper: seccomp profiles and config.json
+
+#[test]
+fn fuzz_seccomp_profile() {
+    let seeds = corpus("seccomp", &[]);
+    let generated = proptest::sample::select(seeds.clone());
+    fuzz("seccomp profile", inputs(generated, seeds, JSON_TOKENS), targets::seccomp_profile);
+}
+
+#[test]
+fn fuzz_oci_config() {
+    let seeds = corpus("runtime-config", &[]);
+    let generated = proptest::sample::select(seeds.clone());
+    fuzz("runtime config.json", inputs(generated, seeds, JSON_TOKENS), targets::oci_config);
+}

@@ -1,12 +1,21 @@
 use clap::Parser;
 use devns::commands::Cli;
+use devns::commands::oci::runtime;
 use std::process::ExitCode;
 
 /// Exit status for errors of devns itself, as container runtimes use it.
 const EXIT_DEVNS_ERROR: u8 = 125;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // As `devns-runtime` (a symlink), devns is the runtime wrapper alone:
+    // every argument is the runtime's.
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    let cli = if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == runtime::ARGV0) {
+        Cli::parse_from(runtime::argv_of_wrapper(argv))
+    } else {
+        Cli::parse()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEVNS_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

@@ -6,11 +6,11 @@
 use devns_core::api::{self, MAX_REQUEST_BYTES, Request};
 use devns_core::config::Config;
 use devns_core::mountinfo;
+use devns_core::{hook, oci};
 use devns_core::seccomp::Creds;
 use devns_core::spec::is_safe_dev_name;
 use devns_core::uevent::{self, Action};
 use devns_core::{Kind, nodes};
-use devns_core::{hook, oci};
 
 /// An error is a clear message: one non-empty line, of bounded length.
 fn clear(e: &impl std::fmt::Display) {
@@ -163,10 +163,20 @@ pub fn mountinfo(data: &[u8]) {
 
 /// The runtime-spec seccomp agent message (runc's, crun's). What parses
 /// names its listener, a live pid and an absolute bundle, and writes back
-/// (compact, as runc does, and pretty, as crun does) to the same.
+/// (compact, as runc does, and pretty, as crun does) to the same. The
+/// agent socket, which decides a message once it is whole
+/// (`agentsock::whole`), decides one that parses when it has come, and
+/// never on less of it than the same message.
 pub fn oci_state(data: &[u8]) {
     match oci::parse_process_state(data) {
         Ok(l) => {
+            assert!(devns_core::agentsock::whole(data));
+            for cut in [1, data.len() / 3, data.len() / 2, data.len().saturating_sub(1)] {
+                let part = &data[..cut.min(data.len())];
+                if devns_core::agentsock::whole(part) {
+                    assert_eq!(oci::parse_process_state(part).as_ref(), Ok(&l), "decided at {cut} bytes");
+                }
+            }
             assert_eq!(l.state.fds.get(l.seccomp_fd).map(String::as_str), Some(oci::SECCOMP_FD_NAME));
             assert!(l.state.pid > 0 && l.state.state.pid.is_none_or(|p| p > 0));
             assert!(l.state.state.bundle.starts_with('/') && !l.state.state.id.is_empty());
@@ -178,6 +188,50 @@ pub fn oci_state(data: &[u8]) {
             clear(&e);
             assert!(e.to_string().starts_with("container process state "), "{e}");
         }
+    }
+}
+
+/// A base seccomp profile (`devns oci profile --base`, a container's
+/// `linux.seccomp` in the runtime wrapper). What builds ends in devns's
+/// rules, has the listener, sends nothing else to it, and builds again to
+/// itself.
+pub fn seccomp_profile(data: &[u8]) {
+    use devns_core::ociprofile::{self, NOTIFY};
+    let built = ociprofile::parse_base(data).and_then(|b| ociprofile::build(b, "/run/devns/seccomp.sock", None));
+    match built {
+        Ok(p) => {
+            assert_eq!(p["listenerPath"], "/run/devns/seccomp.sock");
+            let rules = p["syscalls"].as_array().expect("syscalls");
+            let ours = ociprofile::notify_rules();
+            assert!(rules.ends_with(&ours));
+            assert!(rules[..rules.len() - ours.len()].iter().all(|r| r["action"] != NOTIFY));
+            assert_eq!(ociprofile::build(Some(p.clone()), "/run/devns/seccomp.sock", None).as_ref(), Ok(&p));
+        }
+        Err(e) => clear(&e),
+    }
+}
+
+/// A bundle's config.json in the runtime wrapper. Only one that asks is
+/// edited, into JSON that still asks, with devns's hooks and listener.
+pub fn oci_config(data: &[u8]) {
+    use devns_core::ociruntime::{self, Edit};
+    let e = Edit::DEFAULT;
+    match ociruntime::edit(data, &e) {
+        Ok(None) => {
+            let v: Option<serde_json::Value> = serde_json::from_slice(data).ok();
+            assert!(!v.is_some_and(|v| v.is_object() && ociruntime::asks_for_devns(&v)));
+        }
+        Ok(Some(out)) => {
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("the edit is JSON");
+            assert!(ociruntime::asks_for_devns(&v));
+            assert_eq!(v["linux"]["seccomp"]["listenerPath"], "/run/devns/seccomp.sock");
+            assert!(v["hooks"]["createRuntime"].as_array().is_some_and(|h| !h.is_empty()));
+            assert_eq!(
+                ociruntime::edit(&out, &e).map(|o| o.map(|o| serde_json::from_slice::<serde_json::Value>(&o).unwrap())),
+                Ok(Some(v))
+            );
+        }
+        Err(e) => clear(&e),
     }
 }
 

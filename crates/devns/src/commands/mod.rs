@@ -9,6 +9,7 @@ pub mod hold;
 pub mod hook;
 pub mod ls;
 pub mod ns;
+pub mod oci;
 pub mod release;
 pub mod run;
 pub mod view;
@@ -69,6 +70,8 @@ pub enum Command {
     Events(events::Args),
     /// An OCI hook (createRuntime, poststop): a container's state on stdin.
     Hook(hook::Args),
+    /// For container runtimes: a seccomp profile, a runtime wrapper.
+    Oci(oci::Args),
     /// Hold the daemon's seccomp listeners while no daemon runs (started
     /// by the daemon).
     #[command(hide = true)]
@@ -89,6 +92,7 @@ impl Command {
             Command::Attach(a) => attach::run(global, a),
             Command::Events(a) => events::run(global, a),
             Command::Hook(a) => hook::run(global, a),
+            Command::Oci(a) => oci::run(global, a),
             Command::Hold(a) => hold::run(global, a),
         }
     }

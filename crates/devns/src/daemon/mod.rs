@@ -4,6 +4,7 @@
 //! engine, which keeps the namespaces (see `crate::engine`); the daemon
 //! adds the socket, its clients and their events.
 
+mod agentsock;
 mod conn;
 mod handle;
 mod limits;
@@ -27,6 +28,8 @@ use std::time::Duration;
 
 pub struct Options {
     pub socket: PathBuf,
+    /// The seccomp agent socket; `None`: the config's, else beside `socket`.
+    pub seccomp_socket: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub config: PathBuf,
 }
@@ -40,6 +43,9 @@ enum Target {
     Conn(u64),
     Member(NsId, i32),
     Agent(u64),
+    /// The seccomp agent socket (`agentsock`), and a connection to it.
+    AgentSock,
+    AgentConn(u64),
     /// The connection to the holder of the listeners (`outlive`).
     Holder,
 }
@@ -66,6 +72,10 @@ pub struct Daemon {
     listeners: BTreeMap<u64, outlive::Served>,
     /// Where the listeners outlive the daemon, and the call in flight.
     outlive: outlive::Outlive,
+    /// Where runtimes pass their listeners (`linux.seccomp.listenerPath`).
+    agent: agentsock::AgentSock,
+    /// Log lines about the agent socket's refusals.
+    agent_log: limits::LogLimit,
     journal: Option<crate::journal::Journal>,
     /// For the tests of the journal (`DEVNS_TEST_STOP_IN_CALL`, not
     /// documented): the daemon stops itself (SIGSTOP) in its first trapped
@@ -121,6 +131,14 @@ fn listen(path: &Path) -> Result<OwnedFd> {
         return Err(anyhow!("a devns daemon already listens on {}", path.display()));
     }
     let _ = std::fs::remove_file(path);
+    // Anyone may connect: what they may do is decided per request by
+    // SO_PEERCRED, so the socket is world-connectable.
+    bind_stream(path, 0o111)
+}
+
+/// A listening unix stream socket (nonblocking) bound at `path` under
+/// `umask`, which decides who may connect.
+fn bind_stream(path: &Path, umask: u32) -> Result<OwnedFd> {
     let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::STREAM,
@@ -128,9 +146,7 @@ fn listen(path: &Path) -> Result<OwnedFd> {
         None,
     )?;
     let addr = SocketAddrUnix::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
-    // Anyone may connect: what they may do is decided per request by
-    // SO_PEERCRED, so the socket is world-connectable.
-    let umask = devns_sys::procstate::Umask::set(rustix::fs::Mode::from_raw_mode(0o111));
+    let umask = devns_sys::procstate::Umask::set(rustix::fs::Mode::from_raw_mode(umask));
     let bound = rustix::net::bind(&fd, &addr);
     drop(umask);
     bound.with_context(|| format!("cannot bind {}", path.display()))?;
@@ -145,6 +161,11 @@ pub fn run(opts: Options) -> Result<()> {
     host::require_host_root("devns daemon")?;
     limits::raise_fd_limit();
     let cfg = config::load(&opts.config)?;
+    let seccomp_socket = opts
+        .seccomp_socket
+        .clone()
+        .or_else(|| cfg.seccomp_socket.clone())
+        .unwrap_or_else(|| devns_core::layout::seccomp_socket(&opts.socket));
     let store = Store::open(&opts.state_dir)?;
     let daemon_lock =
         store.try_hold("daemon.lock")?.ok_or_else(|| anyhow!("another devns daemon uses {}", store.dir().display()))?;
@@ -157,6 +178,7 @@ pub fn run(opts: Options) -> Result<()> {
     engine.recover()?;
     let (outlive, given) = outlive::Outlive::open(&opts.state_dir, passed);
     let host_ns = engine.host_ns();
+    let agent = agentsock::bind(&seccomp_socket)?;
     let mut d = Daemon {
         engine,
         _daemon_lock: daemon_lock,
@@ -171,6 +193,8 @@ pub fn run(opts: Options) -> Result<()> {
         spare_fd: None,
         listeners: BTreeMap::new(),
         outlive,
+        agent,
+        agent_log: limits::LogLimit::new(),
         journal: None,
         stop_in_call: std::env::var("DEVNS_TEST_STOP_IN_CALL").ok().and_then(|v| crate::journal::Stop::parse(&v)),
         ep: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).context("epoll")?,
@@ -179,13 +203,17 @@ pub fn run(opts: Options) -> Result<()> {
     };
     d.adopt(given);
     // Only now, ready: the socket starts accepting.
-    let listener = listen(&opts.socket)?;
+    let listener = listen(&opts.socket).inspect_err(|_| {
+        let _ = std::fs::remove_file(&seccomp_socket);
+    })?;
     if let outlive::Outlive::Systemd { store, .. } = &d.outlive {
         let _ = store.notify("READY=1", &[]);
     }
-    tracing::info!(socket = %opts.socket.display(), namespaces = d.engine.kept_ids().len(), "devns daemon ready");
+    tracing::info!(socket = %opts.socket.display(), seccomp_socket = %seccomp_socket.display(),
+        namespaces = d.engine.kept_ids().len(), "devns daemon ready");
     let result = d.serve(&listener, &uevents, &signals);
     let _ = std::fs::remove_file(&opts.socket);
+    let _ = std::fs::remove_file(&seccomp_socket);
     result
 }
 impl Daemon {

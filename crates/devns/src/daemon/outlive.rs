@@ -31,6 +31,9 @@ pub struct Served {
     pub listener: Listener,
     pub key: Option<u64>,
     pub ns: u64,
+    /// The container whose runtime passed it (the agent socket), while
+    /// this daemon serves it.
+    pub container: Option<String>,
 }
 
 /// What the store gave back at start.
@@ -103,14 +106,14 @@ impl Outlive {
         }
     }
 
-    /// The store has no more use for listener `key`.
-    pub fn forget(&mut self, key: u64, ns: u64) {
+    /// The store has no more use for listener `key` (nor, when it was
+    /// `ns`'s `last`, for the namespace's `/tmp`).
+    pub fn forget(&mut self, key: u64, ns: u64, last: bool) {
         let r = match self {
             Outlive::Holder(c, _) => c.drop_key(key),
-            // The namespace's /tmp too: a namespace has one listener.
-            Outlive::Systemd { store, .. } => {
-                store.remove(Stored::Listener { key, ns }).and_then(|()| store.remove(Stored::Tmp { ns }))
-            }
+            Outlive::Systemd { store, .. } => store
+                .remove(Stored::Listener { key, ns })
+                .and_then(|()| if last { store.remove(Stored::Tmp { ns }) } else { Ok(()) }),
             Outlive::Nowhere => Ok(()),
         };
         if let Err(e) = r {
@@ -120,11 +123,12 @@ impl Outlive {
 }
 
 impl Daemon {
-    /// Hands `l` (serving `ns`, 0 if not known) to the store and serves it.
-    pub(super) fn serve_listener(&mut self, l: Listener, ns: u64) {
+    /// Hands `l` (serving `ns`, 0 if not known; passed by the runtime of
+    /// `container`) to the store and serves it.
+    pub(super) fn serve_listener(&mut self, l: Listener, ns: u64, container: Option<String>) {
         let key = self.keep(Some(ns), l.fd());
         self.keep_tmp(ns);
-        self.add_served(Served { listener: l, key, ns });
+        self.add_served(Served { listener: l, key, ns, container });
     }
 
     fn keep_tmp(&mut self, ns: u64) {
@@ -202,7 +206,8 @@ impl Daemon {
         if let Some(s) = self.listeners.remove(&key)
             && let Some(k) = s.key
         {
-            self.outlive.forget(k, s.ns);
+            let last = !self.listeners.values().any(|o| o.ns == s.ns);
+            self.outlive.forget(k, s.ns, last);
         }
     }
 
@@ -247,14 +252,16 @@ impl Daemon {
         }
         let kept = self.engine.kept_ids();
         for (key, ns, fd) in given.listeners {
-            match keep::recovered(ns, hung_up(fd.as_fd()), |n| kept.contains(&NsId(n))) {
+            let alive = |n| crate::host::members_of(NsId(n)).next().is_some();
+            match keep::recovered(ns, hung_up(fd.as_fd()), |n| kept.contains(&NsId(n)), alive) {
                 Recovered::Serve => match Listener::new(fd) {
-                    Ok(l) => self.add_served(Served { listener: l, key: Some(key), ns }),
+                    Ok(l) => self.add_served(Served { listener: l, key: Some(key), ns, container: None }),
                     Err(e) => tracing::warn!(key, error = %e, "cannot serve a listener given back"),
                 },
                 Recovered::Stale(why) => {
                     tracing::info!(key, ns, "dropping a listener given back: {why}");
-                    self.outlive.forget(key, ns);
+                    let last = !self.listeners.values().any(|o| o.ns == ns);
+                    self.outlive.forget(key, ns, last);
                 }
             }
         }

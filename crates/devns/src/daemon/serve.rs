@@ -17,6 +17,7 @@ impl Daemon {
         self.watch(signals, Target::Signals);
         self.watch(listener, Target::Listener);
         self.watch(uevents, Target::Uevents);
+        super::watch_in(&self.ep, &mut self.targets, &mut self.next_token, &self.agent.fd, Target::AgentSock);
         self.watch_holder();
         for id in self.engine.kept_ids() {
             self.watch_members(id);
@@ -28,7 +29,9 @@ impl Daemon {
             let retry = self.engine.next_retry(now);
             // Connections with lines left from their turn go on at once.
             let unserved = (!self.ready.is_empty()).then_some(now);
-            let next_deadline = self.conns.values().filter_map(|c| c.deadline).chain(retry).chain(unserved).min();
+            let agent_deadline = self.agent.next_deadline();
+            let next_deadline =
+                self.conns.values().filter_map(|c| c.deadline).chain(retry).chain(unserved).chain(agent_deadline).min();
             let timeout = next_deadline.map(|d| {
                 let left = d.saturating_duration_since(now);
                 rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 }
@@ -52,6 +55,8 @@ impl Daemon {
                     Target::Listener => self.accept(listener),
                     Target::Uevents => self.engine.drain_uevents(uevents),
                     Target::Conn(id) => self.on_conn(id),
+                    Target::AgentSock => self.agent_accept(),
+                    Target::AgentConn(id) => self.agent_read(id),
                     Target::Member(ns, pid) => {
                         self.targets.remove(&token);
                         if self.engine.member_exited(ns, pid) {
@@ -82,6 +87,7 @@ impl Daemon {
             }
             self.engine.retry_busy();
             let now = Instant::now();
+            self.agent_expire(now);
             let expired: Vec<u64> =
                 self.conns.iter().filter(|(_, c)| c.deadline.is_some_and(|d| d <= now)).map(|(i, _)| *i).collect();
             for id in expired {
@@ -132,12 +138,7 @@ impl Daemon {
                 Ok(s) => s,
                 Err(rustix::io::Errno::AGAIN) => return,
                 Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
-                    // No fd for it: refused through the spare one, or it
-                    // would wake the loop again and again.
-                    drop(self.spare_fd.take());
-                    drop(rustix::net::accept(listener));
-                    self.spare_fd =
-                        rustix::fs::open("/dev/null", rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).ok();
+                    shed(&mut self.spare_fd, listener);
                     if self.conn_log.allow() {
                         tracing::warn!(error = %e, "no fd left for a new connection; refused it");
                     }
@@ -244,4 +245,12 @@ impl Daemon {
         c.refresh_deadline(&self.timeouts);
         self.update_interest(id);
     }
+}
+
+/// A connection there is no fd for, refused through the spare fd: left in
+/// the backlog, it would wake the loop again and again.
+pub(super) fn shed(spare: &mut Option<OwnedFd>, listener: &OwnedFd) {
+    drop(spare.take());
+    drop(rustix::net::accept(listener));
+    *spare = rustix::fs::open("/dev/null", rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).ok();
 }

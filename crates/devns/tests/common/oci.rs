@@ -227,14 +227,13 @@ impl Runc {
         self.cmd().args(["run", "--bundle"]).arg(&b.dir).arg(&b.id).stdin(Stdio::null()).output().expect("runc run")
     }
 
-    /// `runc create` (the container's stdio goes nowhere: a runc that kept
-    /// a pipe of ours open would hang the test; its init holds runc's
-    /// stderr until `runc start`, so that goes to a file); its output.
+    /// `runc create`: its output. The container's stdio goes nowhere and
+    /// runc's stderr to a file: a container keeps the stdio runc had, and
+    /// one that held a pipe of ours would hang the test.
     pub fn create(&self, b: &Bundle) -> Output {
         self.track(&b.id);
-        std::fs::create_dir_all(&self.root).expect("runc root");
-        let err_path = self.root.join(format!("{}.create-stderr", b.id));
-        let err = std::fs::File::create(&err_path).expect("stderr file");
+        let log = b.dir.join("runc-create.err");
+        let err = std::fs::File::create(&log).expect("stderr file");
         let mut out = self
             .cmd()
             .args(["create", "--bundle"])
@@ -245,8 +244,7 @@ impl Runc {
             .stderr(err)
             .output()
             .expect("runc create");
-        out.stderr = std::fs::read(&err_path).unwrap_or_default();
-        let _ = std::fs::remove_file(&err_path);
+        out.stderr = std::fs::read(&log).unwrap_or_default();
         out
     }
 

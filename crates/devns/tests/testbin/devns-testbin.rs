@@ -9,6 +9,7 @@ mod holder;
 mod loops;
 mod mknod;
 mod ptrace;
+mod runtime;
 mod tty;
 
 /// A role: its name, the variables it needs set (all of them), and what
@@ -19,10 +20,12 @@ const ROLES: &[Role] = &[
     ("attack", &["DEVNS_ATTACK_OUTSIDE", "DEVNS_ATTACK_FD"], mknod::attack),
     ("bpf", &["DEVNS_BPF_CHILD"], bpf::bpf),
     ("filtered", &[], holder::filtered),
+    ("filtered-shell", &["DEVNS_SHELL"], runtime::filtered_shell),
     ("holder-peer", &["DEVNS_HOLDER_SOCK"], holder::peer),
     ("loop-ioctls", &["DEVNS_LOOP_OPS"], loops::ioctls),
     ("loop-ops", &["DEVNS_SEC_OPS"], loops::ops),
     ("loop-race", &["DEVNS_RACE"], loops::race),
+    ("oci-peer", &["DEVNS_OCI_SOCK", "DEVNS_OCI_MSG"], runtime::peer),
     ("ptrace-init", &[], ptrace::ptrace_init),
     ("runtime-program", &["DEVNS_RUNTIME_ALLOW"], bpf::runtime_program),
     ("signal-storm", &["DEVNS_STORM_ITERATIONS"], mknod::signal_storm),

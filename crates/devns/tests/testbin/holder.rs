@@ -27,9 +27,16 @@ pub fn peer() {
 /// and waits for stdin to close: a filtered process outside every
 /// namespace devns keeps, whose listener a test takes (`pidfd_getfd`).
 pub fn filtered() {
+    let _l = install_filter();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+/// Installs devns's container filter with a listener and prints
+/// `listener FD`.
+pub fn install_filter() -> rustix::fd::OwnedFd {
     rustix::thread::set_no_new_privs(true).unwrap();
     let l = devns_sys::seccomp::install_with_listener(&devns::agent::filter()).unwrap();
     println!("listener {}", rustix::fd::AsRawFd::as_raw_fd(&l));
-    let mut line = String::new();
-    let _ = std::io::stdin().read_line(&mut line);
+    l
 }

@@ -19,15 +19,19 @@ fn open(path: &str) -> File {
     std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap()
 }
 
-/// `CMD:ARG` (CMD one of add, remove, get_free; ARG 0 when left out): the
-/// ioctl's number and its argument.
+/// `CMD:ARG` (CMD one of add, remove, get_free, or a request number in
+/// hex such as `0x5401`; ARG 0 when left out): the ioctl's number and its
+/// argument.
 fn parse(op: &str) -> (libc::c_ulong, i64) {
     let (cmd, arg) = op.split_once(':').unwrap_or((op, "0"));
     let nr = match cmd {
         "add" => LOOP_CTL_ADD,
         "remove" => LOOP_CTL_REMOVE,
         "get_free" => LOOP_CTL_GET_FREE,
-        _ => panic!("unknown op {cmd}"),
+        _ => cmd
+            .strip_prefix("0x")
+            .and_then(|h| libc::c_ulong::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| panic!("unknown op {cmd}")),
     };
     (nr, arg.parse().unwrap())
 }

@@ -1,0 +1,240 @@
+//! The runtime-spec seccomp agent socket (`linux.seccomp.listenerPath`):
+//! a runtime connects, sends its container process state with the
+//! listener fd, and closes; the daemon serves that listener as it serves
+//! one passed with `listen`. Read without blocking the loop, bounded in
+//! bytes, fds and time; what is taken is decided by
+//! `devns_core::agentsock`.
+
+use super::{Daemon, Target, conn::Peer};
+use anyhow::{Context, Result, anyhow};
+use devns_core::agentsock::{self as decide, Facts, Refusal, Served};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::net::SocketFlags;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// The socket and its unfinished connections.
+pub struct AgentSock {
+    pub fd: OwnedFd,
+    pending: BTreeMap<u64, Pending>,
+    next: u64,
+}
+
+/// A connection whose message has not ended yet.
+struct Pending {
+    sock: OwnedFd,
+    token: u64,
+    peer_pid: i32,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    deadline: Instant,
+}
+
+/// Binds the socket at `path`, root's alone (0600): only host root's
+/// runtimes connect. A socket file nobody listens on is a leftover of a
+/// daemon that died, and replaced.
+pub fn bind(path: &Path) -> Result<AgentSock> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            return Err(anyhow!("{} exists and is not a socket", path.display()));
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(anyhow!("something listens on the seccomp agent socket {} already", path.display()));
+            }
+            std::fs::remove_file(path).with_context(|| format!("cannot remove the stale {}", path.display()))?;
+        }
+        Err(_) => {}
+    }
+    let fd = super::bind_stream(path, 0o177)?;
+    Ok(AgentSock { fd, pending: BTreeMap::new(), next: 0 })
+}
+
+impl AgentSock {
+    /// The earliest deadline of an unfinished connection.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.deadline).min()
+    }
+}
+
+impl Daemon {
+    /// One log line. Only host root reaches the socket (its mode), so only
+    /// lines about other peers (a mode opened up) are rate-limited.
+    fn refuse(&mut self, why: &Refusal, id: Option<&str>, pid: i32) {
+        if matches!(why, Refusal::NotHostRoot { .. }) && !self.agent_log.allow() {
+            return;
+        }
+        tracing::warn!(container = id.unwrap_or("?"), pid, "refused a runtime's seccomp listener: {why}");
+    }
+
+    /// New connections to the agent socket.
+    pub(super) fn agent_accept(&mut self) {
+        loop {
+            let sock = match rustix::net::accept_with(&self.agent.fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+                Ok(s) => s,
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    if matches!(e, rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) {
+                        super::serve::shed(&mut self.spare_fd, &self.agent.fd);
+                    }
+                    if self.agent_log.allow() {
+                        tracing::warn!(error = %e, "cannot accept on the seccomp agent socket");
+                    }
+                    return;
+                }
+            };
+            let (uid, pid, host_ns) = match peer_of(&sock, self.host_ns) {
+                Ok(p) => p,
+                Err(e) => {
+                    if self.agent_log.allow() {
+                        tracing::warn!(error = %e, "cannot identify a peer of the seccomp agent socket; closing it");
+                    }
+                    continue;
+                }
+            };
+            if let Err(why) = decide::admit(uid, host_ns, self.agent.pending.len()) {
+                self.refuse(&why, None, pid);
+                continue;
+            }
+            self.agent.next += 1;
+            let id = self.agent.next;
+            let token = self.watch(&sock, Target::AgentConn(id));
+            let p = Pending {
+                sock,
+                token,
+                peer_pid: pid,
+                buf: Vec::new(),
+                fds: Vec::new(),
+                deadline: Instant::now() + self.timeouts.request,
+            };
+            self.agent.pending.insert(id, p);
+        }
+    }
+
+    /// What a connection sent; once it is a whole message (or at its end
+    /// of file), the message decided and the connection closed.
+    pub(super) fn agent_read(&mut self, id: u64) {
+        let Some(p) = self.agent.pending.get_mut(&id) else { return };
+        let mut chunk = vec![0u8; 64 << 10];
+        let end = loop {
+            let room = decide::MAX_READ - p.buf.len();
+            if room == 0 {
+                break Err(Refusal::TooLarge);
+            }
+            let n = chunk.len().min(room);
+            match crate::wire::recv_with_fds(p.sock.as_fd(), &mut chunk[..n], &mut p.fds) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    p.buf.extend_from_slice(&chunk[..n]);
+                    if p.fds.len() > decide::MAX_FDS {
+                        break Err(Refusal::TooManyFds);
+                    }
+                    if decide::whole(&p.buf) {
+                        break Ok(());
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR) => {}
+                // A reset before its end: what it sent is not whole.
+                Err(e) => {
+                    let pid = p.peer_pid;
+                    self.drop_agent_conn(id);
+                    tracing::warn!(pid, error = %e, "refused a runtime's seccomp listener: cannot read its message");
+                    return;
+                }
+            }
+        };
+        let Some(p) = self.agent.pending.remove(&id) else { return };
+        self.targets.remove(&p.token);
+        match end {
+            Ok(()) => self.agent_message(p),
+            Err(why) => self.refuse(&why, None, p.peer_pid),
+        }
+    }
+
+    /// Connections past their deadline, dropped.
+    pub(super) fn agent_expire(&mut self, now: Instant) {
+        let late: Vec<u64> = self.agent.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(i, _)| *i).collect();
+        for id in late {
+            if let Some(pid) = self.agent.pending.get(&id).map(|p| p.peer_pid) {
+                self.drop_agent_conn(id);
+                self.refuse(&Refusal::TooSlow, None, pid);
+            }
+        }
+    }
+
+    fn drop_agent_conn(&mut self, id: u64) {
+        if let Some(p) = self.agent.pending.remove(&id) {
+            self.targets.remove(&p.token);
+        }
+    }
+
+    /// A whole message: its listener served, or refused (its fds closed).
+    fn agent_message(&mut self, p: Pending) {
+        let Pending { buf, mut fds, peer_pid, .. } = p;
+        let m = match devns_core::oci::parse_process_state(&buf) {
+            Ok(m) => m,
+            Err(e) => return self.refuse(&e.into(), None, peer_pid),
+        };
+        let pid = m.state.pid;
+        let facts = Facts {
+            fds: fds.len(),
+            is_listener: fds.get(m.seccomp_fd).is_some_and(devns_sys::seccomp::is_listener),
+            pid_ns: user_ns_of(pid),
+        };
+        let served = self.served();
+        let id = m.state.state.id.as_str();
+        let taken = match decide::take(&m, &facts, self.host_ns.0, &served) {
+            Ok(t) => t,
+            Err(why) => return self.refuse(&why, Some(id), pid),
+        };
+        let l = match crate::agent::Listener::new(fds.swap_remove(m.seccomp_fd)) {
+            Ok(l) => l,
+            Err(e) => {
+                return tracing::warn!(container = id, pid, error = %e, "cannot serve a runtime's seccomp listener");
+            }
+        };
+        tracing::info!(container = id, pid, ns = taken.ns, "serving a runtime's seccomp listener");
+        self.serve_listener(l, taken.ns, Some(taken.container));
+    }
+
+    /// What the daemon's listeners serve now.
+    fn served(&self) -> Served {
+        let mut s = Served::default();
+        for l in self.listeners.values() {
+            if l.ns != 0 {
+                *s.namespaces.entry(l.ns).or_default() += 1;
+            }
+            if let Some(c) = &l.container {
+                s.containers.insert(c.clone(), l.ns);
+            }
+        }
+        s
+    }
+}
+
+/// The peer's host uid and pid (`SO_PEERCRED`, as it connected), and
+/// whether it is in the host's user namespace (`None`: it is gone, so that
+/// cannot be asked).
+fn peer_of(sock: &OwnedFd, host: devns_core::NsId) -> rustix::io::Result<(u32, i32, Option<bool>)> {
+    let cred = rustix::net::sockopt::socket_peercred(sock)?;
+    let ns = match Peer::of(sock, host) {
+        Ok(p) => Some(p.ns.is_none()),
+        Err(_) => None,
+    };
+    Ok((cred.uid.as_raw(), cred.pid.as_raw_nonzero().get(), ns))
+}
+
+/// The user namespace of process `pid`, asked of a pidfd; `None` if there
+/// is no such process (or it cannot be asked).
+fn user_ns_of(pid: i32) -> Option<u64> {
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    let nsfd = devns_sys::ns::pidfd_user_ns(&pidfd).ok()?;
+    devns_sys::ns::ns_id(&nsfd).ok()
+}
