@@ -544,7 +544,12 @@ fn podman_with_crun_and_the_hooks_dir() {
     cmd.arg(hooks_dir(&env)).args(["--annotation", "devns.io/enable=true", "--annotation"]);
     cmd.arg(format!("devns.io/devices={}", mine.name));
     let script = format!("ls -A /dev; head -c 512 /dev/{} | wc -c; head -c0 /hostloop && echo opened", mine.name);
-    let out = cmd.arg("--rootfs").arg(b.rootfs()).args(["/bin/sh", "-c", &script]).output().unwrap();
+    // crun 1.8 chowns the container's stdio to its root before it joins the
+    // user namespace, devices too (crun#1845): given the host's /dev/null
+    // (podman's stdin without -i), that is the host's node. A pipe it is.
+    cmd.args(["-i"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.arg("--rootfs").arg(b.rootfs()).args(["/bin/sh", "-c", &script]).spawn().unwrap();
+    let out = child.wait_with_output().unwrap();
     let s = text(&out);
     assert!(s.contains("loop-control\n") && s.contains("\n512\n"), "{s}");
     assert!(s.contains("Operation not permitted") && !s.contains("opened"), "{s}");

@@ -6,11 +6,11 @@
 use devns_core::api::{self, MAX_REQUEST_BYTES, Request};
 use devns_core::config::Config;
 use devns_core::mountinfo;
-use devns_core::{hook, oci};
 use devns_core::seccomp::Creds;
 use devns_core::spec::is_safe_dev_name;
 use devns_core::uevent::{self, Action};
 use devns_core::{Kind, nodes};
+use devns_core::{hook, oci};
 
 /// An error is a clear message: one non-empty line, of bounded length.
 fn clear(e: &impl std::fmt::Display) {
