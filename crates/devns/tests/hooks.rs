@@ -558,3 +558,35 @@ fn podman_with_crun_and_the_hooks_dir() {
     eventually("the namespace is let go", || ns_names(&env).is_empty());
     assert!(env.owned().is_empty());
 }
+
+/// A container whose cgroup also holds a process of the host's: the hook
+/// is refused (its device program would police the host process), the
+/// start fails with the one line, and nothing of devns is left.
+#[test]
+fn a_container_in_a_cgroup_with_a_host_process_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let runc = Runc::new(&env);
+    let cg = common::TestCgroup::new("hookhost");
+    let mut host = cg.command("sleep").arg("1000").stdin(Stdio::null()).spawn().unwrap();
+    let rel = cg.path.strip_prefix(common::cgroup_root()).unwrap().to_owned();
+    let b = devns_bundle(&env, "hookhost");
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(Path::new("/").join(&rel)));
+    b.script("echo started");
+    let mounts_before = env.host_mounts();
+    let out = runc.run(&b);
+    let s = text(&out);
+    assert!(!out.status.success() && !s.contains("started"), "{s}");
+    let (line, one) = hook_stderr(&s);
+    assert!(line.contains("of the host's user namespace") && one, "{s}");
+    nothing_left(&env, &mounts_before);
+    let _ = host.kill();
+    let _ = host.wait();
+    // runc's own cgroups of that path in the v1 hierarchies.
+    for d in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(d.path().join(&rel));
+    }
+}
