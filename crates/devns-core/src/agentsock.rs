@@ -49,6 +49,8 @@ pub enum Refusal {
     NamespaceServed(u64),
     #[error("a listener of container {0:?} is served already")]
     ContainerServed(String),
+    #[error("it names no pid, as crun's exec does, and no served container is {0:?}")]
+    UnknownExec(String),
     #[error("its user namespace {0} has {MAX_PER_NAMESPACE} listeners served already")]
     TooManyListeners(u64),
 }
@@ -117,11 +119,20 @@ pub fn take(m: &oci::Listener, f: &Facts, host_ns: u64, served: &Served) -> Resu
     if !f.is_listener {
         return Err(Refusal::NotListener);
     }
+    let container = m.state.state.id.clone();
+    if oci::crun_exec(&m.state) {
+        // No pid to ask the kernel about: the container's id says which
+        // namespace (one served, with its init's listener).
+        let ns = *served.containers.get(&container).ok_or_else(|| Refusal::UnknownExec(container.clone()))?;
+        if served.namespaces.get(&ns).is_some_and(|&n| n >= MAX_PER_NAMESPACE) {
+            return Err(Refusal::TooManyListeners(ns));
+        }
+        return Ok(Taken { ns, container });
+    }
     let ns = f.pid_ns.ok_or(Refusal::NoProcess(pid))?;
     if ns == host_ns {
         return Err(Refusal::HostNamespace(pid));
     }
-    let container = m.state.state.id.clone();
     if let Some(&n) = served.namespaces.get(&ns) {
         // `runc exec` (so `podman exec`) gives each process it starts in a
         // running container the container's filter anew, and passes that
@@ -220,6 +231,13 @@ mod tests {
         // Named as another namespace's container: refused.
         let other = Served { namespaces: [(7, 1), (8, 1)].into(), containers: [("web".into(), 8)].into() };
         assert_eq!(take(&exec, &OK, 1, &other), Err(Refusal::NamespaceServed(7)));
+        // crun's exec: no pid; the container's id names the namespace.
+        let crun = r#"{"ociVersion":"0.2.0","fds":["seccompFd"],"pid":0,"state":{"ociVersion":"0.2.0","id":"web","status":"running","pid":0,"bundle":"."}}"#;
+        let crun = oci::parse_process_state(crun.as_bytes()).unwrap();
+        let no_pid = Facts { pid_ns: None, ..OK };
+        assert_eq!(take(&crun, &no_pid, 1, &served(1)), Ok(Taken { ns: 7, container: "web".into() }));
+        assert_eq!(take(&crun, &no_pid, 1, &after_restart), Err(Refusal::UnknownExec("web".into())));
+        assert_eq!(take(&crun, &no_pid, 1, &served(MAX_PER_NAMESPACE)), Err(Refusal::TooManyListeners(7)));
         // A process of a namespace not served, naming a served container.
         let elsewhere = Served { namespaces: [(8, 1)].into(), containers: [("web".into(), 8)].into() };
         assert_eq!(take(&exec, &OK, 1, &elsewhere), Err(Refusal::ContainerServed("web".into())));

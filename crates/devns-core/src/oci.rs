@@ -102,28 +102,36 @@ fn check(s: &ProcessState) -> Result<usize, OciError> {
     if named.next().is_some() {
         return Err(OciError::TwoSeccompFds(s.fds.clone()));
     }
-    if s.pid <= 0 {
+    let exec = crun_exec(s);
+    if s.pid < 0 || (s.pid == 0 && !exec) {
         return Err(OciError::BadPid(s.pid.into()));
     }
     text("ociVersion", &s.oci_version, MAX_FIELD_BYTES, false)?;
     if let Some(m) = &s.metadata {
         text("metadata", m, MAX_FIELD_BYTES, true)?;
     }
-    check_state(&s.state)?;
+    check_state(&s.state, exec)?;
     Ok(index)
 }
 
+/// Whether a message is what crun 1.8.1 sends for a process `crun exec`
+/// starts in a running container: no pid at all (0 in both places) and
+/// bundle `.`. Its listener can be told only by the container's id.
+pub fn crun_exec(s: &ProcessState) -> bool {
+    s.pid == 0 && s.state.status == "running" && s.state.pid.is_none_or(|p| p == 0) && s.state.bundle == "."
+}
+
 /// The checks of a container's state beyond its shape (its fields named
-/// `state.*`, as in the agent's message).
-fn check_state(s: &State) -> Result<(), OciError> {
-    if let Some(pid) = s.pid.filter(|p| *p <= 0) {
+/// `state.*`, as in the agent's message); `crun_exec`: crun's exec shape.
+fn check_state(s: &State, crun_exec: bool) -> Result<(), OciError> {
+    if let Some(pid) = s.pid.filter(|p| *p < 0 || (*p == 0 && !crun_exec)) {
         return Err(OciError::BadPid(pid.into()));
     }
     text("state.ociVersion", &s.oci_version, MAX_FIELD_BYTES, false)?;
     text("state.id", &s.id, MAX_FIELD_BYTES, false)?;
     text("state.status", &s.status, MAX_FIELD_BYTES, true)?;
     text("state.bundle", &s.bundle, MAX_BUNDLE_BYTES, false)?;
-    if !s.bundle.starts_with('/') {
+    if !s.bundle.starts_with('/') && !crun_exec {
         return Err(OciError::BadField { field: "state.bundle", why: "not an absolute path" });
     }
     for (k, v) in &s.annotations {
@@ -142,7 +150,7 @@ pub fn parse_state(msg: &[u8]) -> Result<State, OciError> {
         return Err(OciError::TooLarge(msg.len()));
     }
     let state: State = serde_json::from_slice(msg).map_err(|e| OciError::Json(e.to_string()))?;
-    check_state(&state)?;
+    check_state(&state, false)?;
     Ok(state)
 }
 
@@ -199,6 +207,19 @@ mod tests {
         // The state's pid 0 is omitted by runc.
         let no_pid = br#"{"ociVersion":"1.3.0","fds":["x","seccompFd"],"pid":900,"state":{"ociVersion":"1.3.0","id":"w","status":"creating","bundle":"/b"}}"#;
         assert_eq!(parse_process_state(no_pid).unwrap().seccomp_fd, 1);
+        // `crun exec` (1.8.1): no pid anywhere, bundle ".".
+        let crun = br#"{"ociVersion":"0.2.0","fds":["seccompFd"],"pid":0,"state":{"ociVersion":"0.2.0","id":"web","status":"running","pid":0,"bundle":".","annotations":{}}}"#;
+        let l = parse_process_state(crun).unwrap();
+        assert!(crun_exec(&l.state));
+        // That shape only: pid 0 or a relative bundle otherwise are refused.
+        for bad in [
+            r#""status":"creating","pid":0,"bundle":".""#,
+            r#""status":"running","pid":0,"bundle":"b""#,
+            r#""status":"running","pid":7,"bundle":".""#,
+        ] {
+            let m = String::from_utf8_lossy(crun).replace(r#""status":"running","pid":0,"bundle":".""#, bad);
+            assert!(parse_process_state(m.as_bytes()).is_err(), "{m}");
+        }
     }
 
     #[test]

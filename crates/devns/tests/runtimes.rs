@@ -13,6 +13,7 @@ fn text(out: &std::process::Output) -> String {
 /// The harness itself: each runtime starts a user-namespaced container on
 /// the tools rootfs, its root mapped onto the bundle's block.
 #[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn the_runtimes_run_a_user_namespaced_container_here() {
     if !privileged() {
         return;
@@ -42,4 +43,285 @@ fn the_runtimes_run_a_user_namespaced_container_here() {
         let out = podman.rm(&name);
         assert!(out.status.success(), "podman rm: {}", text(&out));
     }
+}
+
+/// How a test reaches into its running container: `sh -c SCRIPT` there.
+type Exec<'a> = &'a dyn Fn(&str) -> std::process::Output;
+
+fn ok(exec: Exec, script: &str) -> String {
+    let out = exec(script);
+    assert!(out.status.success(), "{script}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The namespace the daemon keeps under `name`: its `id:N`.
+fn ns_of(env: &Env, name: &str) -> Option<String> {
+    let out = env.devns().args(["ns", "ls", "--json"]).output().expect("devns ns ls");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    rows.iter().find(|r| r["name"] == name).map(|r| match r["id"].as_str() {
+        Some(id) => id.to_owned(),
+        None => format!("id:{}", r["id"]),
+    })
+}
+
+/// Owner of device DEVNAME per `devns ls`.
+fn owner_of(env: &Env, devname: &str) -> Option<String> {
+    let out = env.devns().args(["ls", "--json"]).output().expect("devns ls");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    rows.iter().find(|r| r["name"] == devname).and_then(|r| r["owner"].as_str().map(str::to_owned))
+}
+
+/// What every runtime's container under devns must show, from inside:
+/// `/dev` is its view (and follows `devns assign`), `mknod` of a global
+/// works and of `/dev/mem` is refused, `losetup -f` + `mkfs.ext4` +
+/// `blkid` work on a loop device its namespace owns, `udevadm monitor
+/// --kernel` hears that loop's events, and a host node mounted in
+/// (`/mnt/hostdisk`, a node of `host_disk`) cannot be opened. Returns the
+/// loop device the container made.
+fn a_container_under_devns(env: &Env, exec: Exec, name: &str, host_disk: &str) -> String {
+    let ns = ns_of(env, name).expect("the container's namespace is under the daemon");
+    // /dev is the view: its names are the view's, and the runtime's own
+    // mounts below /dev were carried onto it.
+    let in_dev: Vec<String> = ok(exec, "ls -a /dev").split_whitespace().map(str::to_owned).collect();
+    for n in common::view_names(env, &ns).iter().filter(|n| !n.contains('/')) {
+        assert!(in_dev.contains(n), "{n} of the view missing in /dev: {in_dev:?}");
+    }
+    ok(exec, "test -c /dev/null && : > /dev/null && echo x > /dev/shm/x && ls /dev/pts/ptmx");
+    // mknod of a global works, of /dev/mem is refused.
+    ok(exec, "mknod /dev/mynull c 1 3 && echo hi > /dev/mynull");
+    let out = exec("mknod /dev/mymem c 1 1");
+    assert!(!out.status.success() && text(&out).contains("not permitted"), "{}", text(&out));
+    // Its own loop device, heard by its own udevadm.
+    ok(exec, "(udevadm monitor --kernel --subsystem-match=block > /tmp/events 2>&1 &) ; sleep 0.5");
+    let dev = ok(
+        exec,
+        "truncate -s 32M /tmp/img && L=$(losetup -f --show /tmp/img) && mkfs.ext4 -q $L && blkid $L && echo $L",
+    );
+    assert!(dev.contains("TYPE=\"ext4\""), "{dev}");
+    let loopdev = dev.lines().last().unwrap().trim().to_owned();
+    let devname = loopdev.trim_start_matches("/dev/").to_owned();
+    assert_eq!(owner_of(env, &devname).as_deref(), Some(ns.as_str()), "{devname} is the container's");
+    common::eventually("udevadm inside hears its loop", || {
+        exec("cat /tmp/events").stdout.windows(devname.len()).any(|w| w == devname.as_bytes())
+    });
+    // devns assign while it runs: the node appears.
+    let disk = common::Loop::new(false);
+    common::devns_ok(env, &["assign", &disk.name, "--to", &ns]);
+    let out = exec(&format!("test -b /dev/{}", disk.name));
+    assert!(out.status.success(), "assigned {} not in /dev", disk.name);
+    common::devns_ok(env, &["release", &disk.name]);
+    // A host node mounted in cannot be opened.
+    let out = exec("head -c 1 /mnt/hostdisk");
+    assert!(!out.status.success() && text(&out).contains("not permitted"), "host {host_disk}: {}", text(&out));
+    loopdev
+}
+
+/// Nothing of the container is left: its namespace, its loop device, the
+/// view's host mount, the daemon's fds (as many as before it started).
+fn nothing_left(env: &Env, daemon: &common::Daemon, name: &str, loopdev: &str, fds_before: usize) {
+    let devname = loopdev.trim_start_matches("/dev/").to_owned();
+    common::eventually("the namespace let go", || ns_of(env, name).is_none());
+    common::eventually("its loop device removed", || !std::path::Path::new("/sys/block").join(&devname).exists());
+    assert_eq!(env.recorded_namespaces(), 0, "records left");
+    let views = env.state_dir().join("views").to_string_lossy().into_owned();
+    common::eventually("its view unmounted", || {
+        env.host_mounts().iter().all(|m| !m.split(' ').nth(1).is_some_and(|at| at.starts_with(&views) && at != views))
+    });
+    common::eventually("the daemon's fds back", || daemon.fd_count() <= fds_before);
+}
+
+/// `devns oci profile` for `env`'s daemon: the seccomp profile a runtime
+/// gets (allow-all + devns's notify rules + listenerPath).
+fn profile(env: &Env) -> serde_json::Value {
+    let listener = env.dir.path().join("seccomp.sock");
+    let out = env.devns().args(["oci", "profile", "--listener"]).arg(&listener).output().expect("devns oci profile");
+    assert!(out.status.success(), "devns oci profile: {}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("a JSON profile")
+}
+
+/// A host block device (a loop of the test's) and its node in a directory
+/// containers reach, to mount into one.
+struct HostDisk {
+    node: common::Node,
+    disk: common::Loop,
+    _dir: common::SharedDir,
+}
+
+fn host_disk(tag: &str) -> HostDisk {
+    let dir = common::SharedDir::new(tag);
+    let disk = common::Loop::new(false);
+    let (maj, min) = common::block_numbers(&disk.name);
+    let node = dir.node("hostdisk", 'b', maj, min);
+    HostDisk { node, disk, _dir: dir }
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_runc_container_asking_for_devns_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let daemon = common::Daemon::start(&env);
+    let host = host_disk("runc-e2e");
+    let b = Bundle::new("runc-e2e");
+    b.args(&["sleep", "1000"]);
+    b.enable_devns();
+    b.hooks(&env);
+    b.add_caps(&["CAP_MKNOD"]);
+    b.seccomp(profile(&env));
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/mnt/hostdisk", "type": "bind", "source": host.node.path(), "options": ["bind"] }));
+    });
+    let fds = daemon.fd_count();
+    let runc = Runc::new(&env);
+    runc.start(&b);
+    let exec = |s: &str| runc.exec(&b.id, s);
+    let loopdev = a_container_under_devns(&env, &exec, &b.id, &host.disk.name);
+    runc.delete(&b.id);
+    nothing_left(&env, &daemon, &b.id, &loopdev, fds);
+}
+
+/// oci-hooks(5) files for `env`'s world in `dir` (as the shipped one in
+/// `dist/`, pointed at this build and the test's daemon): `--hooks-dir`.
+fn hooks_dir(env: &Env) -> std::path::PathBuf {
+    let dir = env.dir.path().join("hooks.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    for stage in ["createRuntime", "poststop"] {
+        let h = serde_json::json!({
+            "version": "1.0.0",
+            "hook": {
+                "path": env!("CARGO_BIN_EXE_devns"),
+                "args": ["devns", "hook", stage],
+                "env": [format!("DEVNS_SOCKET={}", env.socket().display()),
+                        format!("DEVNS_STATE_DIR={}", env.state_dir().display()),
+                        format!("DEVNS_CONFIG={}", env.config().display())],
+            },
+            "when": { "annotations": { "^devns\\.io/enable$": "^true$" } },
+            "stages": [stage],
+        });
+        std::fs::write(dir.join(format!("devns-{stage}.json")), serde_json::to_vec_pretty(&h).unwrap()).unwrap();
+    }
+    dir
+}
+
+/// `podman run -d` of a container asking for devns (hooks from
+/// [`hooks_dir`], the profile with `--security-opt seccomp=`), with the host
+/// disk's node mounted in; `runtime` is podman's `--runtime` and its flags.
+fn podman_under_devns(env: &Env, podman: &Podman, name: &str, b: &Bundle, host: &HostDisk, runtime: &[&str]) {
+    let prof = env.dir.path().join("profile.json");
+    std::fs::write(&prof, serde_json::to_vec(&profile(env)).unwrap()).unwrap();
+    let out = podman
+        .run_args(name, b.base)
+        .args(runtime)
+        .args(["-d", "--cap-add", "MKNOD", "--annotation", "devns.io/enable=true", "--hooks-dir"])
+        .arg(hooks_dir(env))
+        .arg("--security-opt")
+        .arg(format!("seccomp={}", prof.display()))
+        .arg("-v")
+        .arg(format!("{}:/mnt/hostdisk", host.node.path()))
+        .arg("--rootfs")
+        .arg(b.rootfs())
+        .args(["sleep", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "podman run: {}", text(&out));
+}
+
+fn podman_e2e(tag: &str, crun: bool) {
+    let env = Env::new();
+    let daemon = common::Daemon::start(&env);
+    let host = host_disk(tag);
+    let b = Bundle::new(tag);
+    let podman = Podman::new(&env);
+    let wrapper = crun_wrapper(env.dir.path());
+    let runtime: Vec<&str> = if crun {
+        vec!["--runtime", wrapper.to_str().unwrap(), "--pids-limit", "0"]
+    } else {
+        vec!["--runtime", "runc"]
+    };
+    let fds = daemon.fd_count();
+    let name = b.id.clone();
+    podman_under_devns(&env, &podman, &name, &b, &host, &runtime);
+    let exec = |s: &str| podman.cmd().args(["exec", &name, "/bin/sh", "-c", s]).output().unwrap();
+    // podman names the runtime's container by its own 64-hex id.
+    let id =
+        String::from_utf8_lossy(&podman.cmd().args(["inspect", "--format", "{{.Id}}", &name]).output().unwrap().stdout)
+            .trim()
+            .to_owned();
+    let loopdev = a_container_under_devns(&env, &exec, &id, &host.disk.name);
+    let out = podman.rm(&name);
+    assert!(out.status.success(), "podman rm: {}", text(&out));
+    nothing_left(&env, &daemon, &id, &loopdev, fds);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_podman_runc_container_asking_for_devns_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    podman_e2e("podman-runc", false);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_podman_crun_container_asking_for_devns_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    podman_e2e("podman-crun", true);
+}
+
+/// A container that does not ask for devns, with the hooks installed and
+/// the daemon up: devns never touches it (no namespace, the runtime's own
+/// `/dev`).
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_podman_container_that_never_asked_is_never_touched() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _daemon = common::Daemon::start(&env);
+    let b = Bundle::new("untouched");
+    let podman = Podman::new(&env);
+    let out = podman
+        .run_args(&b.id, b.base)
+        .args(["--rm", "--runtime", "runc", "--hooks-dir"])
+        .arg(hooks_dir(&env))
+        .arg("--rootfs")
+        .arg(b.rootfs())
+        .args(["/bin/sh", "-c", "test -e /dev/loop-control || echo runtime-dev"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "podman run: {}", text(&out));
+    assert!(text(&out).contains("runtime-dev"), "{}", text(&out));
+    let out = env.devns().args(["ns", "ls", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]", "a namespace was made");
+}
+
+/// The daemon not running: a container asking for devns fails to start,
+/// with a line naming devns.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn without_the_daemon_a_container_asking_for_devns_does_not_start() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let b = Bundle::new("nodaemon");
+    let podman = Podman::new(&env);
+    let out = podman
+        .run_args(&b.id, b.base)
+        .args(["--rm", "--runtime", "runc", "--annotation", "devns.io/enable=true", "--hooks-dir"])
+        .arg(hooks_dir(&env))
+        .arg("--rootfs")
+        .arg(b.rootfs())
+        .args(["/bin/echo", "started"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && !text(&out).contains("started"), "{}", text(&out));
+    assert!(text(&out).contains("devns"), "no line naming devns: {}", text(&out));
 }

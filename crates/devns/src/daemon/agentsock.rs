@@ -185,7 +185,7 @@ impl Daemon {
         let facts = Facts {
             fds: fds.len(),
             is_listener: fds.get(m.seccomp_fd).is_some_and(devns_sys::seccomp::is_listener),
-            pid_ns: user_ns_of(pid),
+            pid_ns: if pid > 0 { user_ns_of(pid) } else { None },
         };
         let served = self.served();
         let id = m.state.state.id.as_str();

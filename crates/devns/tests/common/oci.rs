@@ -183,6 +183,17 @@ impl Bundle {
         });
     }
 
+    /// Gives the container's process capabilities `caps` (`CAP_MKNOD`, ...)
+    /// beside `runc spec --rootless`'s few, in every set.
+    pub fn add_caps(&self, caps: &[&str]) {
+        self.edit(|c| {
+            for set in ["bounding", "effective", "permitted"] {
+                let v = c["process"]["capabilities"][set].as_array_mut().expect("a capability set");
+                v.extend(caps.iter().map(|c| json!(c)));
+            }
+        });
+    }
+
     /// `linux.seccomp`: the given profile.
     pub fn seccomp(&self, profile: Value) {
         self.edit(|c| c["linux"]["seccomp"] = profile);
@@ -340,7 +351,10 @@ impl Podman {
         self.names.borrow_mut().push(name.to_owned());
         let mut c = self.cmd();
         let map = format!("0:{base}:{BLOCK}");
-        c.args(["run", "--name", name, "--network", "none", "--uidmap", &map, "--gidmap", &map])
+        // `-i`: the container's stdin a pipe of conmon's. Without it podman
+        // gives the container the host's /dev/null, which crun 1.8.1 then
+        // chowns to the container's root (crun#1845).
+        c.args(["run", "-i", "--name", name, "--network", "none", "--uidmap", &map, "--gidmap", &map])
             .args(["--cgroup-parent", &self.parent])
             .args(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]);
         c
