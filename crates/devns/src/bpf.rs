@@ -19,10 +19,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Most entries a namespace's map holds. Its entries are the devices of
-/// its view plus 9 for ptys; a view is bounded far below this (devices
-/// are the host's, loop devices limited per namespace). The map is not
-/// preallocated (`BPF_F_NO_PREALLOC`), so the bound costs nothing until used.
-pub const MAX_ENTRIES: u32 = 65_536;
+/// its view plus 9 for ptys, and a view holds at most
+/// [`crate::view::VIEW_INODES`] inodes, its directories and symlinks among
+/// them. The elements are not preallocated (`BPF_F_NO_PREALLOC`), but the
+/// kernel allocates and zeroes the hash's buckets at once, 16 bytes for
+/// each entry of the bound: 256 KiB per namespace here (it was 1 MiB at
+/// 65,536, a millisecond of every container's start; see PERFORMANCE.md).
+pub const MAX_ENTRIES: u32 = 16_384;
 /// The program's license string (no GPL-only helper is used).
 const LICENSE: &str = "Apache-2.0";
 
