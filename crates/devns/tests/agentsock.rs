@@ -490,24 +490,14 @@ fn crun_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
     }
     let env = Env::new();
     let _d = daemon(&env, &[]);
-    let crun = common::oci::crun_wrapper(env.dir.path());
     let b = common::oci::Bundle::new("agentsock-crun");
     b.seccomp(notify_profile(&seccomp_sock(&env)));
     b.script("mknod /dev/x c 1 3 2>&1; echo rc=$?");
-    let root = env.dir.path().join("crun");
-    // Not the host's /dev/null as its stdin: crun 1.8.1 chowns its stdio
-    // to the container's root (runc skips /dev/null).
-    let empty = env.dir.path().join("empty");
-    std::fs::write(&empty, "").unwrap();
-    let out = Command::new(&crun)
+    let out = common::oci::crun_run(env.dir.path(), &b, &b.id);
+    let _ = Command::new(common::oci::crun_wrapper(env.dir.path()))
         .arg("--root")
-        .arg(&root)
-        .args(["run", "--bundle"])
-        .arg(&b.dir)
-        .arg(&b.id)
-        .stdin(std::fs::File::open(&empty).unwrap())
-        .output()
-        .unwrap();
-    let _ = Command::new(&crun).arg("--root").arg(&root).args(["delete", "--force", &b.id]).output();
+        .arg(env.dir.path().join("crun"))
+        .args(["delete", "--force", &b.id])
+        .output();
     answered_by_the_agent(&env, &b.id, out);
 }

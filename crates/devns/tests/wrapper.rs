@@ -523,16 +523,7 @@ fn runc_runs_the_edited_config_of_a_container_that_asks() {
     assert!(out.status.success(), "runc run: {}", text(&out));
     assert_trapped_exactly(&text(&out));
     // crun's `run` deletes the container when it ends.
-    let crun = crun_wrapper(env.dir.path());
-    let out = Command::new(&crun)
-        .arg("--root")
-        .arg(env.dir.path().join("crun"))
-        .args(["run", "--bundle"])
-        .arg(&b.dir)
-        .arg(format!("{}-crun", b.id))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = common::oci::crun_run(env.dir.path(), &b, &format!("{}-crun", b.id));
     assert!(out.status.success(), "crun run: {}", text(&out));
     assert_trapped_exactly(&text(&out));
     assert_eq!(agent.finish(), 2);

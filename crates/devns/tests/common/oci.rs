@@ -314,6 +314,24 @@ pub fn crun_wrapper(dir: &Path) -> PathBuf {
     path
 }
 
+/// `crun run` of bundle `b` as container `id` through [`crun_wrapper`],
+/// with its state below `dir`, to its end: its output. Its stdin is an
+/// empty file of the test's: crun 1.8.1 chowns its stdio to the container's
+/// root, and so would chown the host's `/dev/null` (crun#1845).
+pub fn crun_run(dir: &Path, b: &Bundle, id: &str) -> Output {
+    let empty = dir.join("crun-stdin");
+    std::fs::write(&empty, "").expect("an empty stdin");
+    Command::new(crun_wrapper(dir))
+        .arg("--root")
+        .arg(dir.join("crun"))
+        .args(["run", "--bundle"])
+        .arg(&b.dir)
+        .arg(id)
+        .stdin(std::fs::File::open(&empty).expect("stdin"))
+        .output()
+        .expect("crun run")
+}
+
 /// podman as root with storage, run and tmp directories of the test's own
 /// (`env`'s), the cgroupfs manager and file events (no systemd here); every
 /// container named through [`Podman::run_args`] is removed on drop.
