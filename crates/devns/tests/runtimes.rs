@@ -244,7 +244,8 @@ fn podman_e2e(tag: &str, crun: bool) {
     let fds = daemon.fd_count();
     let name = b.id.clone();
     podman_under_devns(&env, &podman, &name, &b, &host, &runtime);
-    let exec = |s: &str| podman.cmd().args(["exec", &name, "/bin/sh", "-c", s]).output().unwrap();
+    // `-i`: a pipe as its stdin, never the host's /dev/null (crun chowns it).
+    let exec = |s: &str| podman.cmd().args(["exec", "-i", &name, "/bin/sh", "-c", s]).output().unwrap();
     // podman names the runtime's container by its own 64-hex id.
     let id =
         String::from_utf8_lossy(&podman.cmd().args(["inspect", "--format", "{{.Id}}", &name]).output().unwrap().stdout)

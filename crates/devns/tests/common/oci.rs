@@ -321,7 +321,7 @@ pub fn crun_wrapper(dir: &Path) -> PathBuf {
 pub fn crun_run(dir: &Path, b: &Bundle, id: &str) -> Output {
     let empty = dir.join("crun-stdin");
     std::fs::write(&empty, "").expect("an empty stdin");
-    Command::new(crun_wrapper(dir))
+    let out = Command::new(crun_wrapper(dir))
         .arg("--root")
         .arg(dir.join("crun"))
         .args(["run", "--bundle"])
@@ -329,7 +329,10 @@ pub fn crun_run(dir: &Path, b: &Bundle, id: &str) -> Output {
         .arg(id)
         .stdin(std::fs::File::open(&empty).expect("stdin"))
         .output()
-        .expect("crun run")
+        .expect("crun run");
+    let null = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/dev/null").expect("/dev/null"));
+    assert_eq!(null, 0, "the host's /dev/null was chowned while crun ran");
+    out
 }
 
 /// podman as root with storage, run and tmp directories of the test's own
