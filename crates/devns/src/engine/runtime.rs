@@ -89,10 +89,18 @@ fn v1_devices_of(pid: i32) -> Result<Option<PathBuf>> {
     if rel.is_empty() {
         return Ok(None);
     }
-    let mountinfo = std::fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
-    let root = v1_mount(&mountinfo, "devices").ok_or_else(|| {
-        anyhow!("process {pid} is in a v1 devices cgroup, but devns sees no devices hierarchy mounted")
-    })?;
+    // Found once: devns's own mountinfo grows with every view it mounts.
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let root = match ROOT.get() {
+        Some(r) => r,
+        None => {
+            let mountinfo = std::fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+            let found = v1_mount(&mountinfo, "devices").ok_or_else(|| {
+                anyhow!("process {pid} is in a v1 devices cgroup, but devns sees no devices hierarchy mounted")
+            })?;
+            ROOT.get_or_init(|| found)
+        }
+    };
     let dir = root.join(rel);
     if !Path::new(&dir).is_dir() {
         bail!("the devices cgroup {} of process {pid} is not there", dir.display());
