@@ -107,6 +107,7 @@ pub struct Edit<'a> {
     pub device_policy: bool,
     /// Every container asks, whatever its annotations: for stacks that
     /// cannot set one (Docker 20.10), where choosing the runtime is the ask.
+    /// The edit then sets `devns.io/enable=true` (the hooks read it).
     pub all: bool,
 }
 
@@ -165,6 +166,11 @@ pub fn edit(bytes: &[u8], e: &Edit) -> Result<Option<Vec<u8>>, EditError> {
         // code runs, and fails the start when it cannot.
         let resources = object_in(linux, "resources")?;
         resources.insert("devices".into(), json!([{ "allow": true, "access": "rwm" }]));
+    }
+    if e.all {
+        // Choosing the runtime was the ask: written down, for the hooks
+        // serve a container by its state's annotations (taken from here).
+        object(&mut config, "annotations")?.insert(ENABLE.into(), "true".into());
     }
     if !moved.is_empty() {
         let annotations = object(&mut config, "annotations")?;

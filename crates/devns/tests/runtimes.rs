@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::oci::{BLOCK, Bundle, Podman, Runc, crun_wrapper};
+use common::docker::Docker;
+use common::oci::{BLOCK, Bundle, Containerd, Podman, Runc, crun_wrapper, runtime_wrapper};
 use common::{Env, privileged};
 
 fn text(out: &std::process::Output) -> String {
@@ -229,21 +230,47 @@ fn podman_under_devns(env: &Env, podman: &Podman, name: &str, b: &Bundle, host: 
     assert!(out.status.success(), "podman run: {}", text(&out));
 }
 
-fn podman_e2e(tag: &str, crun: bool) {
+/// `podman run -d` of a container asking for devns with podman's
+/// `--runtime` the devns wrapper ([`runtime_wrapper`], the real runtime
+/// behind it): no hooks dir, no profile, the wrapper adds both.
+fn podman_through_the_wrapper(podman: &Podman, name: &str, b: &Bundle, host: &HostDisk, runtime: &[&str]) {
+    let out = podman
+        .run_args(name, b.base)
+        .args(runtime)
+        .args(["-d", "--cap-add", "MKNOD", "--annotation", "devns.io/enable=true"])
+        .arg("-v")
+        .arg(format!("{}:/mnt/hostdisk", host.node.path()))
+        .arg("--rootfs")
+        .arg(b.rootfs())
+        .args(["sleep", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "podman run: {}", text(&out));
+}
+
+/// The scenario under podman, with runc or crun, by hooks.d and the
+/// profile or through the devns wrapper.
+fn podman_e2e(tag: &str, crun: bool, through_wrapper: bool) {
     let env = Env::new();
     let daemon = common::Daemon::start(&env);
     let host = host_disk(tag);
     let b = Bundle::new(tag);
     let podman = Podman::new(&env);
-    let wrapper = crun_wrapper(env.dir.path());
-    let runtime: Vec<&str> = if crun {
-        vec!["--runtime", wrapper.to_str().unwrap(), "--pids-limit", "0"]
-    } else {
-        vec!["--runtime", "runc"]
-    };
+    let crun_unified = crun_wrapper(env.dir.path());
+    let real = if crun { crun_unified.clone() } else { "runc".into() };
+    let wrapper = runtime_wrapper(&env, "devns-runtime-test", &real);
+    let runtime = if through_wrapper { wrapper.to_str().unwrap() } else { real.to_str().unwrap() };
+    let mut runtime = vec!["--runtime", runtime];
+    if crun {
+        runtime.extend(["--pids-limit", "0"]);
+    }
     let fds = daemon.fd_count();
     let name = b.id.clone();
-    podman_under_devns(&env, &podman, &name, &b, &host, &runtime);
+    if through_wrapper {
+        podman_through_the_wrapper(&podman, &name, &b, &host, &runtime);
+    } else {
+        podman_under_devns(&env, &podman, &name, &b, &host, &runtime);
+    }
     // `-i`: a pipe as its stdin, never the host's /dev/null (crun chowns it).
     let exec = |s: &str| podman.cmd().args(["exec", "-i", &name, "/bin/sh", "-c", s]).output().unwrap();
     // podman names the runtime's container by its own 64-hex id.
@@ -263,7 +290,7 @@ fn a_podman_runc_container_asking_for_devns_gets_its_view_devices_and_loops() {
     if !privileged() {
         return;
     }
-    podman_e2e("podman-runc", false);
+    podman_e2e("podman-runc", false, false);
 }
 
 #[test]
@@ -272,7 +299,7 @@ fn a_podman_crun_container_asking_for_devns_gets_its_view_devices_and_loops() {
     if !privileged() {
         return;
     }
-    podman_e2e("podman-crun", true);
+    podman_e2e("podman-crun", true, false);
 }
 
 /// A container that does not ask for devns, with the hooks installed and
@@ -325,4 +352,144 @@ fn without_the_daemon_a_container_asking_for_devns_does_not_start() {
         .unwrap();
     assert!(!out.status.success() && !text(&out).contains("started"), "{}", text(&out));
     assert!(text(&out).contains("devns"), "no line naming devns: {}", text(&out));
+}
+
+/// podman with `--runtime` = the devns wrapper (a script pointing it at
+/// the test's daemon: podman passes the runtime none of its environment),
+/// runc behind it.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_podman_runc_container_through_the_wrapper_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    podman_e2e("podwrap-runc", false, true);
+}
+
+/// The same with crun (the cgroup2 wrapper of the harness) behind it.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_podman_crun_container_through_the_wrapper_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    podman_e2e("podwrap-crun", true, true);
+}
+
+/// `devns-runtime` (a symlink to this build) as containerd's runc binary:
+/// it finds the test's daemon by containerd's environment, which the
+/// shims and their runtime inherit.
+fn devns_runtime_link(env: &Env) -> std::path::PathBuf {
+    let link = env.dir.path().join("devns-runtime");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_devns"), &link).unwrap();
+    link
+}
+
+/// containerd (`ctr run -d --runc-binary devns-runtime`) of a container
+/// asking for devns by its spec's annotation: the scenario in it through
+/// `ctr task exec`, and after `ctr task kill`, `ctr task rm`, `ctr c rm`
+/// nothing is left.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_containerd_container_through_the_wrapper_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let daemon = common::Daemon::start(&env);
+    let host = host_disk("ctrd-e2e");
+    let b = Bundle::new("ctrd-e2e");
+    b.args(&["sleep", "1000"]);
+    b.enable_devns();
+    b.add_caps(&["CAP_MKNOD"]);
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/mnt/hostdisk", "type": "bind", "source": host.node.path(), "options": ["bind"] }));
+    });
+    let ctrd = Containerd::start(&env);
+    let link = devns_runtime_link(&env);
+    let fds = daemon.fd_count();
+    let out = ctrd.run(&b, &link, &["-d", "--null-io"]).output().unwrap();
+    assert!(out.status.success(), "ctr run: {}", text(&out));
+    let exec = |s: &str| ctrd.exec(&b.id, s);
+    let loopdev = a_container_under_devns(&env, &exec, &b.id, &host.disk.name);
+    ctrd.remove(&b.id);
+    nothing_left(&env, &daemon, &b.id, &loopdev, fds);
+}
+
+/// The same container without the annotation, through the wrapper under
+/// containerd, the daemon up: devns never touches it.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_containerd_container_that_never_asked_is_never_touched_by_the_wrapper() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _daemon = common::Daemon::start(&env);
+    let b = Bundle::new("ctrd-untouched");
+    b.args(&["sleep", "1000"]);
+    let ctrd = Containerd::start(&env);
+    let link = devns_runtime_link(&env);
+    let out = ctrd.run(&b, &link, &["-d", "--null-io"]).output().unwrap();
+    assert!(out.status.success(), "ctr run: {}", text(&out));
+    let out = ctrd.exec(&b.id, "test -e /dev/loop-control || echo runtime-dev; ls /dev");
+    assert!(out.status.success(), "ctr task exec: {}", text(&out));
+    assert!(text(&out).contains("runtime-dev") && text(&out).contains("pts"), "runc's own /dev: {}", text(&out));
+    let out = env.devns().args(["ns", "ls", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]", "a namespace was made");
+    ctrd.remove(&b.id);
+}
+
+/// Docker 20.10 (no annotations) with the runtime `devns` of its
+/// daemon.json (`--all-containers`), user-namespaced by `--userns-remap`:
+/// a container of the default runtime is never touched; one run with
+/// `--runtime devns` gets the scenario, and after `docker rm -f` nothing is
+/// left.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_docker_container_through_the_wrapper_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let daemon = common::Daemon::start(&env);
+    let host = host_disk("docker-e2e");
+    let b = Bundle::new("docker-e2e");
+    let docker = Docker::start(&env);
+    let image = b.id.clone();
+    docker.import(&b.rootfs(), &image);
+    let plain = format!("{}-plain", b.id);
+    let out = docker
+        .run_args(&plain)
+        .args([
+            "--rm",
+            &image,
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/uid_map; test -e /dev/loop-control || echo runtime-dev",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker run: {}", text(&out));
+    let s = text(&out);
+    assert!(s.split_whitespace().take(2).eq(["0", &docker.base.to_string()]) && s.contains("runtime-dev"), "{s}");
+    let out = env.devns().args(["ns", "ls", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]", "a namespace was made");
+    let fds = daemon.fd_count();
+    let name = b.id.clone();
+    let out = docker
+        .run_args(&name)
+        .args(["-d", "--runtime", "devns", "--cap-add", "MKNOD", "-v"])
+        .arg(format!("{}:/mnt/hostdisk", host.node.path()))
+        .args([&image, "sleep", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker run: {}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let exec = |s: &str| docker.cmd().args(["exec", &name, "/bin/sh", "-c", s]).output().unwrap();
+    let loopdev = a_container_under_devns(&env, &exec, &id, &host.disk.name);
+    let out = docker.rm(&name);
+    assert!(out.status.success(), "docker rm: {}", text(&out));
+    nothing_left(&env, &daemon, &id, &loopdev, fds);
 }

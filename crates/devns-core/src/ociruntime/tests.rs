@@ -154,6 +154,12 @@ fn with_all_every_container_asks() {
         let c = edited(&config(a), &all).unwrap();
         let asked = edited(&config(Some("true")), &edit_params()).unwrap();
         assert_eq!((&c["linux"], &c["hooks"]), (&asked["linux"], &asked["hooks"]), "{a:?}");
+        // The ask is written down: the hooks serve a container by its
+        // state's annotations, which the runtime takes from the config.
+        assert!(asks_for_devns(&c), "{a:?}: {}", c["annotations"]);
+        if a.is_some() {
+            assert_eq!(c["annotations"]["other"], "x", "{a:?}: its other annotations kept");
+        }
     }
     assert_eq!(edit(b"[]", &all), Ok(None));
 }

@@ -3,6 +3,7 @@
 //! what it made on drop, also when the test fails.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod oci;
 
 use std::io::{BufRead, BufReader, Write};

@@ -405,12 +405,224 @@ impl Drop for Podman {
     }
 }
 
+/// Waits until `probe` (a client command of an engine just started)
+/// succeeds; panics with the engine's `log` if it never does.
+pub fn wait_serving(what: &str, log: &Path, mut probe: impl FnMut() -> Command) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !probe().stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(std::time::Instant::now() < deadline, "{what} did not become ready: {log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Stops an engine of the test's: SIGTERM by its pid, time to end, then
+/// SIGKILL; reaped.
+pub fn stop(mut child: std::process::Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGKILL to each of `pids` (the test's own, found by their command line).
+pub fn kill(pids: Vec<i32>) {
+    for p in pids.into_iter().filter_map(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
+
+/// Unmounts (lazily, deepest first) whatever is mounted below `dir`.
+pub fn umount_below(dir: &Path) {
+    let mine = dir.display().to_string();
+    let mut below: Vec<String> = super::host_mounts()
+        .iter()
+        .filter_map(|m| m.split(' ').nth(1).map(str::to_owned))
+        .filter(|at| at.starts_with(&mine))
+        .collect();
+    below.sort_by_key(|at| std::cmp::Reverse(at.len()));
+    for at in below {
+        let _ = Command::new("umount").args(["-l", &at]).stderr(Stdio::null()).status();
+    }
+}
+
 /// Removes an empty cgroup and the empty cgroups below it, deepest first.
-fn remove_cgroup_tree(dir: &Path) {
+pub fn remove_cgroup_tree(dir: &Path) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             remove_cgroup_tree(&e.path());
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// A wrapper script for runtimes that pass the runtime nothing of their
+/// environment (podman): exports `env`'s world (`DEVNS_SOCKET`,
+/// `DEVNS_STATE_DIR`, `DEVNS_CONFIG`), then execs this build's
+/// `devns oci runtime --runtime-path RUNTIME -- ARGS`, as an admin would
+/// point a runtime at a daemon that is not at the default paths. Written
+/// into `env`'s dir; its path.
+pub fn runtime_wrapper(env: &Env, name: &str, runtime: &Path) -> PathBuf {
+    let path = env.dir.path().join(name);
+    let script = format!(
+        "#!/bin/sh\nexport DEVNS_SOCKET='{}' DEVNS_STATE_DIR='{}' DEVNS_CONFIG='{}'\n\
+         exec '{}' oci runtime --runtime-path '{}' -- \"$@\"\n",
+        env.socket().display(),
+        env.state_dir().display(),
+        env.config().display(),
+        env!("CARGO_BIN_EXE_devns"),
+        runtime.display()
+    );
+    std::fs::write(&path, script).expect("runtime wrapper");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// A containerd of the test's own: config, root, state, sockets and runc
+/// root in `env`'s dir, the CRI plugin off, a containerd namespace of the
+/// test's own, and `env`'s world in its environment (which its shims and
+/// their runtime inherit). On drop: its containers' tasks killed and
+/// deleted, the containers removed, containerd stopped by its pid, its
+/// shims (of its namespace) ended by their pids, whatever is mounted below
+/// its dir unmounted.
+pub struct Containerd {
+    pub dir: PathBuf,
+    /// The containerd namespace (`ctr -n`).
+    pub namespace: String,
+    child: Option<std::process::Child>,
+    ids: std::cell::RefCell<Vec<String>>,
+    execs: AtomicU32,
+}
+
+impl Containerd {
+    pub fn start(env: &Env) -> Containerd {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = env.dir.path().join("containerd");
+        std::fs::create_dir_all(dir.join("fifo")).expect("containerd dir");
+        let d = |s: &str| dir.join(s).display().to_string();
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}\"\n[debug]\n  address = \"{}\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{}\"\n",
+            d("root"),
+            d("state"),
+            d("containerd.sock"),
+            d("containerd.sock.ttrpc"),
+            d("debug.sock"),
+            d("opt"),
+        );
+        std::fs::write(dir.join("config.toml"), config).expect("containerd config");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("containerd log");
+        let mut cmd = Command::new("containerd");
+        env.devns_env(&mut cmd);
+        let child = cmd
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd");
+        let namespace = super::marker(&format!("ctrd{}", N.fetch_add(1, Ordering::Relaxed)));
+        let c = Containerd { dir, namespace, child: Some(child), ids: Default::default(), execs: AtomicU32::new(0) };
+        wait_serving("containerd", &c.dir.join("containerd.log"), || {
+            let mut v = c.ctr();
+            v.arg("version");
+            v
+        });
+        c
+    }
+
+    /// `ctr --address SOCKET -n NAMESPACE`.
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(self.dir.join("containerd.sock")).args(["-n", &self.namespace]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// `ctr run` of `b`'s config as the spec (its `root.path` made
+    /// absolute: containerd's bundle is not `b`'s) with `runtime` as the
+    /// runc binary and a runc root in the test's dir, before the caller's
+    /// options (`-d`, `--rm`) and the id: the command.
+    pub fn run(&self, b: &Bundle, runtime: &Path, opts: &[&str]) -> Command {
+        let mut ids = self.ids.borrow_mut();
+        if !ids.contains(&b.id) {
+            ids.push(b.id.clone());
+        }
+        let mut spec = b.config();
+        spec["root"]["path"] = json!(b.rootfs());
+        let path = self.dir.join(format!("{}.json", b.id));
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json")).expect("spec.json");
+        let mut c = self.ctr();
+        c.arg("run")
+            .arg("--runc-binary")
+            .arg(runtime)
+            .arg("--runc-root")
+            .arg(self.dir.join("runc"))
+            .arg("--fifo-dir")
+            .arg(self.dir.join("fifo"))
+            .arg("--config")
+            .arg(path)
+            .args(opts)
+            .arg(&b.id);
+        c
+    }
+
+    /// `ctr task exec ID sh -c SCRIPT` (an exec id of its own): its output.
+    pub fn exec(&self, id: &str, script: &str) -> Output {
+        let exec_id = format!("x{}", self.execs.fetch_add(1, Ordering::Relaxed));
+        self.ctr()
+            .args(["task", "exec", "--exec-id", &exec_id, "--fifo-dir"])
+            .arg(self.dir.join("fifo"))
+            .args([id, "/bin/sh", "-c", script])
+            .output()
+            .expect("ctr task exec")
+    }
+
+    /// `ctr task kill -s KILL`, `ctr task rm` (once the task stopped) and
+    /// `ctr container rm`; panics unless the task and container went.
+    pub fn remove(&self, id: &str) {
+        let _ = self.ctr().args(["task", "kill", "-s", "KILL", id]).output();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = self.ctr().args(["task", "rm", id]).output().expect("ctr task rm");
+            if out.status.success() {
+                break;
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(std::time::Instant::now() < deadline, "ctr task rm: {err}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = self.ctr().args(["container", "rm", id]).output().expect("ctr container rm");
+        assert!(out.status.success(), "ctr container rm: {}", String::from_utf8_lossy(&out.stderr));
+        self.ids.borrow_mut().retain(|i| i != id);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for id in self.ids.take() {
+            let _ = self.ctr().args(["task", "rm", "-f", id.as_str()]).output();
+            let _ = self.ctr().args(["container", "rm", id.as_str()]).output();
+        }
+        if let Some(child) = self.child.take() {
+            stop(child);
+        }
+        // Shims of its namespace that outlived it (their command line names
+        // it), and the containers their runc root still has.
+        kill(super::processes_with(&format!("-namespace\0{}\0", self.namespace)));
+        let root = self.dir.join("runc").join(&self.namespace);
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let id = e.file_name();
+            let _ = Command::new("runc").arg("--root").arg(&root).arg("delete").arg("--force").arg(&id).output();
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
+        umount_below(&self.dir);
+    }
 }
