@@ -46,6 +46,32 @@ fn the_runtimes_run_a_user_namespaced_container_here() {
     }
 }
 
+/// The harness's crun wrapper hands crun no fd on the host's `/dev/null`
+/// (crun 1.8.1 would chown it, crun#1845): checked with `crun --version`,
+/// which chowns nothing, its stdio the host's `/dev/null`.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn the_crun_wrapper_never_hands_crun_the_host_s_dev_null() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let null = || std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").unwrap();
+    let status = std::process::Command::new(crun_wrapper(env.dir.path()))
+        .arg("--version")
+        .stdin(null())
+        .stdout(null())
+        .stderr(null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = std::fs::read_to_string(env.dir.path().join("crun-null-out")).unwrap();
+    assert!(out.starts_with("crun version"), "{out:?}");
+    // Its own stdio, when not /dev/null, is left as it is.
+    let out = std::process::Command::new(crun_wrapper(env.dir.path())).arg("--version").output().unwrap();
+    assert!(text(&out).starts_with("crun version"), "{}", text(&out));
+}
+
 /// How a test reaches into its running container: `sh -c SCRIPT` there.
 type Exec<'a> = &'a dyn Fn(&str) -> std::process::Output;
 

@@ -301,14 +301,28 @@ impl Drop for Runc {
 /// The crun wrapper of `runtimes.md`: every crun command in a private mount
 /// namespace where cgroup2 is mounted at `/sys/fs/cgroup` (crun refuses this
 /// host's hybrid cgroups). Written once into `dir`; its path.
+///
+/// crun 1.8.1 chowns its stdio to the container's root, the host's
+/// `/dev/null` too (crun#1845), and podman's conmon gives it that node
+/// (a container's stdin without `-i`, an exec's). The wrapper never hands
+/// crun the host's `/dev/null`: such an fd 0 becomes an empty file, fd 1
+/// and 2 a file that takes the output, both in `dir`.
 pub fn crun_wrapper(dir: &Path) -> PathBuf {
     let path = dir.join("crun-unified");
     if !path.exists() {
-        std::fs::write(
-            &path,
-            "#!/bin/sh\nexec unshare -m sh -c 'mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && exec crun \"$@\"' crun \"$@\"\n",
-        )
-        .expect("crun wrapper");
+        let (input, output) = (dir.join("crun-null-in"), dir.join("crun-null-out"));
+        std::fs::write(&input, "").expect("crun wrapper's empty input");
+        let script = format!(
+            "#!/bin/sh\n\
+             null() {{ [ \"$(stat -L -c '%F %t:%T' /proc/$$/fd/$1 2>&-)\" = 'character special file 1:3' ]; }}\n\
+             null 0 && exec 0<'{i}'\n\
+             null 1 && exec 1>>'{o}'\n\
+             null 2 && exec 2>>'{o}'\n\
+             exec unshare -m sh -c 'mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && exec crun \"$@\"' crun \"$@\"\n",
+            i = input.display(),
+            o = output.display(),
+        );
+        std::fs::write(&path, script).expect("crun wrapper");
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     }
     path
