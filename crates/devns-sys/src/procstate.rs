@@ -36,6 +36,31 @@ pub fn leave_shared_fs() -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` on a thread of its own that first leaves the process's
+/// `fs_struct` ([`leave_shared_fs`]), and joins it: for work in another
+/// mount namespace (which `f` may enter for good, see [`enter_for_good`])
+/// without a child process. The thread, and the namespace, root and
+/// working directory it took on, end with `f`. An error when no thread
+/// could be started or it could not leave, or when `f` panicked.
+pub fn on_own_fs_thread<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    /// Takes a thread that left off [`LEFT`] when it ends, also by a panic.
+    struct Forget(i32);
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            LEFT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|t| *t != self.0);
+        }
+    }
+    std::thread::scope(|s| {
+        let worker =
+            std::thread::Builder::new().name("devns-own-fs".into()).spawn_scoped(s, || -> std::io::Result<T> {
+                leave_shared_fs()?;
+                let _forget = Forget(rustix::thread::gettid().as_raw_nonzero().get());
+                Ok(f())
+            })?;
+        worker.join().unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")))
+    })
+}
+
 /// How many of this process's threads share an `fs_struct` with the
 /// calling one, itself included: all those in `/proc/self/task` but the
 /// ones that left ([`leave_shared_fs`]). `None` when that cannot be read.

@@ -103,15 +103,39 @@ fn ids(prog: &OwnedFd, map: &DeviceMap) -> Result<(u32, u32), BpfError> {
     Ok((sys::prog_info(prog)?.id, map.info()?.id))
 }
 
-impl AccessPolicy {
-    /// A new map and program for cgroup `cgroup` (made by devns when
-    /// `created`), not attached yet: fill the map first.
-    pub fn new(cgroup: &Path, created: bool) -> Result<AccessPolicy, PolicyError> {
-        let cgroup_fd = cgroup::open(cgroup)?;
+/// An empty map and the program over it, loaded ahead of the namespace
+/// they will serve (the daemon keeps one spare between requests, so that
+/// a container's start does not wait for the map's allocation and the
+/// verifier). Attached to nothing: dropped, it is gone from the kernel.
+pub struct Prepared {
+    prog: OwnedFd,
+    prog_id: u32,
+    map: DeviceMap,
+    map_id: u32,
+}
+
+impl Prepared {
+    /// Its errors name `cgroup`, the one it is loaded for.
+    pub fn new(cgroup: &Path) -> Result<Prepared, PolicyError> {
         let map = new_map(cgroup)?;
         let prog = load_program(cgroup, &map)?;
         let (prog_id, map_id) =
             ids(&prog, &map).map_err(|source| PolicyError::Query { cgroup: cgroup.to_owned(), source })?;
+        Ok(Prepared { prog, prog_id, map, map_id })
+    }
+}
+
+impl AccessPolicy {
+    /// A new map and program for cgroup `cgroup` (made by devns when
+    /// `created`), not attached yet: fill the map first.
+    pub fn new(cgroup: &Path, created: bool) -> Result<AccessPolicy, PolicyError> {
+        AccessPolicy::with(cgroup, created, Prepared::new(cgroup)?)
+    }
+
+    /// [`AccessPolicy::new`] with a map and program loaded before.
+    pub fn with(cgroup: &Path, created: bool, prepared: Prepared) -> Result<AccessPolicy, PolicyError> {
+        let cgroup_fd = cgroup::open(cgroup)?;
+        let Prepared { prog, prog_id, map, map_id } = prepared;
         Ok(AccessPolicy {
             cgroup: cgroup.to_owned(),
             created,

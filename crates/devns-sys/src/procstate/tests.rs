@@ -270,3 +270,29 @@ fn a_raised_capability_counts_while_its_guard_lives_only() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(status, 0);
 }
+
+/// A thread of its own enters another mount namespace for good; the
+/// process stays in its own, is alone in its `fs_struct` again once the
+/// thread is joined, and a panic of the work is an error, not the
+/// caller's panic.
+#[test]
+fn work_on_an_own_fs_thread_enters_a_mount_namespace_and_leaves_the_process_where_it_was() {
+    if !root() {
+        return;
+    }
+    let holder = Holder::new(libc::CLONE_NEWNS);
+    let (mnt, theirs) = holder.ns("mnt");
+    let status = in_child(|| {
+        let ours = ino("/proc/self/ns/mnt");
+        let seen = on_own_fs_thread(|| {
+            enter_for_good(&mnt, Namespace::Mount).is_ok().then(|| ino("/proc/thread-self/ns/mnt"))
+        });
+        let panicked = on_own_fs_thread(|| panic!("in the work"));
+        seen.ok().flatten() == Some(theirs)
+            && ino("/proc/self/ns/mnt") == ours
+            && panicked.is_err()
+            && threads_sharing_fs() == Some(1)
+            && LEFT.lock().unwrap().is_empty()
+    });
+    assert_eq!(status, 0);
+}

@@ -24,6 +24,7 @@ impl Daemon {
         }
         self.spare_fd = rustix::fs::open("/dev/null", rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).ok();
         let mut events = Vec::with_capacity(256);
+        self.engine.prepare();
         loop {
             let now = Instant::now();
             let retry = self.engine.next_retry(now);
@@ -86,6 +87,7 @@ impl Daemon {
                 self.on_conn(id);
             }
             self.engine.retry_busy();
+            self.engine.prepare();
             let now = Instant::now();
             self.agent_expire(now);
             let expired: Vec<u64> =

@@ -66,7 +66,10 @@ impl Engine {
         if created {
             crate::cgroup::create(&path)?;
         }
-        let policy = AccessPolicy::new(&path, created)?;
+        let policy = match self.spare.take() {
+            Some(p) => AccessPolicy::with(&path, created, p)?,
+            None => AccessPolicy::new(&path, created)?,
+        };
         self.kept.get_mut(&id).context("namespace vanished")?.access = Some(policy);
         self.reconcile(id, &Scope::All)?;
         let ns = self.kept.get_mut(&id).context("namespace vanished")?;
@@ -128,6 +131,22 @@ impl Engine {
             self.busy_cgroups.push((busy, Instant::now() + PATIENCE));
         } else {
             tracing::warn!(cgroup = %busy.display(), "a dead namespace's cgroup still has processes: left (its map is empty: they may open no device)");
+        }
+    }
+
+    /// Loads a device map and program ahead for the next namespace, when
+    /// the daemon has none spare: called between requests, so that a
+    /// container's start does not wait for them.
+    pub fn prepare(&mut self) {
+        if self.spare.is_some() || !self.keep_spare || self.cgroups.is_none() || self.role != Role::Daemon {
+            return;
+        }
+        match crate::bpf::Prepared::new(Path::new("(spare)")) {
+            Ok(p) => self.spare = Some(p),
+            Err(e) => {
+                tracing::debug!(error = %e, "no device program loaded ahead");
+                self.keep_spare = false;
+            }
         }
     }
 

@@ -137,6 +137,11 @@ pub struct Engine {
     /// Dead namespaces' cgroups with a process still inside: retried until
     /// the deadline (their maps are empty meanwhile).
     busy_cgroups: Vec<(PathBuf, Instant)>,
+    /// A device map and program loaded ahead for the next namespace
+    /// ([`Engine::prepare`]), and whether to keep loading one (not after
+    /// a load failed: the namespace's own load then tells why).
+    spare: Option<crate::bpf::Prepared>,
+    keep_spare: bool,
     /// API events not yet taken by the daemon's subscribers.
     events: Vec<Event>,
 }
@@ -181,6 +186,8 @@ impl Engine {
             loop_retry: Some(loops::LoopRetry::now()),
             cgroups,
             busy_cgroups: Vec::new(),
+            spare: None,
+            keep_spare: true,
             events: Vec::new(),
         })
     }

@@ -3,8 +3,8 @@
 //! `pivot_root`) with `RESOLVE_IN_ROOT`, never by host path; for a
 //! runtime's container, the mounts the runtime made below its old `/dev`
 //! (devpts, shm, mqueue, bound nodes) moved onto the view at the same
-//! places. Done from a short-lived child: `setns` changes the whole
-//! process, and the daemon must stay where it is.
+//! places. Done from a short-lived thread with an `fs_struct` of its own:
+//! `setns` moves only it, and the daemon stays where it is.
 
 use anyhow::{Result, bail};
 use devns_core::hook::Carry;
@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 
 /// Longest mountinfo read (a container has a few dozen mounts).
 const MAX_MOUNTINFO: usize = 4 << 20;
-/// Longest error the child reports.
-const MAX_REPORT: usize = 4096;
 
 /// Where in the process's root the view goes.
 pub(crate) struct Place<'a> {
@@ -41,49 +39,27 @@ pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<
         "",
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
     )?;
-    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    // SAFETY: the daemon is single-threaded; the child only makes syscalls,
-    // writes its report and exits.
-    match unsafe { devns_sys::process::fork_into(0) }? {
-        devns_sys::process::Forked::Child => {
-            drop(r);
-            let report = match place_view(&root, &mntns, &tree, place) {
-                Ok(()) => String::new(),
-                Err(e) => e,
-            };
-            let _ = rustix::io::write(&w, &report.as_bytes()[..report.len().min(MAX_REPORT)]);
-            std::process::exit(0);
-        }
-        devns_sys::process::Forked::Parent { pidfd, .. } => {
-            drop(w);
-            let mut buf = vec![0u8; MAX_REPORT + 1];
-            let mut n = 0;
-            while let Ok(k @ 1..) = rustix::io::read(&r, &mut buf[n..]) {
-                n += k;
-            }
-            let status = devns_sys::process::wait_pidfd(&pidfd);
-            let at = place.at;
-            match (n, status) {
-                (0, Ok(0)) => Ok(()),
-                (0, _) => bail!("the helper that mounts the view in process {pid}'s namespace died"),
-                _ => bail!(
-                    "cannot mount the view at {at} in process {pid}'s mount namespace: {}",
-                    String::from_utf8_lossy(&buf[..n])
-                ),
-            }
-        }
-    }
+    // On a thread of its own: `setns` into a mount namespace moves only
+    // the calling thread, once it has an `fs_struct` of its own.
+    let placed = devns_sys::procstate::on_own_fs_thread(|| place_view(&root, &mntns, &tree, place));
+    let at = place.at;
+    let why = match placed {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(why)) => why,
+        Err(e) => e.to_string(),
+    };
+    bail!("cannot mount the view at {at} in process {pid}'s mount namespace: {why}")
 }
 
-/// In the child: enters the namespace, resolves, carries, mounts; the
-/// error as the report's text.
+/// On the helper thread: enters the namespace, resolves, carries, mounts;
+/// the error as text.
 fn place_view(proc_root: &OwnedFd, mntns: &OwnedFd, view: &OwnedFd, place: &Place<'_>) -> Result<(), String> {
     let step = |what: &str| {
         let what = what.to_owned();
         move |e: rustix::io::Errno| format!("{what}: {e}")
     };
-    // The child's own /proc entry, opened while it is in devns's namespace:
-    // read after setns, it tells the new namespace's mounts.
+    // The thread's own /proc entry, opened while it is in devns's
+    // namespace: read after setns, it tells the new namespace's mounts.
     let me = rustix::fs::open("/proc/thread-self", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(step("cannot open /proc/thread-self"))?;
     devns_sys::procstate::enter_for_good(mntns, devns_sys::procstate::Namespace::Mount)
