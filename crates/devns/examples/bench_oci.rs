@@ -4,8 +4,11 @@
 //! asks for it (`devns.io/enable=true`): its createRuntime hook brings it
 //! under the daemon (its view on `/dev`, its device program, its devices)
 //! and its seccomp listener goes to the daemon's agent socket; without, the
-//! same container as the runtime starts it alone. The two ways alternate,
-//! in one run, so that the machine's drift falls on both.
+//! same container as the runtime starts it alone. A third way, the floor,
+//! is what the runtime itself pays for any hook and for devns's seccomp
+//! profile: the same container with that profile (its listener passed to
+//! the daemon) and hooks that run `/bin/true`. The ways rotate, in one
+//! run, so that the machine's drift falls on all.
 //!
 //! Each sample is the time from spawning the runtime until the container's
 //! first command (`echo ready`) has written its line; the container's end
@@ -95,6 +98,9 @@ fn setup(work: &Path) -> Result<()> {
 fn start_daemon(bin: &Path, work: &Path) -> Result<Child> {
     let mut c = Command::new(bin);
     world(&mut c);
+    // As a service runs: a developer's RUST_BACKTRACE would have every
+    // error made on the way (also those handled) capture a backtrace.
+    c.env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
     let d = c
         .arg("daemon")
         .stdin(Stdio::null())
@@ -117,6 +123,18 @@ fn world(c: &mut Command) {
         .env("DEVNS_CONFIG", rundir().join("config.toml"));
 }
 
+/// The three ways a container starts: alone; with devns's profile and a
+/// hook that does nothing (`/bin/true`), what any runtime hook and the
+/// notify rules cost the runtime itself, devns or not; asking for devns.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    Without,
+    Floor,
+    With,
+}
+
+const WAYS: [Way; 3] = [Way::Without, Way::Floor, Way::With];
+
 fn hook(bin: &Path, stage: &str) -> Value {
     json!({
         "path": bin,
@@ -127,8 +145,8 @@ fn hook(bin: &Path, stage: &str) -> Value {
     })
 }
 
-/// The bundle's config for one way: plain, or asking for devns.
-fn config(bin: &Path, work: &Path, devns: bool, profile: &Value) -> Result<Value> {
+/// The bundle's config for one way.
+fn config(bin: &Path, work: &Path, way: Way, profile: &Value) -> Result<Value> {
     let mut c: Value = serde_json::from_slice(&std::fs::read(work.join("config.json"))?)?;
     let map = json!([{ "containerID": 0, "hostID": BASE, "size": BLOCK }]);
     c["linux"]["uidMappings"] = map.clone();
@@ -137,11 +155,20 @@ fn config(bin: &Path, work: &Path, devns: bool, profile: &Value) -> Result<Value
     c["process"]["terminal"] = json!(false);
     c["process"]["args"] = json!(["/bin/echo", "ready"]);
     c["root"] = json!({ "path": work.join("rootfs"), "readonly": true });
-    if devns {
-        c["annotations"]["devns.io/enable"] = json!("true");
-        c["hooks"]["createRuntime"] = json!([hook(bin, "createRuntime")]);
-        c["hooks"]["poststop"] = json!([hook(bin, "poststop")]);
-        c["linux"]["seccomp"] = profile.clone();
+    match way {
+        Way::Without => {}
+        Way::Floor => {
+            for stage in ["createRuntime", "poststop"] {
+                c["hooks"][stage] = json!([{ "path": "/bin/true", "args": ["true"] }]);
+            }
+            c["linux"]["seccomp"] = profile.clone();
+        }
+        Way::With => {
+            c["annotations"]["devns.io/enable"] = json!("true");
+            c["hooks"]["createRuntime"] = json!([hook(bin, "createRuntime")]);
+            c["hooks"]["poststop"] = json!([hook(bin, "poststop")]);
+            c["linux"]["seccomp"] = profile.clone();
+        }
     }
     Ok(c)
 }
@@ -193,19 +220,27 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
         .output()?;
     ensure!(out.status.success(), "devns oci profile --base: {}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(work.join("profile.json"), &out.stdout)?;
-    let hooks = work.join("hooks.d");
-    std::fs::create_dir_all(&hooks)?;
-    for stage in ["createRuntime", "poststop"] {
-        let h = json!({ "version": "1.0.0", "hook": hook(bin, stage),
-            "when": { "annotations": { "^devns\\.io/enable$": "^true$" } }, "stages": [stage] });
-        std::fs::write(hooks.join(format!("devns-{stage}.json")), serde_json::to_vec(&h)?)?;
-    }
-    let bundles: Vec<PathBuf> = [false, true]
+    // The devns hooks, and for the floor the same hooks.d files running
+    // `/bin/true`.
+    let hooks = |dir: &str, floor: bool| -> Result<PathBuf> {
+        let hooks = work.join(dir);
+        std::fs::create_dir_all(&hooks)?;
+        for stage in ["createRuntime", "poststop"] {
+            let hook = if floor { json!({ "path": "/bin/true", "args": ["true"] }) } else { hook(bin, stage) };
+            let h = json!({ "version": "1.0.0", "hook": hook,
+                "when": { "annotations": { "^devns\\.io/enable$": "^true$" } }, "stages": [stage] });
+            std::fs::write(hooks.join(format!("devns-{stage}.json")), serde_json::to_vec(&h)?)?;
+        }
+        Ok(hooks)
+    };
+    let (hooks, floor_hooks) = (hooks("hooks.d", false)?, hooks("floor-hooks.d", true)?);
+    let bundles: Vec<PathBuf> = WAYS
         .iter()
-        .map(|&devns| -> Result<PathBuf> {
-            let dir = work.join(if devns { "with" } else { "without" });
+        .enumerate()
+        .map(|(k, &way)| -> Result<PathBuf> {
+            let dir = work.join(format!("way{k}"));
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config(bin, work, devns, &profile)?)?)?;
+            std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config(bin, work, way, &profile)?)?)?;
             Ok(dir)
         })
         .collect::<Result<_>>()?;
@@ -213,11 +248,11 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
     let parent = format!("/devns-bench-oci-{}", std::process::id());
     let mut rows = Vec::new();
     for runtime in ["runc run", "podman run (runc)"] {
-        let mut times = [Vec::new(), Vec::new()];
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
         for i in 0..WARMUP + samples {
-            // Alternating which way goes first.
-            for k in [i % 2, 1 - i % 2] {
-                let devns = k == 1;
+            // Rotating which way goes first.
+            for k in (0..WAYS.len()).map(|j| (i + j) % WAYS.len()) {
+                let way = WAYS[k];
                 let cmd = if runtime.starts_with("runc") {
                     let mut c = runc(work);
                     c.args(["run", "--bundle"]).arg(&bundles[k]).arg(format!("bench-{i}-{k}"));
@@ -244,29 +279,32 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
                         "--cgroup-parent",
                         &parent,
                     ]);
-                    if devns {
-                        c.args(["--annotation", "devns.io/enable=true", "--hooks-dir"]).arg(&hooks);
+                    if way != Way::Without {
+                        let dir = if way == Way::With { &hooks } else { &floor_hooks };
+                        c.args(["--annotation", "devns.io/enable=true", "--hooks-dir"]).arg(dir);
                         c.arg("--security-opt").arg(format!("seccomp={}", work.join("profile.json").display()));
                     }
                     c.arg("--rootfs").arg(work.join("rootfs")).args(["/bin/echo", "ready"]);
                     c
                 };
-                let t = time_to_ready(cmd).with_context(|| format!("{runtime}, devns {devns}, sample {i}"))?;
+                let t = time_to_ready(cmd).with_context(|| format!("{runtime}, way {k}, sample {i}"))?;
                 if i >= WARMUP {
                     times[k].push(t);
                 }
             }
         }
-        rows.push((runtime, common::p50_p99(times[0].clone()), common::p50_p99(times[1].clone())));
+        let [without, floor, with] = times.map(common::p50_p99);
+        rows.push((runtime, without, floor, with));
     }
-    println!("{samples} starts per way per runtime, alternating (µs):");
-    println!("| runtime | p50 without | p50 with devns | ratio | + ms | p99 without | p99 with devns | ratio |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (rt, (a50, a99), (b50, b99)) in rows {
+    println!("{samples} starts per way per runtime, rotating (µs; floor: devns's profile and /bin/true hooks):");
+    println!("| runtime | p50 without | p50 floor | p50 with devns | ratio | + ms | floor ratio | p99 without | p99 with devns | ratio |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (rt, (a50, a99), (f50, _), (b50, b99)) in rows {
         println!(
-            "| {rt} | {a50:.0} | {b50:.0} | {:.3} | {:.2} | {a99:.0} | {b99:.0} | {:.3} |",
+            "| {rt} | {a50:.0} | {f50:.0} | {b50:.0} | {:.3} | {:.2} | {:.3} | {a99:.0} | {b99:.0} | {:.3} |",
             b50 / a50,
             (b50 - a50) / 1000.0,
+            f50 / a50,
             b99 / a99
         );
     }
