@@ -26,6 +26,18 @@ pub const RET_ALLOW: u32 = 0x7fff_0000;
 pub const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 
+/// The x32 ABI's calls: x86_64's architecture, this bit in the number.
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Whether the agent serves a notified call `nr` of architecture `arch`:
+/// only x86_64's own ABI (its numbers are the ones the agent knows). A
+/// runtime's profile notifies x86 and x32 calls too; those go to the
+/// kernel (`CONTINUE`), as they would without devns, never read as
+/// x86_64's.
+pub fn served_abi(arch: u32, nr: u32) -> bool {
+    arch == AUDIT_ARCH_X86_64 && nr & X32_SYSCALL_BIT == 0
+}
+
 /// x86_64 syscall numbers of the calls devns traps.
 pub const NR_IOCTL: u32 = 16;
 pub const NR_MKNOD: u32 = 133;
@@ -212,6 +224,15 @@ mod tests {
     use proptest::prelude::*;
 
     const X86: u32 = AUDIT_ARCH_X86_64;
+
+    #[test]
+    fn only_x86_64_s_own_abi_is_served() {
+        assert!(served_abi(X86, NR_MKNOD));
+        // i386's mknod (14), and x32's (x86_64's number with the x32 bit).
+        assert!(!served_abi(0x4000_0003, 14));
+        assert!(!served_abi(0x4000_0003, NR_MKNOD));
+        assert!(!served_abi(X86, NR_MKNOD | X32_SYSCALL_BIT));
+    }
 
     #[test]
     fn traps_exactly_device_mknods_mount_and_fsopen() {

@@ -297,7 +297,9 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
         rows.push((runtime, without, floor, with));
     }
     println!("{samples} starts per way per runtime, rotating (µs; floor: devns's profile and /bin/true hooks):");
-    println!("| runtime | p50 without | p50 floor | p50 with devns | ratio | + ms | floor ratio | p99 without | p99 with devns | ratio |");
+    println!(
+        "| runtime | p50 without | p50 floor | p50 with devns | ratio | + ms | floor ratio | p99 without | p99 with devns | ratio |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (rt, (a50, a99), (f50, _), (b50, b99)) in rows {
         println!(

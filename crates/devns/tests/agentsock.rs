@@ -420,6 +420,38 @@ fn runc_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
     assert!(text.contains("fifo"), "a FIFO is the kernel's: {text}");
 }
 
+/// A 32-bit x86 call (the profiles name that architecture too, as
+/// podman's and moby's do) goes to the kernel as it would without devns:
+/// the agent serves x86_64's calls, and another ABI's numbers are other
+/// calls. Its mknod gets the kernel's EPERM (no ENOSYS, no log line);
+/// the same process's 64-bit one is the agent's.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_32_bit_call_goes_to_the_kernel_as_without_devns() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = daemon(&env, &[]);
+    let runc = common::oci::Runc::new(&env);
+    let b = common::oci::Bundle::new("agentsock-i386");
+    let out = env.devns().args(["oci", "profile", "--listener"]).arg(seccomp_sock(&env)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let profile: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(profile["architectures"].as_array().unwrap().iter().any(|a| a == "SCMP_ARCH_X86"), "{profile}");
+    b.seccomp(profile);
+    common::oci::copy_with_libs(&b.rootfs(), Path::new(TESTBIN), Path::new("/bin/devns-testbin"));
+    b.edit(|c| c["process"]["env"].as_array_mut().unwrap().push(serde_json::json!("DEVNS_I386_PATH=/tmp/node")));
+    b.args(&["/bin/devns-testbin", "i386-mknod"]);
+    let out = runc.run(&b);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("i386=1 x86_64=1"), "both EPERM, the first the kernel's: {text}");
+    common::eventually("the agent answered the 64-bit mknod", || log_lines(&env, "devns::agent").len() == 1);
+    let agent = log_lines(&env, "devns::agent");
+    assert!(agent[0].contains("mknod"), "{agent:?}");
+}
+
 /// `runc exec` gives each process it starts the container's filter anew
 /// and passes that listener too: its calls are the agent's as well (one
 /// more listener of the same namespace), while a second one claiming to be

@@ -113,8 +113,12 @@ impl Listener {
     pub fn answer(&mut self, n: &devns_sys::seccomp::Notif, policy: &mut dyn Policy) -> Option<NotifResp> {
         let listener = self.fd.as_fd();
         let nr = n.data.nr as u32;
-        let device = if nr == NR_MKNOD || nr == NR_MKNODAT { mknod::device_of(n) } else { None };
+        let served = devns_core::seccomp::served_abi(n.data.arch, nr);
+        let device = if served && (nr == NR_MKNOD || nr == NR_MKNODAT) { mknod::device_of(n) } else { None };
         let answer = match (nr, device, self.last.caller(n.pid)) {
+            // Another ABI's call (a profile names x86 and x32 too): its
+            // numbers are other calls, and the kernel's as without devns.
+            _ if !served => Answer::Continue,
             // A FIFO, socket or file: the kernel's, whoever asks.
             (NR_MKNOD | NR_MKNODAT, None, _) => Answer::Continue,
             (_, _, Err(e)) => unreadable(listener, n.id, n.pid, e),

@@ -39,7 +39,7 @@ pub fn id_block() -> u32 {
 }
 
 /// Copies `file` (and the libraries it links) into `root` at the same path.
-fn copy_with_libs(root: &Path, file: &Path, to: &Path) {
+pub fn copy_with_libs(root: &Path, file: &Path, to: &Path) {
     let ldd = Command::new("ldd").arg(file).output().expect("ldd");
     let libs = String::from_utf8_lossy(&ldd.stdout)
         .lines()

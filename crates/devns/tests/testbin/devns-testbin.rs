@@ -21,6 +21,7 @@ const ROLES: &[Role] = &[
     ("bpf", &["DEVNS_BPF_CHILD"], bpf::bpf),
     ("filtered", &[], holder::filtered),
     ("filtered-shell", &["DEVNS_SHELL"], runtime::filtered_shell),
+    ("i386-mknod", &["DEVNS_I386_PATH"], mknod::i386),
     ("holder-peer", &["DEVNS_HOLDER_SOCK"], holder::peer),
     ("loop-ioctls", &["DEVNS_LOOP_OPS"], loops::ioctls),
     ("loop-ops", &["DEVNS_SEC_OPS"], loops::ops),

@@ -136,3 +136,47 @@ pub fn signal_storm() {
     let sent = storm.join().unwrap();
     println!("STORM {} {sent}", serde_json::to_string(&errnos).unwrap());
 }
+
+/// `mknod(DEVNS_I386_PATH, S_IFCHR|0600, 1:3)` made twice: through the
+/// 32-bit x86 system call entry (`int 0x80`, syscall 14, as a 32-bit
+/// program makes it) and as a 64-bit call; prints `i386=E x86_64=E`, each
+/// 0 or the errno.
+pub fn i386() {
+    let path = CString::new(super::var("DEVNS_I386_PATH")).unwrap();
+    let bytes = path.as_bytes_with_nul();
+    // SAFETY: a fresh anonymous private mapping, below 4 GiB (the 32-bit
+    // entry takes 32-bit pointers), not aliased by anything.
+    let low = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(low, libc::MAP_FAILED, "mmap below 4 GiB");
+    // SAFETY: the mapping is 4096 writable bytes; the path is shorter.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), low.cast::<u8>(), bytes.len().min(4095)) };
+    let ret: i32;
+    // SAFETY: `int 0x80` is the kernel's 32-bit entry; its mknod reads
+    // the NUL-terminated path at `low` and changes no memory of ours. rbx
+    // (its first argument) is LLVM's: swapped in and back around the call.
+    unsafe {
+        std::arch::asm!(
+            "xchg {p:r}, rbx",
+            "int 0x80",
+            "xchg {p:r}, rbx",
+            p = inout(reg) low as u64 => _,
+            inlateout("eax") 14i32 => ret,
+            in("ecx") libc::S_IFCHR | 0o600,
+            in("edx") 0x103u32,
+        );
+    }
+    let i386 = if ret < 0 { -ret } else { 0 };
+    let _ = std::fs::remove_file(path.to_str().unwrap());
+    let x86_64 = mk(&path);
+    let _ = std::fs::remove_file(path.to_str().unwrap());
+    println!("i386={i386} x86_64={x86_64}");
+}
