@@ -326,6 +326,28 @@ fn the_profile_is_printed_and_a_bad_base_is_one_line_and_125() {
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("devns: cannot read the base profile /nonexistent"));
 }
 
+/// The profile's listener is where the daemon serves: the config's
+/// `seccomp_socket` when set (the flag and `DEVNS_SECCOMP_SOCKET` still
+/// before it), and a bad config one line, nothing printed.
+#[test]
+fn the_profile_s_listener_is_the_config_s_seccomp_socket() {
+    let env = Env::new();
+    let listener = |c: &mut std::process::Command| -> Value {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["listenerPath"].clone()
+    };
+    std::fs::write(env.config(), "seccomp_socket = \"/run/elsewhere/seccomp.sock\"\n").unwrap();
+    assert_eq!(listener(env.devns().args(["oci", "profile"])), "/run/elsewhere/seccomp.sock");
+    assert_eq!(listener(env.devns().args(["oci", "profile", "--listener", "/s"])), "/s");
+    assert_eq!(listener(env.devns().env("DEVNS_SECCOMP_SOCKET", "/e").args(["oci", "profile"])), "/e");
+    std::fs::write(env.config(), "seccomp_socket = 3\n").unwrap();
+    let out = env.devns().args(["oci", "profile"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("config.toml") && err.lines().count() == 1 && out.stdout.is_empty(), "{err}");
+}
+
 /// A seccomp agent socket that takes each listener and closes it at once:
 /// the kernel then fails every trapped call with `ENOSYS`, which tells a
 /// trapped call from one the filter let through. Stops on drop.

@@ -32,8 +32,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
     }
 }
 
-/// The daemon's seccomp agent socket: `seccomp.sock` beside the API
-/// socket, unless given.
-pub fn listener(socket: &Path, given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| devns_core::layout::seccomp_socket(socket))
+/// The daemon's seccomp agent socket, as the daemon finds it: the one
+/// given, else the config's `seccomp_socket`, else `seccomp.sock` beside
+/// the API socket.
+pub fn listener(socket: &Path, given: Option<PathBuf>, cfg: &devns_core::config::Config) -> PathBuf {
+    given.or_else(|| cfg.seccomp_socket.clone()).unwrap_or_else(|| devns_core::layout::seccomp_socket(socket))
 }

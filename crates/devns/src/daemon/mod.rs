@@ -161,11 +161,7 @@ pub fn run(opts: Options) -> Result<()> {
     host::require_host_root("devns daemon")?;
     limits::raise_fd_limit();
     let cfg = config::load(&opts.config)?;
-    let seccomp_socket = opts
-        .seccomp_socket
-        .clone()
-        .or_else(|| cfg.seccomp_socket.clone())
-        .unwrap_or_else(|| devns_core::layout::seccomp_socket(&opts.socket));
+    let seccomp_socket = crate::commands::oci::listener(&opts.socket, opts.seccomp_socket.clone(), &cfg);
     let store = Store::open(&opts.state_dir)?;
     let daemon_lock =
         store.try_hold("daemon.lock")?.ok_or_else(|| anyhow!("another devns daemon uses {}", store.dir().display()))?;

@@ -14,7 +14,8 @@ pub struct Args {
     /// The profile to start from: a seccomp profile file, or a config.json.
     #[arg(long, value_name = "FILE")]
     pub base: Option<PathBuf>,
-    /// The seccomp agent socket (default: seccomp.sock beside --socket).
+    /// The seccomp agent socket (default: the config's seccomp_socket, else
+    /// seccomp.sock beside --socket).
     #[arg(long, value_name = "PATH", env = "DEVNS_SECCOMP_SOCKET")]
     pub listener: Option<PathBuf>,
     /// listenerMetadata, handed to the agent with each listener.
@@ -34,7 +35,8 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
             ociprofile::parse_base(&bytes).with_context(|| format!("bad base profile {shown}"))?
         }
     };
-    let listener = super::listener(&global.socket, args.listener);
+    let cfg = crate::config::load(&global.config)?;
+    let listener = super::listener(&global.socket, args.listener, &cfg);
     let listener = listener.to_str().context("the listener path is not UTF-8")?;
     let profile = ociprofile::build(base, listener, args.metadata.as_deref()).context("bad base profile")?;
     println!("{}", serde_json::to_string_pretty(&profile)?);
