@@ -472,7 +472,15 @@ pub fn remove_cgroup_tree(dir: &Path) {
             remove_cgroup_tree(&e.path());
         }
     }
-    let _ = std::fs::remove_dir(dir);
+    // A process still on its way out (podman's conmon, just after `podman
+    // rm`) keeps its cgroup busy for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Err(e) = std::fs::remove_dir(dir) {
+        if e.raw_os_error() != Some(rustix::io::Errno::BUSY.raw_os_error()) || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// A wrapper script for runtimes that pass the runtime nothing of their
