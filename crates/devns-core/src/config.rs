@@ -48,6 +48,16 @@ fn default_global() -> Vec<String> {
     DEFAULT_GLOBAL.iter().map(|s| (*s).to_owned()).collect()
 }
 
+impl Config {
+    /// Where the daemon serves its seccomp agent: `given` (a flag or
+    /// `DEVNS_SECCOMP_SOCKET`), else `seccomp_socket`, else `seccomp.sock`
+    /// beside `api_socket`. The daemon, `devns oci profile` and the
+    /// runtime wrapper all find it so.
+    pub fn agent_socket(&self, api_socket: &std::path::Path, given: Option<std::path::PathBuf>) -> std::path::PathBuf {
+        given.or_else(|| self.seccomp_socket.clone()).unwrap_or_else(|| crate::layout::seccomp_socket(api_socket))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config { global: default_global(), loop_limit: default_loop_limit(), device_policy: true, seccomp_socket: None }
@@ -145,6 +155,10 @@ mod tests {
         assert_eq!(Config::parse("", "c.toml").unwrap().seccomp_socket, None);
         let c = Config::parse("seccomp_socket = \"/run/s.sock\"\n", "c.toml").unwrap();
         assert_eq!(c.seccomp_socket.as_deref(), Some(std::path::Path::new("/run/s.sock")));
+        let api = std::path::Path::new("/run/devns/devns.sock");
+        assert_eq!(c.agent_socket(api, None), std::path::Path::new("/run/s.sock"));
+        assert_eq!(c.agent_socket(api, Some("/g".into())), std::path::Path::new("/g"));
+        assert_eq!(Config::default().agent_socket(api, None), std::path::Path::new("/run/devns/seccomp.sock"));
         for bad in ["rel.sock".to_owned(), format!("/{}", "x".repeat(107))] {
             let e = Config::parse(&format!("\nseccomp_socket = \"{bad}\"\n"), "c.toml").unwrap_err();
             assert_eq!(e.line.map(|l| l.0), Some(2), "{e}");

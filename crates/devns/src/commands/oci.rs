@@ -7,7 +7,6 @@ pub mod runtime;
 
 use super::Global;
 use clap::Subcommand;
-use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,11 +29,4 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
         Oci::Profile(a) => profile::run(global, a),
         Oci::Runtime(a) => runtime::run(global, a),
     }
-}
-
-/// The daemon's seccomp agent socket, as the daemon finds it: the one
-/// given, else the config's `seccomp_socket`, else `seccomp.sock` beside
-/// the API socket.
-pub fn listener(socket: &Path, given: Option<PathBuf>, cfg: &devns_core::config::Config) -> PathBuf {
-    given.or_else(|| cfg.seccomp_socket.clone()).unwrap_or_else(|| devns_core::layout::seccomp_socket(socket))
 }

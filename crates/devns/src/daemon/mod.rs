@@ -161,7 +161,7 @@ pub fn run(opts: Options) -> Result<()> {
     host::require_host_root("devns daemon")?;
     limits::raise_fd_limit();
     let cfg = config::load(&opts.config)?;
-    let seccomp_socket = crate::commands::oci::listener(&opts.socket, opts.seccomp_socket.clone(), &cfg);
+    let seccomp_socket = cfg.agent_socket(&opts.socket, opts.seccomp_socket.clone());
     let store = Store::open(&opts.state_dir)?;
     let daemon_lock =
         store.try_hold("daemon.lock")?.ok_or_else(|| anyhow!("another devns daemon uses {}", store.dir().display()))?;

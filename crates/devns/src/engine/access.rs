@@ -66,10 +66,11 @@ impl Engine {
         if created {
             crate::cgroup::create(&path)?;
         }
-        let policy = match self.spare.take() {
-            Some(p) => AccessPolicy::with(&path, created, p)?,
-            None => AccessPolicy::new(&path, created)?,
+        let prepared = match self.spare.take() {
+            Some(p) => p,
+            None => crate::bpf::Prepared::new(&path)?,
         };
+        let policy = AccessPolicy::with(&path, created, prepared)?;
         self.kept.get_mut(&id).context("namespace vanished")?.access = Some(policy);
         self.reconcile(id, &Scope::All)?;
         let ns = self.kept.get_mut(&id).context("namespace vanished")?;

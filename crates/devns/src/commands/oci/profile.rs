@@ -36,7 +36,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         }
     };
     let cfg = crate::config::load(&global.config)?;
-    let listener = super::listener(&global.socket, args.listener, &cfg);
+    let listener = cfg.agent_socket(&global.socket, args.listener);
     let listener = listener.to_str().context("the listener path is not UTF-8")?;
     let profile = ociprofile::build(base, listener, args.metadata.as_deref()).context("bad base profile")?;
     println!("{}", serde_json::to_string_pretty(&profile)?);

@@ -77,7 +77,7 @@ fn prepare(global: &Global, bundle: &OsStr, all: bool) -> Result<()> {
     let policy = crate::config::load(&global.config)?;
     let devns = std::env::current_exe().context("devns's own path (/proc/self/exe)")?;
     let socket = absolute(&global.socket)?;
-    let listener = super::listener(&socket, std::env::var_os("DEVNS_SECCOMP_SOCKET").map(PathBuf::from), &policy);
+    let listener = policy.agent_socket(&socket, std::env::var_os("DEVNS_SECCOMP_SOCKET").map(PathBuf::from));
     let utf8 = |p: &Path| p.to_str().map(str::to_owned).with_context(|| format!("{} is not UTF-8", p.display()));
     let (devns, socket, listener) = (utf8(&devns)?, utf8(&socket)?, utf8(&absolute(&listener)?)?);
     let (state_dir, config) = (utf8(&absolute(&global.state_dir)?)?, utf8(&absolute(&global.config)?)?);
