@@ -66,10 +66,18 @@ pub struct NotifSizes {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Daemon {
     /// It answered a request.
-    Running { socket: String, namespaces: usize },
-    NotRunning { socket: String },
+    Running {
+        socket: String,
+        namespaces: usize,
+    },
+    NotRunning {
+        socket: String,
+    },
     /// Something is there but did not answer as a daemon.
-    Unreachable { socket: String, why: String },
+    Unreachable {
+        socket: String,
+        why: String,
+    },
 }
 
 /// Everything the shell found, one field per probe.
@@ -157,7 +165,10 @@ fn kernel(f: &Findings) -> Line {
             "kernel",
             false,
             Status::Warn,
-            format!("{} is older than {maj}.{min}, the first with all devns uses: see the lines below", f.kernel_release),
+            format!(
+                "{} is older than {maj}.{min}, the first with all devns uses: see the lines below",
+                f.kernel_release
+            ),
         ),
         None => line("kernel", false, Status::Warn, format!("cannot read the version in {:?}", f.kernel_release)),
     }
@@ -185,7 +196,9 @@ fn user_namespaces(f: &Findings) -> Line {
             CHECK,
             true,
             Status::Warn,
-            format!("kernel.unprivileged_userns_clone is 0: devns (root) can make them, rootless runtimes cannot; {max}"),
+            format!(
+                "kernel.unprivileged_userns_clone is 0: devns (root) can make them, rootless runtimes cannot; {max}"
+            ),
         );
     }
     if f.apparmor_restrict_userns == Some(1) {

@@ -53,6 +53,44 @@ pub fn install_with_listener(prog: &[SockFilter]) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+const SECCOMP_GET_NOTIF_SIZES: libc::c_uint = 3;
+
+/// `struct seccomp_notif_sizes`: the kernel's sizes of `seccomp_notif`,
+/// `seccomp_notif_resp` and `seccomp_data` (Linux 5.0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NotifSizes {
+    pub notif: u16,
+    pub resp: u16,
+    pub data: u16,
+}
+
+/// The kernel's notification struct sizes (`SECCOMP_GET_NOTIF_SIZES`);
+/// `EINVAL` before user notification existed.
+pub fn notif_sizes() -> io::Result<NotifSizes> {
+    let mut sizes = NotifSizes::default();
+    // SAFETY: GET_NOTIF_SIZES writes one `struct seccomp_notif_sizes` into
+    // `sizes`, which lives through the call; it changes no filter.
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &mut sizes as *mut NotifSizes) };
+    if r < 0 { Err(last_errno()) } else { Ok(sizes) }
+}
+
+/// Whether this kernel knows `WAIT_KILLABLE_RECV`, asked without
+/// installing anything: a filter call with known flags and no program
+/// fails with `EFAULT` (copying the program), unknown flags with `EINVAL`.
+pub fn knows_wait_killable_recv() -> io::Result<bool> {
+    let flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+    // SAFETY: a null program: the kernel checks the flags, then fails to
+    // copy the program; nothing is installed and no memory is touched.
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, std::ptr::null::<SockFprog>()) };
+    match (r, last_errno()) {
+        (0.., _) => Err(io::Errno::NOTSUP),
+        (_, io::Errno::FAULT) => Ok(true),
+        (_, io::Errno::INVAL) => Ok(false),
+        (_, e) => Err(e),
+    }
+}
+
 /// `struct seccomp_data`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -124,7 +124,11 @@ fn optional_features_missing_only_warn() {
         ("cgroup2", Box::new(|f| f.cgroup2_mount = None), "devns mounts its own"),
         ("userns", Box::new(|f| f.unprivileged_userns_clone = Some(0)), "rootless runtimes cannot"),
         ("userns", Box::new(|f| f.apparmor_restrict_userns = Some(1)), "apparmor"),
-        ("daemon", Box::new(|f| f.daemon = Daemon::NotRunning { socket: "/run/devns/devns.sock".into() }), "not running"),
+        (
+            "daemon",
+            Box::new(|f| f.daemon = Daemon::NotRunning { socket: "/run/devns/devns.sock".into() }),
+            "not running",
+        ),
         (
             "daemon",
             Box::new(|f| f.daemon = Daemon::Unreachable { socket: "/s".into(), why: "permission denied".into() }),
