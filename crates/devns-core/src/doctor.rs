@@ -191,27 +191,23 @@ fn user_namespaces(f: &Findings) -> Line {
         return l;
     }
     let max = f.max_user_namespaces.map(|m| format!("max_user_namespaces {m}")).unwrap_or_default();
-    if f.unprivileged_userns_clone == Some(0) {
-        return line(
+    // Limits on unprivileged users: devns (root) is not bound by them.
+    let limit = if f.unprivileged_userns_clone == Some(0) {
+        Some("kernel.unprivileged_userns_clone is 0")
+    } else if f.apparmor_restrict_userns == Some(1) {
+        Some("kernel.apparmor_restrict_unprivileged_userns is 1")
+    } else {
+        None
+    };
+    match limit {
+        Some(limit) => line(
             CHECK,
             true,
             Status::Warn,
-            format!(
-                "kernel.unprivileged_userns_clone is 0: devns (root) can make them, rootless runtimes cannot; {max}"
-            ),
-        );
+            format!("{limit}: devns (root) can make them, rootless runtimes cannot; {max}"),
+        ),
+        None => line(CHECK, true, Status::Ok, max),
     }
-    if f.apparmor_restrict_userns == Some(1) {
-        return line(
-            CHECK,
-            true,
-            Status::Warn,
-            format!(
-                "kernel.apparmor_restrict_unprivileged_userns is 1: devns (root) can make them, unconfined rootless runtimes cannot; {max}"
-            ),
-        );
-    }
-    line(CHECK, true, Status::Ok, max)
 }
 
 fn seccomp_notify(f: &Findings) -> Line {

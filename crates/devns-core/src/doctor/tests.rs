@@ -1,5 +1,8 @@
 use super::*;
 
+/// A change that breaks one thing of a healthy host.
+type Break = Box<dyn Fn(&mut Findings)>;
+
 const SIZES: NotifSizes = NotifSizes { notif: 80, resp: 24, data: 64 };
 
 /// A host where everything works.
@@ -83,7 +86,7 @@ fn a_healthy_host_is_all_ok_and_exits_0() {
 #[test]
 fn each_required_feature_missing_fails_the_run() {
     let gone = || Probe::Unsupported("ENOSYS".into());
-    let cases: Vec<(&str, Box<dyn Fn(&mut Findings)>)> = vec![
+    let cases: Vec<(&str, Break)> = vec![
         ("userns", Box::new(|f| f.max_user_namespaces = Some(0))),
         ("userns", Box::new(move |f| f.userns_create = Probe::Failed("EPERM in clone".into()))),
         ("ns-id", Box::new(move |f| f.ns_id = gone())),
@@ -111,7 +114,7 @@ fn each_required_feature_missing_fails_the_run() {
 #[test]
 fn optional_features_missing_only_warn() {
     let gone = || Probe::Unsupported("EINVAL".into());
-    let cases: Vec<(&str, Box<dyn Fn(&mut Findings)>, &str)> = vec![
+    let cases: Vec<(&str, Break, &str)> = vec![
         ("seccomp-wait-killable", Box::new(move |f| f.seccomp_wait_killable = gone()), "restarted"),
         ("seccomp-sync-wakeup", Box::new(move |f| f.seccomp_sync_wakeup = gone()), "longer"),
         ("uevent-netns", Box::new(move |f| f.uevent_netns = gone()), "hotplug"),
@@ -123,7 +126,7 @@ fn optional_features_missing_only_warn() {
         ("subgid", Box::new(|f| f.subgid.1 = Some("alice:100000:65536\n".into())), "gives root no range"),
         ("cgroup2", Box::new(|f| f.cgroup2_mount = None), "devns mounts its own"),
         ("userns", Box::new(|f| f.unprivileged_userns_clone = Some(0)), "rootless runtimes cannot"),
-        ("userns", Box::new(|f| f.apparmor_restrict_userns = Some(1)), "apparmor"),
+        ("userns", Box::new(|f| f.apparmor_restrict_userns = Some(1)), "apparmor_restrict"),
         (
             "daemon",
             Box::new(|f| f.daemon = Daemon::NotRunning { socket: "/run/devns/devns.sock".into() }),
