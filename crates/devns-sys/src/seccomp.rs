@@ -199,3 +199,30 @@ pub fn recv_into(listener: impl AsFd, into: &[std::sync::atomic::AtomicU64]) -> 
     // kernel's write) is allowed, and no non-atomic reference to it exists.
     check(unsafe { libc::ioctl(listener.as_fd().as_raw_fd(), NOTIF_RECV, ptr) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// devns's structs are the kernel's (any user may ask; nothing changes).
+    #[test]
+    fn the_kernel_s_notification_sizes_are_devns_s() {
+        let s = notif_sizes().expect("SECCOMP_GET_NOTIF_SIZES");
+        assert_eq!(
+            (s.notif as usize, s.resp as usize, s.data as usize),
+            (size_of::<Notif>(), size_of::<NotifResp>(), size_of::<SeccompData>())
+        );
+    }
+
+    /// This kernel (6.18) knows the flag, and asking installs no filter.
+    #[test]
+    fn wait_killable_recv_is_known_and_asking_installs_nothing() {
+        let filters = || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            status.lines().find(|l| l.starts_with("Seccomp_filters:")).map(str::to_owned)
+        };
+        let before = filters();
+        assert_eq!(knows_wait_killable_recv(), Ok(true));
+        assert_eq!(filters(), before);
+    }
+}

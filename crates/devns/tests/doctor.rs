@@ -83,6 +83,28 @@ fn no_daemon_is_a_warning_and_a_bad_config_fails() {
     assert!(text.lines().any(|l| l.starts_with("missing config ")), "{text}");
 }
 
+/// Run by another user, the checks that need root are warnings that say
+/// so, not missing features.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn as_another_user_what_needs_root_only_warns() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_devns"), "doctor"]);
+    let o = env.devns_env(&mut c).output().expect("setpriv devns doctor");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.lines().next().is_some_and(|l| l.starts_with("warn    root ")), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("missing")), "{text}");
+    for check in ["mount-api", "bpf-device"] {
+        let l = text.lines().find(|l| l.split_whitespace().nth(1) == Some(check)).expect(check);
+        assert!(l.starts_with("warn") && l.ends_with("(run devns doctor as root)"), "{l}");
+    }
+}
+
 /// `devns generate completions SHELL`, checked by SHELL's own parser.
 fn completions_parse(shell: &str, check: &[&str]) {
     let o = Command::new(env!("CARGO_BIN_EXE_devns")).args(["generate", "completions", shell]).output().unwrap();
