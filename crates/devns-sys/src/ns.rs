@@ -91,3 +91,13 @@ pub fn unshare_cgroup() -> io::Result<()> {
     // only how cgroup paths are shown to and resolved by this thread.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWCGROUP) }
 }
+
+/// Moves the calling thread into a new, empty network namespace
+/// (`unshare(CLONE_NEWNET)`): for a thread that ends afterwards, so that
+/// the namespace goes with it.
+pub fn unshare_net() -> io::Result<()> {
+    // SAFETY: of unshare's flags only CLONE_FILES (absent here) can change
+    // what the fds of this process refer to; a new network namespace only
+    // changes which network this thread's new sockets belong to.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+}

@@ -53,6 +53,44 @@ pub fn install_with_listener(prog: &[SockFilter]) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+const SECCOMP_GET_NOTIF_SIZES: libc::c_uint = 3;
+
+/// `struct seccomp_notif_sizes`: the kernel's sizes of `seccomp_notif`,
+/// `seccomp_notif_resp` and `seccomp_data` (Linux 5.0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NotifSizes {
+    pub notif: u16,
+    pub resp: u16,
+    pub data: u16,
+}
+
+/// The kernel's notification struct sizes (`SECCOMP_GET_NOTIF_SIZES`);
+/// `EINVAL` before user notification existed.
+pub fn notif_sizes() -> io::Result<NotifSizes> {
+    let mut sizes = NotifSizes::default();
+    // SAFETY: GET_NOTIF_SIZES writes one `struct seccomp_notif_sizes` into
+    // `sizes`, which lives through the call; it changes no filter.
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &mut sizes as *mut NotifSizes) };
+    if r < 0 { Err(last_errno()) } else { Ok(sizes) }
+}
+
+/// Whether this kernel knows `WAIT_KILLABLE_RECV`, asked without
+/// installing anything: a filter call with known flags and no program
+/// fails with `EFAULT` (copying the program), unknown flags with `EINVAL`.
+pub fn knows_wait_killable_recv() -> io::Result<bool> {
+    let flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+    // SAFETY: a null program: the kernel checks the flags, then fails to
+    // copy the program; nothing is installed and no memory is touched.
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, std::ptr::null::<SockFprog>()) };
+    match (r, last_errno()) {
+        (0.., _) => Err(io::Errno::NOTSUP),
+        (_, io::Errno::FAULT) => Ok(true),
+        (_, io::Errno::INVAL) => Ok(false),
+        (_, e) => Err(e),
+    }
+}
+
 /// `struct seccomp_data`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -160,4 +198,31 @@ pub fn recv_into(listener: impl AsFd, into: &[std::sync::atomic::AtomicU64]) -> 
     // atomics, so memory that changes behind Rust's back (here: the
     // kernel's write) is allowed, and no non-atomic reference to it exists.
     check(unsafe { libc::ioctl(listener.as_fd().as_raw_fd(), NOTIF_RECV, ptr) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// devns's structs are the kernel's (any user may ask; nothing changes).
+    #[test]
+    fn the_kernel_s_notification_sizes_are_devns_s() {
+        let s = notif_sizes().expect("SECCOMP_GET_NOTIF_SIZES");
+        assert_eq!(
+            (s.notif as usize, s.resp as usize, s.data as usize),
+            (size_of::<Notif>(), size_of::<NotifResp>(), size_of::<SeccompData>())
+        );
+    }
+
+    /// This kernel (6.18) knows the flag, and asking installs no filter.
+    #[test]
+    fn wait_killable_recv_is_known_and_asking_installs_nothing() {
+        let filters = || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            status.lines().find(|l| l.starts_with("Seccomp_filters:")).map(str::to_owned)
+        };
+        let before = filters();
+        assert_eq!(knows_wait_killable_recv(), Ok(true));
+        assert_eq!(filters(), before);
+    }
 }

@@ -20,6 +20,7 @@ pub mod host;
 pub mod journal;
 pub mod layout;
 pub mod loopctl;
+pub mod probes;
 pub mod reconcile;
 pub mod refusal;
 pub mod store;

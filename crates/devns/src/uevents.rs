@@ -21,6 +21,28 @@ pub fn socket() -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Has the kernel broadcast `event` (a kernel-format uevent) in the network
+/// namespace of `sock`, a `NETLINK_KOBJECT_UEVENT` socket there, as its own
+/// (UEVENT_SEND: sender port 0, a fresh SEQNUM), the request sent with
+/// credentials `uid`/`gid` (host root may state any; udev wants root's as
+/// it sees them), stated for this one message rather than taken on.
+pub fn send_as_kernel(sock: &OwnedFd, event: &[u8], uid: u32, gid: u32) -> rustix::io::Result<()> {
+    let req = devns_core::uevent::kernel_send_request(event);
+    let to = SocketAddrNetlink::new(0, 0);
+    let creds = rustix::net::UCred {
+        pid: rustix::process::getpid(),
+        uid: rustix::process::Uid::from_raw(uid),
+        gid: rustix::process::Gid::from_raw(gid),
+    };
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+    let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !cmsg.push(rustix::net::SendAncillaryMessage::ScmCredentials(creds)) {
+        return Err(rustix::io::Errno::NOBUFS);
+    }
+    rustix::net::sendmsg_addr(sock, &to, &[std::io::IoSlice::new(&req)], &mut cmsg, rustix::net::SendFlags::DONTWAIT)
+        .map(|_| ())
+}
+
 /// What draining found beyond the events.
 pub enum Drained {
     Empty,

@@ -3,7 +3,9 @@
 pub mod assign;
 pub mod attach;
 pub mod daemon;
+pub mod doctor;
 pub mod events;
+pub mod generate;
 pub mod global;
 pub mod hold;
 pub mod hook;
@@ -72,6 +74,11 @@ pub enum Command {
     Hook(hook::Args),
     /// For container runtimes: a seccomp profile, a runtime wrapper.
     Oci(oci::Args),
+    /// Check what devns needs on this host: one line per kernel feature,
+    /// file and service (ok, warn or missing, and why).
+    Doctor(doctor::Args),
+    /// Man pages and shell completions, for packagers.
+    Generate(generate::Args),
     /// Hold the daemon's seccomp listeners while no daemon runs (started
     /// by the daemon).
     #[command(hide = true)]
@@ -93,6 +100,8 @@ impl Command {
             Command::Events(a) => events::run(global, a),
             Command::Hook(a) => hook::run(global, a),
             Command::Oci(a) => oci::run(global, a),
+            Command::Doctor(a) => doctor::run(global, a),
+            Command::Generate(a) => generate::run(global, a),
             Command::Hold(a) => hold::run(global, a),
         }
     }

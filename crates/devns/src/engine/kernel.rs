@@ -141,29 +141,8 @@ pub(crate) fn unmount_orphan_views(views: &Path, live: &[NsId]) {
 /// sender's credentials to be root's as it sees them: the request goes out
 /// with the real uid/gid of the namespace's root for that one call.
 pub(crate) fn send_uevent(sock: &OwnedFd, payload: &[u8], uids: &IdMap, gids: &IdMap, overflow: (u32, u32), id: NsId) {
-    let req = devns_core::uevent::kernel_send_request(payload);
-    let to = rustix::net::netlink::SocketAddrNetlink::new(0, 0);
     let (root_uid, root_gid) = (uids.carry(0, overflow.0), gids.carry(0, overflow.1));
-    // The credentials it goes out with, stated for this one message (host
-    // root may state any), rather than taken on and given back.
-    let creds = rustix::net::UCred {
-        pid: rustix::process::getpid(),
-        uid: rustix::process::Uid::from_raw(root_uid),
-        gid: rustix::process::Gid::from_raw(root_gid),
-    };
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
-    let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
-    let sent = if cmsg.push(rustix::net::SendAncillaryMessage::ScmCredentials(creds)) {
-        rustix::net::sendmsg_addr(
-            sock,
-            &to,
-            &[std::io::IoSlice::new(&req)],
-            &mut cmsg,
-            rustix::net::SendFlags::DONTWAIT,
-        )
-    } else {
-        Err(rustix::io::Errno::NOBUFS)
-    };
+    let sent = crate::uevents::send_as_kernel(sock, payload, root_uid, root_gid);
     if let Err(e) = sent {
         tracing::debug!(ns = %id, error = %e, "cannot deliver a uevent");
     }
