@@ -3,6 +3,7 @@
 //! how long, and whether the listener it passed is taken. The message
 //! itself is parsed by `crate::oci`.
 
+use crate::hook;
 use crate::oci::{self, MAX_PROCESS_STATE_BYTES};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub enum Refusal {
     UnknownExec(String),
     #[error("its user namespace {0} has {MAX_PER_NAMESPACE} listeners served already")]
     TooManyListeners(u64),
+    #[error("{0}")]
+    Asked(#[from] hook::HookError),
 }
 
 /// Whether what a connection sent so far is to be decided now: a whole
@@ -103,11 +106,17 @@ pub struct Facts {
     pub pid_ns: Option<u64>,
 }
 
-/// The listener taken: which namespace it is tagged with.
+/// The listener taken: which namespace it is tagged with, and what its
+/// container asked of devns when this is its init's listener and the
+/// container asked (its annotations, as a hook reads them): the
+/// namespace is brought under devns at the first call the listener traps
+/// (the container's first `execve`, after `pivot_root`, before any of its
+/// code runs), unless a hook did so before.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Taken {
     pub ns: u64,
     pub container: String,
+    pub attach: Option<hook::Wanted>,
 }
 
 /// Whether the listener of message `m` is taken.
@@ -127,7 +136,7 @@ pub fn take(m: &oci::Listener, f: &Facts, host_ns: u64, served: &Served) -> Resu
         if served.namespaces.get(&ns).is_some_and(|&n| n >= MAX_PER_NAMESPACE) {
             return Err(Refusal::TooManyListeners(ns));
         }
-        return Ok(Taken { ns, container });
+        return Ok(Taken { ns, container, attach: None });
     }
     let ns = f.pid_ns.ok_or(Refusal::NoProcess(pid))?;
     if ns == host_ns {
@@ -146,12 +155,21 @@ pub fn take(m: &oci::Listener, f: &Facts, host_ns: u64, served: &Served) -> Resu
         if n >= MAX_PER_NAMESPACE {
             return Err(Refusal::TooManyListeners(ns));
         }
-        return Ok(Taken { ns, container });
+        return Ok(Taken { ns, container, attach: None });
     }
     if served.containers.contains_key(&container) {
         return Err(Refusal::ContainerServed(container));
     }
-    Ok(Taken { ns, container })
+    let attach = hook::wanted(&m.state.state)?;
+    Ok(Taken { ns, container, attach })
+}
+
+/// The process (thread group) of a trapped call's thread, from its
+/// `/proc/TID/status` (`Tgid:`): a notification names the calling
+/// thread, and runc's Go init may `execve` from any of its threads.
+pub fn thread_group(status: &[u8]) -> Option<i32> {
+    let line = status.split(|b| *b == b'\n').find_map(|l| l.strip_prefix(b"Tgid:"))?;
+    std::str::from_utf8(line).ok()?.trim().parse().ok().filter(|p| *p > 0)
 }
 
 #[cfg(test)]
@@ -201,7 +219,7 @@ mod tests {
     fn a_listener_of_a_container_in_its_own_namespace_is_taken() {
         let m = message("web", 40, r#"["seccompFd"]"#);
         let t = take(&m, &OK, 1, &Served::default()).unwrap();
-        assert_eq!(t, Taken { ns: 7, container: "web".into() });
+        assert_eq!(t, Taken { ns: 7, container: "web".into(), attach: None });
         // Another container's, in another namespace, beside it.
         let served = Served { namespaces: [(8, 1)].into(), containers: [("db".into(), 8)].into() };
         assert!(take(&m, &OK, 1, &served).is_ok());
@@ -220,7 +238,7 @@ mod tests {
     fn the_listeners_of_processes_exec_starts_in_a_served_container_are_taken_up_to_a_bound() {
         let served = |n| Served { namespaces: [(7, n)].into(), containers: [("web".into(), 7)].into() };
         let exec = exec_message("web", 41, 40);
-        assert_eq!(take(&exec, &OK, 1, &served(1)), Ok(Taken { ns: 7, container: "web".into() }));
+        assert_eq!(take(&exec, &OK, 1, &served(1)), Ok(Taken { ns: 7, container: "web".into(), attach: None }));
         // After a restart the container's id is not known: its namespace is.
         let after_restart = Served { namespaces: [(7, 1)].into(), ..Served::default() };
         assert!(take(&exec, &OK, 1, &after_restart).is_ok());
@@ -235,7 +253,7 @@ mod tests {
         let crun = r#"{"ociVersion":"0.2.0","fds":["seccompFd"],"pid":0,"state":{"ociVersion":"0.2.0","id":"web","status":"running","pid":0,"bundle":"."}}"#;
         let crun = oci::parse_process_state(crun.as_bytes()).unwrap();
         let no_pid = Facts { pid_ns: None, ..OK };
-        assert_eq!(take(&crun, &no_pid, 1, &served(1)), Ok(Taken { ns: 7, container: "web".into() }));
+        assert_eq!(take(&crun, &no_pid, 1, &served(1)), Ok(Taken { ns: 7, container: "web".into(), attach: None }));
         assert_eq!(take(&crun, &no_pid, 1, &after_restart), Err(Refusal::UnknownExec("web".into())));
         assert_eq!(take(&crun, &no_pid, 1, &served(MAX_PER_NAMESPACE)), Err(Refusal::TooManyListeners(7)));
         // A process of a namespace not served, naming a served container.
@@ -264,6 +282,49 @@ mod tests {
         let same_id = Served { containers: [("web".into(), 9)].into(), ..Served::default() };
         let e = take(&m, &OK, host, &same_id).unwrap_err();
         assert_eq!(e.to_string(), "a listener of container \"web\" is served already");
+    }
+
+    /// A container's init's message with `annotations`.
+    fn annotated(id: &str, annotations: &str) -> oci::Listener {
+        let m = format!(
+            r#"{{"ociVersion":"1.0.2","fds":["seccompFd"],"pid":40,"state":{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":40,"bundle":"/b","annotations":{annotations}}}}}"#
+        );
+        oci::parse_process_state(m.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_container_that_asked_for_devns_is_to_be_attached_by_its_init_s_listener_alone() {
+        let none = Served::default();
+        let asked = annotated("web", r#"{"devns.io/enable":"true","devns.io/devices":"loop-control,c:10:200"}"#);
+        let want = hook::Wanted { name: "web".into(), devices: vec!["loop-control".into(), "c:10:200".into()] };
+        assert_eq!(take(&asked, &OK, 1, &none).unwrap().attach, Some(want));
+        let named = annotated("web", r#"{"devns.io/enable":"true","devns.io/name":"builder"}"#);
+        assert_eq!(take(&named, &OK, 1, &none).unwrap().attach.unwrap().name, "builder");
+        // Not asked (or not exactly): served, never attached.
+        for a in [r#"{}"#, r#"{"devns.io/enable":"TRUE"}"#, r#"{"devns.io/enable":"1"}"#] {
+            assert_eq!(take(&annotated("web", a), &OK, 1, &none).unwrap().attach, None, "{a}");
+        }
+        // Asked with a bad ask: refused, with the annotation's reason.
+        let bad = annotated("web", r#"{"devns.io/enable":"true","devns.io/name":"a:b"}"#);
+        let e = take(&bad, &OK, 1, &none).unwrap_err();
+        assert!(matches!(e, Refusal::Asked(_)), "{e:?}");
+        assert!(e.to_string().contains("devns.io/name"), "{e}");
+        // An exec's listener never attaches: its container's init did.
+        let served = Served { namespaces: [(7, 1)].into(), containers: [("web".into(), 7)].into() };
+        let m = r#"{"ociVersion":"1.0.2","fds":["seccompFd"],"pid":41,"state":{"ociVersion":"1.0.2","id":"web","status":"running","pid":40,"bundle":"/b","annotations":{"devns.io/enable":"true"}}}"#;
+        let exec = oci::parse_process_state(m.as_bytes()).unwrap();
+        assert_eq!(take(&exec, &OK, 1, &served).unwrap().attach, None);
+    }
+
+    #[test]
+    fn a_thread_s_process_is_its_tgid() {
+        assert_eq!(thread_group(b"Name:\tsh\nTgid:\t900\nPid:\t901\n"), Some(900));
+        assert_eq!(thread_group(b"Tgid:\t 7 \n"), Some(7));
+        for bad in
+            [&b""[..], b"Pid:\t901\n", b"Tgid:\t\n", b"Tgid:\tx\n", b"Tgid:\t0\n", b"Tgid:\t-1\n", b"NStgid:\t5\n"]
+        {
+            assert_eq!(thread_group(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -41,6 +41,13 @@ pub const NOTIFY: &str = "SCMP_ACT_NOTIFY";
 pub const CONDITIONAL: [&str; 3] = ["mknod", "mknodat", "ioctl"];
 /// The calls trapped whole.
 pub const WHOLE: [&str; 2] = ["mount", "fsopen"];
+/// Trapped whole and always let through (`CONTINUE`): a container that
+/// asked for devns is brought under it at its first `execve`, where the
+/// runtime's setup is done (`pivot_root`, its cgroup's device rules) and
+/// none of the container's own code has run. A base that decides these
+/// otherwise than `ALLOW` cannot be kept, and is refused.
+pub const EXEC: [&str; 2] = ["execve", "execveat"];
+pub const ALLOW: &str = "SCMP_ACT_ALLOW";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProfileError {
@@ -102,7 +109,7 @@ pub fn notify_rules() -> Vec<Value> {
             rules.push(rule(name, vec![masked(mode_arg, S_IFMT, kind)]));
         }
     }
-    rules.extend(WHOLE.iter().map(|n| rule(n, vec![])));
+    rules.extend(WHOLE.iter().chain(EXEC.iter()).map(|n| rule(n, vec![])));
     rules.extend(TRAPPED_IOCTLS.iter().map(|req| rule("ioctl", vec![masked(1, u32::MAX, *req)])));
     rules
 }
@@ -158,11 +165,17 @@ fn rewrite(rule: Value, out: &mut Vec<Value>) -> Result<(), String> {
             Some(_) => return Err(format!("{key} of the wrong type")),
         }
     }
-    let notify = match r.get("action") {
-        Some(Value::String(a)) => a == NOTIFY,
+    let (notify, allow) = match r.get("action") {
+        Some(Value::String(a)) => (a == NOTIFY, a == ALLOW),
         _ => return Err("action is missing or not a string".into()),
     };
-    let served = |n: &str| CONDITIONAL.contains(&n) || WHOLE.contains(&n);
+    if let Some(n) = names.iter().find(|n| !notify && !allow && EXEC.contains(&n.as_str())) {
+        return Err(format!(
+            "{n:?} is decided by the base ({}), but devns lets every {n} of its containers through (it attaches them at their first)",
+            r["action"].as_str().unwrap_or_default()
+        ));
+    }
+    let served = |n: &str| CONDITIONAL.contains(&n) || WHOLE.contains(&n) || EXEC.contains(&n);
     if let Some(n) = names.iter().find(|n| notify && !served(n)) {
         let n: String = n.chars().take(64).collect();
         return Err(format!("{n:?} goes to a listener, which would be devns's: devns does not serve it"));

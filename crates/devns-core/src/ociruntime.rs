@@ -153,7 +153,7 @@ pub fn edit(bytes: &[u8], e: &Edit) -> Result<Option<Vec<u8>>, EditError> {
     if !config.is_object() || !(e.all || asks_for_devns(&config)) {
         return Ok(None);
     }
-    add_hooks(object(&mut config, "hooks")?, e);
+    add_hook(object(&mut config, "hooks")?, e);
     let linux = object(&mut config, "linux")?;
     let base = linux.remove("seccomp").filter(|s| !s.is_null());
     linux.insert("seccomp".into(), ociprofile::build(base, e.listener, None)?);
@@ -162,8 +162,9 @@ pub fn edit(bytes: &[u8], e: &Edit) -> Result<Option<Vec<u8>>, EditError> {
         // The runtime's own device rules (runc's v1 whitelist, crun's BPF
         // program) would refuse what devns assigns while the container
         // runs: allow all there and let devns's program decide. The
-        // createRuntime hook attaches it before any of the container's
-        // code runs, and fails the start when it cannot.
+        // daemon attaches it at the container's first execve (trapped by
+        // the profile), before any of the container's code runs, and
+        // fails that execve when it cannot.
         let resources = object_in(linux, "resources")?;
         resources.insert("devices".into(), json!([{ "allow": true, "access": "rwm" }]));
     }
@@ -197,22 +198,22 @@ fn object_in<'v>(o: &'v mut Map<String, Value>, key: &'static str) -> Result<&'v
     v.as_object_mut().ok_or(EditError::NotObject(key))
 }
 
-/// The hooks (`devns hook createRuntime|poststop`), unless there already.
-fn add_hooks(hooks: &mut Map<String, Value>, e: &Edit) {
-    for stage in ["createRuntime", "poststop"] {
-        let hook = json!({
-            "path": e.devns,
-            "args": ["devns", "hook", stage],
-            "env": [format!("DEVNS_SOCKET={}", e.socket), format!("DEVNS_STATE_DIR={}", e.state_dir), format!("DEVNS_CONFIG={}", e.config)],
-        });
-        let list = hooks.entry(stage).or_insert_with(|| json!([]));
-        if !list.is_array() {
-            *list = json!([]);
-        }
-        let list = list.as_array_mut().expect("an array");
-        if !list.contains(&hook) {
-            list.push(hook);
-        }
+/// The poststop hook (`devns hook poststop`), unless there already: the
+/// container is attached at its first execve, by the profile's listener,
+/// with no createRuntime hook to run (and to wait for) at its start.
+fn add_hook(hooks: &mut Map<String, Value>, e: &Edit) {
+    let hook = json!({
+        "path": e.devns,
+        "args": ["devns", "hook", "poststop"],
+        "env": [format!("DEVNS_SOCKET={}", e.socket), format!("DEVNS_STATE_DIR={}", e.state_dir), format!("DEVNS_CONFIG={}", e.config)],
+    });
+    let list = hooks.entry("poststop").or_insert_with(|| json!([]));
+    if !list.is_array() {
+        *list = json!([]);
+    }
+    let list = list.as_array_mut().expect("an array");
+    if !list.contains(&hook) {
+        list.push(hook);
     }
 }
 

@@ -44,6 +44,11 @@ pub const NR_MKNOD: u32 = 133;
 pub const NR_MOUNT: u32 = 165;
 pub const NR_MKNODAT: u32 = 259;
 pub const NR_FSOPEN: u32 = 430;
+/// Trapped by the runtimes' profile (`crate::ociprofile`), never by
+/// devns's own filter: a runtime's container is attached at its first
+/// `execve`, and every one goes on to the kernel.
+pub const NR_EXECVE: u32 = 59;
+pub const NR_EXECVEAT: u32 = 322;
 
 // Offsets in `struct seccomp_data`: nr, arch, instruction_pointer, args[6].
 const OFF_NR: u32 = 0;

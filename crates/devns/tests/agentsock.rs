@@ -533,3 +533,75 @@ fn crun_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
         .output();
     answered_by_the_agent(&env, &b.id, out);
 }
+
+/// `devns oci profile` for the test's daemon, in the bundle.
+fn devns_profile(env: &Env, b: &common::oci::Bundle) {
+    let out = env.devns().args(["oci", "profile", "--listener"]).arg(seccomp_sock(env)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    b.seccomp(serde_json::from_slice(&out.stdout).unwrap());
+}
+
+/// A container asking for devns with the profile alone, whose attach at
+/// its first execve fails (a device that does not exist): the execve
+/// fails, so the container never starts; the daemon says why; nothing
+/// of it is kept.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_container_devns_cannot_attach_at_its_first_execve_does_not_start() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = daemon(&env, &[]);
+    let runc = common::oci::Runc::new(&env);
+    let b = common::oci::Bundle::new("agentsock-noattach");
+    devns_profile(&env, &b);
+    b.enable_devns();
+    b.annotate("devns.io/devices", "no-such-device-here");
+    b.script("echo started");
+    let out = runc.run(&b);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && !text.contains("started"), "{text}");
+    assert!(text.contains("operation not permitted"), "the execve's error: {text}");
+    let why = log_lines(&env, "cannot bring the container under devns");
+    assert!(why.len() == 1 && why[0].contains(&b.id) && why[0].contains("no-such-device-here"), "{why:?}");
+    let out = env.devns().args(["ns", "ls", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]", "a namespace was kept");
+    assert_eq!(env.recorded_namespaces(), 0);
+}
+
+/// The profile without the annotation: the listener is served (its calls
+/// the agent's), the container is never attached: its `/dev` is the
+/// runtime's, no namespace is kept.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_container_with_the_profile_that_never_asked_is_never_attached() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = daemon(&env, &[]);
+    let runc = common::oci::Runc::new(&env);
+    let b = common::oci::Bundle::new("agentsock-notasked");
+    devns_profile(&env, &b);
+    b.script("test -e /dev/loop-control || echo runtime-dev; /bin/true && echo started");
+    let out = runc.run(&b);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("runtime-dev") && text.contains("started"), "{text}");
+    let served = log_lines(&env, "serving a runtime's seccomp listener");
+    assert!(served.len() == 1 && plain(&served[0]).contains("attach=false"), "{served:?}");
+    assert!(log_lines(&env, "brought under devns").is_empty());
+    let out = env.devns().args(["ns", "ls", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]", "a namespace was kept");
+}
+
+/// A log line without its colours.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(i) = rest.find('\u{1b}') {
+        out.push_str(&rest[..i]);
+        rest = rest[i..].find('m').map_or("", |m| &rest[i + m + 1..]);
+    }
+    out + rest
+}

@@ -106,12 +106,19 @@ fn owner_of(env: &Env, devname: &str) -> Option<String> {
 /// (`/mnt/hostdisk`, a node of `host_disk`) cannot be opened. Returns the
 /// loop device the container made.
 fn a_container_under_devns(env: &Env, exec: Exec, name: &str, host_disk: &str) -> String {
+    // Brought in by a hook before the runtime returns, or at the first
+    // execve, which `runc start` does not wait for.
+    common::eventually("the container's namespace under the daemon", || ns_of(env, name).is_some());
     let ns = ns_of(env, name).expect("the container's namespace is under the daemon");
     // /dev is the view: its names are the view's, and the runtime's own
-    // mounts below /dev were carried onto it.
-    let in_dev: Vec<String> = ok(exec, "ls -a /dev").split_whitespace().map(str::to_owned).collect();
-    for n in common::view_names(env, &ns).iter().filter(|n| !n.contains('/')) {
-        assert!(in_dev.contains(n), "{n} of the view missing in /dev: {in_dev:?}");
+    // mounts below /dev were carried onto it; so it was for the
+    // container's first command ([`FIRST`]) already.
+    let view = common::view_names(env, &ns);
+    for (what, script) in [("/dev", "ls -a /dev"), ("/dev at the start", "cat /tmp/first-dev")] {
+        let in_dev: Vec<String> = ok(exec, script).split_whitespace().map(str::to_owned).collect();
+        for n in view.iter().filter(|n| !n.contains('/')) {
+            assert!(in_dev.contains(n), "{n} of the view missing in {what}: {in_dev:?}");
+        }
     }
     ok(exec, "test -c /dev/null && : > /dev/null && echo x > /dev/shm/x && ls /dev/pts/ptmx");
     // mknod of a global works, of /dev/mem is refused.
@@ -142,6 +149,10 @@ fn a_container_under_devns(env: &Env, exec: Exec, name: &str, host_disk: &str) -
     assert!(!out.status.success() && text(&out).contains("not permitted"), "host {host_disk}: {}", text(&out));
     loopdev
 }
+
+/// The command of every container under devns here: what its first
+/// command saw in `/dev`, kept for [`a_container_under_devns`].
+const FIRST: [&str; 3] = ["/bin/sh", "-c", "ls -a /dev > /tmp/first-dev; exec sleep 1000"];
 
 /// Nothing of the container is left: its namespace, its loop device, the
 /// view's host mount, the daemon's fds (as many as before it started).
@@ -182,19 +193,19 @@ fn host_disk(tag: &str) -> HostDisk {
     HostDisk { node, disk, _dir: dir }
 }
 
-#[test]
-#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
-fn a_runc_container_asking_for_devns_gets_its_view_devices_and_loops() {
-    if !privileged() {
-        return;
-    }
+/// A runc container asking for devns, with devns's hooks (`hooks`) or
+/// with the profile alone (attached at its first execve), through the
+/// whole scenario; `runc delete` leaves nothing.
+fn runc_e2e(tag: &str, hooks: bool) {
     let env = Env::new();
     let daemon = common::Daemon::start(&env);
-    let host = host_disk("runc-e2e");
-    let b = Bundle::new("runc-e2e");
-    b.args(&["sleep", "1000"]);
+    let host = host_disk(tag);
+    let b = Bundle::new(tag);
+    b.args(&FIRST);
     b.enable_devns();
-    b.hooks(&env);
+    if hooks {
+        b.hooks(&env);
+    }
     b.add_caps(&["CAP_MKNOD"]);
     b.seccomp(profile(&env));
     b.edit(|c| {
@@ -208,6 +219,26 @@ fn a_runc_container_asking_for_devns_gets_its_view_devices_and_loops() {
     let loopdev = a_container_under_devns(&env, &exec, &b.id, &host.disk.name);
     runc.delete(&b.id);
     nothing_left(&env, &daemon, &b.id, &loopdev, fds);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_runc_container_asking_for_devns_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    runc_e2e("runc-e2e", true);
+}
+
+/// No hook at all: the profile's listener, passed by runc, and the
+/// container's first execve are where devns brings it in.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_runc_container_with_devns_s_profile_alone_is_attached_at_its_first_execve() {
+    if !privileged() {
+        return;
+    }
+    runc_e2e("runc-exec", false);
 }
 
 /// oci-hooks(5) files for `env`'s world in `dir` (as the shipped one in
@@ -233,50 +264,38 @@ fn hooks_dir(env: &Env) -> std::path::PathBuf {
     dir
 }
 
-/// `podman run -d` of a container asking for devns (hooks from
-/// [`hooks_dir`], the profile with `--security-opt seccomp=`), with the host
+/// How a podman container is brought under devns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// hooks.d ([`hooks_dir`]) and the profile (`--security-opt seccomp=`).
+    Hooks,
+    /// The profile alone: attached at its first execve.
+    Profile,
+    /// podman's `--runtime` the devns wrapper ([`runtime_wrapper`], the
+    /// real runtime behind it): no hooks dir, no profile.
+    Wrapper,
+}
+
+/// `podman run -d` of a container asking for devns, `way`, with the host
 /// disk's node mounted in; `runtime` is podman's `--runtime` and its flags.
-fn podman_under_devns(env: &Env, podman: &Podman, name: &str, b: &Bundle, host: &HostDisk, runtime: &[&str]) {
-    let prof = env.dir.path().join("profile.json");
-    std::fs::write(&prof, serde_json::to_vec(&profile(env)).unwrap()).unwrap();
-    let out = podman
-        .run_args(name, b.base)
-        .args(runtime)
-        .args(["-d", "--cap-add", "MKNOD", "--annotation", "devns.io/enable=true", "--hooks-dir"])
-        .arg(hooks_dir(env))
-        .arg("--security-opt")
-        .arg(format!("seccomp={}", prof.display()))
-        .arg("-v")
-        .arg(format!("{}:/mnt/hostdisk", host.node.path()))
-        .arg("--rootfs")
-        .arg(b.rootfs())
-        .args(["sleep", "1000"])
-        .output()
-        .unwrap();
+fn podman_under_devns(env: &Env, podman: &Podman, b: &Bundle, host: &HostDisk, runtime: &[&str], way: Way) {
+    let mut c = podman.run_args(&b.id, b.base);
+    c.args(runtime).args(["-d", "--cap-add", "MKNOD", "--annotation", "devns.io/enable=true"]);
+    if way == Way::Hooks {
+        c.arg("--hooks-dir").arg(hooks_dir(env));
+    }
+    if way != Way::Wrapper {
+        let prof = env.dir.path().join("profile.json");
+        std::fs::write(&prof, serde_json::to_vec(&profile(env)).unwrap()).unwrap();
+        c.arg("--security-opt").arg(format!("seccomp={}", prof.display()));
+    }
+    c.arg("-v").arg(format!("{}:/mnt/hostdisk", host.node.path()));
+    let out = c.arg("--rootfs").arg(b.rootfs()).args(FIRST).output().unwrap();
     assert!(out.status.success(), "podman run: {}", text(&out));
 }
 
-/// `podman run -d` of a container asking for devns with podman's
-/// `--runtime` the devns wrapper ([`runtime_wrapper`], the real runtime
-/// behind it): no hooks dir, no profile, the wrapper adds both.
-fn podman_through_the_wrapper(podman: &Podman, name: &str, b: &Bundle, host: &HostDisk, runtime: &[&str]) {
-    let out = podman
-        .run_args(name, b.base)
-        .args(runtime)
-        .args(["-d", "--cap-add", "MKNOD", "--annotation", "devns.io/enable=true"])
-        .arg("-v")
-        .arg(format!("{}:/mnt/hostdisk", host.node.path()))
-        .arg("--rootfs")
-        .arg(b.rootfs())
-        .args(["sleep", "1000"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "podman run: {}", text(&out));
-}
-
-/// The scenario under podman, with runc or crun, by hooks.d and the
-/// profile or through the devns wrapper.
-fn podman_e2e(tag: &str, crun: bool, through_wrapper: bool) {
+/// The scenario under podman, with runc or crun, `way`.
+fn podman_e2e(tag: &str, crun: bool, way: Way) {
     let env = Env::new();
     let daemon = common::Daemon::start(&env);
     let host = host_disk(tag);
@@ -285,18 +304,14 @@ fn podman_e2e(tag: &str, crun: bool, through_wrapper: bool) {
     let crun_unified = crun_wrapper(env.dir.path());
     let real = if crun { crun_unified.clone() } else { "runc".into() };
     let wrapper = runtime_wrapper(&env, "devns-runtime-test", &real);
-    let runtime = if through_wrapper { wrapper.to_str().unwrap() } else { real.to_str().unwrap() };
+    let runtime = if way == Way::Wrapper { wrapper.to_str().unwrap() } else { real.to_str().unwrap() };
     let mut runtime = vec!["--runtime", runtime];
     if crun {
         runtime.extend(["--pids-limit", "0"]);
     }
     let fds = daemon.fd_count();
     let name = b.id.clone();
-    if through_wrapper {
-        podman_through_the_wrapper(&podman, &name, &b, &host, &runtime);
-    } else {
-        podman_under_devns(&env, &podman, &name, &b, &host, &runtime);
-    }
+    podman_under_devns(&env, &podman, &b, &host, &runtime, way);
     // `-i`: a pipe as its stdin, never the host's /dev/null (crun chowns it).
     let exec = |s: &str| podman.cmd().args(["exec", "-i", &name, "/bin/sh", "-c", s]).output().unwrap();
     // podman names the runtime's container by its own 64-hex id.
@@ -316,7 +331,7 @@ fn a_podman_runc_container_asking_for_devns_gets_its_view_devices_and_loops() {
     if !privileged() {
         return;
     }
-    podman_e2e("podman-runc", false, false);
+    podman_e2e("podman-runc", false, Way::Hooks);
 }
 
 #[test]
@@ -325,7 +340,26 @@ fn a_podman_crun_container_asking_for_devns_gets_its_view_devices_and_loops() {
     if !privileged() {
         return;
     }
-    podman_e2e("podman-crun", true, false);
+    podman_e2e("podman-crun", true, Way::Hooks);
+}
+
+/// `--security-opt seccomp=` devns's profile and the annotation: no hooks.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_podman_runc_container_with_devns_s_profile_alone_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    podman_e2e("podprof-runc", false, Way::Profile);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_podman_crun_container_with_devns_s_profile_alone_gets_its_view_devices_and_loops() {
+    if !privileged() {
+        return;
+    }
+    podman_e2e("podprof-crun", true, Way::Profile);
 }
 
 /// A container that does not ask for devns, with the hooks installed and
@@ -389,7 +423,7 @@ fn a_podman_runc_container_through_the_wrapper_gets_its_view_devices_and_loops()
     if !privileged() {
         return;
     }
-    podman_e2e("podwrap-runc", false, true);
+    podman_e2e("podwrap-runc", false, Way::Wrapper);
 }
 
 /// The same with crun (the cgroup2 wrapper of the harness) behind it.
@@ -399,7 +433,7 @@ fn a_podman_crun_container_through_the_wrapper_gets_its_view_devices_and_loops()
     if !privileged() {
         return;
     }
-    podman_e2e("podwrap-crun", true, true);
+    podman_e2e("podwrap-crun", true, Way::Wrapper);
 }
 
 /// `devns-runtime` (a symlink to this build) as containerd's runc binary:
@@ -425,7 +459,7 @@ fn a_containerd_container_through_the_wrapper_gets_its_view_devices_and_loops() 
     let daemon = common::Daemon::start(&env);
     let host = host_disk("ctrd-e2e");
     let b = Bundle::new("ctrd-e2e");
-    b.args(&["sleep", "1000"]);
+    b.args(&FIRST);
     b.enable_devns();
     b.add_caps(&["CAP_MKNOD"]);
     b.edit(|c| {
@@ -508,7 +542,8 @@ fn a_docker_container_through_the_wrapper_gets_its_view_devices_and_loops() {
         .run_args(&name)
         .args(["-d", "--runtime", "devns", "--cap-add", "MKNOD", "-v"])
         .arg(format!("{}:/mnt/hostdisk", host.node.path()))
-        .args([&image, "sleep", "1000"])
+        .arg(&image)
+        .args(FIRST)
         .output()
         .unwrap();
     assert!(out.status.success(), "docker run: {}", text(&out));

@@ -171,7 +171,8 @@ fn a_container_that_asks_is_edited_in_place_with_its_mode_and_owner() {
                "env": [format!("DEVNS_SOCKET={}", env.socket().display()), format!("DEVNS_STATE_DIR={}", env.state_dir().display()),
                        format!("DEVNS_CONFIG={}", env.config().display())]})
     };
-    assert_eq!(seen["hooks"], json!({"createRuntime": [hook("createRuntime")], "poststop": [hook("poststop")]}));
+    // Attached at its first execve: the poststop hook alone.
+    assert_eq!(seen["hooks"], json!({"poststop": [hook("poststop")]}));
     let profile = &seen["linux"]["seccomp"];
     assert_eq!(
         (&profile["defaultAction"], &profile["listenerPath"]),
@@ -348,13 +349,42 @@ fn the_profile_s_listener_is_the_config_s_seccomp_socket() {
     assert!(err.contains("config.toml") && err.lines().count() == 1 && out.stdout.is_empty(), "{err}");
 }
 
-/// A seccomp agent socket that takes each listener and closes it at once:
-/// the kernel then fails every trapped call with `ENOSYS`, which tells a
-/// trapped call from one the filter let through. Stops on drop.
+/// A seccomp agent socket that answers every call its listeners trap
+/// with `ENOSYS` (what the kernel answers once a listener is closed),
+/// which tells a trapped call from one the filter let through, but
+/// `execve` and `execveat` (trapped too: devns attaches at the first),
+/// which go on. Stops on drop.
 struct ClosingAgent {
     path: PathBuf,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+/// Answers `listener`'s calls as [`ClosingAgent`] does until no filtered
+/// process is left or `stop`.
+fn enosys_but_exec(listener: std::os::fd::OwnedFd, stop: &std::sync::atomic::AtomicBool) {
+    use devns_sys::seccomp::{FLAG_CONTINUE, NotifResp};
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut p = [PollFd::new(&listener, PollFlags::IN)];
+        let t = Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+        if rustix::event::poll(&mut p, Some(&t)).is_err() {
+            continue;
+        }
+        let r = p[0].revents();
+        if r.contains(PollFlags::IN) {
+            let Ok(n) = devns_sys::seccomp::recv(&listener) else { continue };
+            let exec = n.data.arch == 0xc000_003e && matches!(n.data.nr, 59 | 322);
+            let resp = if exec {
+                NotifResp { id: n.id, val: 0, error: 0, flags: FLAG_CONTINUE }
+            } else {
+                NotifResp { id: n.id, val: 0, error: -38, flags: 0 }
+            };
+            let _ = devns_sys::seccomp::send(&listener, &resp);
+        } else if r.intersects(PollFlags::HUP | PollFlags::ERR) {
+            return;
+        }
+    }
 }
 
 impl ClosingAgent {
@@ -365,16 +395,32 @@ impl ClosingAgent {
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut got = 0;
+            let mut served = Vec::new();
             while !s.load(std::sync::atomic::Ordering::Relaxed) {
                 match l.accept() {
-                    Ok((mut c, _)) => {
-                        // Read without room for the fd: the kernel closes it.
+                    Ok((c, _)) => {
                         c.set_nonblocking(false).unwrap();
-                        let _ = std::io::Read::read_to_end(&mut c, &mut Vec::new());
+                        // Read until the message is whole: runc keeps its end
+                        // open until its container has started.
+                        let (mut fds, mut msg) = (Vec::new(), Vec::new());
+                        let mut buf = vec![0u8; 64 << 10];
+                        while let Ok(n) = devns::wire::recv_with_fds(std::os::fd::AsFd::as_fd(&c), &mut buf, &mut fds) {
+                            msg.extend_from_slice(&buf[..n]);
+                            if n == 0 || devns_core::agentsock::whole(&msg) {
+                                break;
+                            }
+                        }
                         got += 1;
+                        for fd in fds {
+                            let s = s.clone();
+                            served.push(std::thread::spawn(move || enosys_but_exec(fd, &s)));
+                        }
                     }
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
                 }
+            }
+            for t in served {
+                let _ = t.join();
             }
             got
         });
@@ -514,7 +560,7 @@ fn podman_runs_a_container_that_does_not_ask_through_the_wrapper() {
 /// The wrapper's edit of a container that asks is what runc 1.1.5 and
 /// crun 1.8.1 (through the wrapper of runtimes.md) run:
 /// the profile with its NOTIFY rules and listenerPath (a [`ClosingAgent`]),
-/// the devices and resources. The devns hooks are swapped for `true`
+/// the devices and resources. The devns hook is swapped for `true`
 /// here: this test is about what the wrapper writes (the hooks' own tests
 /// run them).
 #[test]
@@ -536,9 +582,7 @@ fn runc_runs_the_edited_config_of_a_container_that_asks() {
     assert_eq!(rec.seen(), edited);
     assert_eq!(edited["linux"]["seccomp"]["listenerPath"], agent.path.to_str().unwrap());
     b.edit(|c| {
-        for stage in ["createRuntime", "poststop"] {
-            c["hooks"][stage][0]["path"] = json!("/bin/true");
-        }
+        c["hooks"]["poststop"][0]["path"] = json!("/bin/true");
     });
     let runc = Runc::new(&env);
     let out = runc.run(&b);
@@ -566,5 +610,5 @@ fn with_all_containers_a_container_without_the_annotation_is_edited() {
     assert_eq!(rec.record().unwrap().0, pid);
     let seen = rec.seen();
     assert_eq!(seen["linux"]["seccomp"]["listenerPath"], env.dir.path().join("seccomp.sock").to_str().unwrap());
-    assert_eq!(seen["hooks"]["createRuntime"][0]["args"], json!(["devns", "hook", "createRuntime"]));
+    assert_eq!(seen["hooks"]["poststop"][0]["args"], json!(["devns", "hook", "poststop"]));
 }

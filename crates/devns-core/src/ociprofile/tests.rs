@@ -46,7 +46,7 @@ fn the_built_in_base_allows_all_and_traps_exactly_devns_s_calls() {
         })
         .collect();
     assert_eq!(reqs, TRAPPED_IOCTLS.iter().map(|r| u64::from(*r)).collect::<Vec<_>>());
-    for call in WHOLE {
+    for call in WHOLE.iter().chain(&EXEC) {
         assert_eq!(of(&p, call), [(NOTIFY, &json!([]))], "{call}");
     }
     let p = build(None, "/l", Some("devns")).unwrap();
@@ -81,13 +81,44 @@ fn podman_s_default_keeps_its_rules_and_devns_s_calls_win() {
         rules(p)
             .iter()
             .filter_map(|r| {
-                let n: Vec<&str> =
-                    names(r).into_iter().filter(|n| !CONDITIONAL.contains(n) && !WHOLE.contains(n)).collect();
+                let n: Vec<&str> = names(r).into_iter().filter(|n| !trapped(n)).collect();
                 (!n.is_empty()).then(|| json!([n, r["action"], r["args"], r["includes"], r["excludes"]]))
             })
             .collect()
     };
     assert_eq!(others(&p), others(&base));
+    // execve and execveat: allowed there, trapped (and let through) now.
+    for call in EXEC {
+        assert_eq!(of(&base, call).iter().map(|(a, _)| *a).collect::<Vec<_>>(), ["SCMP_ACT_ALLOW"], "{call}");
+        assert_eq!(of(&p, call), [(NOTIFY, &json!([]))], "{call}");
+    }
+}
+
+/// Whether devns's rules trap `call` (on a condition or whole).
+fn trapped(call: &str) -> bool {
+    CONDITIONAL.contains(&call) || WHOLE.contains(&call) || EXEC.contains(&call)
+}
+
+#[test]
+fn a_base_that_decides_execve_otherwise_than_allow_is_refused() {
+    for (call, action) in [("execve", "SCMP_ACT_ERRNO"), ("execveat", "SCMP_ACT_KILL"), ("execveat", "SCMP_ACT_LOG")] {
+        let base = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+            {"names": ["open", call], "action": action},
+        ]});
+        let e = build(Some(base), "/l", None).unwrap_err().to_string();
+        assert!(e.contains(&format!("syscalls[1]: {call:?} is decided by the base ({action})")), "{e}");
+        assert!(e.contains("lets every"), "{e}");
+    }
+    // Allowed, with a condition or not: devns's rule takes its place.
+    let base = json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["execve", "read"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["execveat"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 4, "value": 0, "op": "SCMP_CMP_EQ"}]},
+    ]});
+    let p = build(Some(base), "/l", None).unwrap();
+    assert_eq!(rules(&p)[0], json!({"names": ["read"], "action": "SCMP_ACT_ALLOW"}));
+    assert_eq!(of(&p, "execve"), [(NOTIFY, &json!([]))]);
+    assert_eq!(of(&p, "execveat"), [(NOTIFY, &json!([]))]);
 }
 
 #[test]
@@ -165,7 +196,7 @@ fn a_base_rule_of_a_served_call_keeps_its_conditions_and_its_other_names() {
     assert_eq!(r[4..], notify_rules()[..]);
 }
 
-const NAMES: [&str; 8] = ["mknod", "mknodat", "ioctl", "mount", "fsopen", "read", "chmod", "umount2"];
+const NAMES: [&str; 9] = ["mknod", "mknodat", "ioctl", "mount", "fsopen", "execve", "read", "chmod", "umount2"];
 const ACTIONS: [&str; 4] = ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_LOG", NOTIFY];
 
 fn rule() -> impl Strategy<Value = Value> {
@@ -188,9 +219,11 @@ proptest! {
     ) {
         let base = json!({"defaultAction": ACTIONS[default], "architectures": ["SCMP_ARCH_X86_64"], "syscalls": base});
         let unserved_notify = rules(&base).iter()
-            .any(|r| r["action"] == NOTIFY && names(r).iter().any(|n| !CONDITIONAL.contains(n) && !WHOLE.contains(n)));
+            .any(|r| r["action"] == NOTIFY && names(r).iter().any(|n| !trapped(n)));
+        let exec_decided = rules(&base).iter()
+            .any(|r| r["action"] != NOTIFY && r["action"] != "SCMP_ACT_ALLOW" && names(r).iter().any(|n| EXEC.contains(n)));
         let built = build(Some(base.clone()), "/l", None);
-        prop_assert_eq!(built.is_err(), unserved_notify);
+        prop_assert_eq!(built.is_err(), unserved_notify || exec_decided);
         let Ok(p) = built else { return Ok(()) };
         prop_assert_eq!(&p["architectures"], &base["architectures"]);
         prop_assert_eq!(&p["defaultAction"], &base["defaultAction"]);
@@ -203,7 +236,7 @@ proptest! {
         for x in &r[..r.len() - n] {
             let xs = names(x);
             // Trapped whole: no rule of the base's left.
-            prop_assert!(!xs.iter().any(|c| WHOLE.contains(c)));
+            prop_assert!(!xs.iter().any(|c| WHOLE.contains(c) || EXEC.contains(c)));
             // Trapped on a condition: alone in its rule, and conditional.
             if xs.iter().any(|c| CONDITIONAL.contains(c)) {
                 prop_assert_eq!(xs.len(), 1);
@@ -213,7 +246,7 @@ proptest! {
         // Every other call: the same rules in the same order.
         let others = |p: &Value| -> Vec<(String, Value, Value)> {
             rules(p).iter().flat_map(|r| names(r).into_iter()
-                .filter(|c| !CONDITIONAL.contains(c) && !WHOLE.contains(c))
+                .filter(|c| !trapped(c))
                 .map(|c| (c.to_owned(), r["action"].clone(), r["args"].clone())).collect::<Vec<_>>()).collect()
         };
         prop_assert_eq!(others(&p), others(&base));

@@ -212,7 +212,7 @@ pub fn seccomp_profile(data: &[u8]) {
 }
 
 /// A bundle's config.json in the runtime wrapper. Only one that asks is
-/// edited, into JSON that still asks, with devns's hooks and listener.
+/// edited, into JSON that still asks, with devns's poststop hook and listener.
 pub fn oci_config(data: &[u8]) {
     use devns_core::ociruntime::{self, Edit};
     let e = Edit::DEFAULT;
@@ -225,7 +225,7 @@ pub fn oci_config(data: &[u8]) {
             let v: serde_json::Value = serde_json::from_slice(&out).expect("the edit is JSON");
             assert!(ociruntime::asks_for_devns(&v));
             assert_eq!(v["linux"]["seccomp"]["listenerPath"], "/run/devns/seccomp.sock");
-            assert!(v["hooks"]["createRuntime"].as_array().is_some_and(|h| !h.is_empty()));
+            assert!(v["hooks"]["poststop"].as_array().is_some_and(|h| !h.is_empty()));
             assert_eq!(
                 ociruntime::edit(&out, &e).map(|o| o.map(|o| serde_json::from_slice::<serde_json::Value>(&o).unwrap())),
                 Ok(Some(v))

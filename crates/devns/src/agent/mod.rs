@@ -26,7 +26,7 @@ pub use identity::{AsCaller, Base};
 use crate::refusal::Refusal;
 use devns_core::DevId;
 use devns_core::registry::NsId;
-use devns_core::seccomp::{NR_FSOPEN, NR_IOCTL, NR_MKNOD, NR_MKNODAT, NR_MOUNT};
+use devns_core::seccomp::{NR_EXECVE, NR_EXECVEAT, NR_FSOPEN, NR_IOCTL, NR_MKNOD, NR_MKNODAT, NR_MOUNT};
 use devns_sys::seccomp::NotifResp;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
@@ -114,11 +114,15 @@ impl Listener {
         let listener = self.fd.as_fd();
         let nr = n.data.nr as u32;
         let served = devns_core::seccomp::served_abi(n.data.arch, nr);
-        let device = if served && (nr == NR_MKNOD || nr == NR_MKNODAT) { mknod::device_of(n) } else { None };
+        // To the kernel as without devns, with no read of the caller:
+        // another ABI's call (a profile names x86 and x32 too; its numbers
+        // are other calls), and every execve a runtime's profile traps
+        // (the daemon attaches its container at the first, before this).
+        if !served || nr == NR_EXECVE || nr == NR_EXECVEAT {
+            return Some(NotifResp { id: n.id, val: 0, error: 0, flags: devns_sys::seccomp::FLAG_CONTINUE });
+        }
+        let device = if nr == NR_MKNOD || nr == NR_MKNODAT { mknod::device_of(n) } else { None };
         let answer = match (nr, device, self.last.caller(n.pid)) {
-            // Another ABI's call (a profile names x86 and x32 too): its
-            // numbers are other calls, and the kernel's as without devns.
-            _ if !served => Answer::Continue,
             // A FIFO, socket or file: the kernel's, whoever asks.
             (NR_MKNOD | NR_MKNODAT, None, _) => Answer::Continue,
             (_, _, Err(e)) => unreadable(listener, n.id, n.pid, e),

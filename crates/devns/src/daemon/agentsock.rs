@@ -14,6 +14,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+/// What became of the attach a listener's first call was to do.
+pub(super) enum FirstCall {
+    /// Done (or done before, by a hook): the call is answered as any.
+    Done,
+    /// It failed: the call fails with this errno.
+    Failed(rustix::io::Errno),
+    /// The call was interrupted before: nothing to answer, and the next
+    /// call attaches.
+    Gone(devns_core::hook::Wanted),
+}
+
 /// The socket and its unfinished connections.
 pub struct AgentSock {
     pub fd: OwnedFd,
@@ -199,8 +210,79 @@ impl Daemon {
                 return tracing::warn!(container = id, pid, error = %e, "cannot serve a runtime's seccomp listener");
             }
         };
-        tracing::info!(container = id, pid, ns = taken.ns, "serving a runtime's seccomp listener");
-        self.serve_listener(l, taken.ns, Some(taken.container));
+        tracing::info!(
+            container = id,
+            pid,
+            ns = taken.ns,
+            attach = taken.attach.is_some(),
+            "serving a runtime's seccomp listener"
+        );
+        self.serve_listener(l, taken.ns, Some(taken.container), taken.attach);
+    }
+
+    /// The first call listener `key` trapped (its container's first
+    /// `execve`, by the runtime's init, after `pivot_root`): the
+    /// container asked for devns (`w`), so its user namespace is brought
+    /// under devns as a createRuntime hook would, unless one did. The
+    /// view goes at `/dev` of the caller's root, which is the container's
+    /// now. A failure is the call's errno: the container does not start
+    /// without what it asked for.
+    pub(super) fn attach_at_first_call(
+        &mut self,
+        key: u64,
+        n: &devns_sys::seccomp::Notif,
+        w: devns_core::hook::Wanted,
+    ) -> FirstCall {
+        let Some(s) = self.listeners.get(&key) else { return FirstCall::Done };
+        let (ns, container) = (s.ns, s.container.clone().unwrap_or_default());
+        if self.engine.kept(devns_core::NsId(ns)).is_some() {
+            return FirstCall::Done;
+        }
+        // While the kernel still waits for this answer, `n.pid` is the
+        // caller's thread, and its namespace the listener's. Its process
+        // is what is attached.
+        let status = std::fs::read(format!("/proc/{}/status", n.pid)).unwrap_or_default();
+        let pid = decide::thread_group(&status).unwrap_or(n.pid as i32);
+        let caller_ns = user_ns_of(pid);
+        if !devns_sys::seccomp::id_valid(s.listener.fd(), n.id) {
+            // Interrupted (runc's Go init is signalled by its runtime all
+            // the time), and made again: the attach waits for that one.
+            return FirstCall::Gone(w);
+        }
+        if caller_ns != Some(ns) {
+            tracing::error!(
+                container,
+                pid,
+                ns,
+                "the first call of a container's listener came from another user namespace: not attached"
+            );
+            return FirstCall::Failed(rustix::io::Errno::PERM);
+        }
+        let spec = crate::engine::Attach {
+            pid,
+            name: Some(&w.name),
+            at: "/dev",
+            root: None,
+            devices: &w.devices,
+            runtime: true,
+            container: Some(&container),
+        };
+        match self.engine.attach(&spec) {
+            Ok(_) => {
+                tracing::info!(container, pid, ns, name = w.name, "container brought under devns at its first execve");
+                self.watch_members(devns_core::NsId(ns));
+                FirstCall::Done
+            }
+            Err(e) => {
+                tracing::error!(
+                    container,
+                    pid,
+                    ns,
+                    "cannot bring the container under devns, so it does not start: {e:#}"
+                );
+                FirstCall::Failed(rustix::io::Errno::PERM)
+            }
+        }
     }
 
     /// What the daemon's listeners serve now.

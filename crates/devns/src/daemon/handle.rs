@@ -89,7 +89,7 @@ impl Daemon {
                 };
                 // Tagged with the namespace this connection ran, if any.
                 let ns = c.ran;
-                self.serve_listener(l, ns, None);
+                self.serve_listener(l, ns, None, None);
                 Ok(json!("listening"))
             }
             Request::Run { name, devices } => {

@@ -257,7 +257,7 @@ impl Daemon {
     }
 
     /// Watches the members of `id` not watched yet (every fd once).
-    fn watch_members(&mut self, id: NsId) {
+    pub(super) fn watch_members(&mut self, id: NsId) {
         let Some(ns) = self.engine.kept_mut(id) else { return };
         for m in ns.members.iter_mut().filter(|m| !m.watched) {
             watch_in(&self.ep, &mut self.targets, &mut self.next_token, &m.pidfd, Target::Member(id, m.keeper.pid));

@@ -34,6 +34,9 @@ pub struct Served {
     /// The container whose runtime passed it (the agent socket), while
     /// this daemon serves it.
     pub container: Option<String>,
+    /// What that container asked of devns, until the first call trapped
+    /// (its first `execve`) brings it under devns.
+    pub attach: Option<devns_core::hook::Wanted>,
 }
 
 /// What the store gave back at start.
@@ -125,10 +128,16 @@ impl Outlive {
 impl Daemon {
     /// Hands `l` (serving `ns`, 0 if not known; passed by the runtime of
     /// `container`) to the store and serves it.
-    pub(super) fn serve_listener(&mut self, l: Listener, ns: u64, container: Option<String>) {
+    pub(super) fn serve_listener(
+        &mut self,
+        l: Listener,
+        ns: u64,
+        container: Option<String>,
+        attach: Option<devns_core::hook::Wanted>,
+    ) {
         let key = self.keep(Some(ns), l.fd());
         self.keep_tmp(ns);
-        self.add_served(Served { listener: l, key, ns, container });
+        self.add_served(Served { listener: l, key, ns, container, attach });
     }
 
     fn keep_tmp(&mut self, ns: u64) {
@@ -223,7 +232,23 @@ impl Daemon {
         };
         let Some(n) = n else { return };
         crate::journal::Stop::Received.here(&mut self.stop_in_call);
-        if let Some(r) = s.listener.answer(&n, &mut self.engine) {
+        let first = match s.attach.take() {
+            Some(w) => self.attach_at_first_call(key, &n, w),
+            None => super::agentsock::FirstCall::Done,
+        };
+        let Some(s) = self.listeners.get_mut(&key) else { return };
+        let j = self.journal.as_ref();
+        let answer = match first {
+            super::agentsock::FirstCall::Done => s.listener.answer(&n, &mut self.engine),
+            super::agentsock::FirstCall::Failed(e) => {
+                Some(devns_sys::seccomp::NotifResp { id: n.id, val: 0, error: -e.raw_os_error(), flags: 0 })
+            }
+            super::agentsock::FirstCall::Gone(w) => {
+                s.attach = Some(w);
+                None
+            }
+        };
+        if let Some(r) = answer {
             if let Some(j) = j {
                 j.answered(&r);
             }
@@ -255,7 +280,7 @@ impl Daemon {
             let alive = |n| crate::host::members_of(NsId(n)).next().is_some();
             match keep::recovered(ns, hung_up(fd.as_fd()), |n| kept.contains(&NsId(n)), alive) {
                 Recovered::Serve => match Listener::new(fd) {
-                    Ok(l) => self.add_served(Served { listener: l, key: Some(key), ns, container: None }),
+                    Ok(l) => self.add_served(Served { listener: l, key: Some(key), ns, container: None, attach: None }),
                     Err(e) => tracing::warn!(key, error = %e, "cannot serve a listener given back"),
                 },
                 Recovered::Stale(why) => {
