@@ -12,6 +12,7 @@ pub mod bpf;
 pub mod clients;
 pub mod config;
 pub mod dac;
+pub mod devmounts;
 pub mod device;
 pub mod doctor;
 pub mod hook;
