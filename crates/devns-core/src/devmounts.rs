@@ -160,11 +160,7 @@ mod tests {
         let p = plan(&[], &m, &m, DEFAULT_OVERFLOW);
         for d in dev_mounts(ShmSize::DEFAULT) {
             let e = p.entries.iter().find(|e| e.path() == d.at);
-            assert!(
-                matches!(e, Some(Entry::Dir { uid: 100_000, gid: 100_000, .. })),
-                "{}: {e:?}",
-                d.at
-            );
+            assert!(matches!(e, Some(Entry::Dir { uid: 100_000, gid: 100_000, .. })), "{}: {e:?}", d.at);
         }
     }
 
