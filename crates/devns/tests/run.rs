@@ -266,12 +266,14 @@ fn rootfs_is_used_as_root() {
         "/bin/busybox",
         "sh",
         "-c",
-        "/bin/busybox cat /etc/marker; /bin/busybox ls -A /dev; /bin/busybox ls /proc/self/ns >/dev/null && echo proc-ok",
+        "/bin/busybox cat /etc/marker; /bin/busybox ls -A /dev; /bin/busybox ls /proc/self/ns >/dev/null && echo proc-ok; \
+         /bin/busybox grep -E ' /dev/(shm|mqueue) .* - (tmpfs|mqueue) ' /proc/self/mountinfo | /bin/busybox wc -l",
     ]);
     assert_ok(&o);
     let out = stdout(&o);
     let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
     assert_eq!(lines.remove(0), "inside-rootfs");
+    assert_eq!(lines.pop().map(|l| l.trim().to_owned()).as_deref(), Some("2"), "its own shm and mqueue: {out}");
     assert_eq!(lines.pop().as_deref(), Some("proc-ok"));
     assert_eq!(sorted(lines), default_view());
 }

@@ -340,10 +340,10 @@ fn the_container_s_init_holds_none_of_the_keeper_s_fds() {
 /// The container's own mounts, each of which it may undo.
 const OWN_MOUNTS: [&str; 6] = ["/tmp", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev", "/proc"];
 
-/// As container root, unmounts `/tmp`, `/dev/pts`, `/dev/shm`,
-/// `/dev/mqueue`, `/dev` and `/proc` until the kernel refuses, then looks for the host's: `/dev` nodes that
-/// are not in the view, a file in its `/dev/shm`, one in its `/tmp`, and
-/// this test's process in `/proc`. Nothing of it may show.
+/// As container root, unmounts each of [`OWN_MOUNTS`] until the kernel
+/// refuses, then looks for the host's: `/dev` nodes that are not in the
+/// view, a file in its `/dev/shm`, one in its `/tmp`, and this test's
+/// process in `/proc`. Nothing of it may show.
 fn umounts_uncover_nothing_of_the_host(env: &Env, args: &[&str], busybox: &str) {
     let shm = Marker::new("/dev/shm", "shm");
     let tmp = Marker::new("/tmp", "tmp");
