@@ -202,7 +202,7 @@ fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, O
     let signals = SignalFd::new(&terminal.relayed_signals()).context("cannot set up signal forwarding")?;
     let (mine, theirs) = container::channel()?;
     // The IPC namespace the child makes itself, once it is container root
-    // (see `container::child_main`).
+    // (in `container::setup`), so that its root owns `/dev/mqueue`.
     let flags = sysproc::CLONE_NEWUSER
         | sysproc::CLONE_NEWNS
         | sysproc::CLONE_NEWPID
