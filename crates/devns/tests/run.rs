@@ -14,7 +14,7 @@ fn assert_ok(o: &std::process::Output) {
 
 #[test]
 #[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
-fn default_view_holds_exactly_the_global_set_symlinks_and_pts() {
+fn default_view_holds_exactly_the_global_set_symlinks_and_mountpoints() {
     if !privileged() {
         return;
     }
