@@ -13,6 +13,7 @@ pub mod clients;
 pub mod config;
 pub mod dac;
 pub mod device;
+pub mod devmounts;
 pub mod doctor;
 pub mod hook;
 pub mod idmap;

@@ -17,6 +17,13 @@ pub const SYMLINKS: &[(&str, &str)] = &[
 
 /// The mountpoint for the namespace's own devpts instance.
 pub const PTS_DIR: &str = "pts";
+/// The mountpoint for a container's own POSIX shared memory (a tmpfs).
+pub const SHM_DIR: &str = "shm";
+/// The mountpoint for its IPC namespace's mqueue instance.
+pub const MQUEUE_DIR: &str = "mqueue";
+/// The directories every view has for the filesystems a container mounts
+/// on it (see [`crate::devmounts`]), or its runtime carries onto it.
+pub const MOUNTPOINTS: [&str; 3] = [PTS_DIR, SHM_DIR, MQUEUE_DIR];
 
 /// `/dev/loop-control` in a view is a stand-in, never the kernel's device:
 /// a node of the null device (numbers 1:3), on which every `LOOP_CTL_*`
@@ -64,11 +71,16 @@ pub fn plan(devices: &[&Device], uids: &IdMap, gids: &IdMap, overflow: (u32, u32
     let (overflow_uid, overflow_gid) = overflow;
     let root_uid = uids.carry(0, overflow_uid);
     let root_gid = gids.carry(0, overflow_gid);
-    let mut entries = Vec::with_capacity(devices.len() + SYMLINKS.len() + 1);
+    let mut entries = Vec::with_capacity(devices.len() + SYMLINKS.len() + MOUNTPOINTS.len() + 1);
     // Every path in the plan, and whether it is a directory.
     let mut taken: BTreeMap<String, bool> = BTreeMap::new();
-    entries.push(Entry::Dir { path: PTS_DIR.into(), mode: 0o755, uid: root_uid, gid: root_gid });
-    taken.insert(PTS_DIR.into(), true);
+    // Only the namespace's root may write there: with nothing mounted on
+    // them (a view mounted with `mount -t devtmpfs`), what is put there
+    // takes the view's space, which its nodes need.
+    for dir in MOUNTPOINTS {
+        entries.push(Entry::Dir { path: dir.into(), mode: 0o755, uid: root_uid, gid: root_gid });
+        taken.insert(dir.into(), true);
+    }
     for (path, target) in SYMLINKS {
         entries.push(Entry::Symlink { path: (*path).into(), target: (*target).into(), uid: root_uid, gid: root_gid });
         taken.insert((*path).into(), false);
@@ -83,8 +95,9 @@ pub fn plan(devices: &[&Device], uids: &IdMap, gids: &IdMap, overflow: (u32, u32
     taken.insert(LOOP_CONTROL.into(), false);
     for d in devices {
         // A name that would escape, or collide with a fixed entry or with a
-        // directory another device needs, is left out rather than guessed at.
-        if !is_safe_dev_name(&d.name) || taken.contains_key(&d.name) {
+        // directory another device needs, is left out rather than guessed at;
+        // so is one below a mountpoint, which the container's mount covers.
+        if !is_safe_dev_name(&d.name) || taken.contains_key(&d.name) || below_mountpoint(&d.name) {
             continue;
         }
         let comps: Vec<&str> = d.name.split('/').collect();
@@ -107,6 +120,10 @@ pub fn plan(devices: &[&Device], uids: &IdMap, gids: &IdMap, overflow: (u32, u32
         });
     }
     ViewPlan { root_uid, root_gid, entries }
+}
+
+fn below_mountpoint(name: &str) -> bool {
+    MOUNTPOINTS.iter().any(|m| name.strip_prefix(m).is_some_and(|rest| rest.starts_with('/')))
 }
 
 /// What the shell found at a path of a live view.
@@ -204,11 +221,14 @@ mod tests {
     }
 
     #[test]
-    fn default_view_is_globals_symlinks_and_pts() {
+    fn default_view_is_globals_symlinks_and_mountpoints() {
         let r = sample();
         let m = IdMap::single(100_000, 65_536);
         let p = plan(&r.view_devices(NsId(1)), &m, &m, DEFAULT_OVERFLOW);
-        assert_eq!(top_names(&p), ["fd", "loop-control", "null", "ptmx", "pts", "stderr", "stdin", "stdout", "zero"]);
+        assert_eq!(
+            top_names(&p),
+            ["fd", "loop-control", "mqueue", "null", "ptmx", "pts", "shm", "stderr", "stdin", "stdout", "zero"]
+        );
         assert_eq!((p.root_uid, p.root_gid), (100_000, 100_000));
     }
 
@@ -235,6 +255,8 @@ mod tests {
             dev(Kind::Char, 99, 0, "fd"),
             dev(Kind::Char, 99, 1, "stdin/x"),
             dev(Kind::Char, 99, 2, "net"),
+            dev(Kind::Char, 99, 3, "shm"),
+            dev(Kind::Char, 99, 4, "mqueue/q"),
         ];
         let refs: Vec<&crate::Device> = devs.iter().collect();
         let m = IdMap::single(1000, 65_536);
@@ -246,6 +268,10 @@ mod tests {
         assert_eq!(paths.iter().filter(|p| **p == "input").count(), 1);
         assert_eq!(paths.iter().filter(|p| **p == "fd").count(), 1);
         assert!(!paths.contains(&"stdin/x"));
+        // The mountpoints stay directories: devices named there are left out.
+        assert_eq!(paths.iter().filter(|p| **p == "shm").count(), 1);
+        assert!(matches!(p.entries[pos("shm")], Entry::Dir { .. }));
+        assert!(!paths.contains(&"mqueue/q"));
         assert!(matches!(p.entries[pos("net")], Entry::Dir { .. }));
     }
 
@@ -258,6 +284,8 @@ mod tests {
         let loop0 = DevId::new(Kind::Block, 7, 0);
         let actual = vec![
             Actual { path: "pts".into(), found: Found::Dir },
+            Actual { path: "shm".into(), found: Found::Dir },
+            Actual { path: "mqueue".into(), found: Found::Dir },
             Actual { path: LOOP_CONTROL.into(), found: Found::Node(null) },
             Actual { path: "zero".into(), found: Found::Other },
             Actual { path: "null2".into(), found: Found::Node(null) },
@@ -301,6 +329,8 @@ mod tests {
         );
         let actual = vec![
             Actual { path: PTS_DIR.into(), found: Found::Dir },
+            Actual { path: SHM_DIR.into(), found: Found::Dir },
+            Actual { path: MQUEUE_DIR.into(), found: Found::Dir },
             Actual { path: LOOP_CONTROL.into(), found: Found::Node(LOOP_CONTROL_STAND_IN) },
             Actual { path: "null".into(), found: Found::Node(LOOP_CONTROL_STAND_IN) },
         ];

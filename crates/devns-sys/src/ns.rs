@@ -92,6 +92,17 @@ pub fn unshare_cgroup() -> io::Result<()> {
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWCGROUP) }
 }
 
+/// Moves the calling thread into a new, empty IPC namespace
+/// (`unshare(CLONE_NEWIPC)`), owned by its user namespace; the kernel
+/// makes the namespace's mqueue superblock now, its root owned by the
+/// caller's fsuid and fsgid.
+pub fn unshare_ipc() -> io::Result<()> {
+    // SAFETY: of unshare's flags only CLONE_FILES (absent here) can change
+    // what the fds of this process refer to; a new IPC namespace changes
+    // only which SysV and POSIX message queue objects the thread reaches.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWIPC) }
+}
+
 /// Moves the calling thread into a new, empty network namespace
 /// (`unshare(CLONE_NEWNET)`): for a thread that ends afterwards, so that
 /// the namespace goes with it.

@@ -4,7 +4,7 @@ use rustix::fd::{FromRawFd, OwnedFd};
 use rustix::io;
 use rustix::process::Pid;
 
-pub use libc::{CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS};
+pub use libc::{CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS};
 
 /// The two sides of a successful [`fork_into`].
 pub enum Forked {

@@ -8,6 +8,7 @@
 //! every other process of the namespace.
 
 use anyhow::{Context, Result, anyhow, bail};
+use devns_core::devmounts::{Attrs, ShmSize};
 use devns_core::idmap::IdMap;
 use devns_core::registry::NsId;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -150,6 +151,8 @@ pub struct ChildPlan<'a> {
     pub own_net: bool,
     /// What its stdio is: terminals get a pty of the container's own.
     pub outer: &'a tty::Outer,
+    /// The size limit of its `/dev/shm`.
+    pub shm: ShmSize,
 }
 
 /// The child's whole life; returns its exit status.
@@ -210,7 +213,8 @@ fn attach(mnt: impl AsFd, root: impl AsFd, at: &str) -> Result<()> {
 }
 
 /// A new filesystem instance made in the child's namespaces (`proc` needs
-/// its pid namespace, `devpts` gets its own instance owned by its root).
+/// its pid namespace, `mqueue` its IPC namespace, `devpts` gets its own
+/// instance owned by its root).
 fn new_fs(fstype: &str, flags: &[&str], opts: &[(&str, &str)], attrs: MountAttrFlags) -> Result<OwnedFd> {
     let ctx = || format!("cannot create a {fstype} instance");
     let fs = rustix::mount::fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).with_context(ctx)?;
@@ -222,6 +226,37 @@ fn new_fs(fstype: &str, flags: &[&str], opts: &[(&str, &str)], attrs: MountAttrF
     }
     rustix::mount::fsconfig_create(&fs).with_context(ctx)?;
     rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).with_context(ctx)
+}
+
+/// Mounts the container's own devpts, `/dev/shm` and `/dev/mqueue` on its
+/// view (at `dev` below `root`): made here, in its namespaces, so that its
+/// devpts and tmpfs are its own instances, owned by its root, and mqueue is
+/// its IPC namespace's; they go with its mount namespace. Returns devpts.
+fn dev_mounts(root: impl AsFd, shm: ShmSize) -> Result<OwnedFd> {
+    let mut pts = None;
+    for m in devns_core::devmounts::dev_mounts(shm) {
+        let opts: Vec<(&str, &str)> = m.options.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let fs = new_fs(m.fstype, m.flags, &opts, attrs_of(m.attrs))?;
+        attach(&fs, &root, &format!("dev/{}", m.at))?;
+        if m.at == devns_core::view::PTS_DIR {
+            pts = Some(fs);
+        }
+    }
+    pts.context("no devpts among the container's mounts")
+}
+
+fn attrs_of(a: Attrs) -> MountAttrFlags {
+    let mut f = MountAttrFlags::empty();
+    for (on, flag) in [
+        (a.nosuid, MountAttrFlags::MOUNT_ATTR_NOSUID),
+        (a.nodev, MountAttrFlags::MOUNT_ATTR_NODEV),
+        (a.noexec, MountAttrFlags::MOUNT_ATTR_NOEXEC),
+    ] {
+        if on {
+            f |= flag;
+        }
+    }
+    f
 }
 
 /// First thing in the child: a session of its own, so that no terminal of
@@ -260,6 +295,10 @@ fn setup(plan: &ChildPlan<'_>) -> Result<Option<OwnedFd>> {
     // it sent the mounts, so the container sees that one as `/` and none
     // of the host's tree above it.
     devns_sys::ns::unshare_cgroup().context("cannot create a cgroup namespace")?;
+    // An IPC namespace made only now, as container root: its mqueue
+    // instance's root (`/dev/mqueue`) is then container root's, not the
+    // unmapped host root's that cloned it.
+    devns_sys::ns::unshare_ipc().context("cannot create an IPC namespace")?;
     rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
         .context("cannot make the mount namespace private")?;
     let root = match plan.rootfs {
@@ -271,13 +310,7 @@ fn setup(plan: &ChildPlan<'_>) -> Result<Option<OwnedFd>> {
         None => root::from_host()?,
     };
     attach(&view, &root, "dev")?;
-    let pts = new_fs(
-        "devpts",
-        &["newinstance"],
-        &[("ptmxmode", "0666"), ("mode", "0620"), ("gid", "5")],
-        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
-    )?;
-    attach(&pts, &root, "dev/pts")?;
+    let pts = dev_mounts(&root, plan.shm)?;
     let pty = tty::take_pty(&pts, plan.outer)?;
     let proc_fs = new_fs(
         "proc",

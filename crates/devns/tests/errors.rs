@@ -181,7 +181,7 @@ fn bad_config_names_file_line_and_problem() {
     assert!(o.status.success());
     let mut got: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect();
     got.sort();
-    assert_eq!(got, ["fd", "loop-control", "null", "ptmx", "pts", "stderr", "stdin", "stdout", "tty"]);
+    assert_eq!(got, ["fd", "loop-control", "mqueue", "null", "ptmx", "pts", "shm", "stderr", "stdin", "stdout", "tty"]);
 }
 
 #[test]

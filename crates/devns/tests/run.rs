@@ -14,7 +14,7 @@ fn assert_ok(o: &std::process::Output) {
 
 #[test]
 #[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
-fn default_view_holds_exactly_the_global_set_symlinks_and_pts() {
+fn default_view_holds_exactly_the_global_set_symlinks_and_mountpoints() {
     if !privileged() {
         return;
     }
@@ -266,12 +266,14 @@ fn rootfs_is_used_as_root() {
         "/bin/busybox",
         "sh",
         "-c",
-        "/bin/busybox cat /etc/marker; /bin/busybox ls -A /dev; /bin/busybox ls /proc/self/ns >/dev/null && echo proc-ok",
+        "/bin/busybox cat /etc/marker; /bin/busybox ls -A /dev; /bin/busybox ls /proc/self/ns >/dev/null && echo proc-ok; \
+         /bin/busybox grep -E ' /dev/(shm|mqueue) .* - (tmpfs|mqueue) ' /proc/self/mountinfo | /bin/busybox wc -l",
     ]);
     assert_ok(&o);
     let out = stdout(&o);
     let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
     assert_eq!(lines.remove(0), "inside-rootfs");
+    assert_eq!(lines.pop().map(|l| l.trim().to_owned()).as_deref(), Some("2"), "its own shm and mqueue: {out}");
     assert_eq!(lines.pop().as_deref(), Some("proc-ok"));
     assert_eq!(sorted(lines), default_view());
 }
@@ -407,4 +409,140 @@ fn a_run_through_the_daemon_has_a_cgroup_namespace_rooted_at_its_cgroup() {
     let env = Env::new();
     let _d = Daemon::start(&env);
     the_container_s_cgroup_is_the_root_of_its_cgroup_namespace(&env, "cgns");
+}
+
+/// The mountinfo line (read inside) of the mount at `at`: its mount
+/// options, filesystem type and superblock options.
+fn mount_at<'a>(mountinfo: &'a [String], at: &str) -> (Vec<&'a str>, &'a str, Vec<&'a str>) {
+    let line = mountinfo
+        .iter()
+        .rfind(|l| l.split(' ').nth(4) == Some(at))
+        .unwrap_or_else(|| panic!("nothing mounted at {at}: {mountinfo:?}"));
+    let (mine, fs) = line.split_once(" - ").unwrap();
+    let fs: Vec<&str> = fs.split(' ').collect();
+    (mine.split(' ').nth(5).unwrap().split(',').collect(), fs[0], fs[2].split(',').collect())
+}
+
+const AS_USER: &str = "setpriv --reuid 1000 --regid 1000 --clear-groups";
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn dev_shm_and_mqueue_are_the_container_s_own_and_go_with_it() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let shared = SharedDir::new("ipc");
+    let bin = shared.testbin();
+    let bin = bin.display();
+    let host_shm = Marker::new("/dev/shm", "ipc-host");
+    let m = marker("ipc");
+    let mounts = env.host_mounts();
+    let script = format!(
+        "grep -E ' /dev/(shm|mqueue) ' /proc/self/mountinfo; echo ==; \
+         stat -c '%n %a %u %g' /dev/shm /dev/mqueue; echo ==; \
+         echo by-root > /dev/shm/{m}-root-file && {AS_USER} sh -c 'echo by-user > /dev/shm/{m}-user-file'; \
+         stat -c '%n %u %g' /dev/shm/{m}-root-file /dev/shm/{m}-user-file; echo ==; \
+         DEVNS_IPC_NAME={m}-r {bin} posix-ipc; DEVNS_IPC_NAME={m}-u {AS_USER} {bin} posix-ipc; echo ==; \
+         stat -c '%n %u %a' /dev/mqueue/{m}-r /dev/mqueue/{m}-u /dev/shm/{m}-u; head -c 7 /dev/mqueue/{m}-u; echo; \
+         [ -e /dev/shm/{} ] && echo host-shm-seen; echo ready; read x",
+        host_shm.0.file_name().unwrap().to_string_lossy()
+    );
+    let mut c = env.spawn(&["--", "sh", "-c", &script]);
+    let out = c.lines_until("ready");
+    let parts: Vec<&[String]> = out.split(|l| l == "==").collect();
+    assert_eq!(parts.len(), 5, "{out:?}");
+    for (at, fstype) in [("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue")] {
+        let (opts, fs, sopts) = mount_at(parts[0], at);
+        assert_eq!(fs, fstype, "{at}: {out:?}");
+        for o in ["nosuid", "nodev", "noexec"] {
+            assert!(opts.contains(&o), "{at} is not {o}: {out:?}");
+        }
+        if at == "/dev/shm" {
+            assert!(sopts.contains(&"size=65536k"), "64 MiB by default: {out:?}");
+        }
+    }
+    // Sticky, world-writable, container root's.
+    assert_eq!(parts[1], ["/dev/shm 1777 0 0", "/dev/mqueue 1777 0 0"]);
+    assert_eq!(parts[2], [format!("/dev/shm/{m}-root-file 0 0"), format!("/dev/shm/{m}-user-file 1000 1000")]);
+    assert_eq!(parts[3], ["shm ok", "mq got hello", "shm ok", "mq got hello"], "{out:?}");
+    let rest = parts[4];
+    assert_eq!(
+        rest[..3],
+        [format!("/dev/mqueue/{m}-r 0 600"), format!("/dev/mqueue/{m}-u 1000 600"), format!("/dev/shm/{m}-u 1000 600")]
+    );
+    assert_eq!(rest[3], "QSIZE:5", "one message is left in the queue: {out:?}");
+    assert_eq!(rest.len(), 4, "the host's /dev/shm is not the container's: {out:?}");
+    // Its mounts are in its own mount namespace alone: the host's table
+    // and the host's /dev/shm stay as they were.
+    assert_eq!(env.host_mounts(), mounts, "the container's mounts reached the host");
+    let on_host: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&m))
+        .collect();
+    assert!(on_host.is_empty(), "{on_host:?}");
+    c.send("\n");
+    assert_eq!(c.wait().0, 0);
+    assert_eq!(env.host_mounts(), mounts, "something of the container's stayed mounted");
+    assert!(std::path::Path::new(&host_shm.0).exists(), "the host's /dev/shm was touched");
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn two_containers_share_no_shm_file_and_no_queue() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let shared = SharedDir::new("ipc2");
+    let bin = shared.testbin();
+    let mut a = shell_container(&env, &[]);
+    let mut b = shell_container(&env, &[]);
+    let made = a.sh(&format!("echo a > /dev/shm/only-a; DEVNS_IPC_NAME=qa {} posix-ipc", bin.display()));
+    assert_eq!(made, ["shm ok", "mq got hello"]);
+    assert_eq!(a.sh("ls -A /dev/shm /dev/mqueue"), ["/dev/mqueue:", "qa", "", "/dev/shm:", "only-a", "qa"]);
+    assert_eq!(b.sh("ls -A /dev/shm /dev/mqueue"), ["/dev/mqueue:", "", "/dev/shm:"], "B sees A's");
+    // Nor does B reach A's objects by name: its own of the same name are
+    // new (the role makes them with O_EXCL).
+    assert_eq!(b.sh(&format!("DEVNS_IPC_NAME=qa {} posix-ipc", bin.display())), ["shm ok", "mq got hello"]);
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn shm_size_bounds_dev_shm() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let script = "grep ' /dev/shm ' /proc/self/mountinfo; \
+                  dd if=/dev/zero of=/dev/shm/big bs=1024 count=2048 2>/dev/null || echo full";
+    let o = env.run(&["--shm-size", "1m", "--", "sh", "-c", script]);
+    assert_ok(&o);
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+    assert!(mount_at(&lines[..1], "/dev/shm").2.contains(&"size=1024k"), "{lines:?}");
+    assert_eq!(lines[1], "full");
+    let o = env.run(&["--shm-size", "0", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("a size of 0 would leave /dev/shm unlimited"));
+}
+
+/// Through a daemon, the container makes them itself too.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_run_through_the_daemon_has_its_own_shm_and_mqueue() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mounts = env.host_mounts();
+    let o = env.run(&["--", "sh", "-c", "grep -E ' /dev/(shm|mqueue) ' /proc/self/mountinfo"]);
+    assert_ok(&o);
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+    assert_eq!(mount_at(&lines, "/dev/shm").1, "tmpfs", "{lines:?}");
+    assert_eq!(mount_at(&lines, "/dev/mqueue").1, "mqueue", "{lines:?}");
+    eventually("the namespace is let go", || env.recorded_namespaces() == 0);
+    assert_eq!(env.host_mounts(), mounts);
 }

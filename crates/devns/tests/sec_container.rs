@@ -337,27 +337,13 @@ fn the_container_s_init_holds_none_of_the_keeper_s_fds() {
 
 // ---- what the container's umounts uncover ---------------------------------------
 
-/// A file of the test's on the host, removed on drop.
-struct Marker(std::path::PathBuf);
+/// The container's own mounts, each of which it may undo.
+const OWN_MOUNTS: [&str; 6] = ["/tmp", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev", "/proc"];
 
-impl Marker {
-    fn new(dir: &str, tag: &str) -> Marker {
-        let p = Path::new(dir).join(marker(tag));
-        std::fs::write(&p, "host").unwrap();
-        Marker(p)
-    }
-}
-
-impl Drop for Marker {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// As container root, unmounts `/tmp`, `/dev/pts`, `/dev` and `/proc`
-/// until the kernel refuses, then looks for the host's: `/dev` nodes that
-/// are not in the view, a file in its `/dev/shm`, one in its `/tmp`, and
-/// this test's process in `/proc`. Nothing of it may show.
+/// As container root, unmounts each of [`OWN_MOUNTS`] until the kernel
+/// refuses, then looks for the host's: `/dev` nodes that are not in the
+/// view, a file in its `/dev/shm`, one in its `/tmp`, and this test's
+/// process in `/proc`. Nothing of it may show.
 fn umounts_uncover_nothing_of_the_host(env: &Env, args: &[&str], busybox: &str) {
     let shm = Marker::new("/dev/shm", "shm");
     let tmp = Marker::new("/tmp", "tmp");
@@ -370,7 +356,7 @@ fn umounts_uncover_nothing_of_the_host(env: &Env, args: &[&str], busybox: &str) 
         .collect();
     assert!(host_dev.iter().any(|n| n == "mem" || n == "kmsg" || n == "shm"), "{host_dev:?}");
     let mut script = String::new();
-    for m in ["/tmp", "/dev/pts", "/dev", "/proc"] {
+    for m in OWN_MOUNTS {
         script += &format!(
             "i=0; while [ $i -lt 20 ] && {busybox} umount -l {m}; do i=$((i+1)); done; echo umounted {m} $i; "
         );
@@ -391,7 +377,7 @@ fn umounts_uncover_nothing_of_the_host(env: &Env, args: &[&str], busybox: &str) 
     assert!(o.status.success() && out.ends_with("done\n"), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
     // Each of them was a mount of the container's own, which it could undo
     // (stderr has the kernel's refusal that ended each loop).
-    for m in ["/tmp", "/dev/pts", "/dev", "/proc"] {
+    for m in OWN_MOUNTS {
         assert!(out.lines().any(|l| l.starts_with(&format!("umounted {m} ")) && !l.ends_with(" 0")), "{m}: {out}");
     }
     let uncovered: Vec<&str> = out.lines().filter(|l| l.starts_with("host")).collect();

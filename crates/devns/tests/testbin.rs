@@ -69,6 +69,11 @@ fn loop_race_needs_what_to_race_for() {
 }
 
 #[test]
+fn posix_ipc_needs_the_objects_name() {
+    needs("posix-ipc", "DEVNS_IPC_NAME");
+}
+
+#[test]
 fn signal_storm_needs_its_iterations() {
     needs("signal-storm", "DEVNS_STORM_ITERATIONS");
 }

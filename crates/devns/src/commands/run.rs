@@ -1,5 +1,6 @@
 //! `devns run`: a command in new user, mount, pid, uts and ipc namespaces,
-//! with its own `/dev` view, a fresh `/proc` and a private `/tmp`.
+//! with its own `/dev` view (with a devpts, `/dev/shm` and `/dev/mqueue` of
+//! its own on it), a fresh `/proc` and a private `/tmp`.
 //!
 //! This process stays on the host as the namespace's keeper: without a
 //! daemon it serves the namespace itself through the one engine
@@ -19,6 +20,7 @@ use crate::store::Store;
 use crate::watcher::Watcher;
 use crate::{config, host};
 use anyhow::{Context, Result, anyhow};
+use devns_core::devmounts::ShmSize;
 use devns_sys::process::{self as sysproc, Forked};
 use devns_sys::signal::SignalFd;
 use rustix::event::{PollFd, PollFlags, poll};
@@ -44,6 +46,11 @@ pub struct Args {
     /// only loopback) or `host` (share the host's).
     #[arg(long, value_name = "MODE", default_value = "none", value_parser = ["none", "host"])]
     pub net: String,
+    /// The size limit of the container's /dev/shm (a tmpfs of its own):
+    /// bytes, or with a unit k, m or g (1024-based), as `podman run
+    /// --shm-size` takes it.
+    #[arg(long, value_name = "SIZE", default_value = "64m")]
+    pub shm_size: ShmSize,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -194,11 +201,12 @@ fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, O
     // the child exists; the child inherits the mask and reads its own.
     let signals = SignalFd::new(&terminal.relayed_signals()).context("cannot set up signal forwarding")?;
     let (mine, theirs) = container::channel()?;
+    // The IPC namespace the child makes itself, once it is container root
+    // (in `container::setup`), so that its root owns `/dev/mqueue`.
     let flags = sysproc::CLONE_NEWUSER
         | sysproc::CLONE_NEWNS
         | sysproc::CLONE_NEWPID
         | sysproc::CLONE_NEWUTS
-        | sysproc::CLONE_NEWIPC
         | if args.net == "host" { 0 } else { sysproc::CLONE_NEWNET };
     // SAFETY: devns is single-threaded here (no thread was spawned), so the
     // child may run ordinary Rust until it execs or exits.
@@ -214,6 +222,7 @@ fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, O
                 cmd: &args.cmd,
                 own_net: args.net != "host",
                 outer: &outer,
+                shm: args.shm_size,
             };
             // Never return into the parent's frames: their guards are the
             // parent's to run.

@@ -239,6 +239,8 @@ pub fn default_view() -> Vec<String> {
             "stderr",
             "ptmx",
             "pts",
+            "shm",
+            "mqueue",
             "loop-control",
         ]
         .iter()
@@ -272,6 +274,24 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
 /// A unique marker for a test's processes.
 pub fn marker(tag: &str) -> String {
     format!("devns-test-{tag}-{}", std::process::id())
+}
+
+/// A file of the test's on the host (in `dir`, named by [`marker`]),
+/// removed on drop.
+pub struct Marker(pub PathBuf);
+
+impl Marker {
+    pub fn new(dir: &str, tag: &str) -> Marker {
+        let p = Path::new(dir).join(marker(tag));
+        std::fs::write(&p, "host").unwrap();
+        Marker(p)
+    }
+}
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The tests' helper binary (`tests/testbin/`): `devns-testbin ROLE`

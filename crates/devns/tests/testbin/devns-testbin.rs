@@ -6,6 +6,7 @@
 
 mod bpf;
 mod holder;
+mod ipc;
 mod loops;
 mod mknod;
 mod ptrace;
@@ -27,6 +28,7 @@ const ROLES: &[Role] = &[
     ("loop-ops", &["DEVNS_SEC_OPS"], loops::ops),
     ("loop-race", &["DEVNS_RACE"], loops::race),
     ("oci-peer", &["DEVNS_OCI_SOCK", "DEVNS_OCI_MSG"], runtime::peer),
+    ("posix-ipc", &["DEVNS_IPC_NAME"], ipc::posix_ipc),
     ("ptrace-init", &[], ptrace::ptrace_init),
     ("runtime-program", &["DEVNS_RUNTIME_ALLOW"], bpf::runtime_program),
     ("signal-storm", &["DEVNS_STORM_ITERATIONS"], mknod::signal_storm),
