@@ -1,14 +1,14 @@
 //! Container start to first command, with and without devns, for the real
 //! runtimes: `runc run` of a bundle, and `podman run` (runc) of a rootfs,
 //! each user-namespaced onto a block of its own. With devns the container
-//! asks for it (`devns.io/enable=true`): its createRuntime hook brings it
-//! under the daemon (its view on `/dev`, its device program, its devices)
-//! and its seccomp listener goes to the daemon's agent socket; without, the
-//! same container as the runtime starts it alone. A third way, the floor,
-//! is what the runtime itself pays for any hook and for devns's seccomp
-//! profile: the same container with that profile (its listener passed to
-//! the daemon) and hooks that run `/bin/true`. The ways rotate, in one
-//! run, so that the machine's drift falls on all.
+//! asks for it (`devns.io/enable=true`) and has devns's seccomp profile:
+//! its listener goes to the daemon's agent socket, and its first execve
+//! is where the daemon brings it in (its view on `/dev`, its device
+//! program, its devices); for runc, the poststop hook beside, as the
+//! runtime wrapper writes it. Without, the same container as the runtime
+//! starts it alone. A third way is devns by its createRuntime hook (and
+//! the profile), as hooks.d users have it. The ways rotate, in one run,
+//! so that the machine's drift falls on all.
 //!
 //! Each sample is the time from spawning the runtime until the container's
 //! first command (`echo ready`) has written its line; the container's end
@@ -123,17 +123,17 @@ fn world(c: &mut Command) {
         .env("DEVNS_CONFIG", rundir().join("config.toml"));
 }
 
-/// The three ways a container starts: alone; with devns's profile and a
-/// hook that does nothing (`/bin/true`), what any runtime hook and the
-/// notify rules cost the runtime itself, devns or not; asking for devns.
+/// The three ways a container starts: alone; under devns by its
+/// createRuntime hook; under devns by the profile alone (attached at its
+/// first execve).
 #[derive(Clone, Copy, PartialEq)]
 enum Way {
     Without,
-    Floor,
+    Hooks,
     With,
 }
 
-const WAYS: [Way; 3] = [Way::Without, Way::Floor, Way::With];
+const WAYS: [Way; 3] = [Way::Without, Way::Hooks, Way::With];
 
 fn hook(bin: &Path, stage: &str) -> Value {
     json!({
@@ -157,15 +157,14 @@ fn config(bin: &Path, work: &Path, way: Way, profile: &Value) -> Result<Value> {
     c["root"] = json!({ "path": work.join("rootfs"), "readonly": true });
     match way {
         Way::Without => {}
-        Way::Floor => {
-            for stage in ["createRuntime", "poststop"] {
-                c["hooks"][stage] = json!([{ "path": "/bin/true", "args": ["true"] }]);
-            }
+        Way::Hooks => {
+            c["annotations"]["devns.io/enable"] = json!("true");
+            c["hooks"]["createRuntime"] = json!([hook(bin, "createRuntime")]);
+            c["hooks"]["poststop"] = json!([hook(bin, "poststop")]);
             c["linux"]["seccomp"] = profile.clone();
         }
         Way::With => {
             c["annotations"]["devns.io/enable"] = json!("true");
-            c["hooks"]["createRuntime"] = json!([hook(bin, "createRuntime")]);
             c["hooks"]["poststop"] = json!([hook(bin, "poststop")]);
             c["linux"]["seccomp"] = profile.clone();
         }
@@ -220,20 +219,14 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
         .output()?;
     ensure!(out.status.success(), "devns oci profile --base: {}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(work.join("profile.json"), &out.stdout)?;
-    // The devns hooks, and for the floor the same hooks.d files running
-    // `/bin/true`.
-    let hooks = |dir: &str, floor: bool| -> Result<PathBuf> {
-        let hooks = work.join(dir);
-        std::fs::create_dir_all(&hooks)?;
-        for stage in ["createRuntime", "poststop"] {
-            let hook = if floor { json!({ "path": "/bin/true", "args": ["true"] }) } else { hook(bin, stage) };
-            let h = json!({ "version": "1.0.0", "hook": hook,
-                "when": { "annotations": { "^devns\\.io/enable$": "^true$" } }, "stages": [stage] });
-            std::fs::write(hooks.join(format!("devns-{stage}.json")), serde_json::to_vec(&h)?)?;
-        }
-        Ok(hooks)
-    };
-    let (hooks, floor_hooks) = (hooks("hooks.d", false)?, hooks("floor-hooks.d", true)?);
+    // The devns hooks, as hooks.d files, for the hooks way.
+    let hooks = work.join("hooks.d");
+    std::fs::create_dir_all(&hooks)?;
+    for stage in ["createRuntime", "poststop"] {
+        let h = json!({ "version": "1.0.0", "hook": hook(bin, stage),
+            "when": { "annotations": { "^devns\\.io/enable$": "^true$" } }, "stages": [stage] });
+        std::fs::write(hooks.join(format!("devns-{stage}.json")), serde_json::to_vec(&h)?)?;
+    }
     let bundles: Vec<PathBuf> = WAYS
         .iter()
         .enumerate()
@@ -279,9 +272,11 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
                         "--cgroup-parent",
                         &parent,
                     ]);
+                    if way == Way::Hooks {
+                        c.arg("--hooks-dir").arg(&hooks);
+                    }
                     if way != Way::Without {
-                        let dir = if way == Way::With { &hooks } else { &floor_hooks };
-                        c.args(["--annotation", "devns.io/enable=true", "--hooks-dir"]).arg(dir);
+                        c.args(["--annotation", "devns.io/enable=true"]);
                         c.arg("--security-opt").arg(format!("seccomp={}", work.join("profile.json").display()));
                     }
                     c.arg("--rootfs").arg(work.join("rootfs")).args(["/bin/echo", "ready"]);
@@ -293,21 +288,24 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
                 }
             }
         }
-        let [without, floor, with] = times.map(common::p50_p99);
-        rows.push((runtime, without, floor, with));
+        let [without, hooked, with] = times.map(common::p50_p99);
+        rows.push((runtime, without, hooked, with));
     }
-    println!("{samples} starts per way per runtime, rotating (µs; floor: devns's profile and /bin/true hooks):");
     println!(
-        "| runtime | p50 without | p50 floor | p50 with devns | ratio | + ms | floor ratio | p99 without | p99 with devns | ratio |"
+        "{samples} starts per way per runtime, rotating (µs; with devns: the profile, attached at the first execve; hooks: by the createRuntime hook):"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (rt, (a50, a99), (f50, _), (b50, b99)) in rows {
+    println!(
+        "| runtime | p50 without | p50 with devns | ratio | + ms | p99 without | p99 with devns | ratio | p50 hooks | hooks ratio | hooks + ms |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (rt, (a50, a99), (h50, _), (b50, b99)) in rows {
         println!(
-            "| {rt} | {a50:.0} | {f50:.0} | {b50:.0} | {:.3} | {:.2} | {:.3} | {a99:.0} | {b99:.0} | {:.3} |",
+            "| {rt} | {a50:.0} | {b50:.0} | {:.3} | {:.2} | {a99:.0} | {b99:.0} | {:.3} | {h50:.0} | {:.3} | {:.2} |",
             b50 / a50,
             (b50 - a50) / 1000.0,
-            f50 / a50,
-            b99 / a99
+            b99 / a99,
+            h50 / a50,
+            (h50 - a50) / 1000.0,
         );
     }
     Ok(())
