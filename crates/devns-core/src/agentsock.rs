@@ -164,6 +164,35 @@ pub fn take(m: &oci::Listener, f: &Facts, host_ns: u64, served: &Served) -> Resu
     Ok(Taken { ns, container, attach })
 }
 
+/// A directory's identity: its device and inode.
+pub type DirId = (u64, u64);
+
+/// When a listener's container that asked for devns is brought under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// As its listener arrives: its process's root is its rootfs already,
+    /// so its runtime has done `pivot_root`, which comes after every mount
+    /// of the rootfs, `/dev`'s too (runc passes the listener after that,
+    /// and after its device rules). Its first trapped call still waits for
+    /// the attach, and has the runtime's device rules deferred again, in
+    /// case the runtime wrote some since.
+    Now,
+    /// At its first trapped call (its first `execve`): its process's root
+    /// is not its rootfs yet (crun may pass the listener before
+    /// `pivot_root`), or either is unknown (a process gone, a bundle this
+    /// daemon cannot read or whose rootfs is a mount it does not see).
+    FirstCall,
+}
+
+/// When a container is attached: from the root of its process and its
+/// bundle's rootfs (`root.path`) as the daemon sees it.
+pub fn when(container_root: Option<DirId>, rootfs: Option<DirId>) -> When {
+    match (container_root, rootfs) {
+        (Some(c), Some(r)) if c == r => When::Now,
+        _ => When::FirstCall,
+    }
+}
+
 /// The process (thread group) of a trapped call's thread, from its
 /// `/proc/TID/status` (`Tgid:`): a notification names the calling
 /// thread, and runc's Go init may `execve` from any of its threads.
@@ -184,6 +213,20 @@ mod tests {
     }
 
     const OK: Facts = Facts { fds: 1, is_listener: true, pid_ns: Some(7) };
+
+    #[test]
+    fn a_container_is_attached_as_its_listener_comes_only_once_its_root_is_its_rootfs() {
+        let (host, rootfs) = ((8, 2), (8, 131_074));
+        assert_eq!(when(Some(rootfs), Some(rootfs)), When::Now);
+        // Before pivot_root its root is a copy of its runtime's.
+        assert_eq!(when(Some(host), Some(rootfs)), When::FirstCall);
+        // The same inode on another filesystem is another directory.
+        assert_eq!(when(Some((9, 131_074)), Some(rootfs)), When::FirstCall);
+        // A process gone, a rootfs not seen: nothing to compare.
+        assert_eq!(when(None, Some(rootfs)), When::FirstCall);
+        assert_eq!(when(Some(rootfs), None), When::FirstCall);
+        assert_eq!(when(None, None), When::FirstCall);
+    }
 
     #[test]
     fn a_message_is_decided_once_whole_or_once_it_cannot_become_whole() {

@@ -605,3 +605,77 @@ fn plain(line: &str) -> String {
     }
     out + rest
 }
+
+/// The v1 `devices` cgroup directory of process `pid`, where this host
+/// mounts that hierarchy (runc's rules for its containers are there).
+fn v1_devices_dir(pid: i32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+        ctrl.split(',').any(|c| c == "devices").then(|| path.trim_start_matches('/').to_owned())
+    })?;
+    let dir = Path::new("/sys/fs/cgroup/devices").join(rel);
+    dir.join("devices.list").exists().then_some(dir)
+}
+
+/// runc passes the listener after `pivot_root` and its device rules: the
+/// container is brought under devns then, as `runc create` ends, before
+/// any of its code runs (it is only `created`). Device rules its runtime
+/// writes after that (here the test, as a runtime might: deny all in the
+/// v1 controller) are deferred again at its first execve: once started,
+/// its loop device works.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_runc_container_is_attached_as_its_listener_comes_and_its_first_execve_defers_late_rules() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = daemon(&env, &[]);
+    let runc = common::oci::Runc::new(&env);
+    let b = common::oci::Bundle::new("agentsock-early");
+    devns_profile(&env, &b);
+    b.enable_devns();
+    b.args(&["/bin/sleep", "1000"]);
+    let out = runc.create(&b);
+    assert!(out.status.success(), "runc create: {}", String::from_utf8_lossy(&out.stderr));
+    let state = runc.cmd().args(["state", &b.id]).output().unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+    assert_eq!(state["status"], "created", "{state}");
+    // runc does not wait for the daemon: the attach ends soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log_lines(&env, "as its runtime passed its listener").is_empty() {
+        let log = std::fs::read_to_string(log_path(&env)).unwrap_or_default();
+        assert!(std::time::Instant::now() < deadline, "not attached before its start: {log}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let early = log_lines(&env, "as its runtime passed its listener");
+    assert!(early.len() == 1 && early[0].contains(&b.id), "{early:?}");
+    let out = env.devns().args(["ns", "ls", "--json"]).output().unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rows.iter().any(|r| r["name"] == b.id.as_str()), "not kept before its start: {rows:?}");
+    let pid = runc.pid(&b.id).expect("the container's init");
+    let dir = v1_devices_dir(pid);
+    if dir.is_none() {
+        eprintln!("no v1 devices controller on this host: the late rules part is not tried");
+    }
+    if let Some(dir) = &dir {
+        assert_eq!(std::fs::read_to_string(dir.join("devices.list")).unwrap().trim(), "a *:* rwm");
+        std::fs::write(dir.join("devices.deny"), "a").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("devices.list")).unwrap().trim(), "");
+    }
+    let out = runc.cmd().args(["start", &b.id]).output().unwrap();
+    assert!(out.status.success(), "runc start: {}", String::from_utf8_lossy(&out.stderr));
+    if let Some(dir) = &dir {
+        eventually("the late rules deferred", || {
+            std::fs::read_to_string(dir.join("devices.list")).is_ok_and(|l| l.trim() == "a *:* rwm")
+        });
+    }
+    let out = runc.exec(&b.id, "echo x > /dev/null && l=$(losetup -f) && test -b $l && echo loop=$l");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("loop=/dev/loop"), "{text}");
+    assert!(log_lines(&env, "at its first execve").is_empty(), "attached twice");
+    runc.delete(&b.id);
+    eventually("the namespace let go", || env.recorded_namespaces() == 0);
+}

@@ -14,15 +14,26 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-/// What became of the attach a listener's first call was to do.
+/// What is due at the first call a runtime's listener traps (its
+/// container's first `execve`).
+pub(super) enum Due {
+    /// The container asked for devns and is not under it yet: attached.
+    Attach(devns_core::hook::Wanted),
+    /// It was attached as its listener came, while its runtime was still
+    /// at work: the runtime's device rules of process `pid` deferred to
+    /// devns's program again, in case it wrote some since.
+    Defer { pid: i32 },
+}
+
+/// What became of what a listener's first call was to do.
 pub(super) enum FirstCall {
     /// Done (or done before, by a hook): the call is answered as any.
     Done,
     /// It failed: the call fails with this errno.
     Failed(rustix::io::Errno),
     /// The call was interrupted before: nothing to answer, and the next
-    /// call attaches.
-    Gone(devns_core::hook::Wanted),
+    /// call does it.
+    Gone(Due),
 }
 
 /// The socket and its unfinished connections.
@@ -188,6 +199,7 @@ impl Daemon {
     /// A whole message: its listener served, or refused (its fds closed).
     fn agent_message(&mut self, p: Pending) {
         let Pending { buf, mut fds, peer_pid, .. } = p;
+        let started = Instant::now();
         let m = match devns_core::oci::parse_process_state(&buf) {
             Ok(m) => m,
             Err(e) => return self.refuse(&e.into(), None, peer_pid),
@@ -210,14 +222,99 @@ impl Daemon {
                 return tracing::warn!(container = id, pid, error = %e, "cannot serve a runtime's seccomp listener");
             }
         };
+        let when = match taken.attach {
+            Some(_) => decide::when(dir_id(&format!("/proc/{pid}/root")), rootfs_of(&m.state.state.bundle)),
+            None => decide::When::FirstCall,
+        };
         tracing::info!(
             container = id,
             pid,
             ns = taken.ns,
             attach = taken.attach.is_some(),
+            ?when,
             "serving a runtime's seccomp listener"
         );
-        self.serve_listener(l, taken.ns, Some(taken.container), taken.attach);
+        let (ns, container) = (taken.ns, taken.container.clone());
+        let key = self.serve_listener(l, taken.ns, Some(taken.container), taken.attach.map(Due::Attach));
+        if when == decide::When::Now {
+            self.attach_on_arrival(key, ns, &container, pid, started);
+        }
+    }
+
+    /// A container whose runtime is past `pivot_root` (so done with its
+    /// rootfs) attached as its listener comes, while the runtime finishes
+    /// (`runc create` returns, `runc start` comes): off the container's
+    /// start unless it `execve`s at once. Its first call then waits for
+    /// this, and defers the runtime's device rules again. A failure leaves
+    /// the attach to that call, which fails the container if it fails
+    /// again.
+    fn attach_on_arrival(&mut self, key: u64, ns: u64, container: &str, pid: i32, started: Instant) {
+        let Some(s) = self.listeners.get_mut(&key) else { return };
+        let Some(Due::Attach(w)) = s.due.take() else { return };
+        let due = match self.bring_under(ns, container, pid, &w) {
+            Ok(()) => {
+                tracing::info!(
+                    container,
+                    pid,
+                    ns,
+                    name = w.name,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "container brought under devns as its runtime passed its listener"
+                );
+                Due::Defer { pid }
+            }
+            Err(e) => {
+                tracing::info!(container, pid, ns, "not attached as its listener came, so at its first execve: {e:#}");
+                Due::Attach(w)
+            }
+        };
+        if let Some(s) = self.listeners.get_mut(&key) {
+            s.due = Some(due);
+        }
+    }
+
+    /// Process `pid` of namespace `ns` (container `container`'s) brought
+    /// under devns, as its createRuntime hook would (unless one did): its
+    /// view at `/dev` of its root, its device program, its devices.
+    fn bring_under(&mut self, ns: u64, container: &str, pid: i32, w: &devns_core::hook::Wanted) -> Result<()> {
+        let spec = crate::engine::Attach {
+            pid,
+            name: Some(&w.name),
+            at: "/dev",
+            root: None,
+            devices: &w.devices,
+            runtime: true,
+            container: Some(container),
+            ns: Some(devns_core::NsId(ns)),
+        };
+        self.engine.attach(&spec)?;
+        self.watch_members(devns_core::NsId(ns));
+        Ok(())
+    }
+
+    /// What is due at the first call listener `key` trapped.
+    pub(super) fn at_first_call(&mut self, key: u64, n: &devns_sys::seccomp::Notif, due: Due) -> FirstCall {
+        match due {
+            Due::Attach(w) => self.attach_at_first_call(key, n, w),
+            Due::Defer { pid } => {
+                let Some(s) = self.listeners.get(&key) else { return FirstCall::Done };
+                if !devns_sys::seccomp::id_valid(s.listener.fd(), n.id) {
+                    return FirstCall::Gone(Due::Defer { pid });
+                }
+                let ns = s.ns;
+                match self.engine.defer_runtime_devices(devns_core::NsId(ns), pid) {
+                    Ok(()) => FirstCall::Done,
+                    Err(e) => {
+                        tracing::error!(
+                            ns,
+                            pid,
+                            "cannot make the runtime's device rules defer to devns's, so the container does not start: {e:#}"
+                        );
+                        FirstCall::Failed(rustix::io::Errno::PERM)
+                    }
+                }
+            }
+        }
     }
 
     /// The first call listener `key` trapped (its container's first
@@ -227,7 +324,7 @@ impl Daemon {
     /// view goes at `/dev` of the caller's root, which is the container's
     /// now. A failure is the call's errno: the container does not start
     /// without what it asked for.
-    pub(super) fn attach_at_first_call(
+    fn attach_at_first_call(
         &mut self,
         key: u64,
         n: &devns_sys::seccomp::Notif,
@@ -247,7 +344,7 @@ impl Daemon {
         if !devns_sys::seccomp::id_valid(s.listener.fd(), n.id) {
             // Interrupted (runc's Go init is signalled by its runtime all
             // the time), and made again: the attach waits for that one.
-            return FirstCall::Gone(w);
+            return FirstCall::Gone(Due::Attach(w));
         }
         if caller_ns != Some(ns) {
             tracing::error!(
@@ -258,19 +355,9 @@ impl Daemon {
             );
             return FirstCall::Failed(rustix::io::Errno::PERM);
         }
-        let spec = crate::engine::Attach {
-            pid,
-            name: Some(&w.name),
-            at: "/dev",
-            root: None,
-            devices: &w.devices,
-            runtime: true,
-            container: Some(&container),
-        };
-        match self.engine.attach(&spec) {
-            Ok(_) => {
+        match self.bring_under(ns, &container, pid, &w) {
+            Ok(()) => {
                 tracing::info!(container, pid, ns, name = w.name, "container brought under devns at its first execve");
-                self.watch_members(devns_core::NsId(ns));
                 FirstCall::Done
             }
             Err(e) => {
@@ -310,6 +397,24 @@ fn peer_of(sock: &OwnedFd, host: devns_core::NsId) -> rustix::io::Result<(u32, i
         Err(_) => None,
     };
     Ok((cred.uid.as_raw(), cred.pid.as_raw_nonzero().get(), ns))
+}
+
+/// The device and inode of the directory at `path` (followed).
+fn dir_id(path: &str) -> Option<decide::DirId> {
+    rustix::fs::stat(path).ok().map(|s| (s.st_dev, s.st_ino))
+}
+
+/// The device and inode of the rootfs of the bundle at `bundle` (its
+/// `config.json`'s `root.path`), as this daemon sees it; `None` when that
+/// cannot be read.
+fn rootfs_of(bundle: &str) -> Option<decide::DirId> {
+    use std::io::Read;
+    let file = Path::new(bundle).join("config.json");
+    let mut config = Vec::new();
+    let f = std::fs::File::open(&file).ok()?;
+    f.take(devns_core::hook::MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut config).ok()?;
+    let root = devns_core::hook::root_path(&config, bundle).ok()?;
+    dir_id(&root)
 }
 
 /// The user namespace of process `pid`, asked of a pidfd; `None` if there

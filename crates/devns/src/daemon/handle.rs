@@ -50,6 +50,7 @@ impl Daemon {
                     devices: &devices,
                     runtime,
                     container: container.as_deref(),
+                    ns: None,
                 };
                 let r = self.engine.attach(&spec);
                 if let Ok(v) = &r
@@ -89,7 +90,7 @@ impl Daemon {
                 };
                 // Tagged with the namespace this connection ran, if any.
                 let ns = c.ran;
-                self.serve_listener(l, ns, None, None);
+                let _ = self.serve_listener(l, ns, None, None);
                 Ok(json!("listening"))
             }
             Request::Run { name, devices } => {

@@ -34,9 +34,9 @@ pub struct Served {
     /// The container whose runtime passed it (the agent socket), while
     /// this daemon serves it.
     pub container: Option<String>,
-    /// What that container asked of devns, until the first call trapped
-    /// (its first `execve`) brings it under devns.
-    pub attach: Option<devns_core::hook::Wanted>,
+    /// What is still to be done for that container at the first call
+    /// trapped (its first `execve`).
+    pub due: Option<super::agentsock::Due>,
 }
 
 /// What the store gave back at start.
@@ -133,11 +133,11 @@ impl Daemon {
         l: Listener,
         ns: u64,
         container: Option<String>,
-        attach: Option<devns_core::hook::Wanted>,
-    ) {
+        due: Option<super::agentsock::Due>,
+    ) -> u64 {
         let key = self.keep(Some(ns), l.fd());
         self.keep_tmp(ns);
-        self.add_served(Served { listener: l, key, ns, container, attach });
+        self.add_served(Served { listener: l, key, ns, container, due })
     }
 
     fn keep_tmp(&mut self, ns: u64) {
@@ -232,8 +232,8 @@ impl Daemon {
         };
         let Some(n) = n else { return };
         crate::journal::Stop::Received.here(&mut self.stop_in_call);
-        let first = match s.attach.take() {
-            Some(w) => self.attach_at_first_call(key, &n, w),
+        let first = match s.due.take() {
+            Some(due) => self.at_first_call(key, &n, due),
             None => super::agentsock::FirstCall::Done,
         };
         let Some(s) = self.listeners.get_mut(&key) else { return };
@@ -243,8 +243,8 @@ impl Daemon {
             super::agentsock::FirstCall::Failed(e) => {
                 Some(devns_sys::seccomp::NotifResp { id: n.id, val: 0, error: -e.raw_os_error(), flags: 0 })
             }
-            super::agentsock::FirstCall::Gone(w) => {
-                s.attach = Some(w);
+            super::agentsock::FirstCall::Gone(due) => {
+                s.due = Some(due);
                 None
             }
         };
@@ -260,10 +260,12 @@ impl Daemon {
         }
     }
 
-    fn add_served(&mut self, s: Served) {
+    /// Serves `s`; its key.
+    fn add_served(&mut self, s: Served) -> u64 {
         let token = self.watch(s.listener.fd(), Target::Agent(0));
         self.targets.insert(token, Target::Agent(token));
         self.listeners.insert(token, s);
+        token
     }
 
     /// At start: the journal and the listeners the store gave back.
@@ -280,7 +282,9 @@ impl Daemon {
             let alive = |n| crate::host::members_of(NsId(n)).next().is_some();
             match keep::recovered(ns, hung_up(fd.as_fd()), |n| kept.contains(&NsId(n)), alive) {
                 Recovered::Serve => match Listener::new(fd) {
-                    Ok(l) => self.add_served(Served { listener: l, key: Some(key), ns, container: None, attach: None }),
+                    Ok(l) => {
+                        self.add_served(Served { listener: l, key: Some(key), ns, container: None, due: None });
+                    }
                     Err(e) => tracing::warn!(key, error = %e, "cannot serve a listener given back"),
                 },
                 Recovered::Stale(why) => {

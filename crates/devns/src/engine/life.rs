@@ -139,6 +139,9 @@ impl Engine {
         let pidfd = rustix::process::pidfd_open(p, PidfdFlags::empty()).with_context(|| format!("no process {pid}"))?;
         let nsfd = devns_sys::ns::pidfd_user_ns(&pidfd).context("cannot get the process's user namespace")?;
         let id = NsId(devns_sys::ns::ns_id(&nsfd)?);
+        if let Some(want) = spec.ns.filter(|w| *w != id) {
+            bail!("process {pid} is in user namespace {id}, not {want}: not attached");
+        }
         if id == self.host_ns {
             bail!("process {pid} is in the host's user namespace; devns attaches user-namespaced processes");
         }

@@ -75,6 +75,9 @@ pub struct Attach<'a> {
     pub runtime: bool,
     /// The OCI container id, recorded for its `detach`.
     pub container: Option<&'a str>,
+    /// The user namespace the process must be in (asked of its pidfd, so
+    /// that a pid used again by another process is refused).
+    pub ns: Option<NsId>,
 }
 
 /// A watched process inside a namespace.

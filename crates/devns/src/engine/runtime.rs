@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 impl Engine {
     /// Makes the runtime's device rules of `pid`'s cgroups defer to the
     /// program of `id`, which is attached. Nothing when the access layer
-    /// is off (the runtime's rules then stay as they are).
-    pub(super) fn defer_runtime_devices(&mut self, id: NsId, pid: i32) -> Result<()> {
+    /// is off (the runtime's rules then stay as they are). Again at the
+    /// first `execve` of a container attached when its listener came, in
+    /// case its runtime wrote rules since.
+    pub fn defer_runtime_devices(&mut self, id: NsId, pid: i32) -> Result<()> {
         let Some(a) = self.kept.get(&id).and_then(|k| k.access.as_ref()) else { return Ok(()) };
         let gone = a.detach_others().context("cannot detach the runtime's device program")?;
         if !gone.is_empty() {
