@@ -106,3 +106,18 @@ impl Drop for SignalFd {
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
     }
 }
+
+/// Restores `SIGPIPE`'s default action (the Rust runtime ignores it): a
+/// command whose standard output is a pipe closed early (`devns ls | head
+/// -1`) then ends as other Unix tools do, quietly, instead of failing on
+/// its next write. Sockets are written with `MSG_NOSIGNAL`, so they still
+/// give `EPIPE`. Not for long-lived processes that must clean up.
+pub fn default_sigpipe() -> io::Result<()> {
+    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE, and setting it
+    // touches no memory of this process; no handler of ours is replaced.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if old == libc::SIG_ERR {
+        return Err(crate::last_errno());
+    }
+    Ok(())
+}

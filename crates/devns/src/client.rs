@@ -39,7 +39,8 @@ impl Client {
         line.push(b'\n');
         let mut sent = wire::send_with_fds(self.sock.as_fd(), &line, fds).context("sending to the daemon")?;
         while sent < line.len() {
-            sent += rustix::io::write(&self.sock, &line[sent..]).context("sending to the daemon")?;
+            sent += rustix::net::send(&self.sock, &line[sent..], rustix::net::SendFlags::NOSIGNAL)
+                .context("sending to the daemon")?;
         }
         Ok(())
     }

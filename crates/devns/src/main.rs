@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let json = cli.global.json_errors || cli.global.json;
+    if cli.command.ends_on_a_closed_pipe() {
+        let _ = devns_sys::signal::default_sigpipe();
+    }
     let result = cli.command.run(&cli.global);
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

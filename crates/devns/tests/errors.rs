@@ -264,3 +264,25 @@ fn a_host_without_a_cgroup2_mount_gets_one_under_the_state_dir() {
     assert!(o.status.success(), "{out} {}", String::from_utf8_lossy(&o.stderr));
     assert!(out.contains("/devns-") && out.contains("Operation not permitted"), "{out}");
 }
+
+/// A command that prints, its standard output a pipe nobody reads any
+/// more (`devns ls | head -1`): it ends as Unix tools do, by `SIGPIPE`,
+/// quietly, not with a panic or an error line.
+#[test]
+fn a_printing_command_ends_quietly_on_a_closed_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["generate", "completions", "bash"][..], &["oci", "profile"], &["doctor", "--json"]] {
+        let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_devns"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("spawn devns");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "devns {args:?}: {:?}, stderr: {err}", out.status);
+        assert!(err.is_empty(), "devns {args:?} said: {err}");
+    }
+}

@@ -86,6 +86,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command only prints and ends, so that a closed pipe on
+    /// its standard output ends it quietly (`SIGPIPE`'s default) rather
+    /// than with a failed write. Not the long-lived ones, which clean up
+    /// (`run`, `daemon`, `hold`), nor `hook`, whose runtime reads its exit.
+    pub fn ends_on_a_closed_pipe(&self) -> bool {
+        !matches!(self, Command::Run(_) | Command::Daemon(_) | Command::Hold(_) | Command::Hook(_))
+    }
+
     pub fn run(self, global: &Global) -> anyhow::Result<i32> {
         match self {
             Command::Run(a) => run::run(global, a),
