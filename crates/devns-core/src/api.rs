@@ -173,6 +173,21 @@ pub struct NsRow {
     pub name: Option<String>,
     pub pids: Vec<i32>,
     pub devices: Vec<String>,
+    /// Its mounts of its own block devices (`crate::blockmount`).
+    #[serde(default)]
+    pub mounts: Vec<MountRow>,
+}
+
+/// A namespace's mount of one of its own block devices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRow {
+    pub device: String,
+    /// Where, as the namespace's processes see it.
+    pub target: String,
+    pub fstype: String,
+    /// `kernel` or `fuse`.
+    pub way: String,
+    pub read_only: bool,
 }
 
 /// One entry of `view`.

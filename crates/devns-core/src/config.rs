@@ -4,8 +4,11 @@ use crate::spec::is_safe_dev_name;
 use serde::Deserialize;
 use std::fmt;
 
-/// DESIGN.md's default global set: the devices every view holds.
-pub const DEFAULT_GLOBAL: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// The devices every view holds: DESIGN.md's default global set, and
+/// `fuse`, which a user namespace may use on its own (FUSE mounts are
+/// allowed there) and which containers' FUSE filesystems need
+/// (fuse-overlayfs, squashfuse), as runtimes give it.
+pub const DEFAULT_GLOBAL: &[&str] = &["null", "zero", "full", "random", "urandom", "tty", "fuse"];
 
 /// Devices that must never be global, and why.
 const NEVER_GLOBAL: &[(&str, &str)] = &[(
@@ -34,6 +37,12 @@ pub struct Config {
     /// `seccomp.sock` beside the API socket (`crate::layout`).
     #[serde(default)]
     pub seccomp_socket: Option<std::path::PathBuf>,
+    /// Filesystem types whose mounts of a namespace's own block devices
+    /// the kernel serves (devns mounts them, id-mapped to the container),
+    /// for hosts whose images are trusted; the others go to a FUSE driver
+    /// (`crate::blockmount`).
+    #[serde(default)]
+    pub mount_kernel: Vec<String>,
 }
 
 fn default_device_policy() -> bool {
@@ -60,7 +69,13 @@ impl Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { global: default_global(), loop_limit: default_loop_limit(), device_policy: true, seccomp_socket: None }
+        Config {
+            global: default_global(),
+            loop_limit: default_loop_limit(),
+            device_policy: true,
+            seccomp_socket: None,
+            mount_kernel: Vec::new(),
+        }
     }
 }
 
@@ -128,6 +143,11 @@ impl Config {
                 ));
             }
         }
+        for t in &cfg.mount_kernel {
+            if let Err(why) = crate::blockmount::kernel_type_ok(t) {
+                return Err(err(place_of(t), format!("mount_kernel: {why}")));
+            }
+        }
         Ok(cfg)
     }
 }
@@ -140,7 +160,7 @@ mod tests {
     #[test]
     fn empty_file_means_defaults() {
         assert_eq!(Config::parse("", "c.toml"), Ok(Config::default()));
-        assert_eq!(Config::default().global, ["null", "zero", "full", "random", "urandom", "tty"]);
+        assert_eq!(Config::default().global, ["null", "zero", "full", "random", "urandom", "tty", "fuse"]);
     }
 
     #[test]
@@ -166,6 +186,18 @@ mod tests {
         }
         let e = Config::parse("loop_limit = -1\n", "c.toml").unwrap_err();
         assert_eq!(e.line.map(|l| l.0), Some(1), "{e}");
+    }
+
+    #[test]
+    fn kernel_mount_types_are_block_filesystem_names() {
+        assert!(Config::default().mount_kernel.is_empty(), "FUSE for every type unless the operator says");
+        let c = Config::parse("mount_kernel = [\"ext4\", \"xfs\"]\n", "c.toml").unwrap();
+        assert_eq!(c.mount_kernel, ["ext4", "xfs"]);
+        for bad in ["tmpfs", "Ext4", "../x"] {
+            let e = Config::parse(&format!("\nmount_kernel = [\"{bad}\"]\n"), "c.toml").unwrap_err();
+            assert_eq!(e.line.map(|l| l.0), Some(2), "{e}");
+            assert!(e.message.starts_with("mount_kernel: "), "{e}");
+        }
     }
 
     #[test]

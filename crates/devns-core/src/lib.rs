@@ -8,6 +8,7 @@
 
 pub mod agentsock;
 pub mod api;
+pub mod blockmount;
 pub mod bpf;
 pub mod clients;
 pub mod config;

@@ -28,8 +28,23 @@ pub fn set_attrs_top(fd: impl AsFd, attrs: u64) -> io::Result<()> {
     setattr(fd, attrs, AT_EMPTY_PATH)
 }
 
+/// `MOUNT_ATTR_IDMAP`.
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// Makes the detached mount `fd` id-mapped by user namespace `userns`:
+/// its files show, to that namespace, the ids they have on disk.
+pub fn idmap(fd: impl AsFd, userns: impl AsFd) -> io::Result<()> {
+    let fd_no = userns.as_fd().as_raw_fd();
+    // An fd number is never negative.
+    let a = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: fd_no as u64 };
+    call_setattr(fd, &a, AT_EMPTY_PATH)
+}
+
 fn setattr(fd: impl AsFd, attrs: u64, flags: libc::c_int) -> io::Result<()> {
-    let a = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    call_setattr(fd, &MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 }, flags)
+}
+
+fn call_setattr(fd: impl AsFd, a: &MountAttr, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: `a` is a valid mount_attr of the size passed and outlives the
     // call; the path is a static empty C string.
     let r = unsafe {
@@ -38,7 +53,7 @@ fn setattr(fd: impl AsFd, attrs: u64, flags: libc::c_int) -> io::Result<()> {
             fd.as_fd().as_raw_fd(),
             c"".as_ptr(),
             flags,
-            &a as *const MountAttr,
+            a as *const MountAttr,
             size_of::<MountAttr>(),
         )
     };

@@ -26,24 +26,6 @@ fn crun_message(pid: i32, id: &str) -> String {
     CRUN.replace("2740", &pid.to_string()).replace("devnsfuzz2", id)
 }
 
-/// A daemon of the test's, logging at info to `daemon.log` in its Env.
-fn daemon<'e>(env: &'e Env, vars: &[&str]) -> Daemon<'e> {
-    let redirect = format!("exec \"$@\" 2>>{}", log_path(env).display());
-    let mut w = vec!["env", "DEVNS_LOG=info"];
-    w.extend(vars);
-    w.extend(["sh", "-c", &redirect, "sh"]);
-    Daemon::start_wrapped(env, &w)
-}
-
-fn log_path(env: &Env) -> PathBuf {
-    env.dir.path().join("daemon.log")
-}
-
-fn log_lines(env: &Env, needle: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(log_path(env)).unwrap_or_default();
-    text.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
-}
-
 fn seccomp_sock(env: &Env) -> PathBuf {
     env.dir.path().join("seccomp.sock")
 }
@@ -137,7 +119,7 @@ fn a_runc_shaped_listener_passed_after_its_hooks_is_served() {
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let st = std::fs::metadata(seccomp_sock(&env)).expect("the socket is beside the API socket");
     assert_eq!(
         (std::os::unix::fs::MetadataExt::mode(&st) & 0o777, std::os::unix::fs::MetadataExt::uid(&st)),
@@ -159,7 +141,7 @@ fn a_crun_shaped_listener_passed_before_its_hooks_is_served() {
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let mut f = Fake::new("crun");
     let msg = crun_message(f.pid(), "crun1");
     assert!(msg.starts_with("{\n    \"ociVersion\": \"0.2.0\""), "pretty-printed, 0.2.0");
@@ -176,7 +158,7 @@ fn bad_messages_and_listeners_are_refused_each_with_a_log_line_and_change_nothin
         return;
     }
     let env = Env::new();
-    let d = daemon(&env, &[]);
+    let d = logged_daemon(&env, &[]);
     let mut f = Fake::new("bad");
     f.attach(&env, "good");
     pass(&env, &f, &runc_message(f.pid(), "good"));
@@ -241,7 +223,7 @@ fn a_listener_whose_runtime_exited_before_the_daemon_accepted_it_is_served() {
         return;
     }
     let env = Env::new();
-    let d = daemon(&env, &[]);
+    let d = logged_daemon(&env, &[]);
     let mut f = Fake::new("gone");
     f.attach(&env, "gone");
     // `runc create` sends and exits; the daemon may come to it only later.
@@ -269,7 +251,7 @@ fn peers_other_than_host_root_are_refused() {
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let sock = seccomp_sock(&env);
     let shared = SharedDir::new("oci-peer");
     let bin = shared.testbin();
@@ -314,7 +296,7 @@ fn clients_that_never_finish_are_dropped_while_the_api_serves() {
     }
     let env = Env::new();
     // The request deadline, 5 s, shortened for the test.
-    let d = daemon(&env, &["DEVNS_TEST_IDLE_MS=1000"]);
+    let d = logged_daemon(&env, &["DEVNS_TEST_IDLE_MS=1000"]);
     let baseline = settled_fds(&env, &d);
     let sock = seccomp_sock(&env);
     // Silent, and half a message: both held open.
@@ -349,12 +331,12 @@ fn a_runtime_s_listener_outlives_a_daemon_kill_before_its_namespace_is_kept() {
         return;
     }
     let env = Env::new();
-    let mut d = daemon(&env, &[]);
+    let mut d = logged_daemon(&env, &[]);
     let mut f = Fake::new("outlive");
     // crun's order: the daemon is killed before the hooks ran.
     pass(&env, &f, &crun_message(f.pid(), "outlive"));
     d.kill9();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     assert!(log_lines(&env, "dropping a listener given back").is_empty(), "{:?}", log_lines(&env, "dropping"));
     f.attach(&env, "outlive");
     assert_eq!(mknod_in_view(&mut f, "null2"), ["made", "/dev/null2"]);
@@ -369,18 +351,18 @@ fn the_socket_is_where_the_flag_env_or_config_says_and_a_stale_one_is_replaced()
     let env = Env::new();
     // A stale socket file at the default place.
     drop(std::os::unix::net::UnixListener::bind(seccomp_sock(&env)).unwrap());
-    let mut d = daemon(&env, &[]);
+    let mut d = logged_daemon(&env, &[]);
     assert!(UnixStream::connect(seccomp_sock(&env)).is_ok(), "replaced");
     d.stop();
     assert!(!seccomp_sock(&env).exists(), "removed at exit");
     let conf = env.dir.path().join("conf.sock");
     std::fs::write(env.config(), format!("seccomp_socket = \"{}\"\n", conf.display())).unwrap();
-    let mut d = daemon(&env, &[]);
+    let mut d = logged_daemon(&env, &[]);
     assert!(conf.exists() && !seccomp_sock(&env).exists(), "the config's");
     d.stop();
     let by_env = env.dir.path().join("env.sock");
     let var = format!("DEVNS_SECCOMP_SOCKET={}", by_env.display());
-    let mut d = daemon(&env, &[&var]);
+    let mut d = logged_daemon(&env, &[&var]);
     assert!(by_env.exists() && !conf.exists(), "the environment's over the config's");
     d.stop();
     // Something that is not a socket is left alone, and the daemon says so.
@@ -408,7 +390,7 @@ fn runc_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let runc = common::oci::Runc::new(&env);
     let b = common::oci::Bundle::new("agentsock");
     b.seccomp(notify_profile(&seccomp_sock(&env)));
@@ -432,7 +414,7 @@ fn a_32_bit_call_goes_to_the_kernel_as_without_devns() {
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let runc = common::oci::Runc::new(&env);
     let b = common::oci::Bundle::new("agentsock-i386");
     let out = env.devns().args(["oci", "profile", "--listener"]).arg(seccomp_sock(&env)).output().unwrap();
@@ -463,7 +445,7 @@ fn the_processes_runc_exec_starts_in_a_served_container_are_served_too() {
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let runc = common::oci::Runc::new(&env);
     let b = common::oci::Bundle::new("agentsock-exec");
     b.seccomp(notify_profile(&seccomp_sock(&env)));
@@ -521,7 +503,7 @@ fn crun_passes_its_container_s_listener_and_the_daemon_answers_its_mknod() {
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let b = common::oci::Bundle::new("agentsock-crun");
     b.seccomp(notify_profile(&seccomp_sock(&env)));
     b.script("mknod /dev/x c 1 3 2>&1; echo rc=$?");
@@ -552,7 +534,7 @@ fn a_container_devns_cannot_attach_at_its_first_execve_does_not_start() {
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let runc = common::oci::Runc::new(&env);
     let b = common::oci::Bundle::new("agentsock-noattach");
     devns_profile(&env, &b);
@@ -580,7 +562,7 @@ fn a_container_with_the_profile_that_never_asked_is_never_attached() {
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let runc = common::oci::Runc::new(&env);
     let b = common::oci::Bundle::new("agentsock-notasked");
     devns_profile(&env, &b);
@@ -632,7 +614,7 @@ fn a_runc_container_is_attached_as_its_listener_comes_and_its_first_execve_defer
         return;
     }
     let env = Env::new();
-    let _d = daemon(&env, &[]);
+    let _d = logged_daemon(&env, &[]);
     let runc = common::oci::Runc::new(&env);
     let b = common::oci::Bundle::new("agentsock-early");
     devns_profile(&env, &b);

@@ -11,7 +11,9 @@
 //! answer with the errno a native call would give. A call the policy
 //! refuses is never continued.
 
+mod blockdev;
 mod caller;
+pub mod fuse;
 mod identity;
 mod ioctl;
 mod mknod;
@@ -46,6 +48,11 @@ pub trait Policy {
     /// The partitions of `ns`'s disk `dev` changed: registry, view and map
     /// follow, or the call fails: it is acknowledged only once they do.
     fn partitions_changed(&mut self, ns: NsId, dev: DevId) -> Result<(), Refusal>;
+    /// The filesystem types whose mounts of a namespace's own block
+    /// devices the kernel serves (the config's `mount_kernel`).
+    fn mount_kernel(&self) -> &[String];
+    /// Device `dev`'s name (`DEVNAME`), when devns knows it.
+    fn device_name(&self, dev: DevId) -> Option<String>;
 }
 
 /// Longest path the agent reads from a caller (`PATH_MAX`).
@@ -128,7 +135,7 @@ impl Listener {
             (_, _, Err(e)) => unreadable(listener, n.id, n.pid, e),
             (_, Some(dev), Ok(c)) => mknod::mknod(listener, n, c, dev, &*policy, &self.base),
             (NR_MOUNT, _, Ok(c)) => mount::mount(listener, n, c, &*policy),
-            (NR_FSOPEN, _, Ok(c)) => mount::fsopen(n, c),
+            (NR_FSOPEN, _, Ok(c)) => mount::fsopen(n, c, &*policy),
             (NR_IOCTL, _, Ok(c)) => ioctl::ioctl(listener, n, c, policy),
             _ => Answer::Done(Err(Errno::NOSYS)),
         };

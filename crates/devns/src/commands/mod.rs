@@ -5,6 +5,7 @@ pub mod attach;
 pub mod daemon;
 pub mod doctor;
 pub mod events;
+pub mod fuse_driver;
 pub mod generate;
 pub mod global;
 pub mod hold;
@@ -83,6 +84,10 @@ pub enum Command {
     /// by the daemon).
     #[command(hide = true)]
     Hold(hold::Args),
+    /// The FUSE driver of a container's mount of its own block device
+    /// (started by the agent).
+    #[command(hide = true)]
+    FuseDriver(fuse_driver::Args),
 }
 
 impl Command {
@@ -91,7 +96,10 @@ impl Command {
     /// than with a failed write. Not the long-lived ones, which clean up
     /// (`run`, `daemon`, `hold`), nor `hook`, whose runtime reads its exit.
     pub fn ends_on_a_closed_pipe(&self) -> bool {
-        !matches!(self, Command::Run(_) | Command::Daemon(_) | Command::Hold(_) | Command::Hook(_))
+        !matches!(
+            self,
+            Command::Run(_) | Command::Daemon(_) | Command::Hold(_) | Command::Hook(_) | Command::FuseDriver(_)
+        )
     }
 
     pub fn run(self, global: &Global) -> anyhow::Result<i32> {
@@ -111,6 +119,7 @@ impl Command {
             Command::Doctor(a) => doctor::run(global, a),
             Command::Generate(a) => generate::run(global, a),
             Command::Hold(a) => hold::run(global, a),
+            Command::FuseDriver(a) => fuse_driver::run(global, a),
         }
     }
 }

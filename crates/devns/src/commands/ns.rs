@@ -14,7 +14,8 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NsCommand {
-    /// List namespaces: id, name, watched pids, owned devices.
+    /// List namespaces: id, name, watched pids, owned devices, and their
+    /// mounts of their own block devices.
     Ls {
         #[arg(long)]
         json: bool,
@@ -33,6 +34,10 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     for row in rows {
         let pids = row.pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
         println!("{:<24} {:<16} {:<16} {}", row.id, row.name.as_deref().unwrap_or("-"), pids, row.devices.join(" "));
+        for m in &row.mounts {
+            let ro = if m.read_only { ",ro" } else { "" };
+            println!("{:<24} mounted /dev/{} at {} ({}, {}{ro})", "", m.device, m.target, m.fstype, m.way);
+        }
     }
     Ok(0)
 }

@@ -147,16 +147,17 @@ impl Daemon {
         let rows: Vec<NsRow> = model
             .namespaces()
             .filter(|(id, _)| admin || ns == Some(*id))
-            .map(|(id, n)| NsRow {
-                id: id.to_string(),
-                name: n.name.clone(),
-                pids: n.members.iter().map(|m| m.pid).chain(n.keeper.map(|k| k.pid)).collect(),
-                devices: model
-                    .view_devices(id)
-                    .iter()
-                    .filter(|d| !reg.is_global(d.id))
-                    .map(|d| d.name.clone())
-                    .collect(),
+            .map(|(id, n)| {
+                let pids: Vec<i32> = n.members.iter().map(|m| m.pid).chain(n.keeper.map(|k| k.pid)).collect();
+                let own: Vec<&devns_core::Device> =
+                    model.view_devices(id).into_iter().filter(|d| !reg.is_global(d.id)).collect();
+                NsRow {
+                    id: id.to_string(),
+                    name: n.name.clone(),
+                    mounts: own_mounts(&pids, &own),
+                    devices: own.iter().map(|d| d.name.clone()).collect(),
+                    pids,
+                }
             })
             .collect();
         json!(rows)
@@ -266,4 +267,18 @@ fn refused_or(e: anyhow::Error, doing: impl FnOnce() -> String) -> anyhow::Error
 /// its own.
 fn no_such_ns(text: &str) -> anyhow::Error {
     anyhow!("no such namespace {text:?}")
+}
+
+/// A namespace's mounts of its own block devices, as the first of its
+/// processes `pids` that is still there sees them.
+fn own_mounts(pids: &[i32], own: &[&devns_core::Device]) -> Vec<devns_core::api::MountRow> {
+    let blocks: Vec<&devns_core::Device> =
+        own.iter().copied().filter(|d| d.id.kind == devns_core::Kind::Block).collect();
+    if blocks.is_empty() {
+        return Vec::new();
+    }
+    let Some(text) = pids.iter().find_map(|p| std::fs::read(format!("/proc/{p}/mountinfo")).ok()) else {
+        return Vec::new();
+    };
+    devns_core::blockmount::own_mounts(devns_core::mountinfo::mounts(&text), &blocks)
 }

@@ -242,6 +242,8 @@ impl Engine {
     /// devices, its view, its device policy.
     pub(super) fn free(&mut self, rec: devns_core::state::NsRecord) {
         let Some(id) = rec.id else { return };
+        // Its FUSE drivers close their devices first.
+        crate::agent::fuse::end_namespace(id);
         self.clean_loops(rec.loops.clone());
         match self.kept.remove(&id) {
             Some(k) => self.end_kept(id, k, rec.cgroup.as_ref()),

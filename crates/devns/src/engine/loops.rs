@@ -70,6 +70,14 @@ impl crate::agent::Policy for Engine {
         })
     }
 
+    fn mount_kernel(&self) -> &[String] {
+        &self.cfg.mount_kernel
+    }
+
+    fn device_name(&self, dev: DevId) -> Option<String> {
+        self.model.registry().device(dev).map(|d| d.name.clone())
+    }
+
     fn partitions_changed(&mut self, ns: NsId, disk: DevId) -> Result<(), Refusal> {
         let Some(name) = self.model.registry().device(disk).map(|d| d.name.clone()) else { return Ok(()) };
         let now = crate::discover::partitions_of(&name);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod images;
 pub mod oci;
 
 use std::io::{BufRead, BufReader, Write};
@@ -233,6 +234,7 @@ pub fn default_view() -> Vec<String> {
             "tty",
             "urandom",
             "zero",
+            "fuse",
             "fd",
             "stdin",
             "stdout",
@@ -539,6 +541,24 @@ impl Api {
         self.send_raw(&line).expect("send");
         self.read().expect("a reply")
     }
+}
+
+/// A daemon of the test's, logging at info to `daemon.log` in its Env.
+pub fn logged_daemon<'e>(env: &'e Env, vars: &[&str]) -> Daemon<'e> {
+    let redirect = format!("exec \"$@\" 2>>{}", log_path(env).display());
+    let mut w = vec!["env", "DEVNS_LOG=info"];
+    w.extend(vars);
+    w.extend(["sh", "-c", &redirect, "sh"]);
+    Daemon::start_wrapped(env, &w)
+}
+
+pub fn log_path(env: &Env) -> PathBuf {
+    env.dir.path().join("daemon.log")
+}
+
+pub fn log_lines(env: &Env, needle: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(log_path(env)).unwrap_or_default();
+    text.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
 }
 
 /// Names in a namespace's view, per the daemon (`devns view NS --json`).
