@@ -254,6 +254,21 @@ pub fn plan(fstype: &str, flags: u64, data: Option<&str>) -> Result<Plan, Refuse
     Ok(Plan { read_only, attrs, params })
 }
 
+/// The parameters of `params` that only a kernel mount takes (a FUSE
+/// driver takes the mount flags): all but the flags' own and the
+/// `errors=remount-ro` devns adds.
+pub fn kernel_only(params: &[Param]) -> Vec<String> {
+    params
+        .iter()
+        .filter_map(|p| match p {
+            Param::Flag(k) if ["ro", "sync", "dirsync", "lazytime"].contains(&k.as_str()) => None,
+            Param::Value(k, v) if k == "errors" && v == "remount-ro" => None,
+            Param::Flag(k) => Some(k.clone()),
+            Param::Value(k, v) => Some(format!("{k}={v}")),
+        })
+        .collect()
+}
+
 /// The comma-separated options of a data string, a comma inside double
 /// quotes kept (as libmount and the kernel's monolithic parser do).
 fn split_options(data: &str) -> Result<Vec<&str>, Refused> {
@@ -429,6 +444,13 @@ mod tests {
         let p = plan("xfs", 0, Some("noquota,logbsize=64k,,label=\"a,b\"")).unwrap();
         assert_eq!(p.params, [flag("noquota"), value("logbsize", "64k"), value("label", "\"a,b\"")]);
         assert_eq!(plan("xfs", 0, Some("")).unwrap().params, []);
+    }
+
+    #[test]
+    fn a_fuse_driver_is_told_which_data_options_it_does_not_take() {
+        let p = plan("ext4", MS_RDONLY | MS_SYNCHRONOUS, Some("data=journal,nodelalloc")).unwrap();
+        assert_eq!(kernel_only(&p.params), ["data=journal", "nodelalloc"]);
+        assert!(kernel_only(&plan("ext4", MS_RDONLY, None).unwrap().params).is_empty());
     }
 
     #[test]

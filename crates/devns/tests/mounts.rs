@@ -265,3 +265,30 @@ fn squashfuse_serves_a_squashfs_image_of_the_container_s_own() {
     drop(a);
     eventually("the loop device removed", || disk.gone());
 }
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_fuse_mount_outlives_a_daemon_crash_and_goes_with_its_namespace_after_the_restart() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut d = daemon_with(&env, &[]);
+    let imgs = Images::new("fcrash");
+    let img = imgs.make("plain.img", false);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    let dev = a.sh(&format!("d=$(losetup -f --show {img}); mkfs.ext4 -q $d; mkdir -p /tmp/m; mount $d /tmp/m; echo $d"))[0].clone();
+    let disk = imgs.disk(&dev);
+    assert_eq!(a.sh("echo before > /tmp/m/f; cat /tmp/m/f"), ["before"]);
+    d.kill9();
+    // The driver is no part of the daemon: the filesystem goes on.
+    assert_eq!(a.sh("echo after >> /tmp/m/f; cat /tmp/m/f"), ["before", "after"]);
+    let _d = daemon_with(&env, &[]);
+    assert_eq!(listed_mounts(&env, "a"), [(disk.name.clone(), "/tmp/m".to_owned(), "ext4", "fuse", false)]);
+    drop(a);
+    // The driver ends with the mount (the restarted daemon never knew it),
+    // having written out; then the device is removed.
+    eventually("the dead container's loop device removed", || disk.gone());
+    let out = std::process::Command::new("debugfs").args(["-R", "cat /f", &img]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\nafter\n");
+}

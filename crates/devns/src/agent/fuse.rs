@@ -133,6 +133,10 @@ pub(super) fn mount(req: &Request, driver: Driver) -> Result<(), Errno> {
         return refuse(&why, Errno::NODEV);
     };
     let Some((uid, gid)) = req.root else { return refuse("its user namespace maps no root", Errno::PERM) };
+    let ignored = devns_core::blockmount::kernel_only(&req.plan.params);
+    if !ignored.is_empty() {
+        tracing::info!(pid = req.pid, ns = %req.ns, "{} takes the mount flags, not the kernel's data options: ignored {}", driver.program(), ignored.join(","));
+    }
     if busy(req.dev, BUSY_PATIENCE) {
         return Err(Errno::BUSY);
     }
