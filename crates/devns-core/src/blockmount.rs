@@ -74,6 +74,9 @@ pub enum Driver {
 }
 
 impl Driver {
+    /// Every driver devns runs.
+    pub const ALL: [Driver; 2] = [Driver::Fuse2fs, Driver::Squashfuse];
+
     /// Its program, as Debian installs it.
     pub fn program(self) -> &'static str {
         match self {

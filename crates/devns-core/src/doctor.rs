@@ -118,6 +118,10 @@ pub struct Findings {
     pub bpf_device: Probe,
     pub uevent_netns: Probe,
     pub loop_control: Probe,
+    /// Each FUSE driver devns runs for containers' mounts of their own
+    /// block devices (`crate::blockmount::Driver`), and whether it is
+    /// installed.
+    pub fuse_drivers: Vec<(crate::blockmount::Driver, bool)>,
     /// `/etc/subuid` and `/etc/subgid`: path and text (`None`: unreadable).
     pub subuid: (String, Option<String>),
     pub subgid: (String, Option<String>),
@@ -299,6 +303,24 @@ fn daemon(f: &Findings) -> Line {
     }
 }
 
+fn fuse_drivers(f: &Findings) -> Line {
+    let missing: Vec<String> = f
+        .fuse_drivers
+        .iter()
+        .filter(|(_, found)| !found)
+        .map(|(d, _)| format!("{} (package {})", d.program(), d.package()))
+        .collect();
+    if missing.is_empty() {
+        let names: Vec<&str> = f.fuse_drivers.iter().map(|(d, _)| d.program()).collect();
+        return line("fuse-drivers", false, Status::Ok, names.join(", "));
+    }
+    let why = format!(
+        "no {}: containers' mounts of their own devices of those types fail (ENODEV) unless mount_kernel lists the type",
+        missing.join(", ")
+    );
+    line("fuse-drivers", false, Status::Warn, why)
+}
+
 /// Every check's line, in a fixed order.
 pub fn lines(f: &Findings) -> Vec<Line> {
     // A config that does not load: judge by the default (the access layer on).
@@ -329,6 +351,7 @@ pub fn lines(f: &Findings) -> Vec<Line> {
         },
         probed("uevent-netns", false, &f.uevent_netns, "containers with their own network get no hotplug events"),
         probed("loop-control", false, &f.loop_control, "containers get no loop devices"),
+        fuse_drivers(f),
         subids("subuid", &f.subuid),
         subids("subgid", &f.subgid),
         daemon(f),

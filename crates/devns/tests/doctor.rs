@@ -41,7 +41,7 @@ fn every_check_is_ok_on_this_host() {
     let o = doctor(&env, false);
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(o.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(text.lines().count(), 19, "{text}");
+    assert_eq!(text.lines().count(), 20, "{text}");
     for l in text.lines() {
         let (status, rest) = l.split_once(' ').expect("status column");
         let check = rest.trim_start().split(' ').next().unwrap();
@@ -54,7 +54,7 @@ fn every_check_is_ok_on_this_host() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
     assert_eq!(v["ok"], true);
     let checks = v["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 19);
+    assert_eq!(checks.len(), 20);
     for c in checks {
         let name = c["check"].as_str().unwrap();
         assert!(c["status"] == "ok" || (c["status"] == "warn" && may_warn(name)), "{c}");

@@ -277,7 +277,9 @@ fn a_fuse_mount_outlives_a_daemon_crash_and_goes_with_its_namespace_after_the_re
     let imgs = Images::new("fcrash");
     let img = imgs.make("plain.img", false);
     let mut a = shell_container(&env, &["--name", "a"]);
-    let dev = a.sh(&format!("d=$(losetup -f --show {img}); mkfs.ext4 -q $d; mkdir -p /tmp/m; mount $d /tmp/m; echo $d"))[0].clone();
+    let dev = a
+        .sh(&format!("d=$(losetup -f --show {img}); mkfs.ext4 -q $d; mkdir -p /tmp/m; mount $d /tmp/m; echo $d"))[0]
+        .clone();
     let disk = imgs.disk(&dev);
     assert_eq!(a.sh("echo before > /tmp/m/f; cat /tmp/m/f"), ["before"]);
     d.kill9();

@@ -32,6 +32,7 @@ fn healthy() -> Findings {
         bpf_device: works(),
         uevent_netns: works(),
         loop_control: works(),
+        fuse_drivers: crate::blockmount::Driver::ALL.iter().map(|d| (*d, true)).collect(),
         subuid: ("/etc/subuid".into(), Some("root:100000:655360\n".into())),
         subgid: ("/etc/subgid".into(), Some("root:100000:655360\n".into())),
         daemon: Daemon::Running { socket: "/run/devns/devns.sock".into(), namespaces: 2 },
@@ -75,6 +76,7 @@ fn a_healthy_host_is_all_ok_and_exits_0() {
             "bpf-device",
             "uevent-netns",
             "loop-control",
+            "fuse-drivers",
             "subuid",
             "subgid",
             "daemon"
@@ -119,6 +121,7 @@ fn optional_features_missing_only_warn() {
         ("seccomp-sync-wakeup", Box::new(move |f| f.seccomp_sync_wakeup = gone()), "longer"),
         ("uevent-netns", Box::new(move |f| f.uevent_netns = gone()), "hotplug"),
         ("loop-control", Box::new(|f| f.loop_control = Probe::Unsupported("no /dev/loop-control".into())), "loop"),
+        ("fuse-drivers", Box::new(|f| f.fuse_drivers[0].1 = false), "no fuse2fs (package fuse2fs)"),
         ("kernel", Box::new(|f| f.kernel_release = "5.15.0-91-generic".into()), "older than 6.18"),
         ("kernel", Box::new(|f| f.kernel_release = "weird".into()), "cannot read"),
         ("root", Box::new(|f| f.host_root = Err("you are uid 1000".into())), "uid 1000"),
@@ -181,7 +184,7 @@ fn the_json_shape_is_stable() {
     let v = to_json(&lines(&f));
     assert_eq!(v["ok"], false);
     let checks = v["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 19);
+    assert_eq!(checks.len(), 20);
     assert_eq!(
         checks[4],
         serde_json::json!({"check": "ns-id", "status": "missing", "required": true, "why": "NS_GET_ID: ENOTTY"})
@@ -195,7 +198,7 @@ fn the_json_shape_is_stable() {
 #[test]
 fn the_text_is_one_aligned_line_per_check() {
     let text = to_text(&lines(&healthy()));
-    assert_eq!(text.lines().count(), 19);
+    assert_eq!(text.lines().count(), 20);
     let col = |l: &str| l.find("works").or_else(|| l.find('/')).unwrap_or(0);
     let first = text.lines().find(|l| l.starts_with("ok      ns-id ")).unwrap();
     let other = text.lines().find(|l| l.starts_with("ok      pidfd-getfd ")).unwrap();

@@ -111,7 +111,7 @@ pub fn end_namespace(ns: NsId) {
 }
 
 /// The driver program on this host.
-fn program(driver: Driver) -> Option<std::path::PathBuf> {
+pub fn program(driver: Driver) -> Option<std::path::PathBuf> {
     ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/local/sbin"]
         .iter()
         .map(|d| std::path::Path::new(d).join(driver.program()))

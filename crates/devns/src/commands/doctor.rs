@@ -52,6 +52,10 @@ fn findings(global: &Global) -> Findings {
         bpf_device: probes::bpf_device(),
         uevent_netns: probes::uevent_netns(),
         loop_control: probes::loop_control(),
+        fuse_drivers: devns_core::blockmount::Driver::ALL
+            .iter()
+            .map(|d| (*d, crate::agent::fuse::program(*d).is_some()))
+            .collect(),
         subuid: probes::subids("/etc/subuid"),
         subgid: probes::subids("/etc/subgid"),
         daemon: probes::daemon(&global.socket),
