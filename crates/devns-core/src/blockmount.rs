@@ -94,7 +94,7 @@ impl Driver {
     /// foreground, others of the container's namespace may use the files
     /// (`allow_other`) with the kernel checking their modes, and the
     /// mount's source the device's `/dev` name ([`fuse_source`]).
-    pub fn args(self, name: &str, fstype: &str, read_only: bool) -> Vec<String> {
+    pub fn args(self, name: &str, fstype: &str, read_only: bool, taken: &[String]) -> Vec<String> {
         let source = fuse_source(name);
         let mut opts = match self {
             // fuse2fs's own defaults, its fsname (the device path it was
@@ -108,8 +108,54 @@ impl Driver {
         if read_only {
             opts.push_str(",ro");
         }
+        for t in taken {
+            opts.push(',');
+            opts.push_str(t);
+        }
         vec!["-f".into(), "-o".into(), opts]
     }
+
+    /// The caller's parameters as this driver takes them: the options to
+    /// pass on ([`Driver::args`]'s `taken`), and those it has no
+    /// counterpart for (the kernel's own, logged and dropped). The mount
+    /// flags' parameters are taken by the mount's attributes and `ro`;
+    /// `errors=remount-ro` and `bsddf` are ext's defaults that fuse2fs
+    /// has no switch for.
+    pub fn options(self, params: &[Param]) -> Options {
+        let mut out = Options::default();
+        for p in params {
+            let passed = match (self, p) {
+                (_, Param::Flag(k)) if ["ro", "sync", "dirsync", "lazytime"].contains(&k.as_str()) => None,
+                (Driver::Fuse2fs, Param::Value(k, v)) if k == "errors" && (v == "remount-ro" || v == "continue") => None,
+                (Driver::Fuse2fs, Param::Flag(k)) if k == "bsddf" => None,
+                (Driver::Fuse2fs, Param::Flag(k)) if k == "norecovery" || k == "noload" => Some("norecovery"),
+                (Driver::Fuse2fs, Param::Flag(k)) if k == "minixdf" => Some("minixdf"),
+                (_, Param::Flag(k)) => {
+                    out.ignored.push(k.clone());
+                    continue;
+                }
+                (_, Param::Value(k, v)) => {
+                    out.ignored.push(format!("{k}={v}"));
+                    continue;
+                }
+            };
+            if let Some(o) = passed {
+                if !out.taken.iter().any(|t| t == o) {
+                    out.taken.push(o.to_owned());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A driver's reading of the caller's data options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Passed on to the driver, in its spelling.
+    pub taken: Vec<String>,
+    /// The kernel's alone: dropped, with a log line.
+    pub ignored: Vec<String>,
 }
 
 /// How a type's mounts are served.
@@ -257,21 +303,6 @@ pub fn plan(fstype: &str, flags: u64, data: Option<&str>) -> Result<Plan, Refuse
     Ok(Plan { read_only, attrs, params })
 }
 
-/// The parameters of `params` that only a kernel mount takes (a FUSE
-/// driver takes the mount flags): all but the flags' own and the
-/// `errors=remount-ro` devns adds.
-pub fn kernel_only(params: &[Param]) -> Vec<String> {
-    params
-        .iter()
-        .filter_map(|p| match p {
-            Param::Flag(k) if ["ro", "sync", "dirsync", "lazytime"].contains(&k.as_str()) => None,
-            Param::Value(k, v) if k == "errors" && v == "remount-ro" => None,
-            Param::Flag(k) => Some(k.clone()),
-            Param::Value(k, v) => Some(format!("{k}={v}")),
-        })
-        .collect()
-}
-
 /// The comma-separated options of a data string, a comma inside double
 /// quotes kept (as libmount and the kernel's monolithic parser do).
 fn split_options(data: &str) -> Result<Vec<&str>, Refused> {
@@ -392,7 +423,7 @@ mod tests {
     #[test]
     fn drivers_run_in_the_foreground_for_everyone_in_the_namespace_named_by_the_device() {
         assert_eq!(
-            Driver::Fuse2fs.args("loop3", "ext4", true),
+            Driver::Fuse2fs.args("loop3", "ext4", true, &[]),
             [
                 "-f",
                 "-o",
@@ -400,8 +431,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            Driver::Squashfuse.args("loop4p1", "squashfs", false),
+            Driver::Squashfuse.args("loop4p1", "squashfs", false, &[]),
             ["-f", "-o", "subtype=squashfs,fsname=/dev/loop4p1,allow_other,default_permissions"]
+        );
+        assert_eq!(
+            Driver::Fuse2fs.args("loop3", "ext4", false, &["norecovery".into()])[2],
+            "no_default_opts,kernel_cache,use_ino,attr_timeout=0,big_writes,subtype=ext4,fsname=/dev/loop3,allow_other,default_permissions,norecovery"
         );
     }
 
@@ -450,10 +485,17 @@ mod tests {
     }
 
     #[test]
-    fn a_fuse_driver_is_told_which_data_options_it_does_not_take() {
-        let p = plan("ext4", MS_RDONLY | MS_SYNCHRONOUS, Some("data=journal,nodelalloc")).unwrap();
-        assert_eq!(kernel_only(&p.params), ["data=journal", "nodelalloc"]);
-        assert!(kernel_only(&plan("ext4", MS_RDONLY, None).unwrap().params).is_empty());
+    fn a_fuse_driver_takes_the_data_options_it_has_and_names_those_it_has_not() {
+        let p = plan("ext4", MS_RDONLY | MS_SYNCHRONOUS, Some("data=journal,noload,nodelalloc,minixdf,norecovery")).unwrap();
+        let o = Driver::Fuse2fs.options(&p.params);
+        assert_eq!(o.taken, ["norecovery", "minixdf"]);
+        assert_eq!(o.ignored, ["data=journal", "nodelalloc"]);
+        let defaults = plan("ext4", MS_RDONLY, Some("bsddf,errors=continue")).unwrap();
+        assert_eq!(Driver::Fuse2fs.options(&defaults.params), Options::default());
+        assert_eq!(Driver::Fuse2fs.options(&plan("ext4", 0, None).unwrap().params), Options::default());
+        // squashfuse has none of them.
+        let o = Driver::Squashfuse.options(&plan("squashfs", 0, Some("norecovery")).unwrap().params);
+        assert_eq!(o, Options { taken: vec![], ignored: vec!["norecovery".into()] });
     }
 
     #[test]

@@ -212,6 +212,12 @@ fn by_default_fuse2fs_serves_the_container_s_own_ext4_as_its_root_and_ends_with_
     let pdisk = imgs.disk(&p);
     assert_eq!(a.sh("mkfs.ext4 -q ${p}p1 && mkdir -p /tmp/p && mount ${p}p1 /tmp/p; echo $?"), ["0"]);
     assert_eq!(a.sh("echo p > /tmp/p/x && cat /tmp/p/x"), ["p"]);
+    // The data options fuse2fs has are passed on (noload: no journal
+    // replay, so read-only), the kernel's alone dropped.
+    assert_eq!(
+        a.sh("umount /tmp/p && mount -o noload,nodelalloc ${p}p1 /tmp/p; echo $?; cat /tmp/p/x; touch /tmp/p/y 2>/dev/null; echo $?"),
+        ["0", "p", "1"]
+    );
     let g = a.sh(&format!("g=$(losetup -f --show {garbage}); echo $g"))[0].clone();
     let gdisk = imgs.disk(&g);
     assert_eq!(

@@ -133,9 +133,9 @@ pub(super) fn mount(req: &Request, driver: Driver) -> Result<(), Errno> {
         return refuse(&why, Errno::NODEV);
     };
     let Some((uid, gid)) = req.root else { return refuse("its user namespace maps no root", Errno::PERM) };
-    let ignored = devns_core::blockmount::kernel_only(&req.plan.params);
-    if !ignored.is_empty() {
-        tracing::info!(pid = req.pid, ns = %req.ns, "{} takes the mount flags, not the kernel's data options: ignored {}", driver.program(), ignored.join(","));
+    let options = driver.options(&req.plan.params);
+    if !options.ignored.is_empty() {
+        tracing::info!(pid = req.pid, ns = %req.ns, "{} has no counterpart of the kernel's data options {}: ignored", driver.program(), options.ignored.join(","));
     }
     if busy(req.dev, BUSY_PATIENCE) {
         return Err(Errno::BUSY);
@@ -149,7 +149,8 @@ pub(super) fn mount(req: &Request, driver: Driver) -> Result<(), Errno> {
         Some(rustix::fs::Gid::from_raw(gid)),
         rustix::fs::AtFlags::EMPTY_PATH,
     )?;
-    let mut child = spawn(req, driver, &program, &device)?;
+    let args = driver.args(&req.name, &req.fstype, req.plan.read_only, &options.taken);
+    let mut child = spawn(req, &program, &args, &device)?;
     let ready = mounted(&mut child, &program).and_then(|mntns| clone_mount(&mntns));
     let attached = ready.and_then(|tree| {
         devns_sys::mount::set_attrs(&tree, req.plan.attrs)?;
@@ -165,7 +166,7 @@ pub(super) fn mount(req: &Request, driver: Driver) -> Result<(), Errno> {
 }
 
 /// `devns fuse-driver`, becoming `program` on `device`.
-fn spawn(req: &Request, driver: Driver, program: &std::path::Path, device: &OwnedFd) -> Result<Child, Errno> {
+fn spawn(req: &Request, program: &std::path::Path, args: &[String], device: &OwnedFd) -> Result<Child, Errno> {
     // In the child at fuse_driver's numbers, in this order; made above
     // them here, so that placing one overwrites none still to come.
     let passed = [req.userns.as_fd(), device.as_fd()]
@@ -177,7 +178,7 @@ fn spawn(req: &Request, driver: Driver, program: &std::path::Path, device: &Owne
         .arg("--program")
         .arg(program)
         .arg("--")
-        .args(driver.args(&req.name, &req.fstype, req.plan.read_only))
+        .args(args)
         .env_clear()
         .stdin(std::process::Stdio::null());
     // The driver's messages (fuse2fs prints to stdout) go to devns's log.
