@@ -139,10 +139,10 @@ impl Driver {
                     continue;
                 }
             };
-            if let Some(o) = passed {
-                if !out.taken.iter().any(|t| t == o) {
-                    out.taken.push(o.to_owned());
-                }
+            if let Some(o) = passed
+                && !out.taken.iter().any(|t| t == o)
+            {
+                out.taken.push(o.to_owned());
             }
         }
         out
