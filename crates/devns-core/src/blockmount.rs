@@ -126,7 +126,9 @@ impl Driver {
         for p in params {
             let passed = match (self, p) {
                 (_, Param::Flag(k)) if ["ro", "sync", "dirsync", "lazytime"].contains(&k.as_str()) => None,
-                (Driver::Fuse2fs, Param::Value(k, v)) if k == "errors" && (v == "remount-ro" || v == "continue") => None,
+                (Driver::Fuse2fs, Param::Value(k, v)) if k == "errors" && (v == "remount-ro" || v == "continue") => {
+                    None
+                }
                 (Driver::Fuse2fs, Param::Flag(k)) if k == "bsddf" => None,
                 (Driver::Fuse2fs, Param::Flag(k)) if k == "norecovery" || k == "noload" => Some("norecovery"),
                 (Driver::Fuse2fs, Param::Flag(k)) if k == "minixdf" => Some("minixdf"),
@@ -486,7 +488,8 @@ mod tests {
 
     #[test]
     fn a_fuse_driver_takes_the_data_options_it_has_and_names_those_it_has_not() {
-        let p = plan("ext4", MS_RDONLY | MS_SYNCHRONOUS, Some("data=journal,noload,nodelalloc,minixdf,norecovery")).unwrap();
+        let p = plan("ext4", MS_RDONLY | MS_SYNCHRONOUS, Some("data=journal,noload,nodelalloc,minixdf,norecovery"))
+            .unwrap();
         let o = Driver::Fuse2fs.options(&p.params);
         assert_eq!(o.taken, ["norecovery", "minixdf"]);
         assert_eq!(o.ignored, ["data=journal", "nodelalloc"]);
