@@ -51,6 +51,12 @@ pub struct Args {
     /// --shm-size` takes it.
     #[arg(long, value_name = "SIZE", default_value = "64m")]
     pub shm_size: ShmSize,
+    /// Give the command a terminal (a pty of the container's own devpts as
+    /// its stdin, stdout and stderr) even when devns's own are pipes or
+    /// files, as `podman run -t` does. Without it, the command gets one
+    /// exactly when devns runs on a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -196,7 +202,7 @@ fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
 /// child this never returns; the parent gets the signals to relay, its end
 /// of the channel, the child, and the terminal to relay.
 fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, OwnedFd, Pid, ChildGuard, Terminal)> {
-    let terminal = Terminal::probe()?;
+    let terminal = Terminal::probe(args.tty)?;
     // Blocked before the fork, so no signal is lost or kills devns before
     // the child exists; the child inherits the mask and reads its own.
     let signals = SignalFd::new(&terminal.relayed_signals()).context("cannot set up signal forwarding")?;

@@ -8,7 +8,9 @@
 //! a terminal it replaces by one pty of its own, made the session's
 //! controlling terminal. The keeper relays between the pty's master and
 //! the real terminal (raw meanwhile, its modes given back however the run
-//! ends) and passes resizes on. Pipes and files pass through untouched.
+//! ends) and passes resizes on. Pipes and files pass through untouched,
+//! unless `devns run --tty` asks for a pty whatever stdio is (as `podman
+//! run -t`): then all three are the pty, relayed to stdin and stdout.
 //!
 //! The pty is the container's devpts instance's, not one of the host's
 //! `/dev/ptmx`: `tty` inside names a `/dev/pts/N` that exists there, and no
@@ -36,6 +38,8 @@ const DRAIN_PATIENCE: Duration = Duration::from_secs(2);
 pub struct Outer {
     /// Which of fds 0, 1 and 2 are terminals.
     tty: [bool; 3],
+    /// A pty for all three, terminals or not (`--tty`).
+    forced: bool,
     /// stdin's modes when it is a terminal: the pty starts with them, and
     /// the terminal gets them back after the relay.
     modes: Option<Termios>,
@@ -47,16 +51,31 @@ fn stdio() -> [BorrowedFd<'static>; 3] {
 }
 
 impl Outer {
-    fn probe() -> Outer {
+    fn probe(forced: bool) -> Outer {
         let tty = stdio().map(rustix::termios::isatty);
         let modes = tty[0].then(|| rustix::termios::tcgetattr(rustix::stdio::stdin()).ok()).flatten();
-        let mut o = Outer { tty, modes, size: None };
+        let mut o = Outer { tty, forced, modes, size: None };
         o.size = o.first_tty().and_then(|t| rustix::termios::tcgetwinsize(t).ok());
+        if o.size.is_none() && forced {
+            // No terminal to take it from: a VT's, as runtimes give.
+            o.size = Some(Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 });
+        }
         o
     }
 
+    /// Whether the container gets a pty.
     fn any(&self) -> bool {
-        self.tty.contains(&true)
+        self.forced || self.tty.contains(&true)
+    }
+
+    /// Whether stdio fd `i` becomes the pty.
+    fn replaced(&self, i: usize) -> bool {
+        self.forced || self.tty[i]
+    }
+
+    /// Whether what is read on stdin is typed into the pty.
+    fn typed(&self) -> bool {
+        self.replaced(0)
     }
 
     fn first_tty(&self) -> Option<BorrowedFd<'static>> {
@@ -64,9 +83,13 @@ impl Outer {
     }
 
     /// Where the pty's output goes: stdout or stderr when one is a
-    /// terminal, else stdin's terminal (the echo of what is typed).
+    /// terminal, else stdin's terminal (the echo of what is typed), else
+    /// (`--tty` without one) stdout.
     fn screen(&self) -> BorrowedFd<'static> {
-        [1, 2].into_iter().find(|&i| self.tty[i]).map_or(rustix::stdio::stdin(), |i| stdio()[i])
+        match [1, 2, 0].into_iter().find(|&i| self.tty[i]) {
+            Some(i) => stdio()[i],
+            None => rustix::stdio::stdout(),
+        }
     }
 }
 
@@ -79,10 +102,12 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    pub fn probe() -> Result<Terminal> {
-        let outer = Outer::probe();
+    /// `forced`: a pty even when no stdio fd is a terminal (`--tty`).
+    pub fn probe(forced: bool) -> Result<Terminal> {
+        let outer = Outer::probe(forced);
         let resizes = outer
-            .any()
+            .first_tty()
+            .is_some()
             .then(|| SignalFd::new(&[libc::SIGWINCH]))
             .transpose()
             .context("cannot watch the terminal's size")?;
@@ -178,7 +203,7 @@ fn pump(outer: &Outer, pty: &OwnedFd, resizes: Option<&SignalFd>, stop: &OwnedFd
     }
     let screen = outer.screen();
     let stdin = rustix::stdio::stdin();
-    let mut input = outer.tty[0];
+    let mut input = outer.typed();
     let mut pending = Vec::new();
     let mut buf = vec![0u8; 16 << 10];
     loop {
@@ -225,7 +250,14 @@ fn pump(outer: &Outer, pty: &OwnedFd, resizes: Option<&SignalFd>, stop: &OwnedFd
         }
         if typing && ready[ready.len() - 1].intersects(closed) {
             match rustix::io::read(stdin, &mut buf) {
-                Ok(0) => input = false,
+                Ok(0) => {
+                    input = false;
+                    // The end of a piped stdin (`--tty`) is the
+                    // terminal's end-of-file character to the container.
+                    if !outer.tty[0] {
+                        pending.push(end_of_file(pty));
+                    }
+                }
                 Ok(n) => pending.extend_from_slice(&buf[..n]),
                 Err(Errno::AGAIN | Errno::INTR) => {}
                 Err(_) => input = false,
@@ -237,6 +269,11 @@ fn pump(outer: &Outer, pty: &OwnedFd, resizes: Option<&SignalFd>, stop: &OwnedFd
             return;
         }
     }
+}
+
+/// The pty's end-of-file character (`^D` unless the container changed it).
+fn end_of_file(pty: &OwnedFd) -> u8 {
+    rustix::termios::tcgetattr(pty).map_or(4, |t| t.special_codes[rustix::termios::SpecialCodeIndex::VEOF])
 }
 
 /// Copies what the pty holds to the screen; false once its other side is
@@ -281,23 +318,25 @@ pub(super) fn take_pty(pts: impl AsFd, outer: &Outer) -> Result<Option<OwnedFd>>
     use rustix::pty::OpenptFlags;
     let slave = rustix::pty::ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
         .context(ctx)?;
-    let modes = match &outer.modes {
-        Some(m) => m.clone(),
-        None => {
-            // Only output is relayed, to a terminal that is not raw and
-            // does its own output processing.
+    match &outer.modes {
+        Some(m) => rustix::termios::tcsetattr(&slave, OptionalActions::Now, m).context(ctx)?,
+        // Output alone is relayed, to a terminal that is not raw and does
+        // its own output processing.
+        None if outer.first_tty().is_some() => {
             let mut m = rustix::termios::tcgetattr(&slave).context(ctx)?;
             m.output_modes.remove(OutputModes::OPOST);
-            m
+            rustix::termios::tcsetattr(&slave, OptionalActions::Now, &m).context(ctx)?;
         }
-    };
-    rustix::termios::tcsetattr(&slave, OptionalActions::Now, &modes).context(ctx)?;
+        // No terminal outside (`--tty`): the pty's own modes, a
+        // terminal's as a program expects them.
+        None => {}
+    }
     if let Some(ws) = outer.size {
         rustix::termios::tcsetwinsize(&slave, ws).context(ctx)?;
     }
     let dup2 = [rustix::stdio::dup2_stdin::<&OwnedFd>, rustix::stdio::dup2_stdout, rustix::stdio::dup2_stderr];
     for (i, dup2) in dup2.into_iter().enumerate() {
-        if outer.tty[i] {
+        if outer.replaced(i) {
             dup2(&slave).context(ctx)?;
         }
     }
