@@ -164,6 +164,13 @@ pub fn listen_fds(me: u32, pid: Option<&str>, fds: Option<&str>, names: Option<&
     (0..n as i32).map(|i| (3 + i, names.next().unwrap_or("unknown").to_owned())).collect()
 }
 
+/// Whether a file of `dev`, `ino` is the journal's stream that systemd
+/// set as stdout or stderr (`JOURNAL_STREAM`, "DEV:INO" in decimal).
+pub fn is_journal_stream(var: Option<&str>, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = var.and_then(|v| v.split_once(':')) else { return false };
+    number(Some(d)).ok() == Some(dev) && number(Some(i)).ok() == Some(ino)
+}
+
 /// What a restarted daemon does with a listener it is given back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovered {
@@ -284,6 +291,16 @@ mod tests {
         }
         for n in ["", "stored", "devns-listener-1", "devns-listener-a-1", "devns-listener-1-2-3"] {
             assert_eq!(Stored::parse(n), None, "{n}");
+        }
+    }
+
+    #[test]
+    fn the_journal_s_stream_is_known_by_device_and_inode() {
+        assert!(is_journal_stream(Some("8:1234"), 8, 1234));
+        for other in
+            [None, Some(""), Some("8:123"), Some("9:1234"), Some("8"), Some("8:1234:5"), Some("x:y"), Some(":")]
+        {
+            assert!(!is_journal_stream(other, 8, 1234), "{other:?}");
         }
     }
 

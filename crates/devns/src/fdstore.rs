@@ -80,3 +80,30 @@ pub fn passed() -> Vec<(OwnedFd, String)> {
         })
         .collect()
 }
+
+/// Takes the socket systemd passed bound at `path` (socket activation:
+/// the unit's `ListenStream=`, whatever its name) out of `passed`: a
+/// listening unix stream socket, made nonblocking. None passed for it:
+/// the daemon binds its own.
+pub fn take_socket(passed: &mut Vec<(OwnedFd, String)>, path: &std::path::Path) -> Result<Option<OwnedFd>> {
+    use rustix::net::sockopt;
+    let bound_at = |fd: &OwnedFd| {
+        let Ok(addr) = rustix::net::getsockname(fd) else { return false };
+        let Ok(unix) = SocketAddrUnix::try_from(addr) else { return false };
+        unix.path_bytes().is_some_and(|p| p == std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+    };
+    let Some(i) = passed.iter().position(|(fd, _)| bound_at(fd)) else { return Ok(None) };
+    let (fd, name) = passed.remove(i);
+    let listening = sockopt::socket_type(&fd).is_ok_and(|t| t == SocketType::STREAM)
+        && sockopt::socket_acceptconn(&fd).unwrap_or(false);
+    if !listening {
+        return Err(anyhow!(
+            "the socket systemd passed for {} ({name}) is not a listening stream socket: the socket unit wants ListenStream={}",
+            path.display(),
+            path.display()
+        ));
+    }
+    let flags = rustix::fs::fcntl_getfl(&fd).context("fcntl")?;
+    rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK).context("fcntl")?;
+    Ok(Some(fd))
+}

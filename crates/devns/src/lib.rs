@@ -19,6 +19,7 @@ pub mod holder;
 pub mod host;
 pub mod journal;
 pub mod layout;
+pub mod logs;
 pub mod loopctl;
 pub mod probes;
 pub mod reconcile;

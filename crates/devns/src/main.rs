@@ -16,11 +16,7 @@ fn main() -> ExitCode {
     } else {
         Cli::parse()
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEVNS_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
+    devns::logs::init();
     let json = cli.global.json_errors || cli.global.json;
     if cli.command.ends_on_a_closed_pipe() {
         let _ = devns_sys::signal::default_sigpipe();

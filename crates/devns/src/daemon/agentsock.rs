@@ -73,10 +73,15 @@ pub fn bind(path: &Path) -> Result<AgentSock> {
         Err(_) => {}
     }
     let fd = super::bind_stream(path, 0o177)?;
-    Ok(AgentSock { fd, pending: BTreeMap::new(), next: 0 })
+    Ok(AgentSock::activated(fd))
 }
 
 impl AgentSock {
+    /// Serving `fd`, a listening socket (a socket unit's, or bound here).
+    pub fn activated(fd: OwnedFd) -> AgentSock {
+        AgentSock { fd, pending: BTreeMap::new(), next: 0 }
+    }
+
     /// The earliest deadline of an unfinished connection.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.pending.values().map(|p| p.deadline).min()

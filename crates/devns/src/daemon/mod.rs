@@ -87,6 +87,8 @@ pub struct Daemon {
     ep: OwnedFd,
     targets: std::collections::HashMap<u64, Target>,
     next_token: u64,
+    /// The namespace count the service manager's status last said.
+    status_said: usize,
 }
 
 /// Registers `fd` in the epoll set `ep` as `target`; returns its token.
@@ -157,11 +159,15 @@ fn bind_stream(path: &Path, umask: u32) -> Result<OwnedFd> {
 pub fn run(opts: Options) -> Result<()> {
     // First: the fds a service manager passed, by number, before anything
     // else is opened.
-    let passed = crate::fdstore::passed();
+    let mut passed = crate::fdstore::passed();
+    // Socket activation: the sockets a socket unit made, bound already.
     host::require_host_root("devns daemon")?;
     limits::raise_fd_limit();
     let cfg = config::load(&opts.config)?;
     let seccomp_socket = cfg.agent_socket(&opts.socket, opts.seccomp_socket.clone());
+    let activated_api = crate::fdstore::take_socket(&mut passed, &opts.socket)?;
+    let activated_agent = crate::fdstore::take_socket(&mut passed, &seccomp_socket)?;
+    let activated = (activated_api.is_some(), activated_agent.is_some());
     let store = Store::open(&opts.state_dir)?;
     let daemon_lock =
         store.try_hold("daemon.lock")?.ok_or_else(|| anyhow!("another devns daemon uses {}", store.dir().display()))?;
@@ -174,7 +180,10 @@ pub fn run(opts: Options) -> Result<()> {
     engine.recover()?;
     let (outlive, given) = outlive::Outlive::open(&opts.state_dir, passed);
     let host_ns = engine.host_ns();
-    let agent = agentsock::bind(&seccomp_socket)?;
+    let agent = match activated_agent {
+        Some(fd) => agentsock::AgentSock::activated(fd),
+        None => agentsock::bind(&seccomp_socket)?,
+    };
     let mut d = Daemon {
         engine,
         _daemon_lock: daemon_lock,
@@ -196,23 +205,60 @@ pub fn run(opts: Options) -> Result<()> {
         ep: rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).context("epoll")?,
         targets: std::collections::HashMap::new(),
         next_token: 0,
+        status_said: 0,
     };
     d.adopt(given);
     // Only now, ready: the socket starts accepting.
-    let listener = listen(&opts.socket).inspect_err(|_| {
-        let _ = std::fs::remove_file(&seccomp_socket);
-    })?;
-    if let outlive::Outlive::Systemd { store, .. } = &d.outlive {
-        let _ = store.notify("READY=1", &[]);
-    }
+    let listener = match activated_api {
+        Some(fd) => fd,
+        None => listen(&opts.socket).inspect_err(|_| {
+            if !activated.1 {
+                let _ = std::fs::remove_file(&seccomp_socket);
+            }
+        })?,
+    };
+    let ready = format!("READY=1\nSTATUS={}", d.status());
+    d.notify(&ready);
     tracing::info!(socket = %opts.socket.display(), seccomp_socket = %seccomp_socket.display(),
         namespaces = d.engine.kept_ids().len(), "devns daemon ready");
     let result = d.serve(&listener, &uevents, &signals);
-    let _ = std::fs::remove_file(&opts.socket);
-    let _ = std::fs::remove_file(&seccomp_socket);
+    d.notify("STOPPING=1\nSTATUS=stopping; views stay mounted in their containers");
+    // A socket unit's files are systemd's: they stay, for the next start.
+    if !activated.0 {
+        let _ = std::fs::remove_file(&opts.socket);
+    }
+    if !activated.1 {
+        let _ = std::fs::remove_file(&seccomp_socket);
+    }
     result
 }
 impl Daemon {
+    /// One `sd_notify` message, when a service manager runs the daemon.
+    fn notify(&self, text: &str) {
+        if let outlive::Outlive::Systemd { store, .. } = &self.outlive
+            && let Err(e) = store.notify(text, &[])
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot tell the service manager");
+        }
+    }
+
+    /// What `systemctl status` shows: the namespaces served.
+    fn status(&mut self) -> String {
+        self.status_said = self.engine.kept_count();
+        match self.status_said {
+            1 => "serving 1 user namespace".to_owned(),
+            n => format!("serving {n} user namespaces"),
+        }
+    }
+
+    /// A new status when the count changed (one compare per turn).
+    fn update_status(&mut self) {
+        if self.engine.kept_count() != self.status_said {
+            let status = format!("STATUS={}", self.status());
+            self.notify(&status);
+        }
+    }
+
     /// Sends the engine's events to their subscribers.
     fn flush_events(&mut self) {
         for ev in self.engine.take_events() {

@@ -83,6 +83,7 @@ impl Daemon {
                 }
             }
             self.flush_events();
+            self.update_status();
             for id in std::mem::take(&mut self.ready) {
                 self.on_conn(id);
             }

@@ -216,6 +216,11 @@ impl Engine {
     }
 
     /// The namespaces this engine keeps.
+    /// How many namespaces are kept.
+    pub fn kept_count(&self) -> usize {
+        self.kept.len()
+    }
+
     pub fn kept_ids(&self) -> Vec<NsId> {
         self.kept.keys().copied().collect()
     }

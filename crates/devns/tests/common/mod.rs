@@ -887,6 +887,12 @@ pub fn inherited_dir(env: &Env) -> (PathBuf, rustix::fd::OwnedFd) {
 }
 
 impl<'e> Daemon<'e> {
+    /// A daemon the test started itself (its pid the daemon's), ended
+    /// with the test.
+    pub fn adopt(env: &'e Env, child: std::process::Child) -> Daemon<'e> {
+        Daemon { env, child: Some(child) }
+    }
+
     /// A daemon of this test's own started through `wrapper` (a command
     /// that execs the rest of its arguments, such as `prlimit
     /// --nofile=N:N` or `env VAR=VALUE`), so that its pid is the daemon's.
