@@ -43,6 +43,14 @@ pub struct Config {
     /// (`crate::blockmount`).
     #[serde(default)]
     pub mount_kernel: Vec<String>,
+    /// Each event announced to a namespace with a network namespace of its
+    /// own is also sent as udev sends it (the "udev" netlink group, libudev's
+    /// format), for containers that run no udevd: their libudev monitors
+    /// (`udevadm monitor --udev`, and every program that uses libudev) see
+    /// hotplug. Off by default: a container that runs udevd would see each
+    /// event twice.
+    #[serde(default)]
+    pub udev_events: bool,
 }
 
 fn default_device_policy() -> bool {
@@ -75,6 +83,7 @@ impl Default for Config {
             device_policy: true,
             seccomp_socket: None,
             mount_kernel: Vec::new(),
+            udev_events: false,
         }
     }
 }

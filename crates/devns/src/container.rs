@@ -153,6 +153,9 @@ pub struct ChildPlan<'a> {
     pub outer: &'a tty::Outer,
     /// The size limit of its `/dev/shm`.
     pub shm: ShmSize,
+    /// udev-format events are sent to it (config `udev_events`): its
+    /// `/run/udev/control` made, so that libudev listens for them.
+    pub udev: bool,
 }
 
 /// The child's whole life; returns its exit status.
@@ -341,6 +344,12 @@ fn setup(plan: &ChildPlan<'_>) -> Result<Option<OwnedFd>> {
     }
     if plan.own_net {
         devns_sys::net::loopback_up().context("cannot bring up the loopback interface")?;
+        if plan.udev {
+            let root = rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+            // A /run that is the host's stays untouched (its root may not
+            // write there): where the host runs udevd, its file is seen.
+            let _ = crate::uevents::mark_udev_running(root.as_fd());
+        }
     }
     Ok(pty)
 }

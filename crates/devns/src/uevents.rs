@@ -2,7 +2,7 @@
 //! until empty, kernel senders only.
 
 use anyhow::{Context, Result};
-use rustix::fd::OwnedFd;
+use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
@@ -28,7 +28,19 @@ pub fn socket() -> Result<OwnedFd> {
 /// it sees them), stated for this one message rather than taken on.
 pub fn send_as_kernel(sock: &OwnedFd, event: &[u8], uid: u32, gid: u32) -> rustix::io::Result<()> {
     let req = devns_core::uevent::kernel_send_request(event);
-    let to = SocketAddrNetlink::new(0, 0);
+    send_with_creds(sock, &SocketAddrNetlink::new(0, 0), &req, uid, gid)
+}
+
+/// Multicasts `msg` (libudev's format) to the "udev" group of the network
+/// namespace of `sock`, as udevd does, with credentials `uid`/`gid`
+/// (libudev drops a message whose sender is not root as it sees it). Host
+/// root may send there: it holds `CAP_NET_ADMIN` over every network
+/// namespace.
+pub fn send_to_udev_group(sock: &OwnedFd, msg: &[u8], uid: u32, gid: u32) -> rustix::io::Result<()> {
+    send_with_creds(sock, &SocketAddrNetlink::new(0, devns_core::uevent::UDEV_GROUP), msg, uid, gid)
+}
+
+fn send_with_creds(sock: &OwnedFd, to: &SocketAddrNetlink, msg: &[u8], uid: u32, gid: u32) -> rustix::io::Result<()> {
     let creds = rustix::net::UCred {
         pid: rustix::process::getpid(),
         uid: rustix::process::Uid::from_raw(uid),
@@ -39,7 +51,7 @@ pub fn send_as_kernel(sock: &OwnedFd, event: &[u8], uid: u32, gid: u32) -> rusti
     if !cmsg.push(rustix::net::SendAncillaryMessage::ScmCredentials(creds)) {
         return Err(rustix::io::Errno::NOBUFS);
     }
-    rustix::net::sendmsg_addr(sock, &to, &[std::io::IoSlice::new(&req)], &mut cmsg, rustix::net::SendFlags::DONTWAIT)
+    rustix::net::sendmsg_addr(sock, to, &[std::io::IoSlice::new(msg)], &mut cmsg, rustix::net::SendFlags::DONTWAIT)
         .map(|_| ())
 }
 
@@ -70,5 +82,37 @@ pub fn drain(sock: &OwnedFd, mut on: impl FnMut(&[u8])) -> Drained {
                 return Drained::Empty;
             }
         }
+    }
+}
+
+/// Makes `run/udev/control` below `root` (a container's root) as the
+/// calling thread's identity, where it may: libudev listens on the "udev"
+/// group only where udevd seems to run (that file exists) or `/dev` is a
+/// devtmpfs, and a view is not. An empty file: nothing listens on it, and
+/// `udevadm settle` then waits for no queue. Where the container's root
+/// may not write (a `/run` of the host's), nothing is made: `Ok(false)`.
+pub fn mark_udev_running(root: BorrowedFd<'_>) -> rustix::io::Result<bool> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::io::Errno;
+    let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let run = rustix::fs::openat2(root, "run", dir, Mode::empty(), in_root)?;
+    let mode = |m| Mode::from_raw_mode(m);
+    match rustix::fs::mkdirat(&run, "udev", mode(0o755)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(Errno::ACCESS | Errno::PERM | Errno::ROFS) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let udev = rustix::fs::openat2(&run, "udev", dir, Mode::empty(), in_root)?;
+    let made = rustix::fs::openat(
+        &udev,
+        "control",
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        mode(0o644),
+    );
+    match made {
+        Ok(_) | Err(Errno::EXIST) => Ok(true),
+        Err(Errno::ACCESS | Errno::PERM | Errno::ROFS) => Ok(false),
+        Err(e) => Err(e),
     }
 }

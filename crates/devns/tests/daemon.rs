@@ -538,6 +538,80 @@ fn udevadm_monitor_inside_sees_attach_resize_and_detach_of_its_loop_device() {
     assert!(actions.iter().filter(|a| *a == "change").count() >= 3, "attach, resize, detach: {actions:?}");
 }
 
+/// With `udev_events = true`, the same events reach libudev monitors
+/// inside as udevd would send them (the "udev" group, libudev's format,
+/// from root as the container sees it): `udevadm monitor --udev` with a
+/// subsystem/devtype match (libudev's socket filter, by hash) sees its own
+/// loop device's add, changes and remove; one matching another subsystem
+/// sees none; and with the option off (the default) nothing is sent there.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn with_udev_events_libudev_monitors_inside_see_hotplug_of_their_own_devices() {
+    if !privileged() {
+        return;
+    }
+    for on in [true, false] {
+        let env = Env::new();
+        std::fs::write(env.config(), format!("udev_events = {on}\n")).unwrap();
+        let _d = Daemon::start(&env);
+        // A rootfs whose /run the container's root may write, as an image's.
+        let root = common::oci::tools_rootfs(env.dir.path());
+        std::fs::set_permissions(root.join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        let control = root.join("run/udev/control");
+        if !on {
+            // As if it ran udevd: libudev listens, and nothing comes.
+            std::fs::create_dir(root.join("run/udev")).unwrap();
+            std::fs::write(&control, "").unwrap();
+        }
+        let script = format!(
+            "{}; {}; echo ready; wait",
+            uevents_listened_by("udevadm monitor --udev --subsystem-match=block/disk"),
+            uevents_listened_by("udevadm monitor --udev --subsystem-match=net | sed 's/^/net: /'"),
+        );
+        let mut a = env.spawn(&["--name", "a", "--rootfs", root.to_str().unwrap(), "--", "sh", "-c", &script]);
+        while a.line() != "ready" {}
+        // Made for libudev, as the container's root.
+        let st = std::fs::metadata(&control).expect("the container's /run/udev/control");
+        assert_eq!(on, std::os::unix::fs::MetadataExt::uid(&st) != 0, "made by devns as the container's root: {on}");
+        let l = AddedLoop::new();
+        let name = l.name();
+        let img = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.img", marker("udevfmt")));
+        std::fs::File::create(&img).and_then(|f| f.set_len(4 << 20)).unwrap();
+        let dev = format!("/dev/{name}");
+        devns_ok(&env, &["assign", &name, "--to", "a"]);
+        let run = |args: &[&str]| assert!(std::process::Command::new("losetup").args(args).status().unwrap().success());
+        run(&[&dev, img.to_str().unwrap()]);
+        run(&["-d", &dev]);
+        devns_ok(&env, &["release", &name]);
+        let _ = std::fs::remove_file(&img);
+        let late = |a: &mut Container| {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            std::iter::from_fn(|| a.try_line()).collect::<Vec<_>>()
+        };
+        if !on {
+            // The kernel's events alone: a second that shows nothing more.
+            let got = late(&mut a);
+            assert!(!got.iter().any(|l| l.contains("UDEV")), "udev events with the option off: {got:?}");
+            continue;
+        }
+        // "UDEV  [ts] ACTION /devices/virtual/block/loopN (block)"
+        let mut actions = Vec::new();
+        while actions.last().map(String::as_str) != Some("remove") {
+            let l = a.line();
+            assert!(!l.starts_with("net: UDEV"), "a net match saw a block event: {l}");
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() == 5 && f[0] == "UDEV" {
+                assert!(f[4] == "(block)" && f[3].ends_with(&format!("/{name}")), "an event of another device: {l}");
+                actions.push(f[2].to_owned());
+            }
+        }
+        assert_eq!(actions.first().map(String::as_str), Some("add"));
+        assert!(actions.iter().filter(|a| *a == "change").count() >= 2, "attach, detach: {actions:?}");
+        let net = late(&mut a);
+        assert!(!net.iter().any(|l| l.starts_with("net: UDEV")), "a net match saw block events: {net:?}");
+    }
+}
+
 /// `chattr +i` on a directory for as long as this lives: nothing can be
 /// created or renamed in it, not even by root.
 struct Immutable(std::path::PathBuf);

@@ -154,6 +154,38 @@ fn assign_reaches_a_running_runc_container_and_delete_frees_everything() {
     nothing_left(&env, &mounts_before);
 }
 
+/// With `udev_events = true`, a runtime's container gets
+/// `/run/udev/control` (made as its root, so libudev listens on the "udev"
+/// group) and a device assigned to it reaches `udevadm monitor --udev`.
+#[test]
+fn with_udev_events_a_runc_container_s_libudev_sees_a_device_assigned_to_it() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    std::fs::write(env.config(), "udev_events = true\n").unwrap();
+    let _d = Daemon::start(&env);
+    let runc = Runc::new(&env);
+    let l = Loop::new(false);
+    let b = devns_bundle(&env, "hookudev");
+    b.script("sleep 1000");
+    runc.start(&b);
+    let out = runc.exec(&b.id, "stat -c '%u %s' /run/udev/control");
+    assert_eq!(text(&out).trim(), "0 0", "made by devns, as the container's root: {}", text(&out));
+    let out =
+        runc.exec(&b.id, "(udevadm monitor --udev --subsystem-match=block </dev/null >/tmp/ev 2>&1 &); sleep 0.5");
+    assert!(out.status.success(), "{}", text(&out));
+    devns_ok(&env, &["assign", &l.name, "--to", &b.id]);
+    let want = format!("/{} (block)", l.name);
+    eventually("udevadm monitor --udev sees the device come", || {
+        let out = runc.exec(&b.id, "cat /tmp/ev");
+        text(&out).lines().any(|l| l.starts_with("UDEV") && l.contains(" add ") && l.ends_with(&want))
+    });
+    let _ = runc.cmd().args(["kill", &b.id, "KILL"]).output();
+    eventually("the namespace is let go", || ns_names(&env).is_empty());
+    runc.delete(&b.id);
+}
+
 #[test]
 fn devices_from_the_annotation_are_the_container_s_while_it_runs() {
     if !privileged() {

@@ -106,7 +106,11 @@ fn clone_failed(e: rustix::io::Errno) -> anyhow::Error {
 pub fn run(global: &Global, args: Args) -> Result<i32> {
     host::require_host_root("devns run")?;
     if let Some(daemon) = Client::connect_if_running(&global.socket)? {
-        return run_with_daemon(daemon, &args);
+        // The daemon's policy is the daemon's; udev_events also decides
+        // what the container makes for libudev (a bad file: the daemon's
+        // refusal is the one that tells).
+        let udev = config::load(&global.config).is_ok_and(|c| c.udev_events);
+        return run_with_daemon(daemon, &args, udev);
     }
     let cfg = config::load(&global.config)?;
     let store = Store::open(&global.state_dir)?;
@@ -162,7 +166,7 @@ fn serve_alone(
     rootfs: Option<&container::RootFs>,
     uevents: Option<&OwnedFd>,
 ) -> Result<i32> {
-    let (signals, mine, pid, mut child, terminal) = spawn(args, rootfs)?;
+    let (signals, mine, pid, mut child, terminal) = spawn(args, rootfs, engine.udev_events())?;
     // Before anything is recorded: from its claim on, the namespace has
     // someone to free it if this process is killed.
     watch(child.pidfd.as_ref().expect("not waited").as_fd());
@@ -178,9 +182,9 @@ fn serve_alone(
 
 /// `devns run` with a daemon: the daemon gives the namespace its ids,
 /// devices and view, and watches it; this process only starts and waits.
-fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
+fn run_with_daemon(mut daemon: Client, args: &Args, udev: bool) -> Result<i32> {
     let rootfs = args.rootfs.as_deref().map(container::prepare_rootfs).transpose()?;
-    let (signals, mine, pid, mut child, terminal) = spawn(args, rootfs.as_ref())?;
+    let (signals, mine, pid, mut child, terminal) = spawn(args, rootfs.as_ref(), udev)?;
     let pidfd = child.pidfd.as_ref().expect("not waited").as_fd();
     let req = serde_json::json!({ "op": "run", "name": args.name, "devices": args.devs });
     let reply = daemon.call(req, &[pidfd])?;
@@ -201,7 +205,11 @@ fn run_with_daemon(mut daemon: Client, args: &Args) -> Result<i32> {
 /// Forks the container's first process into its new namespaces. In the
 /// child this never returns; the parent gets the signals to relay, its end
 /// of the channel, the child, and the terminal to relay.
-fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, OwnedFd, Pid, ChildGuard, Terminal)> {
+fn spawn(
+    args: &Args,
+    rootfs: Option<&container::RootFs>,
+    udev: bool,
+) -> Result<(SignalFd, OwnedFd, Pid, ChildGuard, Terminal)> {
     let terminal = Terminal::probe(args.tty)?;
     // Blocked before the fork, so no signal is lost or kills devns before
     // the child exists; the child inherits the mask and reads its own.
@@ -229,6 +237,7 @@ fn spawn(args: &Args, rootfs: Option<&container::RootFs>) -> Result<(SignalFd, O
                 own_net: args.net != "host",
                 outer: &outer,
                 shm: args.shm_size,
+                udev,
             };
             // Never return into the parent's frames: their guards are the
             // parent's to run.

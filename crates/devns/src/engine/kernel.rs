@@ -147,3 +147,22 @@ pub(crate) fn send_uevent(sock: &OwnedFd, payload: &[u8], uids: &IdMap, gids: &I
         tracing::debug!(ns = %id, error = %e, "cannot deliver a uevent");
     }
 }
+
+/// Sends `payload` (a kernel-format uevent) as udev would have, after its
+/// processing, on the "udev" group of namespace `id`'s network namespace
+/// (config `udev_events`), with the credentials of the namespace's root,
+/// whom libudev trusts.
+pub(crate) fn send_udev_event(
+    sock: &OwnedFd,
+    payload: &[u8],
+    uids: &IdMap,
+    gids: &IdMap,
+    overflow: (u32, u32),
+    id: NsId,
+) {
+    let Some(msg) = devns_core::uevent::udev_message(payload) else { return };
+    let (root_uid, root_gid) = (uids.carry(0, overflow.0), gids.carry(0, overflow.1));
+    if let Err(e) = crate::uevents::send_to_udev_group(sock, &msg, root_uid, root_gid) {
+        tracing::debug!(ns = %id, error = %e, "cannot deliver a udev event");
+    }
+}

@@ -199,7 +199,10 @@ impl Engine {
         }
         self.sync_members(id);
         let view = self.view_clone(id)?;
-        let place = Place { root: spec.root, at, carry: spec.runtime };
+        let k = &self.kept[&id];
+        let udev = (self.cfg.udev_events && k.uevents.is_some())
+            .then(|| (k.uids.carry(0, self.overflow.0), k.gids.carry(0, self.overflow.1)));
+        let place = Place { root: spec.root, at, carry: spec.runtime, udev };
         // A runtime's own device controller defers to devns's program
         // only once that decides, and the view is in place.
         let placed = mount_into(pid, &view, &place)

@@ -216,6 +216,11 @@ impl Engine {
     }
 
     /// The namespaces this engine keeps.
+    /// Whether namespaces get udev-format events too (config `udev_events`).
+    pub fn udev_events(&self) -> bool {
+        self.cfg.udev_events
+    }
+
     /// How many namespaces are kept.
     pub fn kept_count(&self) -> usize {
         self.kept.len()
@@ -366,6 +371,9 @@ impl Engine {
         let Some(k) = self.kept.get(&id) else { return };
         let Some(sock) = k.uevents.as_ref() else { return };
         kernel::send_uevent(sock, payload, &k.uids, &k.gids, self.overflow, id);
+        if self.cfg.udev_events {
+            kernel::send_udev_event(sock, payload, &k.uids, &k.gids, self.overflow, id);
+        }
     }
 
     /// Works out a device a user named.

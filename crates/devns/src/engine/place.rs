@@ -23,6 +23,10 @@ pub(crate) struct Place<'a> {
     pub at: &'a str,
     /// Carry the mounts below the old `at` onto the view.
     pub carry: bool,
+    /// The host uid and gid of the container's root, when its namespace
+    /// gets udev-format events: its `/run/udev/control` is made as that
+    /// root ([`crate::uevents::mark_udev_running`]).
+    pub udev: Option<(u32, u32)>,
 }
 
 /// Mounts a new bind of `view` at `place` in the mount namespace of `pid`.
@@ -81,6 +85,15 @@ fn place_view(proc_root: &OwnedFd, mntns: &OwnedFd, view: &OwnedFd, place: &Plac
     // The view's fd is its mounted root now.
     for (fd, rel) in carried {
         carry(view, &fd, &rel).map_err(|e| format!("cannot carry the runtime's mount {}: {e}", rel.display()))?;
+    }
+    if let Some((uid, gid)) = place.udev {
+        // Last, and for good: this thread ends here. As the container's
+        // root, nothing is made where it could not make it itself.
+        let as_root =
+            devns_sys::procstate::set_ids_for_good(rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+        if let Err(e) = as_root.and_then(|()| crate::uevents::mark_udev_running(base.as_fd()).map(|_| ())) {
+            tracing::debug!(error = %e, "cannot make the container's /run/udev/control");
+        }
     }
     Ok(())
 }
