@@ -33,6 +33,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod subid;
+pub mod table;
 pub mod uevent;
 pub mod view;
 

@@ -60,6 +60,12 @@ impl Tmux {
         self.run(&["capture-pane", "-p", "-t", "t"])
     }
 
+    /// The screen with lines the terminal wrapped joined again, and the
+    /// programs' colours as escape sequences.
+    fn joined_with_colours(&self) -> String {
+        self.run(&["capture-pane", "-p", "-J", "-e", "-t", "t"])
+    }
+
     /// Waits until the screen shows `what`; the screen then.
     fn until(&self, what: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -195,4 +201,54 @@ fn tty_gives_a_pty_of_the_container_s_own_when_stdio_are_pipes() {
     }
     let o = env.run(&["--", "sh", "-c", "tty; echo $?"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "not a tty\n1\n");
+}
+
+/// On a terminal, `devns ns ls` fits its width (a namespace's long device
+/// list wrapped under its column, no line longer than the terminal) and
+/// `devns events` lines are aligned with the event coloured; through a pipe
+/// the same events have no colour.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn tables_fit_the_terminal_and_events_are_coloured_only_there() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let mut a = shell_container(&env, &["--name", "a"]);
+    assert_eq!(a.sh("echo in"), ["in"]);
+    let loops: Vec<Loop> = (0..5).map(|_| Loop::new(false)).collect();
+    for l in &loops {
+        devns_ok(&env, &["assign", &l.name, "--to", "a"]);
+    }
+    let mut piped = env.devns().args(["events"]).stdout(Stdio::piped()).spawn().unwrap();
+    let devns = env!("CARGO_BIN_EXE_devns");
+    let t = Tmux::start(&env, &format!("{devns} ns ls; echo ==; {devns} events"), 44, 30);
+    t.until("==");
+    // The piped subscriber and the terminal's both listen by now.
+    std::thread::sleep(Duration::from_millis(300));
+    devns_ok(&env, &["release", &loops[0].name]);
+    let want = format!("release  {}", loops[0].name);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let s = t.joined_with_colours();
+        if s.lines().any(|l| l.contains("release")) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no release event on the terminal:\n{s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (table, events) = shown.split_once("==").unwrap();
+    assert!(table.lines().all(|l| l.chars().count() <= 44), "a line wider than the terminal:\n{table}");
+    let names: Vec<&str> = table.split_whitespace().collect();
+    for l in &loops {
+        assert!(names.contains(&l.name.as_str()), "{} listed:\n{table}", l.name);
+    }
+    assert!(table.lines().count() > 2, "the device list wrapped:\n{table}");
+    let line = events.lines().find(|l| l.contains("release")).unwrap();
+    assert!(line.contains("\x1b[31mrelease "), "coloured on the terminal: {line:?}");
+    let _ = piped.kill();
+    let out = String::from_utf8_lossy(&piped.wait_with_output().unwrap().stdout).into_owned();
+    let line = out.lines().find(|l| l.contains("release")).unwrap_or_else(|| panic!("the pipe's events: {out}"));
+    assert!(line.starts_with(&want) && !line.contains('\x1b'), "plain through a pipe: {line:?}");
 }

@@ -9,7 +9,8 @@ use std::io::Write;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// One JSON object per line.
+    /// One JSON object per line (else aligned columns: event, device,
+    /// MAJ:MIN, namespace; the event coloured on a terminal).
     #[arg(long)]
     pub json: bool,
 }
@@ -17,22 +18,14 @@ pub struct Args {
 pub fn run(global: &Global, args: Args) -> Result<i32> {
     let mut c = Client::connect(&global.socket)?;
     c.call(json!({ "op": "events" }), &[])?;
+    let colour = super::colour();
     let mut out = std::io::stdout().lock();
     while let Some(line) = c.next_line()? {
         let ev: Event = serde_json::from_value(line["event"].clone())?;
         let written = if args.json {
             writeln!(out, "{}", serde_json::to_string(&ev)?)
         } else {
-            let mut s = ev.event.clone();
-            for (k, v) in [("device", &ev.device), ("dev", &ev.dev), ("ns", &ev.ns)] {
-                if let Some(v) = v {
-                    s.push_str(&format!(" {k}={v}"));
-                }
-            }
-            if let Some(g) = ev.global {
-                s.push_str(&format!(" global={g}"));
-            }
-            writeln!(out, "{s}")
+            writeln!(out, "{}", devns_core::table::event_line(&ev, colour))
         };
         // A closed pipe (`devns events | head`) ends the stream quietly.
         if written.and_then(|()| out.flush()).is_err() {

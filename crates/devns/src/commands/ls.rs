@@ -70,11 +70,21 @@ fn print(rows: Vec<Row<'_>>, json: bool) -> Result<i32> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<24} {:<4} {:<12} {:<24} GLOBAL", "NAME", "KIND", "MAJ:MIN", "OWNER");
-        for r in rows {
-            let num = format!("{}:{}", r.major, r.minor);
-            println!("{:<24} {:<4} {:<12} {:<24} {}", r.name, r.kind, num, r.owner, if r.global { "yes" } else { "" });
-        }
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                let global = if r.global { "yes" } else { "" };
+                vec![
+                    r.name.to_owned(),
+                    r.kind.to_string(),
+                    format!("{}:{}", r.major, r.minor),
+                    global.into(),
+                    r.owner.clone(),
+                ]
+            })
+            .collect();
+        let header = ["NAME", "KIND", "MAJ:MIN", "GLOBAL", "OWNER"];
+        print!("{}", devns_core::table::render(&header, &cells, super::terminal_width()));
     }
     Ok(0)
 }

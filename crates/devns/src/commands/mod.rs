@@ -124,6 +124,25 @@ impl Command {
     }
 }
 
+/// The width of the terminal stdout is, if it is one: tables fit it.
+pub fn terminal_width() -> Option<usize> {
+    let out = rustix::stdio::stdout();
+    rustix::termios::isatty(out)
+        .then(|| rustix::termios::tcgetwinsize(out).ok())
+        .flatten()
+        .map(|w| usize::from(w.ws_col))
+        .filter(|&w| w > 0)
+}
+
+/// Whether stdout gets colour (a terminal, no `NO_COLOR`, no `TERM=dumb`).
+pub fn colour() -> bool {
+    devns_core::table::colour_wanted(
+        rustix::termios::isatty(rustix::stdio::stdout()),
+        std::env::var("NO_COLOR").ok().as_deref(),
+        std::env::var("TERM").ok().as_deref(),
+    )
+}
+
 /// Prints a change's result: JSON with `--json`, else `human()`.
 pub fn print_result(global: &Global, r: &serde_json::Value, human: impl FnOnce() -> String) {
     if global.json {

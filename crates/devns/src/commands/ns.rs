@@ -30,14 +30,18 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         return Ok(0);
     }
     let rows: Vec<NsRow> = serde_json::from_value(r)?;
-    println!("{:<24} {:<16} {:<16} DEVICES", "ID", "NAME", "PIDS");
+    let mut cells = Vec::new();
     for row in rows {
         let pids = row.pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        println!("{:<24} {:<16} {:<16} {}", row.id, row.name.as_deref().unwrap_or("-"), pids, row.devices.join(" "));
+        cells.push(vec![row.id, row.name.unwrap_or_else(|| "-".into()), pids, row.devices.join(" ")]);
+        // Each mount of its own devices on a line of its own below it.
         for m in &row.mounts {
             let ro = if m.read_only { ",ro" } else { "" };
-            println!("{:<24} mounted /dev/{} at {} ({}, {}{ro})", "", m.device, m.target, m.fstype, m.way);
+            let what = format!("mounted /dev/{} at {} ({}, {}{ro})", m.device, m.target, m.fstype, m.way);
+            cells.push(vec![String::new(), String::new(), String::new(), what]);
         }
     }
+    let table = devns_core::table::render(&["ID", "NAME", "PIDS", "DEVICES"], &cells, super::terminal_width());
+    print!("{table}");
     Ok(0)
 }

@@ -21,15 +21,25 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
         return Ok(0);
     }
     let rows: Vec<ViewRow> = serde_json::from_value(r)?;
-    for row in rows {
-        let depth = row.path.matches('/').count();
-        let name = row.path.rsplit('/').next().unwrap_or(&row.path);
-        let what = match (&row.dev, &row.target) {
-            (Some(d), _) => format!("{} {d}", row.kind),
-            (None, Some(t)) => format!("-> {t}"),
-            _ => row.kind.clone(),
-        };
-        println!("{}{name}  {what}  {:04o} {}:{}", "  ".repeat(depth), row.mode, row.uid, row.gid);
-    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            // A tree: each entry below its directory, indented.
+            let depth = row.path.matches('/').count();
+            let name = row.path.rsplit('/').next().unwrap_or(&row.path);
+            let what = match (&row.dev, &row.target) {
+                (Some(d), _) => format!("{} {d}", row.kind),
+                (None, Some(t)) => format!("-> {t}"),
+                _ => row.kind.clone(),
+            };
+            vec![
+                format!("{}{name}", "  ".repeat(depth)),
+                format!("{:04o}", row.mode),
+                format!("{}:{}", row.uid, row.gid),
+                what,
+            ]
+        })
+        .collect();
+    print!("{}", devns_core::table::render(&["PATH", "MODE", "OWNER", "WHAT"], &cells, super::terminal_width()));
     Ok(0)
 }
