@@ -358,12 +358,13 @@ pub fn fuse_source(name: &str) -> String {
 
 /// The mounts of a namespace's own block devices among `mounts` (its
 /// mountinfo): kernel mounts by their device number, FUSE mounts by the
-/// source devns gave them. `owned` are the block devices it owns.
+/// source devns gave them, sorted by target. `owned` are the block devices
+/// it owns.
 pub fn own_mounts(
     mounts: impl Iterator<Item = crate::mountinfo::Mount>,
     owned: &[&crate::Device],
 ) -> Vec<crate::api::MountRow> {
-    mounts
+    let mut rows: Vec<crate::api::MountRow> = mounts
         .filter_map(|m| {
             let (dev, way) = if m.fstype.starts_with("fuse.") {
                 (owned.iter().find(|d| fuse_source(&d.name) == m.source)?, "fuse")
@@ -378,7 +379,10 @@ pub fn own_mounts(
                 read_only: m.options.split(',').any(|o| o == "ro"),
             })
         })
-        .collect()
+        .collect();
+    // By target: the kernel's order of mountinfo lines is not one to show.
+    rows.sort_by(|a, b| (&a.target, &a.device).cmp(&(&b.target, &b.device)));
+    rows
 }
 
 #[cfg(test)]
@@ -399,7 +403,8 @@ mod tests {
             .iter()
             .map(|r| (r.device.as_str(), r.target.as_str(), r.fstype.as_str(), r.way.as_str(), r.read_only))
             .collect();
-        assert_eq!(got, [("loop3", "/mnt/k", "ext4", "kernel", false), ("loop4", "/mnt/f", "ext4", "fuse", true)]);
+        // Sorted by target, whatever the kernel's order.
+        assert_eq!(got, [("loop4", "/mnt/f", "ext4", "fuse", true), ("loop3", "/mnt/k", "ext4", "kernel", false)]);
     }
 
     fn flag(k: &str) -> Param {

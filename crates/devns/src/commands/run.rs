@@ -195,8 +195,13 @@ fn run_with_daemon(mut daemon: Client, args: &Args, udev: bool) -> Result<i32> {
     let tmp = fds.next().context("the daemon sent no /tmp")?;
     let (listener, pty) = container::start(&mine, &[view.as_fd(), tmp.as_fd()])?;
     drop((mine, tmp, view));
-    // The daemon answers the container's trapped calls.
-    daemon.call(serde_json::json!({ "op": "listen" }), &[listener.as_fd()])?;
+    // The daemon answers the container's trapped calls. If it cannot (it
+    // died meanwhile), the container ends before the listener closes: a
+    // call it trapped would otherwise come back ENOSYS to a live process.
+    if let Err(e) = daemon.call(serde_json::json!({ "op": "listen" }), &[listener.as_fd()]) {
+        drop(child);
+        return Err(e);
+    }
     drop((daemon, listener));
     tracing::info!(ns = reply["id"].as_u64(), pid = pid.as_raw_nonzero().get(), "started through the daemon");
     terminal.relay(pty, || supervise(&mut child, &signals, None, None))
