@@ -51,6 +51,14 @@ pub struct Config {
     /// event twice.
     #[serde(default)]
     pub udev_events: bool,
+    /// devns's CDI spec (`devns cdi generate`), which the daemon keeps up
+    /// to date while it is there.
+    #[serde(default = "default_cdi_spec")]
+    pub cdi_spec: std::path::PathBuf,
+}
+
+fn default_cdi_spec() -> std::path::PathBuf {
+    crate::cdi::SPEC_PATH.into()
 }
 
 fn default_device_policy() -> bool {
@@ -84,6 +92,7 @@ impl Default for Config {
             seccomp_socket: None,
             mount_kernel: Vec::new(),
             udev_events: false,
+            cdi_spec: default_cdi_spec(),
         }
     }
 }

@@ -72,8 +72,16 @@ pub struct Wanted {
 /// Whether the container of `state` asked for devns (`None`: it did not,
 /// and nothing of it may be touched), and what.
 pub fn wanted(state: &State) -> Result<Option<Wanted>, HookError> {
+    wanted_with(state, &[], false)
+}
+
+/// As [`wanted`], with what the hook's own arguments say (a CDI device's
+/// hook: `devns hook --device D`, or `--enable` for `loop`): a container
+/// that requested a CDI device of devns's asked for devns by that,
+/// annotation or not; its devices are the annotation's and `asked`.
+pub fn wanted_with(state: &State, asked: &[String], enabled: bool) -> Result<Option<Wanted>, HookError> {
     let a = &state.annotations;
-    if a.get(ENABLE).map(String::as_str) != Some("true") {
+    if a.get(ENABLE).map(String::as_str) != Some("true") && asked.is_empty() && !enabled {
         return Ok(None);
     }
     let name = match a.get(NAME) {
@@ -82,10 +90,15 @@ pub fn wanted(state: &State) -> Result<Option<Wanted>, HookError> {
         None if is_name(&state.id) => state.id.clone(),
         None => return Err(HookError::BadId(state.id.clone())),
     };
-    let devices = match a.get(DEVICES) {
+    let mut devices = match a.get(DEVICES) {
         None => vec![],
         Some(v) => devices(v)?,
     };
+    for d in asked {
+        if !devices.contains(d) {
+            devices.push(d.clone());
+        }
+    }
     Ok(Some(Wanted { name, devices }))
 }
 

@@ -10,6 +10,7 @@ pub mod agentsock;
 pub mod api;
 pub mod blockmount;
 pub mod bpf;
+pub mod cdi;
 pub mod clients;
 pub mod config;
 pub mod dac;

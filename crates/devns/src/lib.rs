@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod cdi;
 pub mod cgroup;
 pub mod client;
 pub mod commands;

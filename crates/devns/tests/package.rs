@@ -205,7 +205,7 @@ fn the_shipped_config_is_the_defaults_commented_or_not() {
     let default = devns_core::config::Config::default();
     assert_eq!(devns_core::config::Config::parse(&text, "config.toml"), Ok(default.clone()));
     let settings: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# ")).filter(|l| l.contains(" = ")).collect();
-    assert_eq!(settings.len(), 6, "{settings:?}");
+    assert_eq!(settings.len(), 7, "{settings:?}");
     let uncommented = settings.join("\n");
     let mut want = default;
     want.seccomp_socket = Some("/run/devns/seccomp.sock".into());

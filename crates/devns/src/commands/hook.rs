@@ -21,6 +21,15 @@ pub struct Args {
     /// `stopped`: poststop), so that one hooks.d file serves both.
     #[arg(value_enum)]
     pub stage: Option<Stage>,
+    /// A device the container gets (as `--dev` takes it), repeatable: how
+    /// a CDI device of devns's asks (`devns cdi generate`). A container
+    /// whose hook names one asked for devns, annotation or not.
+    #[arg(long = "device", value_name = "DEVICE")]
+    pub devices: Vec<String>,
+    /// The container asked for devns (CDI's `devns.io/device=loop`), with
+    /// no device of its own: its view, loop-control and policy.
+    #[arg(long)]
+    pub enable: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -44,7 +53,14 @@ fn read_bounded(r: impl Read, max: usize, what: &str) -> Result<Vec<u8>> {
 pub fn run(global: &Global, args: Args) -> Result<i32> {
     let input = read_bounded(std::io::stdin().lock(), oci::MAX_PROCESS_STATE_BYTES, "the OCI state on stdin")?;
     let state = oci::parse_state(&input).context("bad OCI state on stdin")?;
-    let Some(wanted) = hook::wanted(&state).with_context(|| format!("container {}", state.id))? else {
+    for d in &args.devices {
+        if d.is_empty() || d.len() > 256 || d.chars().any(char::is_control) {
+            bail!("--device {d:?}: a device name, path or number is 1 to 256 printable characters");
+        }
+    }
+    let Some(wanted) =
+        hook::wanted_with(&state, &args.devices, args.enable).with_context(|| format!("container {}", state.id))?
+    else {
         return Ok(0);
     };
     let stage = match (args.stage, hook::stage_of(&state.status)) {

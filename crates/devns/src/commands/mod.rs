@@ -2,6 +2,7 @@
 
 pub mod assign;
 pub mod attach;
+pub mod cdi;
 pub mod daemon;
 pub mod doctor;
 pub mod events;
@@ -75,6 +76,8 @@ pub enum Command {
     Hook(hook::Args),
     /// For container runtimes: a seccomp profile, a runtime wrapper.
     Oci(oci::Args),
+    /// The CDI spec of devns's devices (podman --device devns.io/device=NAME).
+    Cdi(cdi::Args),
     /// Check what devns needs on this host: one line per kernel feature,
     /// file and service (ok, warn or missing, and why).
     Doctor(doctor::Args),
@@ -116,6 +119,7 @@ impl Command {
             Command::Events(a) => events::run(global, a),
             Command::Hook(a) => hook::run(global, a),
             Command::Oci(a) => oci::run(global, a),
+            Command::Cdi(a) => cdi::run(global, a),
             Command::Doctor(a) => doctor::run(global, a),
             Command::Generate(a) => generate::run(global, a),
             Command::Hold(a) => hold::run(global, a),

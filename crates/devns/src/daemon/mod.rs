@@ -89,6 +89,10 @@ pub struct Daemon {
     next_token: u64,
     /// The namespace count the service manager's status last said.
     status_said: usize,
+    /// The API socket, which the CDI spec's hooks name.
+    socket: PathBuf,
+    /// A device came or went since the CDI spec was last written.
+    cdi_stale: bool,
 }
 
 /// Registers `fd` in the epoll set `ep` as `target`; returns its token.
@@ -206,6 +210,8 @@ pub fn run(opts: Options) -> Result<()> {
         targets: std::collections::HashMap::new(),
         next_token: 0,
         status_said: 0,
+        socket: opts.socket.clone(),
+        cdi_stale: false,
     };
     d.adopt(given);
     // Only now, ready: the socket starts accepting.
@@ -266,7 +272,25 @@ impl Daemon {
         }
     }
 
+    /// Rewrites devns's CDI spec after devices came or went, when `devns
+    /// cdi generate` has written one (of the kind it has).
+    fn refresh_cdi(&mut self) {
+        if !std::mem::take(&mut self.cdi_stale) {
+            return;
+        }
+        let path = &self.engine.config().cdi_spec;
+        let Some(kind) = crate::cdi::written_kind(path) else { return };
+        let reg = self.engine.model().registry();
+        let names = crate::cdi::assignable(reg.devices().map(|d| (d.name.as_str(), reg.is_global(d.id))));
+        if let Err(e) = crate::cdi::write(path, &kind, &names, &self.socket) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot keep the CDI spec up to date");
+        }
+    }
+
     fn emit(&mut self, ev: Event) {
+        if matches!(ev.event.as_str(), "add" | "remove" | "global") {
+            self.cdi_stale = true;
+        }
         let ns = ev.ns.clone();
         let line = serde_json::json!({ "v": devns_core::api::API_VERSION, "event": ev });
         let mut gone = Vec::new();

@@ -84,6 +84,7 @@ impl Daemon {
             }
             self.flush_events();
             self.update_status();
+            self.refresh_cdi();
             for id in std::mem::take(&mut self.ready) {
                 self.on_conn(id);
             }

@@ -161,7 +161,19 @@ impl Engine {
         let keeper = Keeper { pid, start_time };
         let new = !self.kept.contains_key(&id);
         if !new && (spec.runtime || !spec.devices.is_empty()) {
-            bail!("the user namespace of process {pid} is already under devns ({id})");
+            let same = spec.container.is_some()
+                && self.model.record(id).and_then(|r| r.container).as_deref() == spec.container;
+            if !same {
+                bail!("the user namespace of process {pid} is already under devns ({id})");
+            }
+            // Another hook of the same container (a runtime runs one per
+            // CDI device): its devices join the namespace, nothing else.
+            for d in spec.devices {
+                let dev = self.resolve(d)?;
+                self.locked(|e| e.commit(Change::Assign { dev, to: id }))
+                    .map_err(|e| anyhow!("cannot give {d} to {id}: {e}"))?;
+            }
+            return Ok(serde_json::json!({ "id": id.0 }));
         }
         if new {
             let devices = spec.devices.iter().map(|d| self.resolve(d)).collect::<Result<Vec<_>>>()?;

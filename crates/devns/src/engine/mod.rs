@@ -216,6 +216,11 @@ impl Engine {
     }
 
     /// The namespaces this engine keeps.
+    /// The policy it runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// Whether namespaces get udev-format events too (config `udev_events`).
     pub fn udev_events(&self) -> bool {
         self.cfg.udev_events

@@ -1,0 +1,186 @@
+//! devns's CDI spec: `devns cdi generate`, the daemon keeping it up to
+//! date, and podman 4.3.1 giving a user-namespaced container exactly the
+//! CDI device it asked for, owned by its namespace.
+
+mod common;
+use common::oci::*;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn read(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn names(spec: &Value) -> Vec<String> {
+    spec["devices"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn generate_writes_one_device_per_assignable_device_each_devns_s_hook() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let l = Loop::new(false);
+    let path = env.dir.path().join("cdi/devns.json");
+    let out = devns_ok(&env, &["cdi", "generate", "-o", path.to_str().unwrap()]);
+    assert!(out.starts_with(&path.display().to_string()), "{out}");
+    let spec = read(&path);
+    assert_eq!((spec["cdiVersion"].as_str(), spec["kind"].as_str()), (Some("0.5.0"), Some("devns.io/device")));
+    let names = names(&spec);
+    assert_eq!(names[0], "loop");
+    assert!(names.contains(&l.name), "{names:?}");
+    // Global devices are in every view already; loop-control is the view's.
+    for not in ["null", "fuse", "loop-control"] {
+        assert!(!names.iter().any(|n| n == not), "{not} in {names:?}");
+    }
+    let dev = spec["devices"].as_array().unwrap().iter().find(|d| d["name"] == l.name.as_str()).unwrap();
+    let hooks = &dev["containerEdits"]["hooks"];
+    assert_eq!(hooks[0]["hookName"], "createRuntime");
+    assert_eq!(hooks[0]["path"], env!("CARGO_BIN_EXE_devns"));
+    let socket = env.socket().display().to_string();
+    assert_eq!(
+        hooks[0]["args"],
+        serde_json::json!(["devns", "--socket", socket, "hook", "createRuntime", "--device", l.name])
+    );
+    assert_eq!(hooks[1]["hookName"], "poststop");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o644, "readable by the runtimes");
+
+    // A bad kind: said, and nothing written.
+    let bad = env.dir.path().join("bad.json");
+    let o = env.devns().args(["cdi", "generate", "--kind", "no-class", "-o"]).arg(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a CDI kind"), "{o:?}");
+    assert!(!bad.exists());
+}
+
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn the_daemon_keeps_the_generated_spec_up_to_date_as_devices_come_and_go() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let path = env.dir.path().join("cdi.json");
+    std::fs::write(env.config(), format!("cdi_spec = {:?}\n", path.display().to_string())).unwrap();
+    let _d = Daemon::start(&env);
+    // Not written until asked for: the daemon only keeps it.
+    let l = AddedLoop::new();
+    eventually("the daemon knows the new device", || devns_ok(&env, &["ls"]).contains(&l.name()));
+    assert!(!path.exists(), "the daemon wrote a spec nobody generated");
+    devns_ok(&env, &["cdi", "generate", "--kind", "test.devns.io/device"]);
+    assert!(names(&read(&path)).contains(&l.name()));
+    let name = l.name();
+    drop(l);
+    eventually("the removed device leaves the spec", || !names(&read(&path)).contains(&name));
+    let again = AddedLoop::new();
+    eventually("a new device joins the spec", || names(&read(&path)).contains(&again.name()));
+    assert_eq!(read(&path)["kind"], "test.devns.io/device", "the kind generate chose is kept");
+}
+
+/// A spec in the directory podman reads (`/var/run/cdi`), of a kind of the
+/// test's own; removed on drop.
+struct PublishedSpec(PathBuf);
+
+impl Drop for PublishedSpec {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `podman run --device KIND=loopN` of a user-namespaced container: its
+/// /dev is the view with that device (and no other of the host's), usable,
+/// owned by its namespace while it runs; `loop` alone gives the view; and
+/// after `podman rm` nothing of it is left.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn podman_gives_a_container_exactly_the_cdi_device_it_asked_for() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let (wanted, other) = (Loop::new(false), Loop::new(false));
+    let tag = marker("cdi");
+    let kind = format!("{tag}.devns.io/device");
+    let spec = PublishedSpec(PathBuf::from(format!("/var/run/cdi/{tag}.json")));
+    devns_ok(&env, &["cdi", "generate", "--kind", &kind, "-o", spec.0.to_str().unwrap()]);
+    let podman = Podman::new(&env);
+    let b = Bundle::new("cdi");
+    let mounts_before = env.host_mounts();
+    let name = format!("{}-dev", b.id);
+    let script = format!(
+        "ls /dev; echo ==; head -c 512 /dev/{} | wc -c; test -e /dev/{} && echo other-there; echo end",
+        wanted.name, other.name
+    );
+    let mut cmd = podman.run_args(&name, b.base);
+    let device = format!("{kind}={}", wanted.name);
+    cmd.args(["--runtime", "runc", "--device", &device, "--rootfs"]).arg(b.rootfs()).args(["/bin/sh", "-c", &script]);
+    let out = cmd.output().unwrap();
+    let s = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "podman run --device {device}: {s}");
+    let (listing, rest) = s.split_once("==\n").unwrap_or_else(|| panic!("{s}"));
+    let listed: Vec<&str> = listing.lines().collect();
+    assert!(listed.contains(&wanted.name.as_str()) && listed.contains(&"loop-control"), "{s}");
+    assert_eq!(rest.lines().collect::<Vec<_>>(), ["512", "end"], "usable, and no other host device: {s}");
+    assert!(podman.rm(&name).status.success());
+
+    // While it runs, the device is its namespace's.
+    let name = format!("{}-run", b.id);
+    let mut cmd = podman.run_args(&name, b.base);
+    cmd.args(["-d", "--runtime", "runc", "--device", &device, "--device", &format!("{kind}=loop"), "--rootfs"])
+        .arg(b.rootfs())
+        .args(["/bin/sh", "-c", "sleep 1000"]);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let owner = || env.owned().iter().find(|o| o["name"] == wanted.name.as_str()).map(|o| o["owner"].to_string());
+    eventually("the device owned by the container's namespace", || owner().is_some());
+    let rows: Vec<Value> = serde_json::from_str(&devns_ok(&env, &["ns", "ls", "--json"])).unwrap();
+    assert_eq!(rows.len(), 1, "one namespace for the container: {rows:?}");
+    assert!(owner().unwrap().contains(&rows[0]["id"].to_string()), "{:?} {rows:?}", owner());
+    assert!(podman.rm(&name).status.success());
+    eventually("the namespace let go", || env.owned().is_empty());
+    drop(podman);
+    assert_eq!(env.host_mounts(), mounts_before, "nothing of the containers left mounted");
+}
+
+/// A CDI device another namespace owns is not taken from it: the start
+/// fails with devns's reason, and the owner keeps it.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_cdi_device_owned_elsewhere_fails_the_start_and_stays_its_owner_s() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let l = Loop::new(false);
+    let mut owner = shell_container(&env, &["--name", "owner", "--dev", &l.name]);
+    assert_eq!(owner.sh("echo in"), ["in"]);
+    let tag = marker("cdiown");
+    let kind = format!("{tag}.devns.io/device");
+    let spec = PublishedSpec(PathBuf::from(format!("/var/run/cdi/{tag}.json")));
+    devns_ok(&env, &["cdi", "generate", "--kind", &kind, "-o", spec.0.to_str().unwrap()]);
+    let podman = Podman::new(&env);
+    let b = Bundle::new("cdiown");
+    let name = format!("{}-taken", b.id);
+    let mut cmd = podman.run_args(&name, b.base);
+    cmd.args(["--runtime", "runc", "--device", &format!("{kind}={}", l.name), "--rootfs"])
+        .arg(b.rootfs())
+        .args(["/bin/true"]);
+    let out = cmd.output().unwrap();
+    let s = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{s}");
+    assert!(s.contains("devns") && s.contains(&l.name), "devns's reason: {s}");
+    let rows: Vec<Value> = serde_json::from_str(&devns_ok(&env, &["ns", "ls", "--json"])).unwrap();
+    assert_eq!(rows.len(), 1, "no namespace kept for the refused container: {rows:?}");
+    assert_eq!(rows[0]["name"], "owner");
+    let id = rows[0]["id"].as_str().map_or_else(|| rows[0]["id"].to_string(), str::to_owned);
+    let owned = env.owned();
+    assert_eq!(owned.len(), 1, "{owned:?}");
+    assert!(owned[0]["owner"].as_str().unwrap().contains(id.trim_start_matches("id:")), "{owned:?} {rows:?}");
+}
