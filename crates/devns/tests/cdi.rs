@@ -83,12 +83,23 @@ fn the_daemon_keeps_the_generated_spec_up_to_date_as_devices_come_and_go() {
 }
 
 /// A spec in the directory podman reads (`/var/run/cdi`), of a kind of the
-/// test's own; removed on drop.
-struct PublishedSpec(PathBuf);
+/// test's own; removed on drop, and the directory too when the test made
+/// it (and no other test's spec is in it).
+struct PublishedSpec(PathBuf, bool);
+
+impl PublishedSpec {
+    fn new(tag: &str) -> PublishedSpec {
+        let dir_was_there = Path::new("/var/run/cdi").exists();
+        PublishedSpec(PathBuf::from(format!("/var/run/cdi/{tag}.json")), dir_was_there)
+    }
+}
 
 impl Drop for PublishedSpec {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        if !self.1 {
+            let _ = std::fs::remove_dir("/var/run/cdi");
+        }
     }
 }
 
@@ -107,7 +118,7 @@ fn podman_gives_a_container_exactly_the_cdi_device_it_asked_for() {
     let (wanted, other) = (Loop::new(false), Loop::new(false));
     let tag = marker("cdi");
     let kind = format!("{tag}.devns.io/device");
-    let spec = PublishedSpec(PathBuf::from(format!("/var/run/cdi/{tag}.json")));
+    let spec = PublishedSpec::new(&tag);
     devns_ok(&env, &["cdi", "generate", "--kind", &kind, "-o", spec.0.to_str().unwrap()]);
     let podman = Podman::new(&env);
     let b = Bundle::new("cdi");
@@ -163,7 +174,7 @@ fn a_cdi_device_owned_elsewhere_fails_the_start_and_stays_its_owner_s() {
     assert_eq!(owner.sh("echo in"), ["in"]);
     let tag = marker("cdiown");
     let kind = format!("{tag}.devns.io/device");
-    let spec = PublishedSpec(PathBuf::from(format!("/var/run/cdi/{tag}.json")));
+    let spec = PublishedSpec::new(&tag);
     devns_ok(&env, &["cdi", "generate", "--kind", &kind, "-o", spec.0.to_str().unwrap()]);
     let podman = Podman::new(&env);
     let b = Bundle::new("cdiown");
