@@ -15,6 +15,7 @@ pub mod clients;
 pub mod config;
 pub mod dac;
 pub mod device;
+pub mod deviceplugin;
 pub mod devmounts;
 pub mod doctor;
 pub mod hook;

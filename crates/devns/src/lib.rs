@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod container;
 pub mod daemon;
+pub mod deviceplugin;
 pub mod discover;
 pub mod engine;
 pub mod fdstore;

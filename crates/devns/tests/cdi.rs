@@ -195,3 +195,159 @@ fn a_cdi_device_owned_elsewhere_fails_the_start_and_stays_its_owner_s() {
     assert_eq!(owned.len(), 1, "{owned:?}");
     assert!(owned[0]["owner"].as_str().unwrap().contains(id.trim_start_matches("id:")), "{owned:?} {rows:?}");
 }
+
+mod kubelet {
+    //! A kubelet stand-in: its Registration service, and a client of the
+    //! plugin's, speaking the v1beta1 protos over unix sockets.
+    use devns::deviceplugin::api;
+    use std::path::PathBuf;
+    use tokio::sync::mpsc;
+    use tonic::{Request, Response, Status};
+
+    pub struct Registration(pub mpsc::UnboundedSender<api::RegisterRequest>);
+
+    #[tonic::async_trait]
+    impl api::registration_server::Registration for Registration {
+        async fn register(&self, req: Request<api::RegisterRequest>) -> Result<Response<api::Empty>, Status> {
+            let _ = self.0.send(req.into_inner());
+            Ok(Response::new(api::Empty {}))
+        }
+    }
+
+    pub async fn serve(path: PathBuf) -> mpsc::UnboundedReceiver<api::RegisterRequest> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(api::registration_server::RegistrationServer::new(Registration(tx)))
+                .serve_with_incoming(incoming),
+        );
+        rx
+    }
+
+    pub async fn plugin(path: PathBuf) -> api::device_plugin_client::DevicePluginClient<tonic::transport::Channel> {
+        let ch = tonic::transport::Endpoint::try_from("http://[::]:0")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+            }))
+            .await
+            .unwrap();
+        api::device_plugin_client::DevicePluginClient::new(ch)
+    }
+}
+
+/// A process of the test's own, killed and reaped on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The device plugin against a kubelet stand-in: it registers its
+/// resource, `ListAndWatch` sends the class's devices again when one is
+/// added, assigned elsewhere (unhealthy) or removed, `Allocate` answers
+/// their CDI names, and podman given such a name gives the container the
+/// device.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn the_device_plugin_registers_follows_devices_and_allocates_cdi_names_podman_honours() {
+    if !privileged() {
+        return;
+    }
+    use devns::deviceplugin::api;
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let a = AddedLoop::new();
+    let b_number = AddedLoop::new().0; // made and removed: a free number to add later
+    let b_name = format!("loop{b_number}");
+    eventually("the daemon knows the device", || devns_ok(&env, &["ls"]).contains(&a.name()));
+    let dir = env.dir.path().join("device-plugins");
+    std::fs::create_dir(&dir).unwrap();
+    let tag = marker("dp");
+    let kind = format!("{tag}.devns.io/device");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut registered = kubelet::serve(dir.join("kubelet.sock")).await;
+        let class = format!("devns.io/disk={},{b_name}", a.name());
+        let plugin = env
+            .devns()
+            .args(["k8s", "device-plugin", "--dir", dir.to_str().unwrap(), "--class", &class, "--cdi-kind", &kind])
+            .spawn()
+            .unwrap();
+        let _plugin = Killed(plugin);
+        let req = tokio::time::timeout(std::time::Duration::from_secs(30), registered.recv()).await.unwrap().unwrap();
+        assert_eq!((req.version.as_str(), req.resource_name.as_str()), ("v1beta1", "devns.io/disk"));
+        assert_eq!(req.endpoint, "devns-devns.io_disk.sock");
+        let mut client = kubelet::plugin(dir.join(&req.endpoint)).await;
+        let mut stream = client.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+        async fn next_list(s: &mut tonic::Streaming<api::ListAndWatchResponse>) -> Vec<(String, String)> {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(30), s.message()).await;
+            let list = r.expect("a ListAndWatch update").unwrap().expect("the stream goes on");
+            list.devices.iter().map(|d| (d.id.clone(), d.health.clone())).collect()
+        }
+        macro_rules! next {
+            () => {
+                next_list(&mut stream)
+            };
+        }
+        let healthy = |n: &str| (n.to_owned(), "Healthy".to_owned());
+        assert_eq!(next!().await, [healthy(&a.name())]);
+        // Added.
+        let b = AddedLoop::number(b_number);
+        let mut both = vec![healthy(&a.name()), healthy(&b.name())];
+        both.sort();
+        assert_eq!(next!().await, both);
+        // Assigned elsewhere: unhealthy for the kubelet.
+        let mut x = shell_container(&env, &["--name", "x"]);
+        assert_eq!(x.sh("echo in"), ["in"]);
+        devns_ok(&env, &["assign", &a.name(), "--to", "x"]);
+        let got = next!().await;
+        assert!(got.contains(&(a.name(), "Unhealthy".to_owned())) && got.contains(&healthy(&b.name())), "{got:?}");
+        devns_ok(&env, &["release", &a.name()]);
+        assert!(next!().await.contains(&healthy(&a.name())));
+        drop(x);
+        // Removed.
+        drop(b);
+        let mut got = next!().await;
+        while got.len() != 1 {
+            got = next!().await;
+        }
+        assert_eq!(got, [healthy(&a.name())]);
+
+        // Allocated: CDI names; one the class does not offer is refused.
+        let req = api::AllocateRequest {
+            container_requests: vec![api::ContainerAllocateRequest { devices_ids: vec![a.name()] }],
+        };
+        let resp = client.allocate(req).await.unwrap().into_inner();
+        let names: Vec<String> = resp.container_responses[0].cdi_devices.iter().map(|d| d.name.clone()).collect();
+        assert_eq!(names, [format!("{kind}={}", a.name())]);
+        let bad = api::AllocateRequest {
+            container_requests: vec![api::ContainerAllocateRequest { devices_ids: vec!["nosuch".into()] }],
+        };
+        let err = client.allocate(bad).await.unwrap_err();
+        assert!(err.message().contains("nosuch"), "{err:?}");
+
+        // podman, as the CRI runtime would, given the CDI name.
+        let spec = PublishedSpec::new(&tag);
+        devns_ok(&env, &["cdi", "generate", "--kind", &kind, "-o", spec.0.to_str().unwrap()]);
+        let podman = Podman::new(&env);
+        let bundle = Bundle::new("dp");
+        let name = format!("{}-dp", bundle.id);
+        let mut cmd = podman.run_args(&name, bundle.base);
+        cmd.args(["--runtime", "runc", "--device", &names[0], "--rootfs"]).arg(bundle.rootfs()).args([
+            "/bin/sh",
+            "-c",
+            &format!("test -b /dev/{} && echo there", a.name()),
+        ]);
+        let out = cmd.output().unwrap();
+        let s = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && s.contains("there"), "podman run --device {}: {s}", names[0]);
+        assert!(podman.rm(&name).status.success());
+    });
+}

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod global;
 pub mod hold;
 pub mod hook;
+pub mod k8s;
 pub mod ls;
 pub mod ns;
 pub mod oci;
@@ -78,6 +79,8 @@ pub enum Command {
     Oci(oci::Args),
     /// The CDI spec of devns's devices (podman --device devns.io/device=NAME).
     Cdi(cdi::Args),
+    /// For Kubernetes: the kubelet's device plugin.
+    K8s(k8s::Args),
     /// Check what devns needs on this host: one line per kernel feature,
     /// file and service (ok, warn or missing, and why).
     Doctor(doctor::Args),
@@ -120,6 +123,7 @@ impl Command {
             Command::Hook(a) => hook::run(global, a),
             Command::Oci(a) => oci::run(global, a),
             Command::Cdi(a) => cdi::run(global, a),
+            Command::K8s(a) => k8s::run(global, a),
             Command::Doctor(a) => doctor::run(global, a),
             Command::Generate(a) => generate::run(global, a),
             Command::Hold(a) => hold::run(global, a),

@@ -814,6 +814,12 @@ impl AddedLoop {
         AddedLoop(n)
     }
 
+    /// Loop device `n` exactly, which must be free.
+    pub fn number(n: u64) -> AddedLoop {
+        assert!(loop_ctl(LOOP_CTL_ADD, n) >= 0, "loop{n} is taken");
+        AddedLoop(n)
+    }
+
     pub fn name(&self) -> String {
         format!("loop{}", self.0)
     }
