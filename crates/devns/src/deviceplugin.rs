@@ -148,7 +148,7 @@ fn follow(socket: PathBuf, classes: Vec<Class>, slots: usize, tx: watch::Sender<
 }
 
 /// A gRPC channel over the unix socket at `path`.
-async fn channel(path: PathBuf) -> Result<tonic::transport::Channel> {
+pub async fn channel(path: PathBuf) -> Result<tonic::transport::Channel> {
     // The URI is tonic's formality: the connector decides where it goes.
     let endpoint = tonic::transport::Endpoint::try_from("http://[::]:0")?;
     endpoint

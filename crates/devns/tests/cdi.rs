@@ -227,25 +227,7 @@ mod kubelet {
     }
 
     pub async fn plugin(path: PathBuf) -> api::device_plugin_client::DevicePluginClient<tonic::transport::Channel> {
-        let ch = tonic::transport::Endpoint::try_from("http://[::]:0")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
-            }))
-            .await
-            .unwrap();
-        api::device_plugin_client::DevicePluginClient::new(ch)
-    }
-}
-
-/// A process of the test's own, killed and reaped on drop.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        api::device_plugin_client::DevicePluginClient::new(devns::deviceplugin::channel(path).await.unwrap())
     }
 }
 

@@ -247,13 +247,6 @@ fn junk_oversized_messages_and_fds_that_are_no_listeners_change_nothing_in_the_h
 }
 
 /// A process of the test's, killed and reaped on drop.
-struct Proc(std::process::Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 #[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
@@ -268,7 +261,7 @@ fn a_listener_whose_namespace_ended_while_the_daemon_was_down_is_dropped_at_rest
     // A filtered process outside every namespace devns keeps, its listener
     // handed to the holder as the listener of a namespace that is gone.
     let mut p =
-        Proc(Command::new(TESTBIN).arg("filtered").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
+        Killed(Command::new(TESTBIN).arg("filtered").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
     let mut line = String::new();
     std::io::BufReader::new(p.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let n: i32 = line.trim().strip_prefix("listener ").unwrap().parse().unwrap();

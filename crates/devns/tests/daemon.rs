@@ -495,6 +495,29 @@ fn each_device_s_uevents_reach_its_owner_and_nobody_else() {
     assert_eq!(b.line(), format!("add {disk}"), "b heard something it does not own");
 }
 
+/// Gives namespace `to` a new loop device, attaches an image to it (and
+/// resizes that when `resize`), detaches it and takes the device back:
+/// its owner hears an add, changes and a remove. The device stays until
+/// the returned guard drops.
+fn hotplug_an_owned_loop(env: &Env, to: &str, resize: bool) -> AddedLoop {
+    let l = AddedLoop::new();
+    let name = l.name();
+    let img = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.img", marker("hotplug")));
+    std::fs::File::create(&img).and_then(|f| f.set_len(4 << 20)).unwrap();
+    let dev = format!("/dev/{name}");
+    devns_ok(env, &["assign", &name, "--to", to]);
+    let run = |args: &[&str]| assert!(std::process::Command::new("losetup").args(args).status().unwrap().success());
+    run(&[&dev, img.to_str().unwrap()]);
+    if resize {
+        std::fs::File::options().write(true).open(&img).and_then(|f| f.set_len(8 << 20)).unwrap();
+        run(&["-c", &dev]);
+    }
+    run(&["-d", &dev]);
+    devns_ok(env, &["release", &name]);
+    let _ = std::fs::remove_file(&img);
+    l
+}
+
 #[test]
 #[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
 fn udevadm_monitor_inside_sees_attach_resize_and_detach_of_its_loop_device() {
@@ -511,19 +534,8 @@ fn udevadm_monitor_inside_sees_attach_resize_and_detach_of_its_loop_device() {
     while mark != "ready" {
         mark = a.line();
     }
-    let l = AddedLoop::new();
+    let l = hotplug_an_owned_loop(&env, "a", true);
     let name = l.name();
-    let img = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.img", marker("udev")));
-    std::fs::File::create(&img).and_then(|f| f.set_len(4 << 20)).unwrap();
-    let dev = format!("/dev/{name}");
-    devns_ok(&env, &["assign", &name, "--to", "a"]);
-    let run = |args: &[&str]| assert!(std::process::Command::new("losetup").args(args).status().unwrap().success());
-    run(&[&dev, img.to_str().unwrap()]);
-    std::fs::File::options().write(true).open(&img).and_then(|f| f.set_len(8 << 20)).unwrap();
-    run(&["-c", &dev]);
-    run(&["-d", &dev]);
-    devns_ok(&env, &["release", &name]);
-    let _ = std::fs::remove_file(&img);
     // "KERNEL[ts] ACTION /devices/virtual/block/loopN (block)"
     let mut actions = Vec::new();
     while actions.last().map(String::as_str) != Some("remove") {
@@ -573,17 +585,8 @@ fn with_udev_events_libudev_monitors_inside_see_hotplug_of_their_own_devices() {
         // Made for libudev, as the container's root.
         let st = std::fs::metadata(&control).expect("the container's /run/udev/control");
         assert_eq!(on, std::os::unix::fs::MetadataExt::uid(&st) != 0, "made by devns as the container's root: {on}");
-        let l = AddedLoop::new();
+        let l = hotplug_an_owned_loop(&env, "a", false);
         let name = l.name();
-        let img = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.img", marker("udevfmt")));
-        std::fs::File::create(&img).and_then(|f| f.set_len(4 << 20)).unwrap();
-        let dev = format!("/dev/{name}");
-        devns_ok(&env, &["assign", &name, "--to", "a"]);
-        let run = |args: &[&str]| assert!(std::process::Command::new("losetup").args(args).status().unwrap().success());
-        run(&[&dev, img.to_str().unwrap()]);
-        run(&["-d", &dev]);
-        devns_ok(&env, &["release", &name]);
-        let _ = std::fs::remove_file(&img);
         let late = |a: &mut Container| {
             std::thread::sleep(std::time::Duration::from_secs(1));
             std::iter::from_fn(|| a.try_line()).collect::<Vec<_>>()

@@ -801,6 +801,16 @@ impl Drop for Zram {
     }
 }
 
+/// A process of the test's own, killed and reaped on drop.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A loop device added with LOOP_CTL_ADD (no backing file); removed on drop.
 pub struct AddedLoop(pub u64);
 
