@@ -11,6 +11,11 @@
 //! still waits for it (`NOTIF_ID_VALID`): `devns_core::keep::resume`.
 //! The daemon answers one call at a time, so one record is all there is.
 //! Three stores to shared memory per call, no syscall.
+//!
+//! Also the loop device a call made and has not recorded yet (made with
+//! `LOOP_CTL_ADD`, not yet in its namespace's record): a daemon killed in
+//! between leaves its number here, and the next removes that device
+//! unless a record has it, so that no device leaks.
 
 use devns_core::keep::InFlight;
 use devns_sys::seccomp::{Notif, NotifResp, SeccompData};
@@ -18,13 +23,17 @@ use devns_sys::shm::Words;
 use rustix::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-const MAGIC: u64 = 0x6465_766e_736a_0001; // "devnsj", version 1
-const WORDS: usize = 16;
-// Layout: magic, state, key, the notification (10 words), the answer (3).
+// Version 2 (17 words): an older daemon's journal is not taken, its call
+// in flight lost once, at the upgrade.
+const MAGIC: u64 = 0x6465_766e_736a_0002; // "devnsj", version 2
+const WORDS: usize = 17;
+// Layout: magic, state, key, the notification (10 words), the answer (3),
+// the loop device made and not recorded (its index + 1, or 0).
 const STATE: usize = 1;
 const KEY: usize = 2;
 const NOTIF: usize = 3;
 const RESP: usize = 13;
+const MADE_LOOP: usize = 16;
 const IDLE: u64 = 0;
 const RECEIVED: u64 = 1;
 const ANSWERED: u64 = 2;
@@ -123,6 +132,23 @@ impl Journal {
         self.w.words()[STATE].store(IDLE, Release);
     }
 
+    /// Loop device `index` was made and is not recorded yet (`Some`), or
+    /// is now (`None`).
+    pub fn made_loop(&self, index: Option<u32>) {
+        self.w.words()[MADE_LOOP].store(index.map_or(0, |n| u64::from(n) + 1), Release);
+    }
+
+    /// The loop device the last writer made and may not have recorded.
+    pub fn unrecorded_loop(&self) -> Option<u32> {
+        let v = self.w.words()[MADE_LOOP].load(Acquire);
+        v.checked_sub(1).and_then(|n| u32::try_from(n).ok())
+    }
+
+    /// Another mapping of the same journal (for the engine's loop-control).
+    pub fn another(&self) -> Option<Journal> {
+        Journal::open(self.w.fd().try_clone_to_owned().ok()?)
+    }
+
     /// The call in flight when the last writer stopped.
     pub fn in_flight(&self) -> (InFlight, Notif, NotifResp) {
         let w = self.w.words();
@@ -153,6 +179,8 @@ impl Journal {
 pub enum Stop {
     Received,
     Answered,
+    /// A loop device made, before it is recorded.
+    LoopMade,
 }
 
 impl Stop {
@@ -160,6 +188,7 @@ impl Stop {
         match s {
             "received" => Some(Stop::Received),
             "answered" => Some(Stop::Answered),
+            "loop-made" => Some(Stop::LoopMade),
             _ => None,
         }
     }

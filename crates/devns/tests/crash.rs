@@ -93,6 +93,85 @@ fn an_answer_the_killed_daemon_had_decided_but_not_sent_is_sent_by_the_next() {
     killed_in_a_call("answered");
 }
 
+/// A loop device the daemon made for a container's `losetup -f` and was
+/// killed before recording is removed by the next daemon, which handles
+/// the call again and makes the container a device of its own: nothing
+/// leaks, and the container's device goes with it.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_loop_device_made_by_a_daemon_killed_before_recording_it_is_removed_by_the_next() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let imgs = common::images::Images::new("madeloop");
+    let img = imgs.make("a.img", false);
+    let ours_before: Vec<(String, u64)> = devns_loops();
+    let mut d = Daemon::start_wrapped(&env, &["env", "DEVNS_TEST_STOP_IN_CALL=loop-made"]);
+    let mut c = shell_container(&env, &["--name", "a"]);
+    c.send(&format!("losetup -f --show {img}; echo end\n"));
+    eventually("the daemon stopped with the device made", || stopped(d.pid()));
+    let made: Vec<(String, u64)> = devns_loops().into_iter().filter(|l| !ours_before.contains(l)).collect();
+    // Other tests make devices of their own meanwhile: the unbound one.
+    let made: Vec<_> =
+        made.into_iter().filter(|(n, _)| !Path::new(&format!("/sys/block/{n}/loop/backing_file")).exists()).collect();
+    assert!(!made.is_empty(), "a device made before the stop");
+    let _leak = Unrecorded(made.clone());
+    d.kill9();
+    let _d = Daemon::start(&env);
+    let got = c.lines_until("end");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let dev = got[0].trim_start_matches("/dev/").to_owned();
+    let disk = imgs.disk(&got[0]);
+    for (name, ino) in &made {
+        let now = std::fs::metadata(format!("/sys/block/{name}")).map(|m| m.ino()).ok();
+        // Removed, or (the same number taken again) another device.
+        assert!(now.is_none_or(|i| i != *ino) || *name == dev, "{name} left behind");
+        if *name == dev {
+            assert_ne!(now, Some(*ino), "the container's device is a new one, not the unrecorded one");
+        }
+    }
+    drop(c);
+    eventually("the container's device removed with it", || disk.gone());
+}
+
+/// Removes, when the test fails, those of these devices that are still the
+/// same ones (by inode) and unbound: what the bug under test leaks.
+struct Unrecorded(Vec<(String, u64)>);
+
+impl Drop for Unrecorded {
+    fn drop(&mut self) {
+        for (name, ino) in &self.0 {
+            let still = devns_loops().contains(&(name.clone(), *ino));
+            let unbound = !Path::new(&format!("/sys/block/{name}/loop/backing_file")).exists();
+            if let (true, true, Some(n)) = (still, unbound, name.strip_prefix("loop").and_then(|n| n.parse().ok())) {
+                drop(AddedLoop(n));
+            }
+        }
+    }
+}
+
+/// devns's loop devices (`loopN` from 1024 up) with their sysfs inodes.
+fn devns_loops() -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<(String, u64)> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: u32 = name.strip_prefix("loop")?.parse().ok()?;
+            if n < 1024 {
+                return None;
+            }
+            // The device's own directory (the link's target), as below.
+            Some((name.clone(), std::fs::metadata(format!("/sys/block/{name}")).ok()?.ino()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Sets a path's mode for the guard's life.
 struct Mode(std::path::PathBuf, u32);
 impl Mode {

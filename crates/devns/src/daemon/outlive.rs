@@ -277,6 +277,16 @@ impl Daemon {
             self.keep(None, j.fd());
             self.journal = Some(j);
         }
+        if let Some(j) = &self.journal {
+            // A loop device the last daemon made and may not have recorded.
+            if let Some(n) = j.unrecorded_loop() {
+                self.engine.drop_unrecorded_loop(n);
+                j.made_loop(None);
+            }
+            if let Some(another) = j.another() {
+                self.engine.note_made_loops(another, self.stop_in_call);
+            }
+        }
         let kept = self.engine.kept_ids();
         for (key, ns, fd) in given.listeners {
             let alive = |n| crate::host::members_of(NsId(n)).next().is_some();

@@ -113,6 +113,49 @@ impl Ledger for Engine {
     fn forget(&mut self, ns: NsId, l: LoopDev) {
         self.observe(Change::LoopReturn { ns, l }, None);
     }
+
+    fn made(&mut self, index: Option<u32>) {
+        if let Some(j) = &self.made_loops {
+            j.made_loop(index);
+        }
+        if index.is_some() {
+            crate::journal::Stop::LoopMade.here(&mut self.stop_at_made);
+        }
+    }
+}
+
+impl Engine {
+    /// Notes each loop device made until it is recorded in `journal` (the
+    /// daemon's, which outlives it); `stop`: a daemon under test stops
+    /// itself there.
+    pub fn note_made_loops(&mut self, journal: crate::journal::Journal, stop: Option<crate::journal::Stop>) {
+        self.made_loops = Some(journal);
+        self.stop_at_made = stop.filter(|s| *s == crate::journal::Stop::LoopMade);
+    }
+
+    /// At a daemon's start: removes loop device `index`, which the last
+    /// daemon made and may have died before recording, unless a record
+    /// has it (then it was recorded after all).
+    pub fn drop_unrecorded_loop(&mut self, index: u32) {
+        // Under the writers' lock: no other keeper is between making a
+        // device and recording it meanwhile.
+        let removed = self.with_lock(|e| {
+            let pending = e.store.read_pending().unwrap_or_default();
+            let recorded = e.model.namespaces().any(|(_, n)| n.loops.iter().any(|l| l.index == index))
+                || pending.iter().any(|l| l.index == index);
+            Ok(if recorded { None } else { e.loop_host.as_ref().map(|h| h.remove(index)) })
+        });
+        match removed {
+            Ok(Some(Ok(()))) => {
+                tracing::warn!(index, "removed loop{index}: made by a daemon that died before recording it")
+            }
+            Ok(Some(Err(rustix::io::Errno::NODEV | rustix::io::Errno::NXIO))) | Ok(None) => {}
+            Ok(Some(Err(e))) => {
+                tracing::warn!(index, error = %e, "cannot remove loop{index}, made and not recorded by a daemon that died")
+            }
+            Err(e) => tracing::warn!(index, error = %e, "cannot check the records for loop{index}"),
+        }
+    }
 }
 
 impl Engine {

@@ -133,6 +133,10 @@ pub struct Engine {
     overflow: (u32, u32),
     host_ns: NsId,
     loop_host: Option<crate::loopctl::LoopHost>,
+    /// Where each loop device made is noted until it is recorded (the
+    /// daemon's journal), and whether a daemon under test stops there.
+    made_loops: Option<crate::journal::Journal>,
+    stop_at_made: Option<crate::journal::Stop>,
     /// When dead namespaces' loop devices still open somewhere are tried
     /// next; `None` once none is.
     loop_retry: Option<loops::LoopRetry>,
@@ -186,6 +190,8 @@ impl Engine {
             overflow: crate::host::overflow_ids(),
             host_ns,
             loop_host: crate::loopctl::LoopHost::open(),
+            made_loops: None,
+            stop_at_made: None,
             loop_retry: Some(loops::LoopRetry::now()),
             cgroups,
             busy_cgroups: Vec::new(),

@@ -101,6 +101,11 @@ impl LoopHost {
         devns_sys::block::add(&self.ctl, None)
     }
 
+    /// Removes loopN (`LOOP_CTL_REMOVE`: refused while it is bound or open).
+    pub fn remove(&self, index: u32) -> Result<(), Errno> {
+        devns_sys::block::remove(&self.ctl, index)
+    }
+
     pub fn facts(&self, index: u32, registry: &Registry) -> Facts {
         match self.dev_of(index) {
             None => Facts { exists: false, bound: false, owner: devns_core::Owner::Host },
@@ -217,6 +222,10 @@ pub trait Ledger {
     fn take(&mut self, ns: NsId, l: LoopDev, dev: Device) -> Result<(), String>;
     /// Forgets `l`, which the kernel removed at `ns`'s request.
     fn forget(&mut self, ns: NsId, l: LoopDev);
+    /// Loop device `index` was made and is not recorded yet (`Some`), or
+    /// is now (`None`): where a keeper that can die in between (the
+    /// daemon) notes it, for the next to remove it.
+    fn made(&mut self, _index: Option<u32>) {}
 }
 
 fn errno(e: loopctl::Errno) -> Errno {
@@ -248,23 +257,30 @@ pub fn serve(ledger: &mut dyn Ledger, ns: NsId, req: Request) -> Result<u32, Ref
             ledger.forget(ns, LoopDev { index: n, dev, created: true, ino: None });
             return Ok(0);
         }
-        Step::Create(ix) => host.create(ix)?,
+        Step::Create(ix) => {
+            let n = host.create(ix)?;
+            ledger.made(Some(n));
+            n
+        }
     };
+    let host = ledger.loop_host().expect("checked");
     // Made just now, by this agent: the keeper serialises its calls with
     // the other keepers' (a stand-alone run holds the writers' lock from
     // its decision to its record), so nobody else has it recorded.
     let (ino, dev) = (host.ino_of(n), host.device(n).filter(|d| loopctl::is_loop(d.id)));
     let Some(dev) = dev else {
         tracing::warn!(index = n, "a loop device vanished before it could be given");
+        ledger.made(None);
         return Err(Errno::NODEV.into());
     };
     let l = LoopDev { index: n, dev: dev.id, created: true, ino };
-    if let Err(e) = ledger.take(ns, l, dev) {
+    let taken = ledger.take(ns, l, dev);
+    if let Err(e) = &taken {
         tracing::error!(ns = %ns, dev = %l.dev, error = %e, "cannot give a loop device");
         let _ = devns_sys::block::remove(&ledger.loop_host().expect("checked").ctl, n);
-        return Err(Errno::IO.into());
     }
-    Ok(n)
+    ledger.made(None);
+    taken.map(|()| n).map_err(|_| Errno::IO.into())
 }
 
 /// Whether `fd` (a caller's, fetched) is a loop-control to mediate: the
