@@ -3,7 +3,7 @@
 //!
 //! `/run/devns` is the run directory, world-traversable (0755), holding
 //! the sockets (`devns.sock`, 0666, which every host user and container
-//! may reach; `seccomp.sock`, 0600, for runtimes; later `lxc.sock`) and nothing
+//! may reach; `seccomp.sock`, 0600, for runtimes; `lxc.sock`, 0600, for LXC monitors) and nothing
 //! else but `state/`, the state directory (0700, root's), holding every
 //! record, lock and mount. Before issue 13 the state lived in
 //! `/run/devns` itself, made 0700, which left the socket below it
@@ -19,6 +19,12 @@ pub const SOCKET: &str = "/run/devns/devns.sock";
 /// `DEVNS_SECCOMP_SOCKET`, config `seccomp_socket`), beside the API
 /// socket: what runtimes connect to for `linux.seccomp.listenerPath`.
 pub const SECCOMP_SOCKET_NAME: &str = "seccomp.sock";
+
+/// LXC's seccomp notify proxy socket (`lxc.seccomp.notify.proxy`):
+/// `lxc.sock` beside the API socket (`/run/devns/lxc.sock` by default).
+pub fn lxc_socket(api_socket: &std::path::Path) -> std::path::PathBuf {
+    api_socket.parent().unwrap_or(std::path::Path::new("/")).join("lxc.sock")
+}
 
 /// The seccomp agent socket's default: `seccomp.sock` in the directory of
 /// the API socket `api_socket` (`/run/devns/seccomp.sock` by default).

@@ -23,6 +23,7 @@ pub mod idmap;
 pub mod keep;
 pub mod layout;
 pub mod loopctl;
+pub mod lxcproxy;
 pub mod model;
 pub mod mountinfo;
 pub mod nodes;

@@ -40,6 +40,15 @@ pub fn idmap(fd: impl AsFd, userns: impl AsFd) -> io::Result<()> {
     call_setattr(fd, &a, AT_EMPTY_PATH)
 }
 
+/// `MS_PRIVATE`, as `mount_setattr`'s propagation.
+const MS_PRIVATE: u64 = 1 << 18;
+
+/// Makes mount `fd` alone private (no propagation to or from peers): a
+/// mount below a shared one cannot be moved (`EINVAL`).
+pub fn make_private(fd: impl AsFd) -> io::Result<()> {
+    call_setattr(fd, &MountAttr { attr_set: 0, attr_clr: 0, propagation: MS_PRIVATE, userns_fd: 0 }, AT_EMPTY_PATH)
+}
+
 fn setattr(fd: impl AsFd, attrs: u64, flags: libc::c_int) -> io::Result<()> {
     call_setattr(fd, &MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 }, flags)
 }

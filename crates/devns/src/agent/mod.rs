@@ -96,6 +96,13 @@ impl Listener {
         Ok(Listener { fd, last: Kept::default(), base: Base::of_this_thread()? })
     }
 
+    /// Serves a listener that is another's (LXC's monitor's, which
+    /// receives and answers the calls itself and forwards them): its
+    /// flags are left as they are.
+    pub fn lent(fd: OwnedFd) -> Result<Listener, Errno> {
+        Ok(Listener { fd, last: Kept::default(), base: Base::of_this_thread()? })
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

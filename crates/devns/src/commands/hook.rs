@@ -30,14 +30,21 @@ pub struct Args {
     /// no device of its own: its view, loop-control and policy.
     #[arg(long)]
     pub enable: bool,
+    /// What LXC passes a hook: NAME, `lxc`, the hook's type.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub lxc: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Stage {
     #[value(name = "createRuntime")]
     CreateRuntime,
     #[value(name = "poststop")]
     Poststop,
+    /// An LXC hook (`lxc.hook.start-host`, `lxc.hook.post-stop`): the
+    /// container from LXC's environment, not an OCI state on stdin.
+    #[value(name = "lxc")]
+    Lxc,
 }
 
 /// At most `max` bytes of `r`; more is an error.
@@ -51,6 +58,9 @@ fn read_bounded(r: impl Read, max: usize, what: &str) -> Result<Vec<u8>> {
 }
 
 pub fn run(global: &Global, args: Args) -> Result<i32> {
+    if args.stage == Some(Stage::Lxc) {
+        return lxc(global, &args.lxc);
+    }
     let input = read_bounded(std::io::stdin().lock(), oci::MAX_PROCESS_STATE_BYTES, "the OCI state on stdin")?;
     let state = oci::parse_state(&input).context("bad OCI state on stdin")?;
     for d in &args.devices {
@@ -66,6 +76,7 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let stage = match (args.stage, hook::stage_of(&state.status)) {
         (Some(Stage::CreateRuntime), _) | (None, Some(hook::Stage::CreateRuntime)) => hook::Stage::CreateRuntime,
         (Some(Stage::Poststop), _) | (None, Some(hook::Stage::Poststop)) => hook::Stage::Poststop,
+        (Some(Stage::Lxc), _) => unreachable!("served above"),
         (None, None) => bail!(
             "container {}: status {:?} is no stage devns serves (name it: devns hook createRuntime|poststop)",
             state.id,
@@ -89,5 +100,42 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     Client::connect(&global.socket)?
         .call(req, &[])
         .with_context(|| format!("container {} (namespace {})", state.id, wanted.name))?;
+    Ok(0)
+}
+
+/// `devns hook lxc NAME lxc TYPE`, as LXC runs a hook: at `start-host`
+/// (host root, in the host's namespaces, the container set up and its
+/// init not started yet: `LXC_PID`) the container's user namespace is
+/// brought under devns as a runtime's (view at its `/dev`, LXC's own
+/// mounts there carried onto it, device program on its cgroup); at
+/// `post-stop` it is let go. `autodev` runs as the container's root, in
+/// its namespaces, whom devns takes no attach from: refused, saying so.
+fn lxc(global: &Global, argv: &[String]) -> Result<i32> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let kind = std::env::var("LXC_HOOK_TYPE").ok().filter(|t| !t.is_empty()).or_else(|| argv.get(2).cloned());
+    let name = var("LXC_NAME").ok_or_else(|| anyhow!("devns hook lxc runs as an LXC hook: LXC_NAME is not set"))?;
+    if !hook::is_name(&name) {
+        bail!("LXC_NAME {name:?} is not a namespace name (1 to 64 bytes, no ':')");
+    }
+    let container = format!("lxc/{name}");
+    let req = match kind.as_deref() {
+        Some("start-host") => {
+            let pid: i32 = var("LXC_PID")
+                .and_then(|p| p.parse().ok())
+                .filter(|p| *p > 0)
+                .ok_or_else(|| anyhow!("container {name}: LXC_PID names no process"))?;
+            json!({
+                "op": "attach", "pid": pid, "name": name, "at": "/dev", "devices": [],
+                "runtime": true, "container": container,
+            })
+        }
+        Some("post-stop") => json!({ "op": "detach", "name": name, "container": container }),
+        other => bail!(
+            "devns hook lxc serves lxc.hook.start-host and lxc.hook.post-stop, not {}: autodev runs as the \
+             container's root, from whom devns takes no attach (devns lxc config prints the lines)",
+            other.unwrap_or("an unnamed hook")
+        ),
+    };
+    Client::connect(&global.socket)?.call(req, &[]).with_context(|| format!("LXC container {name}"))?;
     Ok(0)
 }

@@ -13,6 +13,7 @@ pub mod hold;
 pub mod hook;
 pub mod k8s;
 pub mod ls;
+pub mod lxc;
 pub mod ns;
 pub mod oci;
 pub mod release;
@@ -81,6 +82,8 @@ pub enum Command {
     Cdi(cdi::Args),
     /// For Kubernetes: the kubelet's device plugin.
     K8s(k8s::Args),
+    /// For LXC: the config lines and the seccomp policy.
+    Lxc(lxc::Args),
     /// Check what devns needs on this host: one line per kernel feature,
     /// file and service (ok, warn or missing, and why).
     Doctor(doctor::Args),
@@ -124,6 +127,7 @@ impl Command {
             Command::Oci(a) => oci::run(global, a),
             Command::Cdi(a) => cdi::run(global, a),
             Command::K8s(a) => k8s::run(global, a),
+            Command::Lxc(a) => lxc::run(global, a),
             Command::Doctor(a) => doctor::run(global, a),
             Command::Generate(a) => generate::run(global, a),
             Command::Hold(a) => hold::run(global, a),

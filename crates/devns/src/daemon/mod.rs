@@ -8,6 +8,7 @@ mod agentsock;
 mod conn;
 mod handle;
 mod limits;
+mod lxcsock;
 mod outlive;
 mod serve;
 
@@ -48,6 +49,9 @@ enum Target {
     AgentConn(u64),
     /// The connection to the holder of the listeners (`outlive`).
     Holder,
+    /// LXC's seccomp proxy socket (`lxcsock`), and a monitor's connection.
+    LxcSock,
+    LxcConn(u64),
 }
 
 pub struct Daemon {
@@ -93,6 +97,7 @@ pub struct Daemon {
     socket: PathBuf,
     /// A device came or went since the CDI spec was last written.
     cdi_stale: bool,
+    lxc: lxcsock::LxcSock,
 }
 
 /// Registers `fd` in the epoll set `ep` as `target`; returns its token.
@@ -184,6 +189,8 @@ pub fn run(opts: Options) -> Result<()> {
     engine.recover()?;
     let (outlive, given) = outlive::Outlive::open(&opts.state_dir, passed);
     let host_ns = engine.host_ns();
+    let lxc_socket = devns_core::layout::lxc_socket(&opts.socket);
+    let lxc = lxcsock::bind(&lxc_socket)?;
     let agent = match activated_agent {
         Some(fd) => agentsock::AgentSock::activated(fd),
         None => agentsock::bind(&seccomp_socket)?,
@@ -212,6 +219,7 @@ pub fn run(opts: Options) -> Result<()> {
         status_said: 0,
         socket: opts.socket.clone(),
         cdi_stale: false,
+        lxc,
     };
     d.adopt(given);
     // Only now, ready: the socket starts accepting.
@@ -236,6 +244,7 @@ pub fn run(opts: Options) -> Result<()> {
     if !activated.1 {
         let _ = std::fs::remove_file(&seccomp_socket);
     }
+    let _ = std::fs::remove_file(&lxc_socket);
     result
 }
 impl Daemon {

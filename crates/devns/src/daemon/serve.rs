@@ -18,6 +18,7 @@ impl Daemon {
         self.watch(listener, Target::Listener);
         self.watch(uevents, Target::Uevents);
         super::watch_in(&self.ep, &mut self.targets, &mut self.next_token, &self.agent.fd, Target::AgentSock);
+        super::watch_in(&self.ep, &mut self.targets, &mut self.next_token, &self.lxc.fd, Target::LxcSock);
         self.watch_holder();
         for id in self.engine.kept_ids() {
             self.watch_members(id);
@@ -58,6 +59,8 @@ impl Daemon {
                     Target::Conn(id) => self.on_conn(id),
                     Target::AgentSock => self.agent_accept(),
                     Target::AgentConn(id) => self.agent_read(id),
+                    Target::LxcSock => self.lxc_accept(),
+                    Target::LxcConn(id) => self.lxc_read(id),
                     Target::Member(ns, pid) => {
                         self.targets.remove(&token);
                         if self.engine.member_exited(ns, pid) {

@@ -81,6 +81,12 @@ fn place_view(proc_root: &OwnedFd, mntns: &OwnedFd, view: &OwnedFd, place: &Plac
     let target = rustix::fs::openat2(base, place.at, dir, Mode::empty(), in_root)
         .map_err(step(&format!("cannot open {}", place.at)))?;
     let carried = if place.carry { take_carried(&me, &target)? } else { vec![] };
+    if !carried.is_empty() {
+        // Mounts below a shared one cannot be moved (LXC's /dev is
+        // shared): the old /dev, covered by the view from now on, stops
+        // propagating.
+        devns_sys::mount::make_private(&target).map_err(step("cannot make the old /dev private"))?;
+    }
     devns_sys::mount::move_onto(view, &target).map_err(step("cannot mount the view"))?;
     // The view's fd is its mounted root now.
     for (fd, rel) in carried {
