@@ -24,8 +24,10 @@ pub const MAX_PENDING: usize = 64;
 /// The kernel's `GET_FREE` (the host's `losetup -f`) answers the lowest
 /// free device: numbered above the host's, a namespace's device (free to
 /// the kernel until the namespace attaches it) comes after every free
-/// device of the host's.
-pub const NS_LOOP_BASE: u32 = 1024;
+/// device of the host's. Below 1024: busybox's `losetup -f` (Alpine's,
+/// and LXC's busybox containers') takes `GET_FREE`'s answer only up to
+/// loop1023.
+pub const NS_LOOP_BASE: u32 = 512;
 
 /// A loop device devns made for a namespace through `loop-control`:
 /// detached and removed when the namespace dies.

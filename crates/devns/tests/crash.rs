@@ -152,7 +152,8 @@ impl Drop for Unrecorded {
     }
 }
 
-/// devns's loop devices (`loopN` from 1024 up) with their sysfs inodes.
+/// devns's loop devices (`loopN` from `NS_LOOP_BASE` up, below the tests'
+/// own added ones) with their sysfs inodes.
 fn devns_loops() -> Vec<(String, u64)> {
     use std::os::unix::fs::MetadataExt;
     let mut v: Vec<(String, u64)> = std::fs::read_dir("/sys/block")
@@ -161,7 +162,7 @@ fn devns_loops() -> Vec<(String, u64)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let n: u32 = name.strip_prefix("loop")?.parse().ok()?;
-            if n < 1024 {
+            if !(devns_core::loopctl::NS_LOOP_BASE..common::ADDED_LOOP_BASE).contains(&n) {
                 return None;
             }
             // The device's own directory (the link's target), as below.

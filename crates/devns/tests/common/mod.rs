@@ -811,13 +811,17 @@ impl Drop for Killed {
     }
 }
 
+/// Where the tests' own added loop devices are numbered from: above the
+/// range devns makes namespaces' devices in (`NS_LOOP_BASE` and 4096 on).
+pub const ADDED_LOOP_BASE: u32 = 5000;
+
 /// A loop device added with LOOP_CTL_ADD (no backing file); removed on drop.
 pub struct AddedLoop(pub u64);
 
 impl AddedLoop {
     pub fn new() -> AddedLoop {
         // A number nobody uses: high, and different per test process.
-        let mut n = 400 + (std::process::id() as u64 % 400);
+        let mut n = u64::from(ADDED_LOOP_BASE) + (std::process::id() as u64 % 400);
         while loop_ctl(LOOP_CTL_ADD, n) < 0 {
             n += 1;
         }
