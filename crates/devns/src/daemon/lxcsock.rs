@@ -10,7 +10,7 @@ use super::{Daemon, Target};
 use anyhow::{Context, Result, anyhow};
 use devns_core::lxcproxy::{self, Sizes};
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use rustix::net::{SocketFlags, SocketType};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -36,18 +36,7 @@ pub fn bind(path: &Path) -> Result<LxcSock> {
         }
         std::fs::remove_file(path).with_context(|| format!("cannot remove the stale {}", path.display()))?;
     }
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    let addr = rustix::net::SocketAddrUnix::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
-    let umask = devns_sys::procstate::Umask::set(rustix::fs::Mode::from_raw_mode(0o177));
-    let bound = rustix::net::bind(&fd, &addr);
-    drop(umask);
-    bound.with_context(|| format!("cannot bind {}", path.display()))?;
-    rustix::net::listen(&fd, 128).context("listen")?;
+    let fd = super::bind_listening(path, 0o177, SocketType::SEQPACKET)?;
     let sizes = devns_sys::seccomp::notif_sizes().ok().map(|s| Sizes { notif: s.notif, resp: s.resp, data: s.data });
     Ok(LxcSock { fd, conns: BTreeMap::new(), next: 0, sizes })
 }

@@ -150,12 +150,13 @@ fn listen(path: &Path) -> Result<OwnedFd> {
 /// A listening unix stream socket (nonblocking) bound at `path` under
 /// `umask`, which decides who may connect.
 fn bind_stream(path: &Path, umask: u32) -> Result<OwnedFd> {
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    bind_listening(path, umask, SocketType::STREAM)
+}
+
+/// A listening unix socket of type `kind` (nonblocking) bound at `path`
+/// under `umask`.
+fn bind_listening(path: &Path, umask: u32, kind: SocketType) -> Result<OwnedFd> {
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, kind, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
     let addr = SocketAddrUnix::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
     let umask = devns_sys::procstate::Umask::set(rustix::fs::Mode::from_raw_mode(umask));
     let bound = rustix::net::bind(&fd, &addr);
