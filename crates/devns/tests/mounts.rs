@@ -23,11 +23,12 @@ fn mount_line(c: &mut Container, dir: &str) -> String {
     lines[0].clone()
 }
 
-/// Namespace `name`'s mounts of its own devices, per `devns ns ls`.
+/// Namespace `name`'s mounts of its own devices, per `devns ns ls`, in its
+/// order (by target).
 fn listed_mounts(env: &Env, name: &str) -> Vec<(String, String, &'static str, &'static str, bool)> {
     let rows: Vec<serde_json::Value> = serde_json::from_str(&devns_ok(env, &["ns", "ls", "--json"])).unwrap();
     let row = rows.iter().find(|r| r["name"] == name).expect("the namespace listed");
-    let mut got: Vec<_> = row["mounts"]
+    row["mounts"]
         .as_array()
         .unwrap()
         .iter()
@@ -37,9 +38,7 @@ fn listed_mounts(env: &Env, name: &str) -> Vec<(String, String, &'static str, &'
             let way: &'static str = if s("way") == "kernel" { "kernel" } else { "fuse" };
             (s("device"), s("target"), fs, way, m["read_only"].as_bool().unwrap())
         })
-        .collect();
-    got.sort();
-    got
+        .collect()
 }
 
 /// A file's owner in an ext4 image, as e2fsprogs reads it on the host.
