@@ -85,6 +85,12 @@ fn watch(keeper: OwnedFd, container: OwnedFd, state_dir: &Path, cfg: &Config) ->
     drop(keeper);
     // The keeper did not end the run: its container dies with it.
     crate::host::wait_exited(&[container], Instant::now() + INIT_PATIENCE);
+    // A state directory removed meanwhile holds nothing of this run to
+    // free; opening it would make it again.
+    if !state_dir.is_dir() {
+        tracing::info!(dir = %state_dir.display(), "the run's state directory is gone: nothing to free");
+        return 0;
+    }
     let swept = Store::open(state_dir)
         .map_err(anyhow::Error::from)
         .and_then(|store| Engine::open(Role::Look, cfg.clone(), store, None))

@@ -110,6 +110,24 @@ impl Env {
     }
 
     /// Pids of this test's holders (`devns --state-dir DIR hold`).
+    /// The watchers of this world's stand-alone runs still at work (forks
+    /// of `devns run`, named `devns-watcher`, with its environment).
+    pub fn watchers(&self) -> Vec<i32> {
+        let want = format!("DEVNS_STATE_DIR={}", self.state_dir().display());
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                comm.trim() == devns::watcher::NAME
+                    && std::fs::read(format!("/proc/{pid}/environ"))
+                        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+            })
+            .collect()
+    }
+
     pub fn holders(&self) -> Vec<i32> {
         let args = format!("--state-dir\0{}\0hold", self.state_dir().display());
         processes_with(&args)
@@ -462,6 +480,12 @@ impl Drop for Env {
     /// Dropped after the test's daemons and containers (it is made first):
     /// the daemons' host mounts of views go with the state dir.
     fn drop(&mut self) {
+        // A killed run's watcher frees what it held: let it finish first,
+        // or it opens the state directory again after it is removed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.watchers().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // A test's daemon is killed right after its containers, before it
         // could end what they had (a restarted daemon would): the loop
         // devices and device policies the records still name are ended here,
