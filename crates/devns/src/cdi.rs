@@ -30,7 +30,9 @@ pub fn write(path: &Path, kind: &str, devices: &[&str], socket: &Path) -> Result
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = path.file_name().ok_or_else(|| anyhow!("{} names no file", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    // Of this process alone: the daemon and a `devns cdi generate` may
+    // write at once, and each file renamed over it is whole.
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let text = serde_json::to_string_pretty(&spec)? + "\n";
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))

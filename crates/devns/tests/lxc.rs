@@ -200,3 +200,24 @@ fn bad_proxy_messages_end_their_connection_and_change_nothing() {
     }
     assert!(devns_ok(&env, &["ls"]).contains("null"), "the daemon goes on");
 }
+
+/// A live socket at the LXC proxy's path (another daemon's) is not taken
+/// over: the daemon does not start, and says why.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_daemon_does_not_take_over_a_live_lxc_proxy_socket() {
+    if !privileged() {
+        return;
+    }
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+    let env = Env::new();
+    let path = devns_core::layout::lxc_socket(&env.socket());
+    let live = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+    rustix::net::bind(&live, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+    rustix::net::listen(&live, 1).unwrap();
+    let o = env.devns().arg("daemon").stdin(Stdio::null()).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{said}");
+    assert!(said.contains("something listens on the LXC proxy socket"), "{said}");
+    assert!(path.exists(), "the live socket's file stays");
+}

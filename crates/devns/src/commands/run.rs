@@ -166,7 +166,7 @@ fn serve_alone(
     rootfs: Option<&container::RootFs>,
     uevents: Option<&OwnedFd>,
 ) -> Result<i32> {
-    let (signals, mine, pid, mut child, terminal) = spawn(args, rootfs, engine.udev_events())?;
+    let (signals, mine, pid, mut child, terminal) = spawn(args, rootfs, engine.config().udev_events)?;
     // Before anything is recorded: from its claim on, the namespace has
     // someone to free it if this process is killed.
     watch(child.pidfd.as_ref().expect("not waited").as_fd());

@@ -6,10 +6,9 @@
 //! `devns_core::agentsock`.
 
 use super::{Daemon, Target, conn::Peer};
-use anyhow::{Context, Result, anyhow};
+use anyhow::Result;
 use devns_core::agentsock::{self as decide, Facts, Refusal, Served};
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::net::SocketFlags;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -57,21 +56,7 @@ struct Pending {
 /// runtimes connect. A socket file nobody listens on is a leftover of a
 /// daemon that died, and replaced.
 pub fn bind(path: &Path) -> Result<AgentSock> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-            return Err(anyhow!("{} exists and is not a socket", path.display()));
-        }
-        Ok(_) => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(anyhow!("something listens on the seccomp agent socket {} already", path.display()));
-            }
-            std::fs::remove_file(path).with_context(|| format!("cannot remove the stale {}", path.display()))?;
-        }
-        Err(_) => {}
-    }
+    super::clear_stale_socket(path, rustix::net::SocketType::STREAM, "seccomp agent socket")?;
     let fd = super::bind_stream(path, 0o177)?;
     Ok(AgentSock::activated(fd))
 }
@@ -100,21 +85,12 @@ impl Daemon {
 
     /// New connections to the agent socket.
     pub(super) fn agent_accept(&mut self) {
-        loop {
-            let sock = match rustix::net::accept_with(&self.agent.fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
-                Ok(s) => s,
-                Err(rustix::io::Errno::AGAIN) => return,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    if matches!(e, rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) {
-                        super::serve::shed(&mut self.spare_fd, &self.agent.fd);
-                    }
-                    if self.agent_log.allow() {
-                        tracing::warn!(error = %e, "cannot accept on the seccomp agent socket");
-                    }
-                    return;
-                }
-            };
+        while let Some(sock) = super::serve::accept_next(
+            &self.agent.fd,
+            &mut self.spare_fd,
+            &mut self.agent_log,
+            "the seccomp agent socket",
+        ) {
             let (uid, pid, host_ns) = match peer_of(&sock, self.host_ns) {
                 Ok(p) => p,
                 Err(e) => {

@@ -7,10 +7,10 @@
 //! `devns_core::lxcproxy`'s.
 
 use super::{Daemon, Target};
-use anyhow::{Context, Result, anyhow};
+use anyhow::Result;
 use devns_core::lxcproxy::{self, Sizes};
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::net::{SocketFlags, SocketType};
+use rustix::net::SocketType;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -25,17 +25,9 @@ pub struct LxcSock {
 }
 
 /// Binds the socket at `path`, root's alone (0600); a stale file (nobody
-/// listening) is replaced.
+/// listening) is replaced, a live one refused.
 pub fn bind(path: &Path) -> Result<LxcSock> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) {
-            return Err(anyhow!("{} exists and is not a socket", path.display()));
-        }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale {}", path.display()))?;
-    }
+    super::clear_stale_socket(path, SocketType::SEQPACKET, "LXC proxy socket")?;
     let fd = super::bind_listening(path, 0o177, SocketType::SEQPACKET)?;
     let sizes = devns_sys::seccomp::notif_sizes().ok().map(|s| Sizes { notif: s.notif, resp: s.resp, data: s.data });
     Ok(LxcSock { fd, conns: BTreeMap::new(), next: 0, sizes })
@@ -43,18 +35,9 @@ pub fn bind(path: &Path) -> Result<LxcSock> {
 
 impl Daemon {
     pub(super) fn lxc_accept(&mut self) {
-        loop {
-            let sock = match rustix::net::accept_with(&self.lxc.fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
-                Ok(s) => s,
-                Err(rustix::io::Errno::AGAIN) => return,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    if self.agent_log.allow() {
-                        tracing::warn!(error = %e, "cannot accept on the LXC proxy socket");
-                    }
-                    return;
-                }
-            };
+        while let Some(sock) =
+            super::serve::accept_next(&self.lxc.fd, &mut self.spare_fd, &mut self.agent_log, "the LXC proxy socket")
+        {
             // The file is 0600; the peer is checked too: host root only.
             let root = rustix::net::sockopt::socket_peercred(&sock).is_ok_and(|c| c.uid.is_root())
                 && super::conn::Peer::of(&sock, self.host_ns).is_ok_and(|p| p.ns.is_none());

@@ -147,6 +147,25 @@ fn listen(path: &Path) -> Result<OwnedFd> {
     bind_stream(path, 0o111)
 }
 
+/// Makes way at `path` for a socket of type `kind` root's daemon binds:
+/// its directory made; an existing socket file nobody listens on (a dead
+/// daemon's) removed; anything else there refused, saying what it is.
+fn clear_stale_socket(path: &Path, kind: SocketType, what: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let Ok(m) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) {
+        return Err(anyhow!("{} exists and is not a socket", path.display()));
+    }
+    let probe = rustix::net::socket_with(AddressFamily::UNIX, kind, SocketFlags::CLOEXEC, None)?;
+    let addr = SocketAddrUnix::new(path).with_context(|| format!("bad socket path {}", path.display()))?;
+    if rustix::net::connect(&probe, &addr).is_ok() {
+        return Err(anyhow!("something listens on the {what} {} already", path.display()));
+    }
+    std::fs::remove_file(path).with_context(|| format!("cannot remove the stale {}", path.display()))
+}
+
 /// A listening unix stream socket (nonblocking) bound at `path` under
 /// `umask`, which decides who may connect.
 fn bind_stream(path: &Path, umask: u32) -> Result<OwnedFd> {

@@ -140,22 +140,7 @@ impl Daemon {
     }
 
     pub(super) fn accept(&mut self, listener: &OwnedFd) {
-        loop {
-            let sock = match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
-                Ok(s) => s,
-                Err(rustix::io::Errno::AGAIN) => return,
-                Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
-                    shed(&mut self.spare_fd, listener);
-                    if self.conn_log.allow() {
-                        tracing::warn!(error = %e, "no fd left for a new connection; refused it");
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept");
-                    return;
-                }
-            };
+        while let Some(sock) = accept_next(listener, &mut self.spare_fd, &mut self.conn_log, "the API socket") {
             let peer = match conn::Peer::of(&sock, self.host_ns) {
                 Ok(peer) => peer,
                 Err(e) => {
@@ -251,6 +236,36 @@ impl Daemon {
         }
         c.refresh_deadline(&self.timeouts);
         self.update_interest(id);
+    }
+}
+
+/// The next connection waiting on `listener` (nonblocking, close-on-exec);
+/// `None` once none waits, or when none can be taken: one there is no fd
+/// for is refused through the spare fd ([`shed`]), and every failure is
+/// logged (rate-limited by `log`) naming `what`.
+pub(super) fn accept_next(
+    listener: &OwnedFd,
+    spare: &mut Option<OwnedFd>,
+    log: &mut super::limits::LogLimit,
+    what: &str,
+) -> Option<OwnedFd> {
+    loop {
+        match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+            Ok(s) => return Some(s),
+            Err(rustix::io::Errno::AGAIN) => return None,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                let no_fd = matches!(e, rustix::io::Errno::MFILE | rustix::io::Errno::NFILE);
+                if no_fd {
+                    shed(spare, listener);
+                }
+                if log.allow() {
+                    let why = if no_fd { "no fd left for a new connection; refused it" } else { "cannot accept" };
+                    tracing::warn!(error = %e, "{why} on {what}");
+                }
+                return None;
+            }
+        }
     }
 }
 

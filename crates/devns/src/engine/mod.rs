@@ -221,15 +221,9 @@ impl Engine {
         self.kept.get_mut(&id)
     }
 
-    /// The namespaces this engine keeps.
     /// The policy it runs with.
     pub fn config(&self) -> &Config {
         &self.cfg
-    }
-
-    /// Whether namespaces get udev-format events too (config `udev_events`).
-    pub fn udev_events(&self) -> bool {
-        self.cfg.udev_events
     }
 
     /// How many namespaces are kept.
@@ -237,6 +231,7 @@ impl Engine {
         self.kept.len()
     }
 
+    /// The namespaces this engine keeps.
     pub fn kept_ids(&self) -> Vec<NsId> {
         self.kept.keys().copied().collect()
     }
