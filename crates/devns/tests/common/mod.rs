@@ -104,12 +104,15 @@ impl Env {
             .into_iter()
             .filter(|l| {
                 let mountpoint = l.split(' ').nth(1).unwrap_or("");
-                !mountpoint.starts_with("/tmp/devns-test") || mountpoint.starts_with(&mine)
+                // Other tests' worlds, and the default layout's (`/run/devns`,
+                // the tests of the default layout and the package), which no
+                // `Env` uses.
+                let others = mountpoint.starts_with("/tmp/devns-test") || mountpoint.starts_with("/run/devns/");
+                !others || mountpoint.starts_with(&mine)
             })
             .collect()
     }
 
-    /// Pids of this test's holders (`devns --state-dir DIR hold`).
     /// The watchers of this world's stand-alone runs still at work (forks
     /// of `devns run`, named `devns-watcher`, with its environment).
     pub fn watchers(&self) -> Vec<i32> {
@@ -128,6 +131,7 @@ impl Env {
             .collect()
     }
 
+    /// Pids of this test's holders (`devns --state-dir DIR hold`).
     pub fn holders(&self) -> Vec<i32> {
         let args = format!("--state-dir\0{}\0hold", self.state_dir().display());
         processes_with(&args)
