@@ -269,7 +269,9 @@ pub fn serve(ledger: &mut dyn Ledger, ns: NsId, req: Request) -> Result<u32, Ref
     // its decision to its record), so nobody else has it recorded.
     let (ino, dev) = (host.ino_of(n), host.device(n).filter(|d| loopctl::is_loop(d.id)));
     let Some(dev) = dev else {
-        tracing::warn!(index = n, "a loop device vanished before it could be given");
+        // Made, but not readable as a loop device: not left behind.
+        tracing::warn!(index = n, "a loop device made for a namespace cannot be read back; removing it");
+        let _ = host.remove(n);
         ledger.made(None);
         return Err(Errno::NODEV.into());
     };
