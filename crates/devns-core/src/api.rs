@@ -64,6 +64,23 @@ pub enum Request {
         name: String,
         container: String,
     },
+    /// From host root's `lxc.hook.pre-start` (`devns hook lxc`): the LXC
+    /// container `name` will join from its autodev hook; the caller's
+    /// parent, LXC's monitor, is the one whose container may
+    /// ([`crate::expect`]).
+    Expect {
+        name: String,
+        container: String,
+        #[serde(default)]
+        devices: Vec<String>,
+    },
+    /// From an LXC container's `lxc.hook.autodev` (its root, in its
+    /// namespaces): bring this container in as its monitor's `expect` said,
+    /// the view at `/dev` of `root` (`LXC_ROOTFS_MOUNT`).
+    Join {
+        name: String,
+        root: String,
+    },
     /// Stream events on this connection.
     Events {},
     /// Answer the trapped calls of a seccomp listener passed with the
@@ -279,6 +296,8 @@ mod tests {
         r#""op":"attach","pid":42,"name":"web","at":"/dev""#,
         r#""op":"attach","pid":42,"root":"/b/rootfs","devices":["loop3"],"runtime":true,"container":"c1""#,
         r#""op":"detach","name":"web","container":"c1""#,
+        r#""op":"expect","name":"web","container":"lxc/web","devices":["loop3"]"#,
+        r#""op":"join","name":"web","root":"/usr/lib/x86_64-linux-gnu/lxc/rootfs""#,
         r#""op":"events""#,
         r#""op":"listen""#,
         r#""op":"run","name":"web","devices":["loop3"]"#,

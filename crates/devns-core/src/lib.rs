@@ -18,6 +18,7 @@ pub mod device;
 pub mod deviceplugin;
 pub mod devmounts;
 pub mod doctor;
+pub mod expect;
 pub mod hook;
 pub mod idmap;
 pub mod keep;

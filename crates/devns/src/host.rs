@@ -24,14 +24,39 @@ pub fn require_host_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Fields 3 and 22 of `/proc/PID/stat`: the process's state and its start
-/// time in clock ticks.
-fn state_and_start(pid: i32) -> Option<(String, u64)> {
+/// Fields 3, 4 and 22 of `/proc/PID/stat`: the process's state, its
+/// parent and its start time in clock ticks.
+fn stat_of(pid: i32) -> Option<(String, i32, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parens: skip past its end.
     let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
     let state = rest.next()?.to_owned();
-    Some((state, rest.nth(18)?.parse().ok()?))
+    let ppid = rest.next()?.parse().ok()?;
+    Some((state, ppid, rest.nth(17)?.parse().ok()?))
+}
+
+fn state_and_start(pid: i32) -> Option<(String, u64)> {
+    stat_of(pid).map(|(state, _, t)| (state, t))
+}
+
+/// `pid` and its ancestors, each with its start time and user namespace,
+/// up to `max` of them or the first that cannot be read (pid 1's parent,
+/// 0, is none).
+pub fn ancestry(pid: i32, max: usize) -> Vec<devns_core::expect::Proc> {
+    let mut out = Vec::new();
+    let mut p = pid;
+    while out.len() < max && p > 0 {
+        let Some((_, ppid, t)) = stat_of(p) else { break };
+        let Ok(ns) = user_ns_of(p) else { break };
+        // Read again: a pid that ended and was reused meanwhile is not
+        // taken for the process first read.
+        if start_time(p) != Some(t) {
+            break;
+        }
+        out.push(devns_core::expect::Proc { keeper: Keeper { pid: p, start_time: t }, user_ns: ns.0 });
+        p = ppid;
+    }
+    out
 }
 
 /// Field 22 of `/proc/PID/stat`: the process's start time in clock ticks.
@@ -239,6 +264,18 @@ pub fn overflow_ids() -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ancestry_starts_with_this_process_then_its_parent() {
+        let me = current_keeper().unwrap();
+        let chain = ancestry(me.pid, 2);
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[0].keeper, me);
+        let parent = rustix::process::getppid().unwrap().as_raw_nonzero().get();
+        assert_eq!(chain[1].keeper.pid, parent);
+        assert_eq!(chain[0].user_ns, user_ns_of(me.pid).unwrap().0);
+        assert!(ancestry(i32::MAX, 4).is_empty());
+    }
 
     #[test]
     fn a_keeper_is_alive_only_with_its_own_start_time() {

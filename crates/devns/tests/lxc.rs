@@ -221,3 +221,97 @@ fn a_daemon_does_not_take_over_a_live_lxc_proxy_socket() {
     assert!(said.contains("something listens on the LXC proxy socket"), "{said}");
     assert!(path.exists(), "the live socket's file stays");
 }
+
+/// `devns hook lxc` as LXC runs it at `TYPE` for container `name`, its
+/// root `root`: a command line for `sh -c`, the socket from the world.
+fn hook_line(env: &Env, kind: &str, name: &str, root: &Path) -> String {
+    format!(
+        "env LXC_HOOK_TYPE={kind} LXC_NAME={name} LXC_ROOTFS_MOUNT={} {} --socket {} hook lxc",
+        root.display(),
+        env!("CARGO_BIN_EXE_devns"),
+        env.socket().display()
+    )
+}
+
+/// An autodev `join` comes from the container's root, so it is taken on
+/// host root's word alone (the pre-start hook's `expect`), from a process
+/// whose nearest ancestor outside its user namespace is the process that
+/// gave the word (LXC's monitor; this test here), for that name, once.
+/// Every refusal says why and brings nothing in.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn an_autodev_join_is_taken_only_on_the_monitors_word_for_its_container_once() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let _d = Daemon::start(&env);
+    let root = reachable_dir("join");
+    std::fs::create_dir(root.join("dev")).unwrap();
+    let cg = TestCgroup::new("join");
+    let me = std::process::id();
+    // `script` as root of a user namespace of its own, in a mount
+    // namespace of its own, a child of this test's (in the test's cgroup):
+    // an LXC container's init, whose autodev hook the script runs.
+    let container = |script: &str| {
+        let o = cg.command("unshare").args(userns_sh(script, "init")).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    let none_in = |what: &str| assert_eq!(devns_ok(&env, &["ns", "ls", "--json"]).trim(), "[]", "{what}");
+
+    // No word given: refused.
+    let got = container(&format!("{} || echo refused", hook_line(&env, "autodev", "j", &root)));
+    assert!(
+        got.contains("refused")
+            && got.contains(&format!("no LXC container \"j\" is expected from monitor process {me}")),
+        "{got}"
+    );
+    none_in("after a join with no word");
+
+    // Host root's word, as LXC's pre-start hook gives it (its parent the monitor).
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {}", hook_line(&env, "pre-start", "j", &root)))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pre-start: {}", String::from_utf8_lossy(&o.stderr));
+
+    // From the host's own user namespace: refused.
+    let o = Command::new("sh").arg("-c").arg(hook_line(&env, "autodev", "j", &root)).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("in the host's user namespace"), "{err}");
+    // A host user's own user namespace, below a process of theirs (not the
+    // monitor): refused, naming that process.
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
+        .arg(format!(
+            "unshare --user --map-root-user sh -c '{}'; echo shell $$",
+            hook_line(&env, "autodev", "j", &root)
+        ))
+        .output()
+        .unwrap();
+    let got = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let shell = got.lines().find_map(|l| l.strip_prefix("shell ")).unwrap_or("?");
+    assert!(got.contains(&format!("is expected from monitor process {shell}")), "{got}");
+    // Another name than the word's: refused.
+    let got = container(&format!("{} || echo refused", hook_line(&env, "autodev", "other", &root)));
+    assert!(got.contains("refused") && got.contains("no LXC container \"other\" is expected"), "{got}");
+    none_in("after the refused joins");
+
+    // The container the word was for: its /dev is the view; a second join
+    // on the same word is refused.
+    let hook = hook_line(&env, "autodev", "j", &root);
+    let got = container(&format!(
+        "{hook} && echo joined; ls {dev}; {hook} || echo again-refused",
+        dev = root.join("dev").display()
+    ));
+    assert!(got.contains("joined") && got.contains("loop-control") && got.contains("null"), "{got}");
+    assert!(got.contains("again-refused") && got.contains("no LXC container \"j\" is expected"), "{got}");
+    // Its init ended: the namespace is let go.
+    eventually("the joined namespace let go", || devns_ok(&env, &["ns", "ls", "--json"]).trim() == "[]");
+    assert!(
+        std::fs::read_dir(root.join("dev")).unwrap().next().is_none(),
+        "the view was in the container's mount namespace only"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

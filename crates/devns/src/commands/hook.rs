@@ -41,9 +41,10 @@ pub enum Stage {
     CreateRuntime,
     #[value(name = "poststop")]
     Poststop,
-    /// An LXC hook (`lxc.hook.start-host`, `lxc.hook.post-stop`): the
-    /// container from LXC's environment, not an OCI state on stdin.
-    #[value(name = "lxc")]
+    /// An LXC hook (`lxc.hook.pre-start`, `lxc.hook.autodev`,
+    /// `lxc.hook.post-stop`): the container from LXC's environment, not
+    /// an OCI state on stdin.
+    #[value(name = "lxc", alias = "lxc-autodev")]
     Lxc,
 }
 
@@ -59,7 +60,7 @@ fn read_bounded(r: impl Read, max: usize, what: &str) -> Result<Vec<u8>> {
 
 pub fn run(global: &Global, args: Args) -> Result<i32> {
     if args.stage == Some(Stage::Lxc) {
-        return lxc(global, &args.lxc);
+        return lxc(global, &args.devices, &args.lxc);
     }
     let input = read_bounded(std::io::stdin().lock(), oci::MAX_PROCESS_STATE_BYTES, "the OCI state on stdin")?;
     let state = oci::parse_state(&input).context("bad OCI state on stdin")?;
@@ -103,36 +104,46 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     Ok(0)
 }
 
-/// `devns hook lxc NAME lxc TYPE`, as LXC runs a hook: at `start-host`
-/// (host root, in the host's namespaces, the container set up and its
-/// init not started yet: `LXC_PID`) the container's user namespace is
-/// brought under devns as a runtime's (view at its `/dev`, LXC's own
-/// mounts there carried onto it, device program on its cgroup); at
-/// `post-stop` it is let go. `autodev` runs as the container's root, in
-/// its namespaces, whom devns takes no attach from: refused, saying so.
-fn lxc(global: &Global, argv: &[String]) -> Result<i32> {
+/// `devns hook lxc [--device D]... NAME lxc TYPE`, as LXC runs a hook:
+/// at `pre-start` (host root, in the host's namespaces, run by the
+/// container's monitor) it tells the daemon to expect the container; at
+/// `autodev` (the container's root, in its namespaces, its rootfs mounted
+/// and not yet its root) the container joins: its user namespace brought
+/// under devns as a runtime's, the view at its `/dev` before LXC fills
+/// it; at `start-host` (host root again, `LXC_PID`, just before the
+/// container's init runs) what LXC mounted on the old `/dev` since (its
+/// devpts, ttys and console) is carried onto the view, or, with no
+/// autodev join before, the container is brought in there as a
+/// runtime's; at `post-stop` it is let go.
+fn lxc(global: &Global, devices: &[String], argv: &[String]) -> Result<i32> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let kind = std::env::var("LXC_HOOK_TYPE").ok().filter(|t| !t.is_empty()).or_else(|| argv.get(2).cloned());
+    let kind = var("LXC_HOOK_TYPE").or_else(|| argv.get(2).cloned());
     let name = var("LXC_NAME").ok_or_else(|| anyhow!("devns hook lxc runs as an LXC hook: LXC_NAME is not set"))?;
     if !hook::is_name(&name) {
         bail!("LXC_NAME {name:?} is not a namespace name (1 to 64 bytes, no ':')");
     }
     let container = format!("lxc/{name}");
     let req = match kind.as_deref() {
+        Some("pre-start") => json!({ "op": "expect", "name": name, "container": container, "devices": devices }),
+        Some("autodev") => {
+            let root = var("LXC_ROOTFS_MOUNT")
+                .ok_or_else(|| anyhow!("container {name}: LXC_ROOTFS_MOUNT is not set at autodev"))?;
+            json!({ "op": "join", "name": name, "root": root })
+        }
         Some("start-host") => {
             let pid: i32 = var("LXC_PID")
                 .and_then(|p| p.parse().ok())
                 .filter(|p| *p > 0)
                 .ok_or_else(|| anyhow!("container {name}: LXC_PID names no process"))?;
             json!({
-                "op": "attach", "pid": pid, "name": name, "at": "/dev", "devices": [],
+                "op": "attach", "pid": pid, "name": name, "at": "/dev", "devices": devices,
                 "runtime": true, "container": container,
             })
         }
         Some("post-stop") => json!({ "op": "detach", "name": name, "container": container }),
         other => bail!(
-            "devns hook lxc serves lxc.hook.start-host and lxc.hook.post-stop, not {}: autodev runs as the \
-             container's root, from whom devns takes no attach (devns lxc config prints the lines)",
+            "devns hook lxc serves lxc.hook.pre-start, autodev, start-host and post-stop, not {} \
+             (devns lxc config prints the lines)",
             other.unwrap_or("an unnamed hook")
         ),
     };

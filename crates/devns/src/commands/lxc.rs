@@ -58,8 +58,9 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
             let proxy = devns_core::layout::lxc_socket(&global.socket);
             println!("# devns for this container: its /dev a view of its own namespace, its mknod, mount");
             println!("# and loop-control calls served (devns lxc policy > {})", policy.display());
-            println!("lxc.hook.start-host = {}{socket} hook lxc", exe.display());
-            println!("lxc.hook.post-stop = {}{socket} hook lxc", exe.display());
+            for hook in ["pre-start", "autodev", "start-host", "post-stop"] {
+                println!("lxc.hook.{hook} = {}{socket} hook lxc", exe.display());
+            }
             println!("lxc.seccomp.profile = {}", policy.display());
             println!("lxc.seccomp.notify.proxy = unix:{}", proxy.display());
         }

@@ -267,6 +267,7 @@ impl Daemon {
             runtime: true,
             container: Some(container),
             ns: Some(devns_core::NsId(ns)),
+            keep_covered: false,
         };
         self.engine.attach(&spec)?;
         self.watch_members(devns_core::NsId(ns));

@@ -2,7 +2,7 @@
 //! that change something are the engine's changes, acknowledged once done.
 
 use super::Daemon;
-use super::conn::Reply;
+use super::conn::{Peer, Reply};
 use anyhow::{Result, anyhow, bail};
 use devns_core::DevId;
 use devns_core::api::{self, DeviceRow, NsRef, NsRow, Request, ViewRow};
@@ -25,6 +25,7 @@ impl Daemon {
                 | Request::Global { .. }
                 | Request::Attach { .. }
                 | Request::Detach { .. }
+                | Request::Expect { .. }
                 | Request::Run { .. }
                 | Request::Listen {}
         );
@@ -51,6 +52,7 @@ impl Daemon {
                     runtime,
                     container: container.as_deref(),
                     ns: None,
+                    keep_covered: false,
                 };
                 let r = self.engine.attach(&spec);
                 if let Ok(v) = &r
@@ -69,6 +71,8 @@ impl Daemon {
                 }
                 r
             }
+            Request::Expect { name, container, devices } => self.expect(peer, name, container, devices),
+            Request::Join { name, root } => self.join(peer, &name, &root),
             Request::Events {} => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.subscribed = true;
@@ -122,6 +126,58 @@ impl Daemon {
                 Reply::err(format!("{e:#}"))
             }
         }
+    }
+
+    /// Host root's word, from LXC's pre-start hook: the container `name`
+    /// joins from its autodev hook, whose monitor is this caller's parent
+    /// (LXC runs the hook as the monitor's child).
+    fn expect(&mut self, peer: Peer, name: String, container: String, devices: Vec<String>) -> Result<Value> {
+        if !devns_core::hook::is_name(&name) {
+            bail!("{name:?} is not a namespace name (1 to 64 bytes, no ':')");
+        }
+        if container.is_empty() || container.len() > 256 || container.chars().any(char::is_control) {
+            bail!("container {container:?}: an id is 1 to 256 printable characters");
+        }
+        for d in &devices {
+            self.device(d)?;
+        }
+        let chain = crate::host::ancestry(peer.pid, 2);
+        let [_, monitor] = chain.as_slice() else {
+            bail!("cannot read the parent of process {} (LXC's monitor)", peer.pid);
+        };
+        let now = std::time::Instant::now();
+        let until = now + devns_core::expect::EXPECT_FOR;
+        let monitor = monitor.keeper;
+        self.expecting.expect(devns_core::expect::Expected { name, container, devices, monitor, until }, now)?;
+        Ok(json!({ "expected": true, "monitor": monitor.pid }))
+    }
+
+    /// An LXC container's autodev hook, as its root: taken on its
+    /// monitor's word alone, and once.
+    fn join(&mut self, peer: Peer, name: &str, root: &str) -> Result<Value> {
+        let chain = crate::host::ancestry(peer.pid, devns_core::expect::MAX_ANCESTRY + 1);
+        let lineage = devns_core::expect::lineage(&chain, self.host_ns.0)?;
+        let now = std::time::Instant::now();
+        let word = self.expecting.take(name, lineage.monitor, now)?;
+        if !crate::host::keeper_alive(&lineage.init) {
+            bail!("the container's init (process {}) is gone", lineage.init.pid);
+        }
+        let spec = crate::engine::Attach {
+            pid: lineage.init.pid,
+            name: Some(&word.name),
+            at: "/dev",
+            root: Some(root),
+            devices: &word.devices,
+            runtime: true,
+            container: Some(&word.container),
+            ns: peer.ns,
+            keep_covered: true,
+        };
+        let v = self.engine.attach(&spec)?;
+        if let Some(id) = v["id"].as_u64() {
+            self.watch_members(NsId(id));
+        }
+        Ok(v)
     }
 
     fn ls(&self, ns: Option<NsId>, admin: bool) -> Value {

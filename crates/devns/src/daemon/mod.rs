@@ -98,6 +98,8 @@ pub struct Daemon {
     /// A device came or went since the CDI spec was last written.
     cdi_stale: bool,
     lxc: lxcsock::LxcSock,
+    /// LXC containers whose autodev `join` host root's pre-start expects.
+    expecting: devns_core::expect::Expecting,
 }
 
 /// Registers `fd` in the epoll set `ep` as `target`; returns its token.
@@ -240,6 +242,7 @@ pub fn run(opts: Options) -> Result<()> {
         socket: opts.socket.clone(),
         cdi_stale: false,
         lxc,
+        expecting: Default::default(),
     };
     d.adopt(given);
     // Only now, ready: the socket starts accepting.

@@ -107,7 +107,8 @@ impl Engine {
                 Role::Daemon => vec![Member { keeper: child, pidfd, watched: false }],
                 Role::Run(_) | Role::Look => vec![],
             };
-            self.kept.insert(id, Kept { view: None, tmp: None, uids, gids, members, uevents, access: None });
+            self.kept
+                .insert(id, Kept { view: None, tmp: None, uids, gids, members, uevents, access: None, covered: None });
             self.make_view(id)?;
             // Its cgroup, filled and attached, with the process moved in
             // before the process is told to go on.
@@ -166,6 +167,13 @@ impl Engine {
             if !same {
                 bail!("the user namespace of process {pid} is already under devns ({id})");
             }
+            // An LXC container's start-host hook after its autodev join:
+            // what LXC mounted on the covered /dev since goes onto the view.
+            if let Some(covered) = self.kept.get_mut(&id).and_then(|k| k.covered.take()) {
+                let view = self.view_clone(id)?;
+                let view_dev = rustix::fs::fstat(&view)?.st_dev;
+                super::place::carry_covered(pid, &covered, view_dev, at)?;
+            }
             // Another hook of the same container (a runtime runs one per
             // CDI device): its devices join the namespace, nothing else.
             for d in spec.devices {
@@ -189,7 +197,10 @@ impl Engine {
             };
             self.locked(|e| e.commit(claim))?;
             let uevents = uevent_sender(pid);
-            self.kept.insert(id, Kept { view: None, tmp: None, uids, gids, members: vec![], uevents, access: None });
+            self.kept.insert(
+                id,
+                Kept { view: None, tmp: None, uids, gids, members: vec![], uevents, access: None, covered: None },
+            );
             // The policy is in force before the view is mounted.
             if let Err(e) = self.make_view(id).and_then(|()| self.start_policy(id, pid, false)) {
                 self.let_go(id);
@@ -214,16 +225,27 @@ impl Engine {
         let k = &self.kept[&id];
         let udev = (self.cfg.udev_events && k.uevents.is_some())
             .then(|| (k.uids.carry(0, self.overflow.0), k.gids.carry(0, self.overflow.1)));
-        let place = Place { root: spec.root, at, carry: spec.runtime, udev };
+        let place = Place { root: spec.root, at, carry: spec.runtime, udev, keep_covered: spec.keep_covered };
         // A runtime's own device controller defers to devns's program
         // only once that decides, and the view is in place.
-        let placed = mount_into(pid, &view, &place)
-            .and_then(|()| if spec.runtime { self.defer_runtime_devices(id, pid) } else { Ok(()) });
-        if let Err(e) = placed {
-            if new {
-                self.let_go(id);
+        let placed = mount_into(pid, &view, &place).and_then(|covered| {
+            if spec.runtime {
+                self.defer_runtime_devices(id, pid)?;
             }
-            return Err(e);
+            Ok(covered)
+        });
+        match placed {
+            Ok(covered) => {
+                if let Some(k) = self.kept.get_mut(&id) {
+                    k.covered = covered;
+                }
+            }
+            Err(e) => {
+                if new {
+                    self.let_go(id);
+                }
+                return Err(e);
+            }
         }
         self.save(&[id])?;
         if new {

@@ -78,6 +78,9 @@ pub struct Attach<'a> {
     /// The user namespace the process must be in (asked of its pidfd, so
     /// that a pid used again by another process is refused).
     pub ns: Option<NsId>,
+    /// Keep the `/dev` the view covers, for a later attach of the same
+    /// container to carry what was mounted on it since (LXC's autodev).
+    pub keep_covered: bool,
 }
 
 /// A watched process inside a namespace.
@@ -103,6 +106,11 @@ pub struct Kept {
     pub uevents: Option<OwnedFd>,
     /// Its device access policy (none when the layer is off).
     pub access: Option<AccessPolicy>,
+    /// The `/dev` an LXC container's autodev join covered with the view:
+    /// LXC goes on filling it (devpts, ttys, console) through a directory
+    /// fd it opened before the hook, and its start-host hook has those
+    /// mounts carried onto the view.
+    pub covered: Option<OwnedFd>,
 }
 
 pub struct Engine {

@@ -27,10 +27,12 @@ pub(crate) struct Place<'a> {
     /// gets udev-format events: its `/run/udev/control` is made as that
     /// root ([`crate::uevents::mark_udev_running`]).
     pub udev: Option<(u32, u32)>,
+    /// Give back the `at` the view covers (see [`carry_covered`]).
+    pub keep_covered: bool,
 }
 
-/// Mounts a new bind of `view` at `place` in the mount namespace of `pid`.
-pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<()> {
+/// The root and mount namespace of `pid`.
+fn root_and_mntns(pid: i32) -> Result<(OwnedFd, OwnedFd)> {
     let open = |p: String, flags| rustix::fs::open(&p, flags | OFlags::CLOEXEC, Mode::empty());
     let Ok(root) = open(format!("/proc/{pid}/root"), OFlags::PATH | OFlags::DIRECTORY) else {
         bail!("cannot open the root of process {pid}");
@@ -38,6 +40,13 @@ pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<
     let Ok(mntns) = open(format!("/proc/{pid}/ns/mnt"), OFlags::RDONLY) else {
         bail!("cannot open the mount namespace of process {pid}");
     };
+    Ok((root, mntns))
+}
+
+/// Mounts a new bind of `view` at `place` in the mount namespace of `pid`;
+/// with `keep_covered`, gives back what it covers there.
+pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<Option<OwnedFd>> {
+    let (root, mntns) = root_and_mntns(pid)?;
     let tree = rustix::mount::open_tree(
         view,
         "",
@@ -48,7 +57,7 @@ pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<
     let placed = devns_sys::procstate::on_own_fs_thread(|| place_view(&root, &mntns, &tree, place));
     let at = place.at;
     let why = match placed {
-        Ok(Ok(())) => return Ok(()),
+        Ok(Ok(covered)) => return Ok(covered),
         Ok(Err(why)) => why,
         Err(e) => e.to_string(),
     };
@@ -57,7 +66,12 @@ pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<
 
 /// On the helper thread: enters the namespace, resolves, carries, mounts;
 /// the error as text.
-fn place_view(proc_root: &OwnedFd, mntns: &OwnedFd, view: &OwnedFd, place: &Place<'_>) -> Result<(), String> {
+fn place_view(
+    proc_root: &OwnedFd,
+    mntns: &OwnedFd,
+    view: &OwnedFd,
+    place: &Place<'_>,
+) -> Result<Option<OwnedFd>, String> {
     let step = |what: &str| {
         let what = what.to_owned();
         move |e: rustix::io::Errno| format!("{what}: {e}")
@@ -81,11 +95,11 @@ fn place_view(proc_root: &OwnedFd, mntns: &OwnedFd, view: &OwnedFd, place: &Plac
     let target = rustix::fs::openat2(base, place.at, dir, Mode::empty(), in_root)
         .map_err(step(&format!("cannot open {}", place.at)))?;
     let carried = if place.carry { take_carried(&me, &target)? } else { vec![] };
-    if !carried.is_empty() {
+    if !carried.is_empty() || place.keep_covered {
         // Mounts below a shared one cannot be moved (LXC's /dev is
         // shared): the old /dev, covered by the view from now on, stops
         // propagating.
-        devns_sys::mount::make_private(&target).map_err(step("cannot make the old /dev private"))?;
+        make_private_if_mount(&target).map_err(step("cannot make the old /dev private"))?;
     }
     devns_sys::mount::move_onto(view, &target).map_err(step("cannot mount the view"))?;
     // The view's fd is its mounted root now.
@@ -101,7 +115,60 @@ fn place_view(proc_root: &OwnedFd, mntns: &OwnedFd, view: &OwnedFd, place: &Plac
             tracing::debug!(error = %e, "cannot make the container's /run/udev/control");
         }
     }
-    Ok(())
+    Ok(place.keep_covered.then_some(target))
+}
+
+/// Carries onto the view at `at` in the root of `pid` the mounts made
+/// since on `covered`, the `at` that view covers: an LXC container's
+/// devpts, ttys and console, which LXC makes after its autodev hook
+/// through a directory fd of the old `/dev`. `view_dev` is the view's
+/// device number: a different filesystem at `at` is refused.
+pub(crate) fn carry_covered(pid: i32, covered: &OwnedFd, view_dev: u64, at: &str) -> Result<()> {
+    let (root, mntns) = root_and_mntns(pid)?;
+    let done = devns_sys::procstate::on_own_fs_thread(|| -> Result<(), String> {
+        let step = |what: &str| {
+            let what = what.to_owned();
+            move |e: rustix::io::Errno| format!("{what}: {e}")
+        };
+        let me =
+            rustix::fs::open("/proc/thread-self", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(step("cannot open /proc/thread-self"))?;
+        devns_sys::procstate::enter_for_good(&mntns, devns_sys::procstate::Namespace::Mount)
+            .map_err(step("cannot enter the mount namespace"))?;
+        let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let view =
+            rustix::fs::openat2(&root, at, dir, Mode::empty(), in_root).map_err(step(&format!("cannot open {at}")))?;
+        let dev = rustix::fs::fstat(&view).map_err(step(&format!("cannot stat {at}")))?.st_dev;
+        if dev != view_dev {
+            return Err(format!("{at} is not the namespace's view any more"));
+        }
+        // Made shared again since (LXC shares the container's mounts
+        // before its pivot_root), and mounts below a shared one cannot be
+        // moved.
+        make_private_if_mount(covered).map_err(step("cannot make the old /dev private"))?;
+        for (fd, rel) in take_carried(&me, covered)? {
+            carry(&view, &fd, &rel).map_err(|e| format!("cannot carry the runtime's mount {}: {e}", rel.display()))?;
+        }
+        Ok(())
+    });
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => {
+            bail!("cannot carry the mounts made below the old {at} in process {pid}'s mount namespace: {why}")
+        }
+        Err(e) => bail!("cannot carry the mounts made below the old {at} in process {pid}'s mount namespace: {e}"),
+    }
+}
+
+/// Makes `fd`'s mount private when `fd` is its root (a plain directory
+/// has no propagation of its own).
+fn make_private_if_mount(fd: &OwnedFd) -> rustix::io::Result<()> {
+    let stx = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
+    if !stx.stx_attributes.contains(rustix::fs::StatxAttributes::MOUNT_ROOT) {
+        return Ok(());
+    }
+    devns_sys::mount::make_private(fd)
 }
 
 fn mnt_id(fd: BorrowedFd<'_>) -> rustix::io::Result<u64> {

@@ -48,7 +48,10 @@ impl Engine {
                     }
                     let (uids, gids) = read_maps(members[0].keeper.pid)?;
                     let uevents = uevent_sender(members[0].keeper.pid);
-                    self.kept.insert(id, Kept { view: None, tmp: None, uids, gids, members, uevents, access: None });
+                    self.kept.insert(
+                        id,
+                        Kept { view: None, tmp: None, uids, gids, members, uevents, access: None, covered: None },
+                    );
                     live.push((key, r));
                 }
                 // A stand-alone run's, or (seen by a run) the daemon's: once
