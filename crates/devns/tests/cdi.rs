@@ -12,6 +12,43 @@ fn read(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// The CDI JSON schema, as Debian's CDI package (0.5.2) ships it.
+const CDI_SCHEMA: &str =
+    "/usr/share/gocode/src/github.com/container-orchestrated-devices/container-device-interface/schema/schema.json";
+
+/// `spec` checked against the CDI schema by Debian's python3-jsonschema
+/// (draft 7, `defs.json` resolved beside the schema): `Err` with the
+/// validator's words when it does not validate.
+fn validate_cdi(spec: &Value) -> Result<(), String> {
+    assert!(Path::new(CDI_SCHEMA).exists(), "no CDI schema at {CDI_SCHEMA} (.ci/run installs its package)");
+    let check = r#"
+import json, sys, pathlib, jsonschema
+schema_path = pathlib.Path(sys.argv[1])
+schema = json.loads(schema_path.read_text())
+resolver = jsonschema.RefResolver(base_uri=schema_path.parent.as_uri() + "/", referrer=schema)
+validator = jsonschema.Draft7Validator(schema, resolver=resolver)
+errors = sorted(validator.iter_errors(json.load(sys.stdin)), key=lambda e: list(e.path))
+for e in errors:
+    print("/".join(map(str, e.path)) + ": " + e.message)
+sys.exit(1 if errors else 0)
+"#;
+    use std::io::Write;
+    let mut p = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", check, CDI_SCHEMA])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("Debian's python3 (with python3-jsonschema)");
+    p.stdin.take().unwrap().write_all(spec.to_string().as_bytes()).unwrap();
+    let o = p.wait_with_output().unwrap();
+    match o.status.code() {
+        Some(0) => Ok(()),
+        Some(1) => Err(String::from_utf8_lossy(&o.stdout).into_owned()),
+        _ => panic!("the validator did not run: {}", String::from_utf8_lossy(&o.stderr)),
+    }
+}
+
 fn names(spec: &Value) -> Vec<String> {
     spec["devices"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap().to_owned()).collect()
 }
@@ -30,6 +67,15 @@ fn generate_writes_one_device_per_assignable_device_each_devns_s_hook() {
     assert!(out.starts_with(&path.display().to_string()), "{out}");
     let spec = read(&path);
     assert_eq!((spec["cdiVersion"].as_str(), spec["kind"].as_str()), (Some("0.5.0"), Some("devns.io/device")));
+    // It validates against the CDI JSON schema; the same spec broken (a
+    // device without its edits, a hook's args not strings) does not, so
+    // the check is one that can fail.
+    validate_cdi(&spec).unwrap_or_else(|e| panic!("devns's CDI spec against the CDI schema:\n{e}"));
+    let mut broken = spec.clone();
+    broken["devices"][0].as_object_mut().unwrap().remove("containerEdits");
+    broken["devices"][1]["containerEdits"]["hooks"][0]["args"] = serde_json::json!([1, 2]);
+    let e = validate_cdi(&broken).expect_err("a broken spec validates");
+    assert!(e.contains("'containerEdits' is a required property") && e.contains("is not of type 'string'"), "{e}");
     let names = names(&spec);
     assert_eq!(names[0], "loop");
     assert!(names.contains(&l.name), "{names:?}");
