@@ -119,6 +119,44 @@ pub fn cdi_names(class: &Class, offered: &[Offered], ids: &[String], kind: &str)
     Ok(out)
 }
 
+/// `GetPreferredAllocation` for one container: of `available`, the
+/// `must` ones first, then the others in the class's order (by id), healthy
+/// ones only, `size` in all. A size the available ones cannot fill, or an
+/// id the class does not offer, is an error that says so.
+pub fn preferred(
+    class: &Class,
+    offered: &[Offered],
+    available: &[String],
+    must: &[String],
+    size: i32,
+) -> Result<Vec<String>, String> {
+    let size = usize::try_from(size).ok().filter(|s| *s > 0 && *s <= available.len()).ok_or_else(|| {
+        format!("an allocation of {size} from {} available devices of {}", available.len(), class.resource)
+    })?;
+    if let Some(id) = available.iter().chain(must).find(|id| !offered.iter().any(|o| &o.id == *id)) {
+        return Err(format!("device {id:?} is not one of {}'s", class.resource));
+    }
+    if let Some(id) = must.iter().find(|id| !available.contains(id)) {
+        return Err(format!("device {id:?} must be included but is not available"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(size);
+    for id in must {
+        if !out.contains(id) {
+            out.push(id.clone());
+        }
+    }
+    for o in offered {
+        if out.len() >= size {
+            break;
+        }
+        if o.healthy && available.contains(&o.id) && !out.contains(&o.id) {
+            out.push(o.id.clone());
+        }
+    }
+    out.truncate(size.max(must.len()));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +206,26 @@ mod tests {
         );
         let l = Class::parse("devns.io/loop=loop").unwrap();
         assert_eq!(offered(&l, &rows, 2).iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["loop-0", "loop-1"]);
+    }
+
+    #[test]
+    fn a_preferred_allocation_takes_the_musts_then_the_class_order() {
+        let rows = [row("vda", "host", false), row("vdb", "host", false), row("vdc", "id:3", false)];
+        let c = Class::parse("devns.io/disk=vd*").unwrap();
+        let o = offered(&c, &rows, 0);
+        let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let all = ids(&["vdc", "vdb", "vda"]);
+        assert_eq!(preferred(&c, &o, &all, &[], 1).unwrap(), ["vda"]);
+        assert_eq!(preferred(&c, &o, &all, &ids(&["vdb"]), 2).unwrap(), ["vdb", "vda"]);
+        // An unhealthy one is not preferred, however available.
+        assert_eq!(preferred(&c, &o, &all, &[], 3).unwrap(), ["vda", "vdb"]);
+        assert!(preferred(&c, &o, &all, &[], 0).unwrap_err().contains("an allocation of 0"));
+        assert!(preferred(&c, &o, &all, &[], 4).unwrap_err().contains("from 3 available"));
+        assert!(preferred(&c, &o, &ids(&["vdx"]), &[], 1).unwrap_err().contains("\"vdx\""));
+        assert!(preferred(&c, &o, &ids(&["vda"]), &ids(&["vdb"]), 1).unwrap_err().contains("not available"));
+        let l = Class::parse("devns.io/loop=loop").unwrap();
+        let lo = offered(&l, &[], 4);
+        assert_eq!(preferred(&l, &lo, &ids(&["loop-3", "loop-1"]), &[], 1).unwrap(), ["loop-1"]);
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! spec, which the runtime turns into devns's hook. The decisions are
 //! `devns_core::deviceplugin`'s.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use devns_core::api::DeviceRow;
-use devns_core::deviceplugin::{Class, Offered, cdi_names, offered};
+use devns_core::deviceplugin::{Class, Offered, cdi_names, offered, preferred};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use tokio::sync::watch;
@@ -47,6 +47,11 @@ struct Plugin {
 
 type DeviceStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<api::ListAndWatchResponse, Status>> + Send>>;
 
+/// What the plugin does beyond the required calls: a preferred allocation.
+fn options() -> api::DevicePluginOptions {
+    api::DevicePluginOptions { pre_start_required: false, get_preferred_allocation_available: true }
+}
+
 fn to_api(list: &[Offered]) -> api::ListAndWatchResponse {
     let devices = list
         .iter()
@@ -65,7 +70,7 @@ impl DevicePlugin for Plugin {
         &self,
         _: Request<api::Empty>,
     ) -> Result<Response<api::DevicePluginOptions>, Status> {
-        Ok(Response::new(api::DevicePluginOptions::default()))
+        Ok(Response::new(options()))
     }
 
     type ListAndWatchStream = DeviceStream;
@@ -89,9 +94,17 @@ impl DevicePlugin for Plugin {
 
     async fn get_preferred_allocation(
         &self,
-        _: Request<api::PreferredAllocationRequest>,
+        req: Request<api::PreferredAllocationRequest>,
     ) -> Result<Response<api::PreferredAllocationResponse>, Status> {
-        Err(Status::unimplemented("devns has no preferred allocation (GetPreferredAllocationAvailable is false)"))
+        let list = self.lists.borrow().get(self.index).cloned().unwrap_or_default();
+        let mut container_responses = Vec::new();
+        for c in req.into_inner().container_requests {
+            let ids =
+                preferred(&self.class, &list, &c.available_device_i_ds, &c.must_include_device_i_ds, c.allocation_size)
+                    .map_err(Status::invalid_argument)?;
+            container_responses.push(api::ContainerPreferredAllocationResponse { device_i_ds: ids });
+        }
+        Ok(Response::new(api::PreferredAllocationResponse { container_responses }))
     }
 
     async fn allocate(&self, req: Request<api::AllocateRequest>) -> Result<Response<api::AllocateResponse>, Status> {
@@ -177,9 +190,48 @@ pub fn run(opts: Options) -> Result<i32> {
 }
 
 async fn serve(opts: Options, rx: watch::Receiver<Lists>) -> Result<i32> {
-    let mut servers = Vec::new();
+    let mut tasks = Vec::new();
     for (index, class) in opts.classes.iter().enumerate() {
-        let path = opts.dir.join(class.socket_name());
+        let plugin = Plugin { index, class: class.clone(), kind: opts.kind.clone(), lists: rx.clone() };
+        tasks.push(tokio::spawn(keep_registered(opts.dir.clone(), plugin)));
+    }
+    for t in tasks {
+        t.await.context("a plugin server")??;
+    }
+    Ok(0)
+}
+
+/// A file's identity: a socket made again is another one.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+}
+
+/// How often the plugin looks whether the kubelet restarted.
+const KUBELET_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Serves `plugin` on its socket in `dir` and registers it with the
+/// kubelet there, again each time the kubelet restarts: a kubelet that
+/// starts removes every socket in its directory and makes its own again,
+/// so a plugin socket gone, or a `kubelet.sock` that is another, means
+/// serving anew and registering again (as the kubelet's own plugins do).
+/// A kubelet not there yet is waited for.
+async fn keep_registered(dir: PathBuf, plugin: Plugin) -> Result<()> {
+    let class = plugin.class.clone();
+    let path = dir.join(class.socket_name());
+    let kubelet = dir.join("kubelet.sock");
+    let service = DevicePluginServer::new(plugin);
+    let mut waited = false;
+    loop {
+        let Some(kubelet_id) = identity(&kubelet) else {
+            if !waited {
+                tracing::info!(kubelet = %kubelet.display(), "waiting for the kubelet");
+                waited = true;
+            }
+            tokio::time::sleep(KUBELET_POLL).await;
+            continue;
+        };
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::info!(path = %path.display(), "removed a stale plugin socket"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -187,30 +239,64 @@ async fn serve(opts: Options, rx: watch::Receiver<Lists>) -> Result<i32> {
         }
         let listener =
             tokio::net::UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
-        let plugin = Plugin { index, class: class.clone(), kind: opts.kind.clone(), lists: rx.clone() };
+        let own_id = identity(&path);
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        servers.push(tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(DevicePluginServer::new(plugin))
-                .serve_with_incoming(incoming),
-        ));
+        let server = tokio::spawn(
+            tonic::transport::Server::builder().add_service(service.clone()).serve_with_incoming(incoming),
+        );
         // Registered once it serves: the kubelet calls it back at once.
-        let kubelet = opts.dir.join("kubelet.sock");
-        let ch = channel(kubelet.clone()).await.with_context(|| format!("the kubelet at {}", kubelet.display()))?;
-        let req = api::RegisterRequest {
-            version: VERSION.into(),
-            endpoint: class.socket_name(),
-            resource_name: class.resource.clone(),
-            options: Some(api::DevicePluginOptions::default()),
-        };
-        api::registration_client::RegistrationClient::new(ch)
-            .register(req)
-            .await
-            .map_err(|s| anyhow!("the kubelet refused {}: {}", class.resource, s.message()))?;
-        tracing::info!(resource = %class.resource, socket = %path.display(), "registered with the kubelet");
+        match register(&kubelet, &class).await {
+            Ok(()) => {
+                tracing::info!(resource = %class.resource, socket = %path.display(), "registered with the kubelet")
+            }
+            Err(Refused(e)) => return Err(e),
+            Err(Unreachable(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot register with the kubelet; trying again");
+                server.abort();
+                tokio::time::sleep(KUBELET_POLL).await;
+                continue;
+            }
+        }
+        // Served until the kubelet is another, or took the socket away.
+        while identity(&kubelet) == Some(kubelet_id) && identity(&path) == own_id && !server.is_finished() {
+            tokio::time::sleep(KUBELET_POLL).await;
+        }
+        if server.is_finished() {
+            server.await.context("a plugin server")?.context("a plugin server")?;
+            bail!("the plugin server of {} ended", class.resource);
+        }
+        // Its listener ends here; a connection of the old kubelet's is
+        // served until that kubelet closes it.
+        server.abort();
+        tracing::info!(resource = %class.resource, "the kubelet restarted; serving and registering again");
+        waited = false;
     }
-    for s in servers {
-        s.await.context("a plugin server")?.context("a plugin server")?;
+}
+
+enum RegisterError {
+    /// The kubelet answered no: said, and the plugin stops.
+    Refused(anyhow::Error),
+    /// No answer: tried again once the kubelet is back.
+    Unreachable(anyhow::Error),
+}
+use RegisterError::{Refused, Unreachable};
+
+async fn register(kubelet: &Path, class: &Class) -> Result<(), RegisterError> {
+    let ch = channel(kubelet.to_owned())
+        .await
+        .with_context(|| format!("the kubelet at {}", kubelet.display()))
+        .map_err(Unreachable)?;
+    let req = api::RegisterRequest {
+        version: VERSION.into(),
+        endpoint: class.socket_name(),
+        resource_name: class.resource.clone(),
+        options: Some(options()),
+    };
+    match api::registration_client::RegistrationClient::new(ch).register(req).await {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::Unavailable => {
+            Err(Unreachable(anyhow!("the kubelet at {}: {}", kubelet.display(), s.message())))
+        }
+        Err(s) => Err(Refused(anyhow!("the kubelet refused {}: {}", class.resource, s.message()))),
     }
-    Ok(0)
 }

@@ -260,16 +260,21 @@ mod kubelet {
         }
     }
 
-    pub async fn serve(path: PathBuf) -> mpsc::UnboundedReceiver<api::RegisterRequest> {
+    /// The Registration service at `path`, and its task (aborted: the
+    /// kubelet gone).
+    pub async fn serve(
+        path: PathBuf,
+    ) -> (mpsc::UnboundedReceiver<api::RegisterRequest>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>)
+    {
         let (tx, rx) = mpsc::unbounded_channel();
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        tokio::spawn(
+        let task = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(api::registration_server::RegistrationServer::new(Registration(tx)))
                 .serve_with_incoming(incoming),
         );
-        rx
+        (rx, task)
     }
 
     pub async fn plugin(path: PathBuf) -> api::device_plugin_client::DevicePluginClient<tonic::transport::Channel> {
@@ -301,7 +306,7 @@ fn the_device_plugin_registers_follows_devices_and_allocates_cdi_names_podman_ho
     let kind = format!("{tag}.devns.io/device");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut registered = kubelet::serve(dir.join("kubelet.sock")).await;
+        let (mut registered, kubelet_task) = kubelet::serve(dir.join("kubelet.sock")).await;
         let class = format!("devns.io/disk={},{b_name}", a.name());
         let plugin = env
             .devns()
@@ -312,6 +317,7 @@ fn the_device_plugin_registers_follows_devices_and_allocates_cdi_names_podman_ho
         let req = tokio::time::timeout(std::time::Duration::from_secs(30), registered.recv()).await.unwrap().unwrap();
         assert_eq!((req.version.as_str(), req.resource_name.as_str()), ("v1beta1", "devns.io/disk"));
         assert_eq!(req.endpoint, "devns-devns.io_disk.sock");
+        assert!(req.options.is_some_and(|o| o.get_preferred_allocation_available && !o.pre_start_required));
         let mut client = kubelet::plugin(dir.join(&req.endpoint)).await;
         let mut stream = client.list_and_watch(api::Empty {}).await.unwrap().into_inner();
         async fn next_list(s: &mut tonic::Streaming<api::ListAndWatchResponse>) -> Vec<(String, String)> {
@@ -331,6 +337,22 @@ fn the_device_plugin_registers_follows_devices_and_allocates_cdi_names_podman_ho
         let mut both = vec![healthy(&a.name()), healthy(&b.name())];
         both.sort();
         assert_eq!(next!().await, both);
+        // A preferred allocation: the musts first, then the class's order.
+        let prefer = |available: Vec<String>, must: Vec<String>, size: i32| api::PreferredAllocationRequest {
+            container_requests: vec![api::ContainerPreferredAllocationRequest {
+                available_device_i_ds: available,
+                must_include_device_i_ds: must,
+                allocation_size: size,
+            }],
+        };
+        let mut sorted = vec![a.name(), b.name()];
+        sorted.sort();
+        let got = client.get_preferred_allocation(prefer(vec![b.name(), a.name()], vec![], 1)).await.unwrap();
+        assert_eq!(got.into_inner().container_responses[0].device_i_ds, [sorted[0].clone()]);
+        let got = client.get_preferred_allocation(prefer(sorted.clone(), vec![sorted[1].clone()], 2)).await.unwrap();
+        assert_eq!(got.into_inner().container_responses[0].device_i_ds, [sorted[1].clone(), sorted[0].clone()]);
+        let err = client.get_preferred_allocation(prefer(sorted.clone(), vec![], 3)).await.unwrap_err();
+        assert!(err.message().contains("an allocation of 3 from 2 available"), "{err:?}");
         // Assigned elsewhere: unhealthy for the kubelet.
         let mut x = shell_container(&env, &["--name", "x"]);
         assert_eq!(x.sh("echo in"), ["in"]);
@@ -360,6 +382,20 @@ fn the_device_plugin_registers_follows_devices_and_allocates_cdi_names_podman_ho
         };
         let err = client.allocate(bad).await.unwrap_err();
         assert!(err.message().contains("nosuch"), "{err:?}");
+
+        // The kubelet restarts: it removes every socket in its directory
+        // and makes its own again. The plugin serves anew and registers
+        // again, its list as before.
+        kubelet_task.abort();
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+        let (mut registered, _kubelet_task) = kubelet::serve(dir.join("kubelet.sock")).await;
+        let req = tokio::time::timeout(std::time::Duration::from_secs(30), registered.recv()).await.unwrap().unwrap();
+        assert_eq!(req.resource_name, "devns.io/disk");
+        let mut client = kubelet::plugin(dir.join(&req.endpoint)).await;
+        stream = client.list_and_watch(api::Empty {}).await.unwrap().into_inner();
+        assert_eq!(next!().await, [healthy(&a.name())]);
 
         // podman, as the CRI runtime would, given the CDI name.
         let spec = PublishedSpec::new(&tag);
