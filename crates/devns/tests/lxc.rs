@@ -246,7 +246,8 @@ fn an_autodev_join_is_taken_only_on_the_monitors_word_for_its_container_once() {
     }
     let env = Env::new();
     let _d = Daemon::start(&env);
-    let root = reachable_dir("join");
+    let dir = SharedDir::new("join");
+    let root = dir.0.clone();
     std::fs::create_dir(root.join("dev")).unwrap();
     let cg = TestCgroup::new("join");
     let me = std::process::id();
