@@ -15,7 +15,9 @@
 //! Also the loop device a call made and has not recorded yet (made with
 //! `LOOP_CTL_ADD`, not yet in its namespace's record): a daemon killed in
 //! between leaves its number here, and the next removes that device
-//! unless a record has it, so that no device leaks.
+//! unless a record has it, so that no device leaks. A stand-alone `devns
+//! run` keeps one too, for this alone: its watcher reads it once the run
+//! is killed.
 
 use devns_core::keep::InFlight;
 use devns_sys::seccomp::{Notif, NotifResp, SeccompData};

@@ -8,14 +8,16 @@
 //! records, as the next devns command would ([`Engine::recover`]), and
 //! exits. If the watcher is killed too, the next devns command still does.
 //!
-//! It holds the keeper's and the container's pidfds and nothing else of
-//! the keeper's: no lock, view, listener, channel or terminal (stderr
+//! It holds the keeper's and the container's pidfds, and the keeper's
+//! journal of the loop device it made and has not recorded yet (whose
+//! device it removes too), and nothing else of the keeper's: no lock, view, listener, channel or terminal (stderr
 //! stays, for its log), so it keeps no kernel object alive. It runs in a
 //! session of its own, named `devns-watcher`, with the keeper's signals
 //! still blocked: a terminal's hangup or a stray SIGTERM cannot cost the
 //! cleanup.
 
 use crate::engine::{Engine, Role};
+use crate::journal::Journal;
 use crate::store::Store;
 use anyhow::{Context, Result};
 use devns_core::config::Config;
@@ -46,16 +48,23 @@ impl Watcher {
     /// # Safety
     /// As for `fork(2)`: this process must be single-threaded (the watcher
     /// runs ordinary Rust, the engine's cleanup, without an exec).
-    pub unsafe fn start(container: BorrowedFd<'_>, state_dir: &Path, cfg: &Config) -> Result<Watcher> {
+    pub unsafe fn start(
+        container: BorrowedFd<'_>,
+        made: Option<&Journal>,
+        state_dir: &Path,
+        cfg: &Config,
+    ) -> Result<Watcher> {
         let keeper = rustix::process::pidfd_open(rustix::process::getpid(), PidfdFlags::empty())
             .context("cannot open a pidfd of this process")?;
         let container = container.try_clone_to_owned().context("cannot hold the container's pidfd")?;
+        let made = made.and_then(Journal::another);
         // SAFETY: the caller guarantees a single thread; the child never
         // returns into this process's frames (it exits below).
         match unsafe { sysproc::fork_into(0) }.context("cannot fork the run's watcher")? {
             Forked::Child => {
-                let code =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| watch(keeper, container, state_dir, cfg)));
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    watch(keeper, container, made, state_dir, cfg)
+                }));
                 std::process::exit(code.unwrap_or(125));
             }
             Forked::Parent { pidfd, .. } => Ok(Watcher { pidfd }),
@@ -71,8 +80,10 @@ impl Drop for Watcher {
 }
 
 /// The watcher's whole life; returns its exit status.
-fn watch(keeper: OwnedFd, container: OwnedFd, state_dir: &Path, cfg: &Config) -> i32 {
-    if let Err(e) = let_go_of_the_keeper(&[keeper.as_fd(), container.as_fd()]) {
+fn watch(keeper: OwnedFd, container: OwnedFd, made: Option<Journal>, state_dir: &Path, cfg: &Config) -> i32 {
+    let mut keep = vec![keeper.as_fd(), container.as_fd()];
+    keep.extend(made.as_ref().map(Journal::fd));
+    if let Err(e) = let_go_of_the_keeper(&keep) {
         tracing::warn!(error = %format!("{e:#}"), "the run's watcher cannot set itself up: a killed run is cleaned by the next devns command");
         return 125;
     }
@@ -94,7 +105,14 @@ fn watch(keeper: OwnedFd, container: OwnedFd, state_dir: &Path, cfg: &Config) ->
     let swept = Store::open(state_dir)
         .map_err(anyhow::Error::from)
         .and_then(|store| Engine::open(Role::Look, cfg.clone(), store, None))
-        .and_then(|mut engine| engine.recover());
+        .and_then(|mut engine| {
+            engine.recover()?;
+            // A loop device the keeper made and was killed before recording.
+            if let Some(index) = made.as_ref().and_then(Journal::unrecorded_loop) {
+                engine.drop_unrecorded_loop(index);
+            }
+            Ok(())
+        });
     match swept {
         Ok(()) => 0,
         Err(e) => {

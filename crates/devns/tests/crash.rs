@@ -136,6 +136,43 @@ fn a_loop_device_made_by_a_daemon_killed_before_recording_it_is_removed_by_the_n
     eventually("the container's device removed with it", || disk.gone());
 }
 
+/// A stand-alone `devns run` (no daemon) killed between making a loop
+/// device and recording it: its watcher removes the device, which the
+/// run's journal names.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_loop_device_made_by_a_run_killed_before_recording_it_is_removed_by_its_watcher() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let imgs = common::images::Images::new("runloop");
+    let img = imgs.make("a.img", false);
+    let ours_before: Vec<(String, u64)> = devns_loops();
+    let mut cmd = env.devns();
+    cmd.env("DEVNS_TEST_STOP_IN_CALL", "loop-made").args(["run", "--name", "a", "--", "sh", "-c"]);
+    cmd.arg(format!("echo ready; losetup -f --show {img}; echo end"));
+    let mut c = Container::spawn(&mut cmd);
+    assert_eq!(c.line(), "ready");
+    eventually("the run stopped with the device made", || stopped(c.pid()));
+    let made: Vec<(String, u64)> = devns_loops().into_iter().filter(|l| !ours_before.contains(l)).collect();
+    let made: Vec<_> =
+        made.into_iter().filter(|(n, _)| !Path::new(&format!("/sys/block/{n}/loop/backing_file")).exists()).collect();
+    assert!(!made.is_empty(), "a device made before the stop");
+    let _leak = Unrecorded(made.clone());
+    rustix::process::kill_process(rustix::process::Pid::from_raw(c.pid()).unwrap(), rustix::process::Signal::KILL)
+        .unwrap();
+    let _ = c.child.wait();
+    for (name, ino) in &made {
+        let same = || std::fs::metadata(format!("/sys/block/{name}")).map(|m| m.ino()).ok() == Some(*ino);
+        eventually(&format!("{name} removed by the watcher"), || !same());
+    }
+    eventually("the run's namespace freed", || {
+        std::fs::read_dir(env.state_dir().join("ns")).is_ok_and(|mut d| d.next().is_none())
+    });
+}
+
 /// Removes, when the test fails, those of these devices that are still the
 /// same ones (by inode) and unbound: what the bug under test leaks.
 struct Unrecorded(Vec<(String, u64)>);

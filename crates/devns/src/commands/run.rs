@@ -131,11 +131,21 @@ pub fn run(global: &Global, args: Args) -> Result<i32> {
     let uevents = crate::uevents::socket()
         .map_err(|e| tracing::warn!(error = %e, "no uevents: partitions appear only through partx"))
         .ok();
+    // The loop device made and not recorded yet, where the watcher reads it
+    // if this process is killed in between (a daemon's is its journal).
+    let made = crate::journal::Journal::create()
+        .map_err(|e| tracing::warn!(error = %e, "no journal of loop devices made: one made as this run is killed may be left"))
+        .ok();
+    if let Some(j) = made.as_ref().and_then(crate::journal::Journal::another) {
+        // For the tests (not documented): stop here at `loop-made`.
+        let stop = std::env::var("DEVNS_TEST_STOP_IN_CALL").ok().and_then(|v| crate::journal::Stop::parse(&v));
+        engine.note_made_loops(j, stop);
+    }
     let watcher = &mut run.watcher;
     let watch = |container: BorrowedFd<'_>| {
         // SAFETY: still single-threaded: as at the container's spawn, just
         // before (the terminal's relay starts its threads later).
-        *watcher = unsafe { Watcher::start(container, &global.state_dir, &cfg) }
+        *watcher = unsafe { Watcher::start(container, made.as_ref(), &global.state_dir, &cfg) }
             .map_err(|e| tracing::warn!(error = %format!("{e:#}"), "no watcher: if this process is killed, the next devns command cleans up"))
             .ok();
     };

@@ -133,9 +133,10 @@ impl Engine {
         self.stop_at_made = stop.filter(|s| *s == crate::journal::Stop::LoopMade);
     }
 
-    /// At a daemon's start: removes loop device `index`, which the last
-    /// daemon made and may have died before recording, unless a record
-    /// has it (then it was recorded after all).
+    /// At a daemon's start (or by a killed run's watcher): removes loop
+    /// device `index`, which the last daemon (or the run) made and may have
+    /// died before recording, unless a record has it (then it was recorded
+    /// after all).
     pub fn drop_unrecorded_loop(&mut self, index: u32) {
         // Under the writers' lock: no other keeper is between making a
         // device and recording it meanwhile.
