@@ -10,8 +10,9 @@
 //! it alone. A third way is devns by its createRuntime hook (and the
 //! profile), as hooks.d users have it; a fourth devns's profile without
 //! asking for devns (the listener served, never attached), what the
-//! runtime pays for a notifying profile. The ways rotate, in one run, so
-//! that the machine's drift falls on all.
+//! runtime pays for a notifying profile. The ways take turns, in one run,
+//! each round in a shuffled order (the same in every run), so that the
+//! machine's drift falls on all and no way always follows the same one.
 //!
 //! Each sample is the time from spawning the runtime until the container's
 //! first command (`echo ready`) has written its line; the container's end
@@ -250,9 +251,14 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
     let mut rows = Vec::new();
     for runtime in ["runc run", "podman run (runc)"] {
         let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        // The same orders in every run of the benchmark.
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
         for i in 0..WARMUP + samples {
-            // Rotating which way goes first.
-            for k in (0..WAYS.len()).map(|j| (i + j) % WAYS.len()) {
+            // Each round in an order of its own: a rotation would have each
+            // way always follow the same one, and pay for what that one
+            // left the machine doing (its release, the kernel's teardown of
+            // its namespaces), which the rest of the rounds cannot cancel.
+            for k in order(&mut seed, WAYS.len()) {
                 let way = WAYS[k];
                 let cmd = if runtime.starts_with("runc") {
                     let mut c = runc(work);
@@ -303,7 +309,7 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
         rows.push((runtime, without, hooked, with, listener));
     }
     println!(
-        "{samples} starts per way per runtime, rotating (µs; with devns: the profile alone, attached as its listener comes or at its first execve; hooks: by the createRuntime hook; profile only: devns's profile, not asking for devns):"
+        "{samples} starts per way per runtime, in shuffled turns (µs; with devns: the profile alone, attached as its listener comes or at its first execve; hooks: by the createRuntime hook; profile only: devns's profile, not asking for devns):"
     );
     println!(
         "| runtime | p50 without | p50 with devns | ratio | + ms | p99 without | p99 with devns | ratio | p50 hooks | hooks ratio | hooks + ms | p50 profile only | + ms |"
@@ -326,8 +332,7 @@ fn bench(bin: &Path, work: &Path, samples: usize) -> Result<()> {
 /// Waits, untimed, until the daemon has let go of every namespace (a
 /// container's end is followed by its release: view, program, records)
 /// and a little more (its spare program loaded): so that no way's
-/// sample pays for the one before, which the rotation would make always
-/// the same way.
+/// sample pays for the one before.
 fn settle(bin: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -343,6 +348,18 @@ fn settle(bin: &Path) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(20));
     Ok(())
+}
+
+/// `0..n` shuffled (Fisher-Yates, xorshift64 from `seed`): a round's order.
+fn order(seed: &mut u64, n: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        v.swap(i, (*seed % (i as u64 + 1)) as usize);
+    }
+    v
 }
 
 /// Every container, cgroup, mount and file the benchmark made.

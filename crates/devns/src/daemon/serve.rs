@@ -39,9 +39,30 @@ impl Daemon {
                 rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 }
             });
             events.clear();
-            match rustix::event::epoll::wait(&self.ep, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e).context("epoll_wait"),
+            // The next namespace's device program is loaded ahead only when
+            // nothing waits: a container's call trapped meanwhile (its
+            // first execve, as its attach ends) goes first.
+            let mut waiting = false;
+            if self.engine.wants_spare() {
+                let now = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+                match rustix::event::epoll::wait(&self.ep, rustix::buffer::spare_capacity(&mut events), Some(&now)) {
+                    Ok(n) => waiting = n > 0,
+                    Err(rustix::io::Errno::INTR) => waiting = true,
+                    Err(e) => return Err(e).context("epoll_wait"),
+                }
+                if !waiting {
+                    self.engine.prepare();
+                }
+            }
+            if !waiting {
+                match rustix::event::epoll::wait(
+                    &self.ep,
+                    rustix::buffer::spare_capacity(&mut events),
+                    timeout.as_ref(),
+                ) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e).context("epoll_wait"),
+                }
             }
             for ev in events.iter().copied() {
                 let (token, flags) = (ev.data.u64(), ev.flags);
@@ -92,7 +113,6 @@ impl Daemon {
                 self.on_conn(id);
             }
             self.engine.retry_busy();
-            self.engine.prepare();
             let now = Instant::now();
             self.agent_expire(now);
             let expired: Vec<u64> =

@@ -135,11 +135,16 @@ impl Engine {
         }
     }
 
+    /// Whether [`Engine::prepare`] has something to do.
+    pub fn wants_spare(&self) -> bool {
+        self.spare.is_none() && self.keep_spare && self.cgroups.is_some() && self.role == Role::Daemon
+    }
+
     /// Loads a device map and program ahead for the next namespace, when
-    /// the daemon has none spare: called between requests, so that a
+    /// the daemon has none spare: called when nothing waits, so that a
     /// container's start does not wait for them.
     pub fn prepare(&mut self) {
-        if self.spare.is_some() || !self.keep_spare || self.cgroups.is_none() || self.role != Role::Daemon {
+        if !self.wants_spare() {
             return;
         }
         match crate::bpf::Prepared::new(Path::new("(spare)")) {
