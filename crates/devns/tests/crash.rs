@@ -112,11 +112,7 @@ fn a_loop_device_made_by_a_daemon_killed_before_recording_it_is_removed_by_the_n
     let mut c = shell_container(&env, &["--name", "a"]);
     c.send(&format!("losetup -f --show {img}; echo end\n"));
     eventually("the daemon stopped with the device made", || stopped(d.pid()));
-    let made: Vec<(String, u64)> = devns_loops().into_iter().filter(|l| !ours_before.contains(l)).collect();
-    // Other tests make devices of their own meanwhile: the unbound one.
-    let made: Vec<_> =
-        made.into_iter().filter(|(n, _)| !Path::new(&format!("/sys/block/{n}/loop/backing_file")).exists()).collect();
-    assert!(!made.is_empty(), "a device made before the stop");
+    let made = unbound_since(&ours_before);
     let _leak = Unrecorded(made.clone());
     d.kill9();
     let _d = Daemon::start(&env);
@@ -156,10 +152,7 @@ fn a_loop_device_made_by_a_run_killed_before_recording_it_is_removed_by_its_watc
     let mut c = Container::spawn(&mut cmd);
     assert_eq!(c.line(), "ready");
     eventually("the run stopped with the device made", || stopped(c.pid()));
-    let made: Vec<(String, u64)> = devns_loops().into_iter().filter(|l| !ours_before.contains(l)).collect();
-    let made: Vec<_> =
-        made.into_iter().filter(|(n, _)| !Path::new(&format!("/sys/block/{n}/loop/backing_file")).exists()).collect();
-    assert!(!made.is_empty(), "a device made before the stop");
+    let made = unbound_since(&ours_before);
     let _leak = Unrecorded(made.clone());
     rustix::process::kill_process(rustix::process::Pid::from_raw(c.pid()).unwrap(), rustix::process::Signal::KILL)
         .unwrap();
@@ -171,6 +164,18 @@ fn a_loop_device_made_by_a_run_killed_before_recording_it_is_removed_by_its_watc
     eventually("the run's namespace freed", || {
         std::fs::read_dir(env.state_dir().join("ns")).is_ok_and(|mut d| d.next().is_none())
     });
+}
+
+/// devns's loop devices made since `before` and unbound (other tests make
+/// devices of their own meanwhile): the one made before the stop.
+fn unbound_since(before: &[(String, u64)]) -> Vec<(String, u64)> {
+    let made: Vec<_> = devns_loops()
+        .into_iter()
+        .filter(|l| !before.contains(l))
+        .filter(|(n, _)| !Path::new(&format!("/sys/block/{n}/loop/backing_file")).exists())
+        .collect();
+    assert!(!made.is_empty(), "a device made before the stop");
+    made
 }
 
 /// Removes, when the test fails, those of these devices that are still the
