@@ -233,8 +233,85 @@ pub fn resume(in_flight: InFlight, still_waiting: bool) -> Resume {
     }
 }
 
+/// What a restarted daemon must know of a runtime's listener beyond its
+/// namespace, noted in the state directory beside it (`listeners/KEY.json`):
+/// the container whose runtime passed it (which crun's exec listeners name)
+/// and what is still due at its first trapped call.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerNote {
+    pub container: String,
+    #[serde(default)]
+    pub due: Option<DueNote>,
+}
+
+/// A listener's first call's due work (the daemon's `Due`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DueNote {
+    /// Bring the container in as `name`, with `devices`.
+    Attach { name: String, devices: Vec<String> },
+    /// Defer the runtime's device rules of process `pid` again.
+    Defer { pid: i32 },
+}
+
+/// Largest note read back; the most devices one names.
+pub const MAX_NOTE_BYTES: usize = 16 << 10;
+pub const MAX_NOTE_DEVICES: usize = 64;
+
+/// A note read back, checked: one that is not devns's (too large, not the
+/// shape, a name or device that could not have been written) is `Err`,
+/// and its listener is served as one with nothing due.
+pub fn parse_note(bytes: &[u8]) -> Result<ListenerNote, String> {
+    if bytes.len() > MAX_NOTE_BYTES {
+        return Err(format!("larger than {MAX_NOTE_BYTES} bytes"));
+    }
+    let n: ListenerNote = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let printable = |s: &str, max: usize| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
+    if !printable(&n.container, 1024) {
+        return Err("the container id is not 1 to 1024 printable characters".into());
+    }
+    match &n.due {
+        Some(DueNote::Attach { name, devices }) => {
+            if !crate::hook::is_name(name) {
+                return Err(format!("{name:?} is not a namespace name"));
+            }
+            if devices.len() > MAX_NOTE_DEVICES || !devices.iter().all(|d| printable(d, 256)) {
+                return Err("its devices are not up to 64 names of 1 to 256 printable characters".into());
+            }
+        }
+        Some(DueNote::Defer { pid }) if *pid <= 0 => return Err(format!("pid {pid} names no process")),
+        _ => {}
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_listener_note_reads_back_and_a_bad_one_is_refused() {
+        let n = ListenerNote {
+            container: "c1".into(),
+            due: Some(DueNote::Attach { name: "web".into(), devices: vec!["loop3".into()] }),
+        };
+        let text = serde_json::to_vec(&n).unwrap();
+        assert_eq!(parse_note(&text), Ok(n));
+        let d = ListenerNote { container: "c1".into(), due: Some(DueNote::Defer { pid: 42 }) };
+        assert_eq!(parse_note(&serde_json::to_vec(&d).unwrap()), Ok(d));
+        assert_eq!(parse_note(br#"{"container":"c1"}"#).unwrap().due, None);
+        for bad in [
+            &br#"{"container":""}"#[..],
+            br#"{"container":"c1","due":{"do":"attach","name":"a:b","devices":[]}}"#,
+            br#"{"container":"c1","due":{"do":"defer","pid":0}}"#,
+            br#"{"container":"c1","due":{"do":"explode"}}"#,
+            br#"{"container":"c1","extra":1}"#,
+            b"not json",
+        ] {
+            assert!(parse_note(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(parse_note(&vec![b' '; MAX_NOTE_BYTES + 1]).unwrap_err().contains("larger"));
+    }
+
     use super::*;
     use proptest::prelude::*;
 

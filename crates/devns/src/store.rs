@@ -32,6 +32,7 @@ pub enum StoreError {
 }
 
 /// The file of dead namespaces' loop devices pending removal.
+const LISTENERS: &str = "listeners";
 const PENDING: &str = "pending-loops.json";
 
 pub struct Store {
@@ -213,5 +214,56 @@ impl Store {
     pub fn write_pending(&self, p: &[devns_core::loopctl::LoopDev]) -> Result<(), StoreError> {
         write_json(&self.dir.join(PENDING), &p)?;
         sync_dir(&self.dir)
+    }
+
+    fn note_path(&self, key: u64) -> PathBuf {
+        self.dir.join(LISTENERS).join(format!("{key}.json"))
+    }
+
+    /// Notes what a restarted daemon must know of the listener kept as
+    /// `key` (`listeners/KEY.json`). Written whole (a rename), not synced:
+    /// it is for a daemon that dies, not a host that does, whose containers
+    /// die with it.
+    pub fn write_note(&self, key: u64, note: &devns_core::keep::ListenerNote) -> Result<(), StoreError> {
+        let dir = self.dir.join(LISTENERS);
+        let write_err = |p: &Path, source| StoreError::Write { path: p.to_owned(), source };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| write_err(&dir, e))?;
+        let path = self.note_path(key);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(note).expect("a note serialises");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(|e| write_err(&tmp, e))?;
+        f.write_all(&bytes).map_err(|e| write_err(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| write_err(&path, e))
+    }
+
+    /// The note of listener `key`: `None` if there is none, `Some(Err)`
+    /// with the reason if it is not one devns wrote.
+    pub fn read_note(&self, key: u64) -> Option<Result<devns_core::keep::ListenerNote, String>> {
+        let f = File::open(self.note_path(key)).ok()?;
+        let mut buf = Vec::new();
+        if let Err(e) = f.take(devns_core::keep::MAX_NOTE_BYTES as u64 + 1).read_to_end(&mut buf) {
+            return Some(Err(e.to_string()));
+        }
+        Some(devns_core::keep::parse_note(&buf))
+    }
+
+    pub fn remove_note(&self, key: u64) {
+        let _ = fs::remove_file(self.note_path(key));
+    }
+
+    /// The keys of every note there.
+    pub fn note_keys(&self) -> Vec<u64> {
+        let Ok(entries) = fs::read_dir(self.dir.join(LISTENERS)) else { return vec![] };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).and_then(|k| k.parse().ok()))
+            .collect()
     }
 }

@@ -48,9 +48,25 @@ struct Fake {
 
 impl Fake {
     fn new(tag: &str) -> Fake {
+        Fake::start(tag, false)
+    }
+
+    /// With a `/dev` of its own (an empty tmpfs, mounted before its
+    /// filter), as a runtime's container has: not the host's, whose stacked
+    /// mounts devns refuses to carry.
+    fn with_own_dev(tag: &str) -> Fake {
+        Fake::start(tag, true)
+    }
+
+    fn start(tag: &str, own_dev: bool) -> Fake {
         let cg = TestCgroup::new(tag);
         let mut cmd = cg.command("unshare");
-        cmd.args(["--user", "--map-root-user", "--mount", "--propagation", "private", TESTBIN, "filtered-shell"]);
+        cmd.args(["--user", "--map-root-user", "--mount", "--propagation", "private"]);
+        if own_dev {
+            cmd.args(["sh", "-c", "mount -t tmpfs tmpfs /dev && exec \"$0\" filtered-shell", TESTBIN]);
+        } else {
+            cmd.args([TESTBIN, "filtered-shell"]);
+        }
         let mut c = Container::spawn(cmd.env("DEVNS_SHELL", SHELL));
         let line = c.line();
         let n: i32 = line.strip_prefix("listener ").expect("listener N").parse().unwrap();
@@ -340,6 +356,44 @@ fn a_runtime_s_listener_outlives_a_daemon_kill_before_its_namespace_is_kept() {
     assert!(log_lines(&env, "dropping a listener given back").is_empty(), "{:?}", log_lines(&env, "dropping"));
     f.attach(&env, "outlive");
     assert_eq!(mknod_in_view(&mut f, "null2"), ["made", "/dev/null2"]);
+}
+
+/// crun passes its listener before its hooks, so a container that asked
+/// for devns is brought in at its first trapped call. A daemon killed in
+/// between: the next one knows the container and what is due from the
+/// last one's note, and brings it in at that call; crun's exec listeners,
+/// which name the container only, are served too.
+#[test]
+#[cfg_attr(devns_skip_privileged, ignore = "needs root (DEVNS_TEST_SKIP_PRIVILEGED=1)")]
+fn a_crun_container_s_pending_attach_and_its_exec_listeners_outlive_a_daemon_kill() {
+    if !privileged() {
+        return;
+    }
+    let env = Env::new();
+    let mut d = logged_daemon(&env, &[]);
+    let mut f = Fake::with_own_dev("pending");
+    let msg = crun_message(f.pid(), "pending").replace(",\n            \"devns.io/devices\": \"loop\"", "");
+    assert!(msg.contains("devns.io/enable") && !msg.contains("devns.io/devices"), "{msg}");
+    pass(&env, &f, &msg);
+    assert_eq!(devns_ok(&env, &["ns", "ls", "--json"]).trim(), "[]", "not attached before its first call");
+    d.kill9();
+    let _d = logged_daemon(&env, &[]);
+    // Its first call: brought in by the restarted daemon, named as asked.
+    let got = mknod_in_view(&mut f, "null2");
+    let log = std::fs::read_to_string(log_path(&env)).unwrap_or_default();
+    assert_eq!(got, ["made", "/dev/null2"], "{log}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&devns_ok(&env, &["ns", "ls", "--json"])).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["name"], "pending");
+    // crun's exec shape (no pid, the bundle "."), naming the container.
+    let exec = Fake::new("pending-exec");
+    let msg = crun_message(0, "pending")
+        .replace("\"status\": \"creating\"", "\"status\": \"running\"")
+        .replace("\"bundle\": \"/tmp/fz/ctr\"", "\"bundle\": \".\"");
+    let before = served(&env);
+    send_to(&seccomp_sock(&env), msg.as_bytes(), &[exec.listener.as_fd()]);
+    eventually("the exec listener served", || served(&env) > before);
+    assert!(log_lines(&env, REFUSED).is_empty(), "{:?}", log_lines(&env, REFUSED));
 }
 
 #[test]

@@ -24,6 +24,25 @@ pub(super) enum Due {
     Defer { pid: i32 },
 }
 
+impl Due {
+    /// As noted for a restarted daemon.
+    pub(super) fn note(&self) -> devns_core::keep::DueNote {
+        match self {
+            Due::Attach(w) => devns_core::keep::DueNote::Attach { name: w.name.clone(), devices: w.devices.clone() },
+            Due::Defer { pid } => devns_core::keep::DueNote::Defer { pid: *pid },
+        }
+    }
+
+    pub(super) fn from_note(n: devns_core::keep::DueNote) -> Due {
+        match n {
+            devns_core::keep::DueNote::Attach { name, devices } => {
+                Due::Attach(devns_core::hook::Wanted { name, devices })
+            }
+            devns_core::keep::DueNote::Defer { pid } => Due::Defer { pid },
+        }
+    }
+}
+
 /// What became of what a listener's first call was to do.
 pub(super) enum FirstCall {
     /// Done (or done before, by a hook): the call is answered as any.
@@ -252,6 +271,7 @@ impl Daemon {
         if let Some(s) = self.listeners.get_mut(&key) {
             s.due = Some(due);
         }
+        self.note(key);
     }
 
     /// Process `pid` of namespace `ns` (container `container`'s) brought

@@ -137,7 +137,22 @@ impl Daemon {
     ) -> u64 {
         let key = self.keep(Some(ns), l.fd());
         self.keep_tmp(ns);
-        self.add_served(Served { listener: l, key, ns, container, due })
+        let token = self.add_served(Served { listener: l, key, ns, container, due });
+        self.note(token);
+        token
+    }
+
+    /// Notes listener `token`'s container and due work where a restarted
+    /// daemon reads them back (`Store::write_note`); a listener of no
+    /// container, or kept nowhere, needs none.
+    pub(super) fn note(&self, token: u64) {
+        let Some(s) = self.listeners.get(&token) else { return };
+        let (Some(key), Some(container)) = (s.key, s.container.clone()) else { return };
+        let due = s.due.as_ref().map(super::agentsock::Due::note);
+        let note = devns_core::keep::ListenerNote { container, due };
+        if let Err(e) = self.engine.store().write_note(key, &note) {
+            tracing::warn!(key, error = %e, "cannot note a runtime's listener: a restarted daemon would not know its container");
+        }
     }
 
     fn keep_tmp(&mut self, ns: u64) {
@@ -217,6 +232,7 @@ impl Daemon {
         {
             let last = !self.listeners.values().any(|o| o.ns == s.ns);
             self.outlive.forget(k, s.ns, last);
+            self.engine.store().remove_note(k);
         }
     }
 
@@ -232,6 +248,7 @@ impl Daemon {
         };
         let Some(n) = n else { return };
         crate::journal::Stop::Received.here(&mut self.stop_in_call);
+        let had_due = s.due.is_some();
         let first = match s.due.take() {
             Some(due) => self.at_first_call(key, &n, due),
             None => super::agentsock::FirstCall::Done,
@@ -257,6 +274,13 @@ impl Daemon {
         }
         if let Some(j) = j {
             j.done();
+        }
+        // After the answer, off the call's way: a daemon killed before
+        // this finds the due work still noted, which is done again
+        // harmlessly (an attach of a namespace kept already is nothing; a
+        // deferral again changes nothing).
+        if had_due && self.listeners.get(&key).is_some_and(|s| s.due.is_none()) {
+            self.note(key);
         }
     }
 
@@ -293,7 +317,17 @@ impl Daemon {
             match keep::recovered(ns, hung_up(fd.as_fd()), |n| kept.contains(&NsId(n)), alive) {
                 Recovered::Serve => match Listener::new(fd) {
                     Ok(l) => {
-                        self.add_served(Served { listener: l, key: Some(key), ns, container: None, due: None });
+                        // What the last daemon noted of it: its container
+                        // (crun's exec listeners name it) and due work.
+                        let (container, due) = match self.engine.store().read_note(key) {
+                            Some(Ok(n)) => (Some(n.container), n.due.map(super::agentsock::Due::from_note)),
+                            Some(Err(why)) => {
+                                tracing::warn!(key, "a listener's note is not devns's, so nothing is due: {why}");
+                                (None, None)
+                            }
+                            None => (None, None),
+                        };
+                        self.add_served(Served { listener: l, key: Some(key), ns, container, due });
                     }
                     Err(e) => tracing::warn!(key, error = %e, "cannot serve a listener given back"),
                 },
@@ -310,6 +344,13 @@ impl Daemon {
                 && k.tmp.is_none()
             {
                 k.tmp = Some(dir);
+            }
+        }
+        // Notes of listeners not given back (hung up, or dropped as stale).
+        let served: std::collections::BTreeSet<u64> = self.listeners.values().filter_map(|s| s.key).collect();
+        for key in self.engine.store().note_keys() {
+            if !served.contains(&key) {
+                self.engine.store().remove_note(key);
             }
         }
         tracing::info!(listeners = self.listeners.len(), "seccomp listeners taken back");
