@@ -270,7 +270,7 @@ fn subids(check: &'static str, (path, text): &(String, Option<String>)) -> Line 
             false,
             Status::Warn,
             format!(
-                "{path} gives root no range: devns takes ids from {} up, which may be other users' ranges",
+                "{path} gives root no range: devns takes ids from {} up, leaving other users' ranges out, but not ids in use that no entry names",
                 subid::DEFAULT_START
             ),
         );

@@ -12,22 +12,61 @@ pub struct Range {
     pub count: u32,
 }
 
+/// The well-formed entries of `/etc/subuid`-format `text`: who, and the
+/// range. Lines that are not well formed are ignored, as shadow's own
+/// tools do.
+fn entries(text: &str) -> impl Iterator<Item = (&str, Range)> {
+    text.lines().filter_map(|l| {
+        let mut f = l.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        if f.next().is_some() {
+            return None;
+        }
+        let (start, count) = (start.parse::<u32>().ok()?, count.parse::<u32>().ok()?);
+        start.checked_add(count)?;
+        Some((who, Range { start, count }))
+    })
+}
+
+fn is_root(who: &str) -> bool {
+    who == "root" || who == "0"
+}
+
 /// The ranges that `/etc/subuid`-format `text` gives to root (by name `root`
-/// or by uid `0`). Lines that are not well formed are ignored, as shadow's
-/// own tools do.
+/// or by uid `0`).
 pub fn root_ranges(text: &str) -> Vec<Range> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.trim().split(':');
-            let (who, start, count) = (f.next()?, f.next()?, f.next()?);
-            if f.next().is_some() || (who != "root" && who != "0") {
-                return None;
-            }
-            let (start, count) = (start.parse::<u32>().ok()?, count.parse::<u32>().ok()?);
-            start.checked_add(count)?;
-            Some(Range { start, count })
-        })
-        .collect()
+    entries(text).filter(|(who, _)| is_root(who)).map(|(_, r)| r).collect()
+}
+
+/// The ranges devns allocates root's namespaces' blocks from: root's own,
+/// or, when `text` gives root none, the ids from `DEFAULT_START` up that no
+/// other entry gives anyone (another user's range is theirs: a container
+/// of theirs mapped onto it would share ids with devns's).
+pub fn ranges_for_root(text: &str) -> Vec<Range> {
+    let own = root_ranges(text);
+    if !own.is_empty() {
+        return own;
+    }
+    let mut others: Vec<(u64, u64)> =
+        entries(text).map(|(_, r)| (u64::from(r.start), u64::from(r.start) + u64::from(r.count))).collect();
+    others.sort_unstable();
+    let end = u64::from(u32::MAX);
+    let mut at = u64::from(DEFAULT_START);
+    let mut out = Vec::new();
+    let mut gap = |from: u64, to: u64| {
+        if to > from {
+            out.push(Range { start: from as u32, count: (to - from) as u32 });
+        }
+    };
+    for (s, e) in others {
+        if e <= at {
+            continue;
+        }
+        gap(at, s.min(end));
+        at = at.max(e);
+    }
+    gap(at, end);
+    out
 }
 
 /// The first block of `BLOCK` ids inside `ranges` (or from `DEFAULT_START`
@@ -72,6 +111,24 @@ mod tests {
     }
 
     #[test]
+    fn with_no_range_of_root_s_the_fallback_leaves_every_other_user_s_ranges_out() {
+        let text = "alice:100000:65536\nbob:300000:65536\nroot:bad:1\n";
+        let r = ranges_for_root(text);
+        assert_eq!(r[0], Range { start: 165_536, count: 134_464 });
+        assert_eq!(r[1], Range { start: 365_536, count: u32::MAX - 365_536 });
+        assert_eq!(allocate(&r, &[]), Some(165_536));
+        assert_eq!(allocate(&r, &[165_536]), Some(231_072));
+        // Past the gap before bob's: after bob's.
+        assert_eq!(allocate(&r, &[165_536, 231_072]), Some(365_536));
+        // Root's own ranges are root's, whatever else is there.
+        assert_eq!(
+            ranges_for_root("alice:100000:65536\nroot:100000:65536\n"),
+            [Range { start: 100_000, count: 65_536 }]
+        );
+        assert_eq!(ranges_for_root(""), [Range { start: DEFAULT_START, count: u32::MAX - DEFAULT_START }]);
+    }
+
+    #[test]
     fn allocates_distinct_blocks() {
         let r = [Range { start: 200_000, count: 131_072 }];
         assert_eq!(allocate(&r, &[]), Some(200_000));
@@ -96,6 +153,20 @@ mod tests {
         #[test]
         fn parse_never_panics(s in "\\PC{0,100}") {
             let _ = root_ranges(&s);
+            let _ = ranges_for_root(&s);
+        }
+
+        #[test]
+        fn a_fallback_block_never_overlaps_another_user_s_range(
+            others in proptest::collection::vec((90_000u32..3_000_000, 1u32..200_000), 0..12),
+            used in proptest::collection::vec(100_000u32..3_000_000, 0..10),
+        ) {
+            let text: String = others.iter().enumerate().map(|(i, (s, c))| format!("u{i}:{s}:{c}\n")).collect();
+            let base = allocate(&ranges_for_root(&text), &used).unwrap();
+            prop_assert!(base >= DEFAULT_START);
+            for (s, c) in others {
+                prop_assert!(u64::from(base) + u64::from(BLOCK) <= u64::from(s) || base >= s + c, "{base} in {s}+{c}");
+            }
         }
     }
 }

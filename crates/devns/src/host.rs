@@ -247,9 +247,10 @@ pub fn may_free(r: &NsRecord) -> bool {
     }
 }
 
-/// Root's subordinate id ranges in `/etc/subuid`-format `file`.
+/// The id ranges devns allocates from, per `/etc/subuid`-format `file`:
+/// root's, or with none of root's, the rest but other users' ranges.
 pub fn subid_ranges(file: &str) -> Vec<devns_core::subid::Range> {
-    fs::read_to_string(file).map(|t| devns_core::subid::root_ranges(&t)).unwrap_or_default()
+    fs::read_to_string(file).map(|t| devns_core::subid::ranges_for_root(&t)).unwrap_or_default()
 }
 
 /// The host's overflow uid and gid: what unmapped ids show as.
