@@ -80,9 +80,14 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    write_whole(path, &serde_json::to_vec(value).expect("state serialises"), true)
+}
+
+/// `bytes` at `path`, whole: written beside it, synced when `sync`, then
+/// renamed onto it.
+fn write_whole(path: &Path, bytes: &[u8], sync: bool) -> Result<(), StoreError> {
     let write_err = |p: &Path, source| StoreError::Write { path: p.to_owned(), source };
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(value).expect("state serialises");
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -91,7 +96,7 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StoreEr
         .custom_flags(libc::O_CLOEXEC)
         .open(&tmp)
         .map_err(|e| write_err(&tmp, e))?;
-    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| write_err(&tmp, e))?;
+    f.write_all(bytes).and_then(|()| if sync { f.sync_all() } else { Ok(()) }).map_err(|e| write_err(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| write_err(path, e))
 }
 
@@ -228,19 +233,7 @@ impl Store {
         let dir = self.dir.join(LISTENERS);
         let write_err = |p: &Path, source| StoreError::Write { path: p.to_owned(), source };
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| write_err(&dir, e))?;
-        let path = self.note_path(key);
-        let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(note).expect("a note serialises");
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(|e| write_err(&tmp, e))?;
-        f.write_all(&bytes).map_err(|e| write_err(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| write_err(&path, e))
+        write_whole(&self.note_path(key), &serde_json::to_vec(note).expect("a note serialises"), false)
     }
 
     /// The note of listener `key`: `None` if there is none, `Some(Err)`
