@@ -61,9 +61,18 @@ pub fn start(state_dir: &Path) -> Result<()> {
     rustix::fs::chown(&dir, Some(rustix::process::Uid::ROOT), Some(rustix::process::Gid::ROOT))
         .context("chown the holder's directory")?;
     let store = crate::store::Store::open(state_dir)?;
-    let Some(lock) = store.try_hold("holder/lock")? else {
-        // Another holder serves this state dir.
-        return Ok(());
+    // Another holder has the lock: one that serves this state dir (its
+    // socket takes connections), or one still dying (killed, its socket
+    // closed first), which lets go of the lock as it ends.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let lock = loop {
+        if let Some(lock) = store.try_hold("holder/lock")? {
+            break lock;
+        }
+        if client::Client::connect(state_dir)?.is_some() || Instant::now() >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     };
     let path = socket_path(state_dir);
     let _ = std::fs::remove_file(&path);
