@@ -156,6 +156,11 @@ impl Daemon {
     /// monitor's word alone, and once.
     fn join(&mut self, peer: Peer, name: &str, root: &str) -> Result<Value> {
         let chain = crate::host::ancestry(peer.pid, devns_core::expect::MAX_ANCESTRY + 1);
+        // The pid read is the peer's still (not another process's since):
+        // in the user namespace its connection's pidfd named.
+        if chain.first().map(|p| NsId(p.user_ns)) != Some(peer.ns.unwrap_or(self.host_ns)) {
+            bail!("the joining process {} is gone", peer.pid);
+        }
         let lineage = devns_core::expect::lineage(&chain, self.host_ns.0)?;
         let now = std::time::Instant::now();
         let word = self.expecting.take(name, lineage.monitor, now)?;
