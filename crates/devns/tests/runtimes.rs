@@ -217,6 +217,16 @@ fn runc_e2e(tag: &str, hooks: bool) {
     runc.start(&b);
     let exec = |s: &str| runc.exec(&b.id, s);
     let loopdev = a_container_under_devns(&env, &exec, &b.id, &host.disk.name);
+    // `runc update` (so `podman update`) writes the runtime's device rules
+    // again: devns's decide again, and its own loop device stays usable.
+    let read = format!("head -c 512 {loopdev} | wc -c");
+    assert_eq!(ok(&exec, &read).trim(), "512");
+    let out = runc.cmd().args(["update", "--memory", "512M", &b.id]).output().unwrap();
+    assert!(out.status.success(), "runc update: {}", text(&out));
+    common::eventually("its loop device usable after runc update", || {
+        let out = exec(&read);
+        out.status.success() && text(&out).trim() == "512"
+    });
     runc.delete(&b.id);
     nothing_left(&env, &daemon, &b.id, &loopdev, fds);
 }
@@ -320,6 +330,20 @@ fn podman_e2e(tag: &str, crun: bool, way: Way) {
             .trim()
             .to_owned();
     let loopdev = a_container_under_devns(&env, &exec, &id, &host.disk.name);
+    // `podman update` has the runtime write its resources again: devns's
+    // device rules still decide, and its own loop device stays usable.
+    // (Not with crun here: its cgroup2, mounted by the wrapper, has no
+    // controller `podman update` sets.)
+    if !crun {
+        let read = format!("head -c 512 {loopdev} | wc -c");
+        assert_eq!(String::from_utf8_lossy(&exec(&read).stdout).trim(), "512");
+        let out = podman.cmd().args(["update", "--memory", "512m", &name]).output().unwrap();
+        assert!(out.status.success(), "podman update: {}", text(&out));
+        common::eventually("its loop device usable after podman update", || {
+            let out = exec(&read);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "512"
+        });
+    }
     let out = podman.rm(&name);
     assert!(out.status.success(), "podman rm: {}", text(&out));
     nothing_left(&env, &daemon, &id, &loopdev, fds);
