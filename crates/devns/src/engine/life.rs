@@ -173,6 +173,8 @@ impl Engine {
                 let view = self.view_clone(id)?;
                 let view_dev = rustix::fs::fstat(&view)?.st_dev;
                 super::place::carry_covered(pid, &covered, view_dev, at)?;
+                // LXC's own device rules, written since the join, defer too.
+                self.defer_runtime_devices(id, pid)?;
             }
             // Another hook of the same container (a runtime runs one per
             // CDI device): its devices join the namespace, nothing else.
