@@ -39,8 +39,7 @@ impl Daemon {
             super::serve::accept_next(&self.lxc.fd, &mut self.spare_fd, &mut self.agent_log, "the LXC proxy socket")
         {
             // The file is 0600; the peer is checked too: host root only.
-            let root = rustix::net::sockopt::socket_peercred(&sock).is_ok_and(|c| c.uid.is_root())
-                && super::conn::Peer::of(&sock, self.host_ns).is_ok_and(|p| p.ns.is_none());
+            let root = super::conn::Peer::of(&sock, self.host_ns).is_ok_and(|p| p.is_admin());
             if !root || self.lxc.conns.len() >= MAX_CONNS {
                 if self.agent_log.allow() {
                     tracing::warn!("refused a connection to the LXC proxy socket: not host root, or too many");

@@ -42,27 +42,12 @@ impl Daemon {
             // The next namespace's device program is loaded ahead only when
             // nothing waits: a container's call trapped meanwhile (its
             // first execve, as its attach ends) goes first.
-            let mut waiting = false;
-            if self.engine.wants_spare() {
-                let now = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
-                match rustix::event::epoll::wait(&self.ep, rustix::buffer::spare_capacity(&mut events), Some(&now)) {
-                    Ok(n) => waiting = n > 0,
-                    Err(rustix::io::Errno::INTR) => waiting = true,
-                    Err(e) => return Err(e).context("epoll_wait"),
-                }
-                if !waiting {
-                    self.engine.prepare();
-                }
-            }
-            if !waiting {
-                match rustix::event::epoll::wait(
-                    &self.ep,
-                    rustix::buffer::spare_capacity(&mut events),
-                    timeout.as_ref(),
-                ) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(e).context("epoll_wait"),
-                }
+            let spare = self.engine.wants_spare();
+            let now = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+            let n = wait(&self.ep, &mut events, if spare { Some(&now) } else { timeout.as_ref() })?;
+            if spare && n == 0 {
+                self.engine.prepare();
+                wait(&self.ep, &mut events, timeout.as_ref())?;
             }
             for ev in events.iter().copied() {
                 let (token, flags) = (ev.data.u64(), ev.flags);
@@ -256,6 +241,19 @@ impl Daemon {
         }
         c.refresh_deadline(&self.timeouts);
         self.update_interest(id);
+    }
+}
+
+/// One `epoll_wait` into `events` (an interrupted one: none); how many.
+fn wait(
+    ep: &OwnedFd,
+    events: &mut Vec<rustix::event::epoll::Event>,
+    timeout: Option<&rustix::event::Timespec>,
+) -> Result<usize> {
+    match rustix::event::epoll::wait(ep, rustix::buffer::spare_capacity(events), timeout) {
+        Ok(n) => Ok(n),
+        Err(rustix::io::Errno::INTR) => Ok(0),
+        Err(e) => Err(e).context("epoll_wait"),
     }
 }
 

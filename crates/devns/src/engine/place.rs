@@ -6,7 +6,7 @@
 //! places. Done from a short-lived thread with an `fs_struct` of its own:
 //! `setns` moves only it, and the daemon stays where it is.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use devns_core::hook::Carry;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags};
@@ -46,42 +46,56 @@ fn root_and_mntns(pid: i32) -> Result<(OwnedFd, OwnedFd)> {
 /// Mounts a new bind of `view` at `place` in the mount namespace of `pid`;
 /// with `keep_covered`, gives back what it covers there.
 pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<Option<OwnedFd>> {
-    let (root, mntns) = root_and_mntns(pid)?;
     let tree = rustix::mount::open_tree(
         view,
         "",
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
     )?;
-    // On a thread of its own: `setns` into a mount namespace moves only
-    // the calling thread, once it has an `fs_struct` of its own.
-    let placed = devns_sys::procstate::on_own_fs_thread(|| place_view(&root, &mntns, &tree, place));
     let at = place.at;
-    let why = match placed {
-        Ok(Ok(covered)) => return Ok(covered),
-        Ok(Err(why)) => why,
-        Err(e) => e.to_string(),
-    };
-    bail!("cannot mount the view at {at} in process {pid}'s mount namespace: {why}")
+    in_mount_ns(pid, |root, me| place_view(root, me, &tree, place))
+        .with_context(|| format!("cannot mount the view at {at} in process {pid}'s mount namespace"))
 }
 
-/// On the helper thread: enters the namespace, resolves, carries, mounts;
-/// the error as text.
-fn place_view(
-    proc_root: &OwnedFd,
-    mntns: &OwnedFd,
-    view: &OwnedFd,
-    place: &Place<'_>,
-) -> Result<Option<OwnedFd>, String> {
-    let step = |what: &str| {
-        let what = what.to_owned();
-        move |e: rustix::io::Errno| format!("{what}: {e}")
-    };
-    // The thread's own /proc entry, opened while it is in devns's
-    // namespace: read after setns, it tells the new namespace's mounts.
-    let me = rustix::fs::open("/proc/thread-self", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(step("cannot open /proc/thread-self"))?;
-    devns_sys::procstate::enter_for_good(mntns, devns_sys::procstate::Namespace::Mount)
-        .map_err(step("cannot enter the mount namespace"))?;
+/// Runs `f` with the root of `pid` and a `/proc` entry of the running
+/// thread, in `pid`'s mount namespace: on a thread of its own, as `setns`
+/// into a mount namespace moves only the calling thread, once it has an
+/// `fs_struct` of its own. `f`'s error is text.
+fn in_mount_ns<T: Send>(pid: i32, f: impl FnOnce(&OwnedFd, &OwnedFd) -> Result<T, String> + Send) -> Result<T> {
+    let (root, mntns) = root_and_mntns(pid)?;
+    let done = devns_sys::procstate::on_own_fs_thread(|| {
+        // The thread's own /proc entry, opened while it is in devns's
+        // namespace: read after setns, it tells the new namespace's mounts.
+        let me =
+            rustix::fs::open("/proc/thread-self", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(step("cannot open /proc/thread-self"))?;
+        devns_sys::procstate::enter_for_good(&mntns, devns_sys::procstate::Namespace::Mount)
+            .map_err(step("cannot enter the mount namespace"))?;
+        f(&root, &me)
+    });
+    match done {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(why)) => Err(anyhow::anyhow!(why)),
+        Err(e) => Err(anyhow::anyhow!(e.to_string())),
+    }
+}
+
+/// An errno of step `what` as text.
+fn step(what: &str) -> impl FnOnce(rustix::io::Errno) -> String {
+    let what = what.to_owned();
+    move |e| format!("{what}: {e}")
+}
+
+/// Moves each of `carried` (the runtime's mounts below the old `/dev`)
+/// to its place on `view`.
+fn carry_all(view: &OwnedFd, carried: Vec<(OwnedFd, PathBuf)>) -> Result<(), String> {
+    for (fd, rel) in carried {
+        carry(view, &fd, &rel).map_err(|e| format!("cannot carry the runtime's mount {}: {e}", rel.display()))?;
+    }
+    Ok(())
+}
+
+/// On the helper thread, in the namespace: resolves, carries, mounts.
+fn place_view(proc_root: &OwnedFd, me: &OwnedFd, view: &OwnedFd, place: &Place<'_>) -> Result<Option<OwnedFd>, String> {
     let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let rootfs = match place.root {
@@ -94,7 +108,7 @@ fn place_view(
     let base = rootfs.as_ref().unwrap_or(proc_root);
     let target = rustix::fs::openat2(base, place.at, dir, Mode::empty(), in_root)
         .map_err(step(&format!("cannot open {}", place.at)))?;
-    let carried = if place.carry { take_carried(&me, &target)? } else { vec![] };
+    let carried = if place.carry { take_carried(me, &target)? } else { vec![] };
     if !carried.is_empty() || place.keep_covered {
         // Mounts below a shared one cannot be moved (LXC's /dev is
         // shared): the old /dev, covered by the view from now on, stops
@@ -103,9 +117,7 @@ fn place_view(
     }
     devns_sys::mount::move_onto(view, &target).map_err(step("cannot mount the view"))?;
     // The view's fd is its mounted root now.
-    for (fd, rel) in carried {
-        carry(view, &fd, &rel).map_err(|e| format!("cannot carry the runtime's mount {}: {e}", rel.display()))?;
-    }
+    carry_all(view, carried)?;
     if let Some((uid, gid)) = place.udev {
         // Last, and for good: this thread ends here. As the container's
         // root, nothing is made where it could not make it itself.
@@ -124,21 +136,11 @@ fn place_view(
 /// through a directory fd of the old `/dev`. `view_dev` is the view's
 /// device number: a different filesystem at `at` is refused.
 pub(crate) fn carry_covered(pid: i32, covered: &OwnedFd, view_dev: u64, at: &str) -> Result<()> {
-    let (root, mntns) = root_and_mntns(pid)?;
-    let done = devns_sys::procstate::on_own_fs_thread(|| -> Result<(), String> {
-        let step = |what: &str| {
-            let what = what.to_owned();
-            move |e: rustix::io::Errno| format!("{what}: {e}")
-        };
-        let me =
-            rustix::fs::open("/proc/thread-self", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(step("cannot open /proc/thread-self"))?;
-        devns_sys::procstate::enter_for_good(&mntns, devns_sys::procstate::Namespace::Mount)
-            .map_err(step("cannot enter the mount namespace"))?;
+    in_mount_ns(pid, |root, me| {
         let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
         let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let view =
-            rustix::fs::openat2(&root, at, dir, Mode::empty(), in_root).map_err(step(&format!("cannot open {at}")))?;
+            rustix::fs::openat2(root, at, dir, Mode::empty(), in_root).map_err(step(&format!("cannot open {at}")))?;
         let dev = rustix::fs::fstat(&view).map_err(step(&format!("cannot stat {at}")))?.st_dev;
         if dev != view_dev {
             return Err(format!("{at} is not the namespace's view any more"));
@@ -147,18 +149,9 @@ pub(crate) fn carry_covered(pid: i32, covered: &OwnedFd, view_dev: u64, at: &str
         // before its pivot_root), and mounts below a shared one cannot be
         // moved.
         make_private_if_mount(covered).map_err(step("cannot make the old /dev private"))?;
-        for (fd, rel) in take_carried(&me, covered)? {
-            carry(&view, &fd, &rel).map_err(|e| format!("cannot carry the runtime's mount {}: {e}", rel.display()))?;
-        }
-        Ok(())
-    });
-    match done {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(why)) => {
-            bail!("cannot carry the mounts made below the old {at} in process {pid}'s mount namespace: {why}")
-        }
-        Err(e) => bail!("cannot carry the mounts made below the old {at} in process {pid}'s mount namespace: {e}"),
-    }
+        carry_all(&view, take_carried(me, covered)?)
+    })
+    .with_context(|| format!("cannot carry the mounts made below the old {at} in process {pid}'s mount namespace"))
 }
 
 /// Makes `fd`'s mount private when `fd` is its root (a plain directory

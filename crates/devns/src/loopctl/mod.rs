@@ -223,8 +223,8 @@ pub trait Ledger {
     /// Forgets `l`, which the kernel removed at `ns`'s request.
     fn forget(&mut self, ns: NsId, l: LoopDev);
     /// Loop device `index` was made and is not recorded yet (`Some`), or
-    /// is now (`None`): where a keeper that can die in between (the
-    /// daemon) notes it, for the next to remove it.
+    /// is now (`None`): where a keeper that can die in between notes it
+    /// (the daemon's journal, a run's), for whoever comes next to remove it.
     fn made(&mut self, _index: Option<u32>) {}
 }
 
@@ -279,7 +279,9 @@ pub fn serve(ledger: &mut dyn Ledger, ns: NsId, req: Request) -> Result<u32, Ref
     let taken = ledger.take(ns, l, dev);
     if let Err(e) = &taken {
         tracing::error!(ns = %ns, dev = %l.dev, error = %e, "cannot give a loop device");
-        let _ = devns_sys::block::remove(&ledger.loop_host().expect("checked").ctl, n);
+        if let Some(h) = ledger.loop_host() {
+            let _ = h.remove(n);
+        }
     }
     ledger.made(None);
     taken.map(|()| n).map_err(|_| Errno::IO.into())
