@@ -43,6 +43,16 @@ pub fn leave_shared_fs() -> io::Result<()> {
 /// working directory it took on, end with `f`. An error when no thread
 /// could be started or it could not leave, or when `f` panicked.
 pub fn on_own_fs_thread<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    on_own_fs_thread_beside(f, || ()).0
+}
+
+/// [`on_own_fs_thread`], with `meanwhile` run on the calling thread while
+/// `f` runs; both joined. `meanwhile`'s result, also when the thread
+/// could not be started (then it runs alone).
+pub fn on_own_fs_thread_beside<T: Send, U>(
+    f: impl FnOnce() -> T + Send,
+    meanwhile: impl FnOnce() -> U,
+) -> (std::io::Result<T>, U) {
     /// Takes a thread that left off [`LEFT`] when it ends, also by a panic.
     struct Forget(i32);
     impl Drop for Forget {
@@ -56,8 +66,13 @@ pub fn on_own_fs_thread<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Resul
                 leave_shared_fs()?;
                 let _forget = Forget(rustix::thread::gettid().as_raw_nonzero().get());
                 Ok(f())
-            })?;
-        worker.join().unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")))
+            });
+        let beside = meanwhile();
+        let done = match worker {
+            Ok(w) => w.join().unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked"))),
+            Err(e) => Err(e),
+        };
+        (done, beside)
     })
 }
 

@@ -3,7 +3,7 @@
 //! and its end — one path for every keeper.
 
 use super::kernel::{self, adopt_from_proc, read_maps, uevent_sender};
-use super::place::{Place, mount_into};
+use super::place::{Place, mount_into_after};
 use super::{Attach, Engine, Kept, Member, POLICY_HINT, Role};
 use crate::host;
 use anyhow::{Context, Result, anyhow, bail};
@@ -203,8 +203,7 @@ impl Engine {
                 id,
                 Kept { view: None, tmp: None, uids, gids, members: vec![], uevents, access: None, covered: None },
             );
-            // The policy is in force before the view is mounted.
-            if let Err(e) = self.make_view(id).and_then(|()| self.start_policy(id, pid, false)) {
+            if let Err(e) = self.make_view(id) {
                 self.let_go(id);
                 return Err(e);
             }
@@ -230,7 +229,10 @@ impl Engine {
         let place = Place { root: spec.root, at, carry: spec.runtime, udev, keep_covered: spec.keep_covered };
         // A runtime's own device controller defers to devns's program
         // only once that decides, and the view is in place.
-        let placed = mount_into(pid, &view, &place).and_then(|covered| {
+        // The policy is in force before the view is mounted; the view's
+        // place is made ready beside it.
+        let gate = || if new { self.start_policy(id, pid, false) } else { Ok(()) };
+        let placed = mount_into_after(pid, &view, &place, gate).and_then(|((), covered)| {
             if spec.runtime {
                 self.defer_runtime_devices(id, pid)?;
             }

@@ -43,17 +43,39 @@ fn root_and_mntns(pid: i32) -> Result<(OwnedFd, OwnedFd)> {
     Ok((root, mntns))
 }
 
-/// Mounts a new bind of `view` at `place` in the mount namespace of `pid`;
-/// with `keep_covered`, gives back what it covers there.
-pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<Option<OwnedFd>> {
+/// Mounts a new bind of `view` at `place` in the mount namespace of `pid`
+/// once `gate` (the namespace's device policy put in force) succeeded;
+/// with `keep_covered`, gives back what it covers there. The steps before
+/// the mount (a thread in that namespace, `at` resolved, the runtime's
+/// mounts there found) run while `gate` runs on the calling thread. A
+/// failed `gate` is the error, and nothing is mounted.
+pub(crate) fn mount_into_after<G>(
+    pid: i32,
+    view: &OwnedFd,
+    place: &Place<'_>,
+    gate: impl FnOnce() -> Result<G>,
+) -> Result<(G, Option<OwnedFd>)> {
     let tree = rustix::mount::open_tree(
         view,
         "",
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
     )?;
     let at = place.at;
-    in_mount_ns(pid, |root, me| place_view(root, me, &tree, place))
-        .with_context(|| format!("cannot mount the view at {at} in process {pid}'s mount namespace"))
+    let (go, gone) = std::sync::mpsc::sync_channel::<bool>(1);
+    let (placed, gated) = in_mount_ns_beside(
+        pid,
+        move |root, me| place_view(root, me, &tree, place, move || gone.recv() == Ok(true)),
+        || {
+            let g = gate();
+            // The worker may have stopped before it waited.
+            let _ = go.send(g.is_ok());
+            g
+        },
+    );
+    let gated = gated?;
+    let covered =
+        placed.with_context(|| format!("cannot mount the view at {at} in process {pid}'s mount namespace"))?;
+    Ok((gated, covered))
 }
 
 /// Runs `f` with the root of `pid` and a `/proc` entry of the running
@@ -61,22 +83,42 @@ pub(crate) fn mount_into(pid: i32, view: &OwnedFd, place: &Place<'_>) -> Result<
 /// into a mount namespace moves only the calling thread, once it has an
 /// `fs_struct` of its own. `f`'s error is text.
 fn in_mount_ns<T: Send>(pid: i32, f: impl FnOnce(&OwnedFd, &OwnedFd) -> Result<T, String> + Send) -> Result<T> {
-    let (root, mntns) = root_and_mntns(pid)?;
-    let done = devns_sys::procstate::on_own_fs_thread(|| {
-        // The thread's own /proc entry, opened while it is in devns's
-        // namespace: read after setns, it tells the new namespace's mounts.
-        let me =
-            rustix::fs::open("/proc/thread-self", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(step("cannot open /proc/thread-self"))?;
-        devns_sys::procstate::enter_for_good(&mntns, devns_sys::procstate::Namespace::Mount)
-            .map_err(step("cannot enter the mount namespace"))?;
-        f(&root, &me)
-    });
-    match done {
+    in_mount_ns_beside(pid, f, || ()).0
+}
+
+/// [`in_mount_ns`], with `meanwhile` run on the calling thread while `f`
+/// runs; `meanwhile` runs also when `pid`'s namespace cannot be had.
+fn in_mount_ns_beside<T: Send, U>(
+    pid: i32,
+    f: impl FnOnce(&OwnedFd, &OwnedFd) -> Result<T, String> + Send,
+    meanwhile: impl FnOnce() -> U,
+) -> (Result<T>, U) {
+    let (root, mntns) = match root_and_mntns(pid) {
+        Ok(fds) => fds,
+        Err(e) => return (Err(e), meanwhile()),
+    };
+    let (done, beside) = devns_sys::procstate::on_own_fs_thread_beside(
+        || {
+            // The thread's own /proc entry, opened while it is in devns's
+            // namespace: read after setns, it tells the new namespace's mounts.
+            let me = rustix::fs::open(
+                "/proc/thread-self",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(step("cannot open /proc/thread-self"))?;
+            devns_sys::procstate::enter_for_good(&mntns, devns_sys::procstate::Namespace::Mount)
+                .map_err(step("cannot enter the mount namespace"))?;
+            f(&root, &me)
+        },
+        meanwhile,
+    );
+    let done = match done {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(why)) => Err(anyhow::anyhow!(why)),
         Err(e) => Err(anyhow::anyhow!(e.to_string())),
-    }
+    };
+    (done, beside)
 }
 
 /// An errno of step `what` as text.
@@ -94,8 +136,15 @@ fn carry_all(view: &OwnedFd, carried: Vec<(OwnedFd, PathBuf)>) -> Result<(), Str
     Ok(())
 }
 
-/// On the helper thread, in the namespace: resolves, carries, mounts.
-fn place_view(proc_root: &OwnedFd, me: &OwnedFd, view: &OwnedFd, place: &Place<'_>) -> Result<Option<OwnedFd>, String> {
+/// On the helper thread, in the namespace: resolves, finds the runtime's
+/// mounts, and once `go` says so, mounts and carries.
+fn place_view(
+    proc_root: &OwnedFd,
+    me: &OwnedFd,
+    view: &OwnedFd,
+    place: &Place<'_>,
+    go: impl FnOnce() -> bool,
+) -> Result<Option<OwnedFd>, String> {
     let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let in_root = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let rootfs = match place.root {
@@ -109,6 +158,9 @@ fn place_view(proc_root: &OwnedFd, me: &OwnedFd, view: &OwnedFd, place: &Place<'
     let target = rustix::fs::openat2(base, place.at, dir, Mode::empty(), in_root)
         .map_err(step(&format!("cannot open {}", place.at)))?;
     let carried = if place.carry { take_carried(me, &target)? } else { vec![] };
+    if !go() {
+        return Err("not mounted: the namespace's device policy is not in force".into());
+    }
     if !carried.is_empty() || place.keep_covered {
         // Mounts below a shared one cannot be moved (LXC's /dev is
         // shared): the old /dev, covered by the view from now on, stops
