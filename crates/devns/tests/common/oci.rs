@@ -103,15 +103,17 @@ impl Bundle {
         let dir = reachable_dir(&format!("{tag}-{n}"));
         let id = format!("devns-test-{tag}-{}-{n}", std::process::id());
         let base = id_block();
-        let root = tools_rootfs(&dir);
+        // Removed on drop from here on, also when a step below fails.
+        let b = Bundle { dir, id, base };
+        let dir = &b.dir;
+        let root = tools_rootfs(dir);
         // The container's root owns its rootfs, as an image unpacked for its
         // id mapping is: runtimes make mountpoints in it.
         let out =
             Command::new("chown").args(["-R", "-h", &format!("{base}:{base}")]).arg(&root).output().expect("chown");
         assert!(out.status.success(), "chown: {}", String::from_utf8_lossy(&out.stderr));
-        let out = Command::new("runc").args(["spec", "--rootless", "--bundle"]).arg(&dir).output().expect("runc spec");
+        let out = Command::new("runc").args(["spec", "--rootless", "--bundle"]).arg(dir).output().expect("runc spec");
         assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
-        let b = Bundle { dir, id, base };
         b.edit(|c| {
             let map = json!([{ "containerID": 0, "hostID": base, "size": BLOCK }]);
             c["linux"]["uidMappings"] = map.clone();
