@@ -47,8 +47,10 @@ pub fn on_own_fs_thread<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Resul
 }
 
 /// [`on_own_fs_thread`], with `meanwhile` run on the calling thread while
-/// `f` runs; both joined. `meanwhile`'s result, also when the thread
-/// could not be started (then it runs alone).
+/// `f` runs, once the thread has left the shared `fs_struct` (a umask or
+/// directory `meanwhile` sets is not the thread's); both joined.
+/// `meanwhile`'s result, also when the thread could not be started or
+/// leave (then it runs alone).
 pub fn on_own_fs_thread_beside<T: Send, U>(
     f: impl FnOnce() -> T + Send,
     meanwhile: impl FnOnce() -> U,
@@ -61,12 +63,20 @@ pub fn on_own_fs_thread_beside<T: Send, U>(
         }
     }
     std::thread::scope(|s| {
+        let (left, has_left) = std::sync::mpsc::sync_channel::<()>(1);
         let worker =
             std::thread::Builder::new().name("devns-own-fs".into()).spawn_scoped(s, || -> std::io::Result<T> {
+                // Dropped unsent when it cannot leave: the caller goes on.
+                let left = left;
                 leave_shared_fs()?;
                 let _forget = Forget(rustix::thread::gettid().as_raw_nonzero().get());
+                let _ = left.send(());
+                drop(left);
                 Ok(f())
             });
+        if worker.is_ok() {
+            let _ = has_left.recv();
+        }
         let beside = meanwhile();
         let done = match worker {
             Ok(w) => w.join().unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked"))),

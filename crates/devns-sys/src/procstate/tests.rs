@@ -296,3 +296,29 @@ fn work_on_an_own_fs_thread_enters_a_mount_namespace_and_leaves_the_process_wher
     });
     assert_eq!(status, 0);
 }
+
+/// What runs beside the thread of its own runs once that thread has left
+/// the shared `fs_struct`: a umask set there is not the thread's, and the
+/// caller passes the assertion.
+#[test]
+fn beside_an_own_fs_thread_the_caller_is_alone_in_its_fs_struct() {
+    let status = in_child(|| {
+        let old = rustix::process::umask(Mode::from_raw_mode(0o022));
+        let (theirs, alone) = on_own_fs_thread_beside(
+            || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let m = rustix::process::umask(Mode::from_raw_mode(0o022));
+                rustix::process::umask(m);
+                m.bits()
+            },
+            || {
+                let alone = passes_the_assertion();
+                rustix::process::umask(Mode::from_raw_mode(0o077));
+                alone
+            },
+        );
+        rustix::process::umask(old);
+        alone && theirs.ok() == Some(0o022)
+    });
+    assert_eq!(status, 0);
+}
