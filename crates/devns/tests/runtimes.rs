@@ -6,6 +6,7 @@ mod common;
 use common::docker::Docker;
 use common::oci::{BLOCK, Bundle, Containerd, Podman, Runc, crun_wrapper, runtime_wrapper};
 use common::{Env, privileged};
+use std::path::Path;
 
 fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -212,11 +213,27 @@ fn runc_e2e(tag: &str, hooks: bool) {
         c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
             "destination": "/mnt/hostdisk", "type": "bind", "source": host.node.path(), "options": ["bind"] }));
     });
+    let testbin = common::copy_testbin_to(&b.rootfs());
+    let libgcc = Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1");
+    std::fs::copy(libgcc, b.rootfs().join(libgcc.strip_prefix("/").unwrap())).unwrap();
     let fds = daemon.fd_count();
     let runc = Runc::new(&env);
     runc.start(&b);
     let exec = |s: &str| runc.exec(&b.id, s);
     let loopdev = a_container_under_devns(&env, &exec, &b.id, &host.disk.name);
+    // 0x4C83 is no request, trapped beside loop-control's by the profile:
+    // the kernel answers it, also on a disk the container owns (where the
+    // agent's partition requests are served).
+    let probe = |file: &str| format!("DEVNS_LOOP_OPS=file={file},0x4c83 /devns-testbin loop-ioctls");
+    let native = std::process::Command::new(&testbin)
+        .arg("loop-ioctls")
+        .env("DEVNS_LOOP_OPS", format!("file={loopdev},0x4c83"))
+        .output()
+        .unwrap();
+    let native = text(&native);
+    assert!(native.starts_with("op 0x4c83=-"), "{native}");
+    assert_eq!(ok(&exec, &probe(&loopdev)), native, "on its own loop device");
+    assert_eq!(ok(&exec, &probe("/dev/null")).trim(), "op 0x4c83=-25", "on /dev/null");
     // `runc update` (so `podman update`) writes the runtime's device rules
     // again: devns's decide again, and its own loop device stays usable.
     let read = format!("head -c 512 {loopdev} | wc -c");

@@ -449,7 +449,7 @@ impl Drop for ClosingAgent {
 /// busybox, FIFOs, the mount, the ioctls on /dev/null).
 const PROBE: &str = "for a in 'c 1 3' 'b 7 3' p; do mknod /tmp/n $a 2>&1 || true; rm -f /tmp/n; done; \
     busybox mknod /tmp/m c 1 3 2>&1 || true; mount -t devtmpfs none /mnt 2>&1 || true; \
-    DEVNS_LOOP_OPS=file=/dev/null,get_free,add:5,remove:5,0x125f,0x1269,0x5401,0x4c00,0x100004c82 /devns-testbin loop-ioctls";
+    DEVNS_LOOP_OPS=file=/dev/null,get_free,add:5,remove:5,0x125f,0x1269,0x5401,0x4c00,0x4c83,0x4c84,0x100004c82 /devns-testbin loop-ioctls";
 
 /// What [`PROBE`] prints when exactly devns's calls are trapped.
 fn assert_trapped_exactly(out: &str) {
@@ -464,6 +464,9 @@ fn assert_trapped_exactly(out: &str) {
         ("0x1269", -38),
         ("0x5401", -25),
         ("0x4c00", -25),
+        // No request, trapped beside loop-control's (one rule for them).
+        ("0x4c83", -38),
+        ("0x4c84", -25),
         ("0x100004c82", -38),
     ] {
         assert!(out.contains(&format!("op {op}={want}\n")), "{op}: {out}");

@@ -1,4 +1,5 @@
 use super::*;
+use crate::seccomp::{S_IFBLK, S_IFMT, TRAPPED_IOCTLS};
 use proptest::prelude::*;
 
 const PODMAN: &[u8] = include_bytes!("../../tests/corpus/seccomp/podman-4.3.1-seccomp.json");
@@ -16,6 +17,19 @@ fn of<'a>(p: &'a Value, call: &str) -> Vec<(&'a str, &'a Value)> {
     rules(p).iter().filter(|r| names(r).contains(&call)).map(|r| (r["action"].as_str().unwrap(), &r["args"])).collect()
 }
 
+/// Whether `call` with `args` matches one of `p`'s NOTIFY rules (every
+/// condition of the rules devns writes is a `SCMP_CMP_MASKED_EQ`, which
+/// libseccomp compares on all 64 bits: `arg & mask == value`).
+fn traps(p: &Value, call: &str, args: &[u64]) -> bool {
+    rules(p).iter().filter(|r| r["action"] == NOTIFY && names(r).contains(&call)).any(|r| {
+        r["args"].as_array().unwrap().iter().all(|a| {
+            assert_eq!(a["op"], "SCMP_CMP_MASKED_EQ");
+            let i = a["index"].as_u64().unwrap() as usize;
+            args.get(i).copied().unwrap_or(0) & a["value"].as_u64().unwrap() == a["valueTwo"].as_u64().unwrap()
+        })
+    })
+}
+
 #[test]
 fn the_built_in_base_allows_all_and_traps_exactly_devns_s_calls() {
     let p = build(None, "/run/devns/seccomp.sock", None).unwrap();
@@ -24,28 +38,22 @@ fn the_built_in_base_allows_all_and_traps_exactly_devns_s_calls() {
     assert!(p.get("listenerMetadata").is_none());
     assert_eq!(rules(&p), &notify_rules());
     assert!(rules(&p).iter().all(|r| r["action"] == NOTIFY));
-    // mknod and mknodat: the device kinds only, by the mode argument.
-    let kinds = |call| {
-        of(&p, call)
-            .iter()
-            .map(|(_, a)| (a[0]["index"].as_u64(), a[0]["value"].as_u64(), a[0]["valueTwo"].as_u64()))
-            .collect::<Vec<_>>()
-    };
-    let dev = |arg: u64| vec![(Some(arg), Some(0o170000), Some(0o020000)), (Some(arg), Some(0o170000), Some(0o060000))];
-    assert_eq!(kinds("mknod"), dev(1));
-    assert_eq!(kinds("mknodat"), dev(2));
-    // ioctl: the five requests, on their low 32 bits.
-    let reqs: Vec<u64> = of(&p, "ioctl")
-        .iter()
-        .map(|(_, a)| {
-            assert_eq!(
-                (a[0]["index"].as_u64(), a[0]["value"].as_u64(), a[0]["op"].as_str()),
-                (Some(1), Some(0xffff_ffff), Some("SCMP_CMP_MASKED_EQ"))
-            );
-            a[0]["valueTwo"].as_u64().unwrap()
-        })
-        .collect();
-    assert_eq!(reqs, TRAPPED_IOCTLS.iter().map(|r| u64::from(*r)).collect::<Vec<_>>());
+    // mknod and mknodat: the device kinds only, by the mode argument;
+    // ioctl: the five requests (and 0x4C83), on their low 32 bits.
+    let mode = |m: u32| u64::from(m) | (0xdead_u64 << 32);
+    for kind in 0..16u32 {
+        let m = (kind << 12) | 0o644;
+        let device = m & S_IFMT == S_IFCHR || m & S_IFMT == S_IFBLK;
+        assert_eq!(traps(&p, "mknod", &[0, mode(m)]), device, "mknod {m:o}");
+        assert_eq!(traps(&p, "mknodat", &[0, 0, mode(m)]), device, "mknodat {m:o}");
+        assert!(!traps(&p, "mknodat", &[0, mode(m), 0]), "mknodat's mode is its third");
+    }
+    for cmd in (0..0x2000u32).chain(0x4C00..0x4D00).chain([0x5401, 0xC004_4C80, u32::MAX]) {
+        let trapped = TRAPPED_IOCTLS.contains(&cmd) || cmd == 0x4C83;
+        for hi in [0, 1u64 << 32] {
+            assert_eq!(traps(&p, "ioctl", &[3, hi | u64::from(cmd)]), trapped, "ioctl {cmd:#x}");
+        }
+    }
     for call in WHOLE.iter().chain(&EXEC) {
         assert_eq!(of(&p, call), [(NOTIFY, &json!([]))], "{call}");
     }
