@@ -65,17 +65,17 @@ pub const LOOP_CTL_GET_FREE: u32 = 0x4C82;
 pub const BLKRRPART: u32 = 0x125F;
 pub const BLKPG: u32 = 0x1269;
 pub const TRAPPED_IOCTLS: [u32; 5] = [LOOP_CTL_ADD, LOOP_CTL_REMOVE, LOOP_CTL_GET_FREE, BLKRRPART, BLKPG];
+/// The loop-control requests (`0x4C80`–`0x4C82`) and `0x4C83`, which is
+/// no request, are those with `cmd & LOOP_CTL_MASK == LOOP_CTL_ADD`.
+pub const LOOP_CTL_MASK: u32 = !0b11;
 
 pub const S_IFMT: u32 = 0o170000;
+pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFBLK: u32 = 0o060000;
 /// A mode's type is a device's (`S_IFCHR` or `S_IFBLK`, no other) exactly
 /// when `mode & DEVICE_KIND_MASK == S_IFCHR`: the bit that sets them apart
 /// (`0o040000`) left out.
 pub const DEVICE_KIND_MASK: u32 = 0o130000;
-/// The loop-control requests (`0x4C80`–`0x4C82`) and `0x4C83`, which is
-/// no request, are those with `cmd & LOOP_CTL_MASK == LOOP_CTL_ADD`.
-pub const LOOP_CTL_MASK: u32 = !0b11;
-pub const S_IFCHR: u32 = 0o020000;
-pub const S_IFBLK: u32 = 0o060000;
 
 const fn ins(code: u16, jt: u8, jf: u8, k: u32) -> Insn {
     Insn { code, jt, jf, k }

@@ -6,7 +6,6 @@ mod common;
 use common::docker::Docker;
 use common::oci::{BLOCK, Bundle, Containerd, Podman, Runc, crun_wrapper, runtime_wrapper};
 use common::{Env, privileged};
-use std::path::Path;
 
 fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -213,9 +212,7 @@ fn runc_e2e(tag: &str, hooks: bool) {
         c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
             "destination": "/mnt/hostdisk", "type": "bind", "source": host.node.path(), "options": ["bind"] }));
     });
-    let testbin = common::copy_testbin_to(&b.rootfs());
-    let libgcc = Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1");
-    std::fs::copy(libgcc, b.rootfs().join(libgcc.strip_prefix("/").unwrap())).unwrap();
+    let testbin = b.with_testbin();
     let fds = daemon.fd_count();
     let runc = Runc::new(&env);
     runc.start(&b);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::oci::{Bundle, Podman, Runc, crun_wrapper};
-use common::{Env, copy_testbin_to, privileged};
+use common::{Env, privileged};
 use serde_json::{Value, json};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -475,10 +475,7 @@ fn assert_trapped_exactly(out: &str) {
 
 /// The probe in the tools rootfs (the helper binary and its libgcc).
 fn probe_rootfs(b: &Bundle) {
-    let to = copy_testbin_to(&b.rootfs());
-    let lib = Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1");
-    std::fs::copy(lib, b.rootfs().join(lib.strip_prefix("/").unwrap())).unwrap();
-    std::os::unix::fs::chown(&to, Some(b.base), Some(b.base)).unwrap();
+    b.with_testbin();
     b.script(PROBE);
 }
 

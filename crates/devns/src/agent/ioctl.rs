@@ -4,7 +4,7 @@
 
 use super::caller::Caller;
 use super::{Answer, Policy, answer_refusal, refuse};
-use devns_core::seccomp::{BLKPG, BLKRRPART, CAP_SYS_ADMIN, TRAPPED_IOCTLS};
+use devns_core::seccomp::{BLKPG, BLKRRPART, CAP_SYS_ADMIN};
 use devns_core::{DevId, Kind};
 use devns_sys::seccomp::Notif;
 use rustix::fd::BorrowedFd;
@@ -45,11 +45,6 @@ fn read_blkpg(c: &Caller<'_>, addr: u64) -> Result<BlkpgCall, Errno> {
 pub(super) fn ioctl(listener: BorrowedFd<'_>, n: &Notif, mut c: Caller<'_>, policy: &mut dyn Policy) -> Answer {
     let [fd, cmd, arg, ..] = n.data.args;
     let cmd = cmd as u32;
-    if !TRAPPED_IOCTLS.contains(&cmd) {
-        // A request a runtime's profile traps beside them (`0x4C83`):
-        // the kernel's, with the caller's rights.
-        return Answer::Continue;
-    }
     let file = c.fd(fd as i32);
     let ns = c.user_ns();
     let blkpg = (cmd == BLKPG).then(|| read_blkpg(&c, arg));

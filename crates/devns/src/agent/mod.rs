@@ -28,7 +28,9 @@ pub use identity::{AsCaller, Base};
 use crate::refusal::Refusal;
 use devns_core::DevId;
 use devns_core::registry::NsId;
-use devns_core::seccomp::{NR_EXECVE, NR_EXECVEAT, NR_FSOPEN, NR_IOCTL, NR_MKNOD, NR_MKNODAT, NR_MOUNT};
+use devns_core::seccomp::{
+    NR_EXECVE, NR_EXECVEAT, NR_FSOPEN, NR_IOCTL, NR_MKNOD, NR_MKNODAT, NR_MOUNT, TRAPPED_IOCTLS,
+};
 use devns_sys::seccomp::NotifResp;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
@@ -130,9 +132,12 @@ impl Listener {
         let served = devns_core::seccomp::served_abi(n.data.arch, nr);
         // To the kernel as without devns, with no read of the caller:
         // another ABI's call (a profile names x86 and x32 too; its numbers
-        // are other calls), and every execve a runtime's profile traps
-        // (the daemon attaches its container at the first, before this).
-        if !served || nr == NR_EXECVE || nr == NR_EXECVEAT {
+        // are other calls), every execve a runtime's profile traps (the
+        // daemon attaches its container at the first, before this), and
+        // an ioctl devns does not mediate that a runtime's profile traps
+        // beside those it does (`0x4C83`, see `devns_core::ociprofile`).
+        let unmediated_ioctl = nr == NR_IOCTL && !TRAPPED_IOCTLS.contains(&(n.data.args[1] as u32));
+        if !served || nr == NR_EXECVE || nr == NR_EXECVEAT || unmediated_ioctl {
             return Some(NotifResp { id: n.id, val: 0, error: 0, flags: devns_sys::seccomp::FLAG_CONTINUE });
         }
         let device = if nr == NR_MKNOD || nr == NR_MKNODAT { mknod::device_of(n) } else { None };

@@ -227,12 +227,12 @@ impl Engine {
         let udev = (self.cfg.udev_events && k.uevents.is_some())
             .then(|| (k.uids.carry(0, self.overflow.0), k.gids.carry(0, self.overflow.1)));
         let place = Place { root: spec.root, at, carry: spec.runtime, udev, keep_covered: spec.keep_covered };
-        // A runtime's own device controller defers to devns's program
-        // only once that decides, and the view is in place.
-        // The policy is in force before the view is mounted; the view's
-        // place is made ready beside it.
+        // The policy is in force before the view is mounted (its place
+        // made ready beside it); a runtime's own device controller defers
+        // to devns's program only once that decides, and the view is in
+        // place.
         let gate = || if new { self.start_policy(id, pid, false) } else { Ok(()) };
-        let placed = mount_into_after(pid, &view, &place, gate).and_then(|((), covered)| {
+        let placed = mount_into_after(pid, &view, &place, gate).and_then(|covered| {
             if spec.runtime {
                 self.defer_runtime_devices(id, pid)?;
             }

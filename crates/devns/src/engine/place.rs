@@ -49,12 +49,12 @@ fn root_and_mntns(pid: i32) -> Result<(OwnedFd, OwnedFd)> {
 /// the mount (a thread in that namespace, `at` resolved, the runtime's
 /// mounts there found) run while `gate` runs on the calling thread. A
 /// failed `gate` is the error, and nothing is mounted.
-pub(crate) fn mount_into_after<G>(
+pub(crate) fn mount_into_after(
     pid: i32,
     view: &OwnedFd,
     place: &Place<'_>,
-    gate: impl FnOnce() -> Result<G>,
-) -> Result<(G, Option<OwnedFd>)> {
+    gate: impl FnOnce() -> Result<()>,
+) -> Result<Option<OwnedFd>> {
     let tree = rustix::mount::open_tree(
         view,
         "",
@@ -72,10 +72,8 @@ pub(crate) fn mount_into_after<G>(
             g
         },
     );
-    let gated = gated?;
-    let covered =
-        placed.with_context(|| format!("cannot mount the view at {at} in process {pid}'s mount namespace"))?;
-    Ok((gated, covered))
+    gated?;
+    placed.with_context(|| format!("cannot mount the view at {at} in process {pid}'s mount namespace"))
 }
 
 /// Runs `f` with the root of `pid` and a `/proc` entry of the running

@@ -148,6 +148,16 @@ impl Bundle {
         self.dir.join("rootfs")
     }
 
+    /// The test helper binary at the rootfs's `/devns-testbin`, with the
+    /// libgcc it links, owned by the container's root; its host path.
+    pub fn with_testbin(&self) -> PathBuf {
+        let to = super::copy_testbin_to(&self.rootfs());
+        let lib = Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1");
+        std::fs::copy(lib, self.rootfs().join(lib.strip_prefix("/").expect("absolute"))).expect("libgcc");
+        std::os::unix::fs::chown(&to, Some(self.base), Some(self.base)).expect("chown the helper");
+        to
+    }
+
     /// The container's command.
     pub fn args(&self, args: &[&str]) {
         self.edit(|c| c["process"]["args"] = json!(args));
